@@ -1,0 +1,47 @@
+"""Figures from stored results: ΔT vs achieved sparsity per method (PNG and PDF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+matplotlib.rcParams["pdf.fonttype"] = 42  # embed TrueType: editable, searchable text in the PDF
+
+
+def delta_t_vs_sparsity(frame: pd.DataFrame, out_stem: Path) -> list[Path]:
+    """ΔT (mean over seeds, band = std) vs achieved sparsity, one line per method; dense at ΔT = 0."""
+    done = (
+        frame[(frame["status"] == "done") & frame["delta_t"].notna()]
+        if "delta_t" in frame
+        else frame.iloc[0:0]
+    )
+    if done.empty:
+        raise ValueError("no finished cell with a ΔT to plot")
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), layout="constrained")
+    ax.axhline(0.0, color="0.4", linestyle="--", linewidth=1, label="dense")
+    sns.lineplot(
+        data=done.sort_values("achieved_sparsity"),
+        x="achieved_sparsity",
+        y="delta_t",
+        hue="method",
+        style="method",
+        markers=True,
+        dashes=False,
+        errorbar="sd",
+        ax=ax,
+    )
+    title = " / ".join(sorted(set(done["dataset"] + " · " + done["arch"])))
+    ax.set(xlabel="achieved sparsity (prunable weights)", ylabel="ΔT vs dense (%)", title=title)
+    ax.legend(frameon=False, fontsize="small")
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=200)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths

@@ -1,0 +1,103 @@
+"""Name → class registries for methods, architectures and datasets (timm-style decorators).
+
+The core never imports a concrete plugin: `load_plugins()` imports the built-in plugin packages by name
+(``methods``, ``datasets``, ``bench.models``), then any module named by the ``mtlprune.methods`` entry-point
+group or by ``--plugin``. Registration happens as a side effect of those imports.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "mtlprune.methods"
+BUILTIN_PLUGIN_PACKAGES = ("bench.models", "datasets", "methods")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not in a registry; the message lists close matches and every allowed name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+def suggest(name: str, allowed: list[str]) -> str:
+    """'did you mean' text for a misspelt name, plus the full list of allowed names."""
+    close = difflib.get_close_matches(name, allowed, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}allowed: {', '.join(repr(a) for a in sorted(allowed))}"
+
+
+class Registry(Generic[T]):
+    """A named collection of classes; `register` is a decorator, `get` fails with suggestions."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorate(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(
+                    f"{self.kind} {name!r} is registered twice ({self._items[name]!r} and {obj!r})"
+                )
+            self._items[name] = obj
+            obj.registry_name = name  # type: ignore[attr-defined]
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        load_plugins()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; {suggest(name, self.names())}") from None
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._items)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        load_plugins()
+        yield from sorted(self._items.items())
+
+    def __contains__(self, name: object) -> bool:
+        load_plugins()
+        return name in self._items
+
+
+METHODS: Registry[Any] = Registry("method")
+ARCHS: Registry[Any] = Registry("architecture")
+DATASETS: Registry[Any] = Registry("dataset")
+
+_loaded: set[str] = set()
+
+
+def load_plugins(extra: tuple[str, ...] | list[str] = ()) -> None:
+    """Import built-in plugin packages, entry-point plugins and `extra` modules (each once)."""
+    wanted = list(BUILTIN_PLUGIN_PACKAGES)
+    if "<entry-points>" not in _loaded:
+        _loaded.add("<entry-points>")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken third-party plugin must say which one
+                raise ImportError(
+                    f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}"
+                ) from exc
+    wanted.extend(extra)
+    for module in wanted:
+        if module in _loaded:
+            continue
+        _loaded.add(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            _loaded.discard(module)
+            raise ImportError(f"cannot import plugin module {module!r}: {exc}") from exc

@@ -1,0 +1,39 @@
+"""What `bench run` writes and prints when the matrix is done: results table, figure, summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.analysis import load_results, summary_table
+from bench.spec import MatrixSpec
+from bench.store import Store, atomic_write_bytes
+
+
+def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path:
+    """``<store>/<matrix name>/results.parquet`` + ΔT figure (PNG, PDF) + the printed summary."""
+    import io
+
+    from bench.analysis.figures import delta_t_vs_sparsity
+
+    out = store.root / matrix.name
+    run_ids = [cell.run_id for cell in matrix.expand()]
+    frame = load_results(store.root, run_ids)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(out / "results.parquet", buffer.getvalue())
+    table = summary_table(frame)
+    if table.empty:
+        console.print("no finished cell to summarise")
+        return out
+    printed = Table(title=f"{matrix.name}: mean over seeds (ΔT in %, positive = better than dense)")
+    for column in table.columns:
+        printed.add_column(str(column), justify="left" if table[column].dtype == object else "right")
+    for _, row in table.iterrows():
+        printed.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(printed)
+    figures = delta_t_vs_sparsity(frame, out / "delta_t_vs_sparsity")
+    console.print(f"results: {out / 'results.parquet'}; figures: {', '.join(str(p) for p in figures)}")
+    return out

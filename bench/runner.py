@@ -1,0 +1,278 @@
+"""Plan a matrix into stages and run them idempotently into the store.
+
+Stages: one dense stage per (data, arch, train, eval, seed), shared by every method and sparsity; one cell
+per RunSpec. A stage whose ``result.json`` exists is skipped; a failing stage records its error in
+``status.json`` and the rest of the matrix goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.context import MethodContext
+from bench.data import build_dataset
+from bench.evaluate import evaluate
+from bench.models.mtl import MTLModel
+from bench.registry import ARCHS, DATASETS, METHODS
+from bench.sparsity import sparsity_report
+from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
+from bench.store import SPEC, Store, atomic_write_bytes, atomic_write_json
+from bench.train import train
+
+Progress = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    dense: list[DenseSpec]
+    cells: list[RunSpec]
+
+
+def plan(matrix: MatrixSpec) -> Plan:
+    return Plan(dense=matrix.dense_stages(), cells=matrix.expand())
+
+
+def resolve_device(runtime: RuntimeSpec) -> torch.device:
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+    if runtime.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(runtime.device)
+
+
+def build_model(spec: DenseSpec | RunSpec) -> MTLModel:
+    channels = DATASETS.get(spec.data.dataset).task_channels
+    factory = ARCHS.get(spec.arch.name)
+    return factory(
+        {t: channels[t] for t in spec.data.tasks}, width=spec.arch.width, head_width=spec.arch.head_width
+    )
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint missing")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class JsonlLogger:
+    """Appends one JSON record per `every` steps (and every non-step record) to log.jsonl."""
+
+    def __init__(self, path: Path, every: int, progress: Progress | None = None) -> None:
+        self.path, self.every, self.progress = path, every, progress
+        self.fh = path.open("a", encoding="utf-8")
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        step = record.get("step")
+        if self.progress is not None and step is not None:
+            self.progress(step, record)
+        if step is None or step % self.every == 0:
+            self.fh.write(json.dumps(record, sort_keys=True) + "\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _begin(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str, Any]) -> Path:
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "run_id": run_id,
+        "spec": spec.model_dump(mode="json"),
+        "identity": semantic_dump(spec),
+        **extra,
+    }
+    atomic_write_json(run_dir / SPEC, payload)
+    store.write_status(
+        run_id, status="running", host=socket.gethostname(), pid=os.getpid(), started=time.time()
+    )
+    return run_dir
+
+
+def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
+    run_id = spec.run_id
+    if store.is_done(run_id):
+        return store.result(run_id)
+    run_dir = _begin(store, run_id, spec, {})
+    start = time.time()
+    device = resolve_device(runtime)
+    train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed)
+    test_set = build_dataset(spec.data, store.root, "test")
+    torch.manual_seed(spec.seed)
+    model = build_model(spec)
+    save_state(run_dir / "init.pt", model.state_dict())
+    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
+    try:
+        steps = train(
+            model,
+            dataset_name=spec.data.dataset,
+            train_set=train_set,
+            spec=spec.train,
+            seed=spec.seed,
+            device=device,
+            on_step=lambda step, scalars: logger({"phase": "dense", "step": step, **scalars}),
+        )
+    finally:
+        logger.close()
+    save_state(run_dir / "model.pt", model.state_dict())
+    result = {
+        "run_id": run_id,
+        "stage": "dense",
+        "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
+        "sparsity": sparsity_report(model),
+        "steps_total": steps,
+        "wall_s": time.time() - start,
+        "device": str(device),
+    }
+    atomic_write_json(run_dir / "result.json", result)
+    store.write_status(run_id, status="done", finished=time.time())
+    return result
+
+
+def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
+    run_id = spec.run_id
+    if store.is_done(run_id):
+        return store.result(run_id)
+    dense_spec = spec.dense()
+    dense_id = dense_spec.run_id
+    if not store.is_done(dense_id):
+        raise RuntimeError(f"dense stage {dense_id} has no result; it must finish before cell {run_id}")
+    method_cls = METHODS.get(spec.method.name)
+    run_dir = _begin(store, run_id, spec, {"dense_run_id": dense_id})
+    start = time.time()
+    device = resolve_device(runtime)
+    train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed)
+    test_set = build_dataset(spec.data, store.root, "test")
+    model = build_model(spec)
+    checkpoint = "model.pt" if method_cls.starts_from == "dense" else "init.pt"
+    model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
+    model.to(device)
+    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
+    ctx = MethodContext(model=model, spec=spec, train_set=train_set, device=device, logger=logger)
+    try:
+        method_cls(spec.method.parsed_params()).run(ctx)
+    finally:
+        logger.close()
+    report = sparsity_report(model)
+    _check_sparsity(spec, method_cls, report["achieved_sparsity"], ctx)
+    if ctx.masks is not None:
+        save_state(run_dir / "masks.pt", ctx.masks)
+    dense_steps = store.result(dense_id)["steps_total"] if method_cls.starts_from == "dense" else 0
+    result = {
+        "run_id": run_id,
+        "stage": "cell",
+        "dense_run_id": dense_id,
+        "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
+        "sparsity": report,
+        "steps_total": dense_steps + ctx.steps_used,
+        "steps_method": ctx.steps_used,
+        "wall_s": time.time() - start,
+        "device": str(device),
+    }
+    atomic_write_json(run_dir / "result.json", result)
+    store.write_status(run_id, status="done", finished=time.time())
+    return result
+
+
+def _check_sparsity(spec: RunSpec, method_cls: type, achieved: float, ctx: MethodContext) -> None:
+    """A method that misses its target, or un-zeroes a pruned weight, fails its cell loudly."""
+    if ctx.masks is not None:
+        params = ctx.prunable()
+        for name, mask in ctx.masks.items():
+            leaked = int((params[name].detach().cpu()[~mask] != 0).sum())
+            if leaked:
+                raise RuntimeError(
+                    f"{spec.method.name}: {leaked} pruned weights of {name} are non-zero after training"
+                )
+    tolerance = method_cls.sparsity_tolerance
+    if abs(achieved - spec.target_sparsity) > tolerance:
+        raise RuntimeError(
+            f"{spec.method.name}: achieved sparsity {achieved:.4f} misses target {spec.target_sparsity} "
+            f"by more than the method's tolerance {tolerance}"
+        )
+
+
+def _fail(store: Store, run_id: str, exc: BaseException) -> None:
+    store.write_status(
+        run_id,
+        status="failed",
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=traceback.format_exc(),
+        finished=time.time(),
+    )
+
+
+@dataclass
+class MatrixOutcome:
+    done: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+
+
+def run_matrix(matrix: MatrixSpec, store: Store, show_progress: bool = True) -> MatrixOutcome:
+    """Run every pending stage: dense stages first, then cells. Failures are recorded, not fatal."""
+    runtime = matrix.runtime
+    if runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    the_plan = plan(matrix)
+    outcome = MatrixOutcome(done=[], failed={}, skipped=[])
+    stages: list[tuple[str, DenseSpec | RunSpec]] = [("dense", d) for d in the_plan.dense]
+    stages += [(f"{c.method.label}@{c.target_sparsity:g}", c) for c in the_plan.cells]
+    pending = [(label, s) for label, s in stages if not store.is_done(s.run_id)]
+    outcome.skipped = [s.run_id for _, s in stages if store.is_done(s.run_id)]
+    bar = tqdm(
+        total=len(pending),
+        desc="stages",
+        unit="stage",
+        disable=not show_progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    for label, stage in pending:
+        run_id = stage.run_id
+        steps = stage.train.steps if isinstance(stage, DenseSpec) else None
+        bar.set_description(f"{label} {run_id[:8]}")
+
+        def progress(step: int, record: dict[str, Any], steps: int | None = steps) -> None:
+            if step % 10 == 0:
+                total = steps if steps is not None else "?"
+                loss = record.get("loss", float("nan"))
+                bar.set_postfix_str(
+                    f"{record.get('phase', '')} step {step + 1}/{total} loss {loss:.3f}", refresh=False
+                )
+                bar.refresh()
+
+        try:
+            if isinstance(stage, DenseSpec):
+                run_dense(stage, store, runtime, progress)
+            else:
+                dense_id = stage.dense().run_id
+                if dense_id in outcome.failed:
+                    raise RuntimeError(f"its dense stage {dense_id} failed: {outcome.failed[dense_id]}")
+                run_cell(stage, store, runtime, progress)
+            outcome.done.append(run_id)
+        except Exception as exc:  # one broken stage must not stop the matrix
+            _fail(store, run_id, exc)
+            outcome.failed[run_id] = f"{type(exc).__name__}: {exc}"
+            bar.write(f"FAILED {label} {run_id}: {type(exc).__name__}: {exc}")
+        bar.update(1)
+    bar.close()
+    return outcome

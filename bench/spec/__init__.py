@@ -1,0 +1,39 @@
+"""Typed experiment specs, YAML loading with precise errors, and content-hash identity."""
+
+from bench.spec.identity import canonical_json, semantic_dump, spec_hash
+from bench.spec.load import ConfigError, load_matrix, parse_matrix
+from bench.spec.models import (
+    SCHEMA_VERSION,
+    ArchSpec,
+    DataSpec,
+    DenseSpec,
+    EvalSpec,
+    MatrixSpec,
+    MethodSpec,
+    RunSpec,
+    RuntimeSpec,
+    StrictModel,
+    SyntheticSpec,
+    TrainSpec,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArchSpec",
+    "ConfigError",
+    "DataSpec",
+    "DenseSpec",
+    "EvalSpec",
+    "MatrixSpec",
+    "MethodSpec",
+    "RunSpec",
+    "RuntimeSpec",
+    "StrictModel",
+    "SyntheticSpec",
+    "TrainSpec",
+    "canonical_json",
+    "load_matrix",
+    "parse_matrix",
+    "semantic_dump",
+    "spec_hash",
+]

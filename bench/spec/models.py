@@ -1,0 +1,284 @@
+"""pydantic v2 spec models: the matrix a user writes, the cells it expands to, and the dense stages.
+
+Every model forbids unknown keys (with a close-match suggestion) and is frozen. Registry names (dataset,
+task, architecture, method) and method parameters are validated here, before any work starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.registry import ARCHS, DATASETS, METHODS, suggest
+from bench.spec.identity import spec_hash
+
+SCHEMA_VERSION = 1
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+def not_hashed(default: Any = None, **kwargs: Any) -> Any:
+    """A field that never enters the content hash (paths, devices, batch sizes of pure evaluation...)."""
+    return Field(default, json_schema_extra={"hash": False}, **kwargs)
+
+
+def always_hashed(default: Any, **kwargs: Any) -> Any:
+    """A field that enters the hash even at its default (schema version, stage kind)."""
+    return Field(default, json_schema_extra={"always_hash": True}, **kwargs)
+
+
+class StrictModel(BaseModel):
+    """Frozen, no unknown keys; an unknown key is reported with the closest allowed names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    raise ValueError(f"unknown key {key!r}; {suggest(str(key), allowed)}")
+        return data
+
+
+class SyntheticSpec(StrictModel):
+    """The procedural room dataset rendered on first use (cached in the store by its hash)."""
+
+    n_train: int = Field(64, ge=1, description="training frames")
+    n_test: int = Field(16, ge=1, description="test frames")
+    height: int = Field(96, ge=16, description="frame height in pixels")
+    width: int = Field(128, ge=16, description="frame width in pixels")
+    seed: int = Field(0, ge=0, description="scene generator seed")
+
+
+class DataSpec(StrictModel):
+    """Which dataset, which tasks, where it comes from, and the training augmentation."""
+
+    dataset: str = Field("nyuv2", description="registered dataset name")
+    tasks: tuple[str, ...] = Field(description="task subset, in head order")
+    source: Literal["synthetic", "disk"] = Field(
+        "synthetic", description="render synthetic data or read root"
+    )
+    root: str | None = not_hashed(None, description="dataset root on disk (source: disk)")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    crop: tuple[int, int] = Field((64, 64), description="training crop (H, W)")
+    scale: tuple[float, float] = Field((0.5, 1.5), description="random scale range [lo, hi) for training")
+    flip: bool = Field(True, description="random horizontal flip for training")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; {suggest(name, DATASETS.names())}")
+        return name
+
+    @field_validator("crop")
+    @classmethod
+    def _positive_crop(cls, crop: tuple[int, int]) -> tuple[int, int]:
+        if min(crop) < 8:
+            raise ValueError(f"crop sides must be >= 8 pixels, got {list(crop)}")
+        return crop
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must satisfy 0 < lo <= hi, got {list(scale)}")
+        return scale
+
+    @model_validator(mode="after")
+    def _tasks_and_root(self) -> DataSpec:
+        allowed = list(DATASETS.get(self.dataset).tasks)
+        if not self.tasks:
+            raise ValueError(f"tasks must name at least one task; allowed for {self.dataset}: {allowed}")
+        for task in self.tasks:
+            if task not in allowed:
+                raise ValueError(
+                    f"tasks: unknown task {task!r} for dataset {self.dataset!r}; {suggest(task, allowed)}"
+                )
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be unique, got {list(self.tasks)}")
+        if self.source == "disk" and not self.root:
+            raise ValueError("source 'disk' needs root: the directory that holds the dataset listing")
+        return self
+
+
+class ArchSpec(StrictModel):
+    """A registered architecture and its width multipliers."""
+
+    name: str = Field("deeplab_resnet34", description="registered architecture name")
+    width: float = Field(1.0, gt=0, le=4, description="backbone channel multiplier")
+    head_width: float = Field(1.0, gt=0, le=4, description="ASPP head channel multiplier (1024 at 1.0)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_arch(cls, name: str) -> str:
+        if name not in ARCHS:
+            raise ValueError(f"unknown architecture {name!r}; {suggest(name, ARCHS.names())}")
+        return name
+
+
+class TrainSpec(StrictModel):
+    """An optimisation budget and recipe (used for the dense stage and for finetuning)."""
+
+    steps: int = Field(ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas (AdapMTL uses beta1 = 0.5)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="coupled L2 (added to the gradient)")
+    lr_schedule: Literal["constant", "step", "cosine"] = "step"
+    lr_step: int | None = Field(None, ge=1, description="'step' schedule period; default steps // 5 (min 1)")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="'step' schedule factor")
+    task_weights: dict[str, float] | None = Field(None, description="fixed loss weight per task; default 1")
+
+    @field_validator("task_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is not None:
+            for task, w in weights.items():
+                if w < 0:
+                    raise ValueError(f"task_weights[{task!r}] must be >= 0, got {w}")
+        return weights
+
+
+class EvalSpec(StrictModel):
+    """How a trained model is evaluated. Only the `standard` protocol exists so far."""
+
+    protocol: Literal["standard"] = Field("standard", description="evaluation protocol (docs/protocols.md)")
+    selection: Literal["last"] = Field("last", description="checkpoint selection; never on test")
+    batch_size: int = not_hashed(8, ge=1, description="evaluation batch size (metrics are pooled)")
+
+
+class RuntimeSpec(StrictModel):
+    """Where and how fast to run; never part of identity."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
+    log_every: int = Field(10, ge=1, description="steps between log.jsonl records")
+
+
+class MethodSpec(StrictModel):
+    """A registered pruning method and its parameters (validated against the method's Params model)."""
+
+    name: str = Field(description="registered method name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's Params; defaults dropped")
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> MethodSpec:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; {suggest(self.name, METHODS.names())}")
+        params_model = METHODS.get(self.name).Params
+        try:
+            parsed = params_model.model_validate(self.params)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                + ("" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})")
+                for e in exc.errors()
+            )
+            raise ValueError(f"method {self.name!r}: {problems}") from None
+        # Store the validated values without defaults: the hash then only sees what differs from them.
+        object.__setattr__(self, "params", parsed.model_dump(mode="json", exclude_defaults=True))
+        return self
+
+    def parsed_params(self) -> BaseModel:
+        return METHODS.get(self.name).Params.model_validate(self.params)
+
+    @property
+    def label(self) -> str:
+        """Display name: the method, plus its non-default params."""
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
+
+
+class DenseSpec(StrictModel):
+    """The dense stage: trained once and shared by every method and sparsity of the same setting."""
+
+    stage: Literal["dense"] = always_hashed("dense")
+    schema_version: int = always_hashed(SCHEMA_VERSION)
+    data: DataSpec
+    arch: ArchSpec
+    train: TrainSpec
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    seed: int = Field(ge=0)
+
+    @property
+    def run_id(self) -> str:
+        return spec_hash(self)
+
+
+class RunSpec(StrictModel):
+    """One cell of the matrix: a method at a target sparsity on one setting and seed."""
+
+    stage: Literal["cell"] = always_hashed("cell")
+    schema_version: int = always_hashed(SCHEMA_VERSION)
+    data: DataSpec
+    arch: ArchSpec
+    train: TrainSpec
+    finetune: TrainSpec
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    method: MethodSpec
+    target_sparsity: Fraction
+    seed: int = Field(ge=0)
+
+    @property
+    def run_id(self) -> str:
+        return spec_hash(self)
+
+    def dense(self) -> DenseSpec:
+        return DenseSpec(data=self.data, arch=self.arch, train=self.train, eval=self.eval, seed=self.seed)
+
+
+class MatrixSpec(StrictModel):
+    """The benchmark matrix: datasets × archs × seeds × methods × sparsities, with shared settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="matrix name (report folder)")
+    datasets: list[DataSpec] = Field(min_length=1)
+    archs: list[ArchSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    sparsities: list[Fraction] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    train: TrainSpec
+    finetune: TrainSpec
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    runtime: RuntimeSpec = not_hashed(RuntimeSpec())
+
+    @field_validator("sparsities", "seeds")
+    @classmethod
+    def _unique(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
+
+    def expand(self) -> list[RunSpec]:
+        """Cells in a deterministic order: datasets, archs, seeds, methods, sparsities (as written)."""
+        return [
+            RunSpec(
+                data=data,
+                arch=arch,
+                train=self.train,
+                finetune=self.finetune,
+                eval=self.eval,
+                method=method,
+                target_sparsity=sparsity,
+                seed=seed,
+            )
+            for data, arch, seed, method, sparsity in itertools.product(
+                self.datasets, self.archs, self.seeds, self.methods, self.sparsities
+            )
+        ]
+
+    def dense_stages(self) -> list[DenseSpec]:
+        """The distinct dense stages the cells need, in first-use order."""
+        seen: dict[str, DenseSpec] = {}
+        for cell in self.expand():
+            dense = cell.dense()
+            seen.setdefault(dense.run_id, dense)
+        return list(seen.values())

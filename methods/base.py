@@ -1,0 +1,37 @@
+"""The pruning-method plugin contract.
+
+A method is a class registered by name (``@METHODS.register("name")``) with a typed pydantic ``Params``
+model, a ``starts_from`` ("dense": the shared dense checkpoint, or "init": the shared initialisation) and a
+``run(ctx)`` that prunes ``ctx.model`` to ``ctx.target`` through the context. Achieved sparsity is
+measured afterwards from the weights, never taken from the method.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel
+
+from bench.context import MethodContext
+from bench.spec import StrictModel
+
+
+class MethodParams(StrictModel):
+    """Base for a method's typed parameters: frozen, unknown keys rejected with a close-match suggestion."""
+
+
+class NoParams(MethodParams):
+    """A method without parameters."""
+
+
+class PruningMethod:
+    Params: ClassVar[type[BaseModel]] = NoParams
+    starts_from: ClassVar[Literal["dense", "init"]] = "dense"
+    # Largest |achieved − target| (fraction) the contract accepts; methods with learned sparsity widen it.
+    sparsity_tolerance: ClassVar[float] = 0.001
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def run(self, ctx: MethodContext) -> None:
+        raise NotImplementedError

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny synthetic NYU-v2 root rendered once per session, and the real samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyuv2_samples"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from datasets.synthetic import write_nyuv2
+
+    return write_nyuv2(
+        tmp_path_factory.mktemp("synth") / "nyu", n_train=8, n_test=4, height=32, width=40, seed=0
+    )
+
+
+@pytest.fixture(scope="session")
+def real_nyuv2_root(tmp_path_factory) -> Path:
+    """The four real AdaShare-format samples with a listing written beside them (skip where absent)."""
+    if not REAL_SAMPLES.is_dir():
+        pytest.skip(
+            f"real NYU-v2 samples not available at {REAL_SAMPLES} (../shared is not beside the checkout)"
+        )
+    root = tmp_path_factory.mktemp("real") / "nyu"
+    root.mkdir()
+    for sub in ("img", "seg", "normal_mask", "depth"):
+        (root / sub).symlink_to(REAL_SAMPLES / sub, target_is_directory=True)
+    ids = sorted(p.stem for p in (REAL_SAMPLES / "img").glob("*.png"))
+    entries = [[f"img/{i}.png", f"seg/{i}.png", f"normal_mask/{i}.png", f"depth/{i}.npy"] for i in ids]
+    (root / "nyu_v2_3task.json").write_text(json.dumps({"train": entries[:3], "test": entries[3:]}))
+    return root

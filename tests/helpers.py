@@ -1,0 +1,37 @@
+"""Small builders shared by tests: a tiny matrix on tiny synthetic data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.spec import MatrixSpec, parse_matrix
+
+TASKS3 = ["segment_semantic", "normal", "depth_zbuffer"]
+
+
+def tiny_matrix_dict(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "datasets": [
+            {
+                "dataset": "nyuv2",
+                "tasks": TASKS3,
+                "synthetic": {"n_train": 8, "n_test": 4, "height": 32, "width": 40, "seed": 0},
+                "crop": [32, 32],
+            }
+        ],
+        "archs": [{"name": "deeplab_resnet34", "width": 0.125, "head_width": 0.03125}],
+        "methods": [{"name": "random"}, {"name": "magnitude"}],
+        "sparsities": [0.5, 0.9],
+        "seeds": [0],
+        "train": {"steps": 6, "batch_size": 4, "lr": 0.003},
+        "finetune": {"steps": 2, "batch_size": 4},
+        "eval": {"batch_size": 4},
+        "runtime": {"device": "cpu"},
+    }
+    data.update(overrides)
+    return data
+
+
+def tiny_matrix(**overrides: Any) -> MatrixSpec:
+    return parse_matrix(tiny_matrix_dict(**overrides), "<tiny>")

@@ -1,0 +1,99 @@
+"""`python -m bench ...` subcommands: listings, plan, status, data synth, and clear config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.runner import run_matrix
+from bench.store import Store
+from tests.helpers import tiny_matrix, tiny_matrix_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_config(tmp_path: Path, **overrides) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_matrix_dict(**overrides)))
+    return path
+
+
+def test_methods_lists_names_docs_and_params(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "magnitude" in out and "random" in out
+    assert "One-shot magnitude pruning" in out and "scope: 'global' | 'layer' = 'global'" in out
+
+
+def test_archs_and_datasets_listings(capsys):
+    assert main(["archs"]) == 0
+    out = capsys.readouterr().out
+    assert "deeplab_resnet34" in out and "head_width: number = 1.0" in out
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "nyuv2" in out and "segment_semantic (40 ch)" in out and "nyu_v2_3task.json" in out
+
+
+def test_plan_lists_dense_stages_and_cells_without_running(tmp_path, capsys):
+    config = _write_config(tmp_path)
+    store = tmp_path / "store"
+    assert main(["plan", str(config), "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    matrix = tiny_matrix()
+    assert "1 dense stage(s), 4 cell(s)" in out
+    for cell in matrix.expand():
+        assert cell.run_id in out
+    assert out.count("pending") == 5
+    assert not store.exists()  # nothing ran, nothing was written
+
+
+def test_status_reports_done_pending_and_failed(tmp_path, capsys):
+    config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5])
+    store = Store(tmp_path / "store")
+    matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
+    assert main(["status", str(config), "--store", str(store.root)]) == 0
+    assert "2 pending" in capsys.readouterr().out
+    run_matrix(matrix, store, show_progress=False)
+    assert main(["status", str(config), "--store", str(store.root)]) == 0
+    assert "2 done" in capsys.readouterr().out
+    cell = matrix.expand()[0]
+    (store.run_dir(cell.run_id) / "result.json").unlink()
+    store.write_status(cell.run_id, status="failed", error="RuntimeError: out of memory")
+    assert main(["status", str(config), "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 done, 1 failed" in out and "RuntimeError: out of memory" in out
+
+
+def test_config_error_exits_2_with_the_key_path(tmp_path, capsys):
+    config = _write_config(tmp_path, methods=[{"name": "magnitude", "params": {"scop": "global"}}])
+    assert main(["plan", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "tiny.yaml" in err
+        and "methods[0]" in err
+        and "unknown key 'scop'" in err
+        and "did you mean 'scope'" in err
+    )
+
+
+def test_data_synth_writes_the_nyuv2_layout(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--format", "nyuv2", "--out", str(out), "--n", "5", "--size", "24x32"]) == 0
+    listing = json.loads((out / "nyu_v2_3task.json").read_text())
+    assert len(listing["train"]) == 4 and len(listing["test"]) == 1
+    assert all((out / p).is_file() for entry in listing["train"] + listing["test"] for p in entry)
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--out", str(tmp_path / "x"), "--size", "24by32"])
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "datasets"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "nyuv2" in proc.stdout
