@@ -11,6 +11,24 @@ from bench.analysis import load_results, summary_table
 from bench.spec import MatrixSpec
 from bench.store import Store, atomic_write_bytes
 
+SHORT_HEADERS = {
+    "target_sparsity": "target",
+    "achieved_sparsity": "achieved",
+    "segment_semantic.miou": "seg mIoU ↑",
+    "normal.mean": "normal mean° ↓",
+    "depth_zbuffer.abs_err": "depth abs ↓",
+    "keypoints2d.err": "keypoints err ↓",
+    "edge_texture.err": "edges err ↓",
+    "delta_t": "ΔT ↑",
+    "delta_m": "Δm ↑",
+}
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 10 else f"{value:.4f}"
+    return str(value)
+
 
 def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path:
     """``<store>/<matrix name>/results.parquet`` + ΔT figure (PNG, PDF) + the printed summary."""
@@ -28,11 +46,12 @@ def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path
     if table.empty:
         console.print("no finished cell to summarise")
         return out
-    printed = Table(title=f"{matrix.name}: mean over seeds (ΔT in %, positive = better than dense)")
+    printed = Table(title=f"{matrix.name}: mean over seeds (ΔT, Δm in %, positive = better than dense)")
     for column in table.columns:
-        printed.add_column(str(column), justify="left" if table[column].dtype == object else "right")
+        justify = "left" if table[column].dtype == object else "right"
+        printed.add_column(SHORT_HEADERS.get(str(column), str(column)), justify=justify)
     for _, row in table.iterrows():
-        printed.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        printed.add_row(*(_fmt(v) for v in row))
     console.print(printed)
     figures = delta_t_vs_sparsity(frame, out / "delta_t_vs_sparsity")
     console.print(f"results: {out / 'results.parquet'}; figures: {', '.join(str(p) for p in figures)}")

@@ -209,3 +209,8 @@ def test_demo_config_is_valid():
     assert [m.name for m in matrix.methods] == ["random", "magnitude"]
     assert matrix.sparsities == [0.5, 0.7, 0.9] and len(matrix.expand()) == 6
     assert isinstance(matrix.dense_stages()[0], DenseSpec)
+
+
+def test_task_weights_must_name_trained_tasks():
+    message = _error(tiny_matrix_dict(train={"steps": 2, "task_weights": {"keypoints2d": 1.0}}))
+    assert "train.task_weights names ['keypoints2d']" in message and "segment_semantic" in message

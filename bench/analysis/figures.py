@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+
+from bench.store import atomic_write_bytes
 
 matplotlib.rcParams["pdf.fonttype"] = 42  # embed TrueType: editable, searchable text in the PDF
 
@@ -39,9 +42,10 @@ def delta_t_vs_sparsity(frame: pd.DataFrame, out_stem: Path) -> list[Path]:
     title = " / ".join(sorted(set(done["dataset"] + " · " + done["arch"])))
     ax.set(xlabel="achieved sparsity (prunable weights)", ylabel="ΔT vs dense (%)", title=title)
     ax.legend(frameon=False, fontsize="small")
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1])
+    for path in paths:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], dpi=200)
+        atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
     return paths

@@ -257,6 +257,19 @@ class MatrixSpec(StrictModel):
             raise ValueError(f"values must be unique, got {values}")
         return values
 
+    @model_validator(mode="after")
+    def _task_weights_name_tasks(self) -> MatrixSpec:
+        for section in ("train", "finetune"):
+            weights = getattr(self, section).task_weights or {}
+            for i, data in enumerate(self.datasets):
+                unknown = sorted(set(weights) - set(data.tasks))
+                if unknown:
+                    raise ValueError(
+                        f"{section}.task_weights names {unknown}, which datasets[{i}] does not train "
+                        f"(its tasks: {list(data.tasks)})"
+                    )
+        return self
+
     def expand(self) -> list[RunSpec]:
         """Cells in a deterministic order: datasets, archs, seeds, methods, sparsities (as written)."""
         return [
