@@ -97,3 +97,26 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "bench", "datasets"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "nyuv2" in proc.stdout
+
+
+def test_plugin_flag_registers_an_outside_method(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_prune_plugin.py").write_text(
+        "from bench.registry import METHODS\n"
+        "from methods.base import PruningMethod\n\n"
+        "@METHODS.register('outside-method')\n"
+        "class Outside(PruningMethod):\n"
+        '    """A method living outside the repository."""\n\n'
+        "    def run(self, ctx):\n"
+        "        ctx.apply_masks(ctx.select_masks({n: p.abs() for n, p in ctx.prunable().items()}))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from bench.registry import METHODS
+
+    try:
+        assert main(["--plugin", "my_prune_plugin", "methods"]) == 0
+        out = capsys.readouterr().out
+        assert "outside-method" in out and "A method living outside the repository." in out
+        assert main(["--plugin", "no_such_plugin_module", "methods"]) == 2
+        assert "cannot import plugin module 'no_such_plugin_module'" in capsys.readouterr().err
+    finally:
+        METHODS._items.pop("outside-method", None)
