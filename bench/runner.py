@@ -22,9 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.context import MethodContext
+from bench.costs import count_flops, measure_latency
 from bench.data import build_dataset
 from bench.evaluate import evaluate
 from bench.models.mtl import MTLModel
+from bench.models.pretrained import load_backbone_weights
 from bench.registry import ARCHS, DATASETS, METHODS
 from bench.sparsity import sparsity_report
 from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
@@ -118,6 +120,8 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     test_set = build_dataset(spec.data, store.root, "test")
     torch.manual_seed(spec.seed)
     model = build_model(spec)
+    if spec.arch.pretrained is not None:
+        load_backbone_weights(model.backbone, spec.arch.pretrained)
     save_state(run_dir / "init.pt", model.state_dict())
     logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
     try:
@@ -138,6 +142,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
         "stage": "dense",
         "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
         "sparsity": sparsity_report(model),
+        **measure_costs(model, test_set, runtime, device),
         "steps_total": steps,
         "wall_s": time.time() - start,
         "device": str(device),
@@ -171,7 +176,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         method_cls(spec.method.parsed_params()).run(ctx)
     finally:
         logger.close()
-    report = sparsity_report(model)
+    report = sparsity_report(model, requested=spec.target_sparsity)
     _check_sparsity(spec, method_cls, report["achieved_sparsity"], ctx)
     if ctx.masks is not None:
         save_state(run_dir / "masks.pt", ctx.masks)
@@ -182,6 +187,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         "dense_run_id": dense_id,
         "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
         "sparsity": report,
+        **measure_costs(model, test_set, runtime, device, dense_result=store.result(dense_id)),
         "steps_total": dense_steps + ctx.steps_used,
         "steps_method": ctx.steps_used,
         "wall_s": time.time() - start,
@@ -190,6 +196,31 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     atomic_write_json(run_dir / "result.json", result)
     store.write_status(run_id, status="done", finished=time.time())
     return result
+
+
+def measure_costs(
+    model: MTLModel,
+    test_set: Any,
+    runtime: RuntimeSpec,
+    device: torch.device,
+    dense_result: dict | None = None,
+) -> dict[str, Any]:
+    """Theoretical FLOPs at the evaluation resolution and, when asked, measured latency.
+
+    Latency is measured as it is: masked weights are stored and multiplied as dense tensors, so a pruned
+    model is no faster than the dense one unless a sparse kernel is used; the result says so.
+    """
+    sample = test_set[0]
+    input_hw = tuple(sample["input"].shape[-2:])
+    output_hw = tuple(sample[model.tasks[0]].shape[-2:])
+    out: dict[str, Any] = {"costs": {"input_hw": list(input_hw), **count_flops(model, input_hw, output_hw)}}
+    if runtime.measure_latency:
+        latency = measure_latency(model, input_hw, device=device)
+        latency["note"] = "masks are applied to dense tensors: no speed-up is expected from masking alone"
+        if dense_result is not None and "latency" in dense_result:
+            latency["dense_latency_ms"] = dense_result["latency"]["latency_ms"]
+        out["latency"] = latency
+    return out
 
 
 def _check_sparsity(spec: RunSpec, method_cls: type, achieved: float, ctx: MethodContext) -> None:

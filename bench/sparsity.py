@@ -8,7 +8,7 @@ achieved sparsity equals the target to within one weight per scope.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,29 +63,45 @@ def apply_masks(params: Mapping[str, nn.Parameter], masks: Masks) -> None:
     if missing:
         raise KeyError(f"masks name parameters the model does not have: {sorted(missing)[:3]}")
     for name, mask in masks.items():
-        params[name].mul_(mask.to(params[name].dtype))
+        params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
 
 
-def sparsity_report(model: MTLModel) -> dict[str, float | int]:
-    """Zeros over prunable weights: overall, per component, per task path; plus the counts."""
+def sparsity_report(model: MTLModel, requested: float = 0.0) -> dict[str, Any]:
+    """Zeros counted in the weights: overall prunable, per component, per task path, per layer, all params.
+
+    Flat scalar keys become `load_results()` columns; ``layers`` (per prunable tensor) stays in result.json.
+    """
     params = model.prunable_parameters()
     zeros: dict[str, int] = {}
     total: dict[str, int] = {}
+    layers: dict[str, dict[str, Any]] = {}
     for name, p in params.items():
         component = model.component_of(name)
-        z = int((p.detach() == 0).sum())
+        z, n = int((p.detach() == 0).sum()), p.numel()
+        layers[name] = {"component": component, "params": n, "zeros": z, "sparsity": z / n}
         for key in ("overall", component):
             zeros[key] = zeros.get(key, 0) + z
-            total[key] = total.get(key, 0) + p.numel()
-    report: dict[str, float | int] = {
-        "achieved_sparsity": zeros["overall"] / total["overall"],
+            total[key] = total.get(key, 0) + n
+    all_params = [p.detach() for p in model.parameters()]
+    all_total = sum(p.numel() for p in all_params)
+    all_zeros = sum(int((p == 0).sum()) for p in all_params)
+    achieved = zeros["overall"] / total["overall"]
+    report: dict[str, Any] = {
+        "achieved_sparsity": achieved,
+        "requested_sparsity": requested,
+        "sparsity_gap": achieved - requested,
         "prunable_params": total["overall"],
-        "nonzero_params": total["overall"] - zeros["overall"],
+        "prunable_nonzero": total["overall"] - zeros["overall"],
+        "params_total": all_total,
+        "params_nonzero": all_total - all_zeros,
+        "sparsity.all_params": all_zeros / all_total,
+        "sparsity.backbone": zeros["backbone"] / total["backbone"],
     }
-    for component in model.components():
-        report[f"sparsity.{component}"] = zeros[component] / total[component]
     for task in model.tasks:
         head = f"head/{task}"
-        z, n = zeros["backbone"] + zeros[head], total["backbone"] + total[head]
-        report[f"sparsity.path/{task}"] = z / n
+        report[f"sparsity.head.{task}"] = zeros[head] / total[head]
+        report[f"sparsity.path.{task}"] = (zeros["backbone"] + zeros[head]) / (
+            total["backbone"] + total[head]
+        )
+    report["layers"] = layers
     return report

@@ -44,6 +44,53 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+class StepRunner:
+    """One optimizer step on a batch: forward, weighted task losses, backward, masked update.
+
+    Masks are converted once to the parameters' dtype and device, so holding them costs two in-place
+    multiplies per masked tensor and step (gradient before the update, weight after it).
+    """
+
+    def __init__(
+        self,
+        model: MTLModel,
+        dataset_name: str,
+        spec: TrainSpec,
+        device: torch.device,
+        masks: Masks | None = None,
+    ) -> None:
+        self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
+        self.weights = {t: (spec.task_weights or {}).get(t, 1.0) for t in model.tasks}
+        params = model.prunable_parameters()
+        self.masked: list[tuple[nn.Parameter, Tensor]] = []
+        if masks:
+            apply_masks(params, masks)
+            self.masked = [(params[n], m.to(device=device, dtype=params[n].dtype)) for n, m in masks.items()]
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+
+    def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.spec.lr * lr_factor(self.spec, step)
+        outputs = self.model(batch["input"])
+        losses = {t: task_loss(self.dataset_name, t, outputs[t], batch[t]) for t in self.model.tasks}
+        total = sum(self.weights[t] * losses[t] for t in self.model.tasks)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        with torch.no_grad():
+            for param, mask in self.masked:
+                if param.grad is not None:
+                    param.grad.mul_(mask)
+        self.optimizer.step()
+        with torch.no_grad():
+            for param, mask in self.masked:
+                param.mul_(mask)
+        return {
+            "loss": float(total.detach()),
+            **{f"loss.{t}": float(v.detach()) for t, v in losses.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+
 def train(
     model: MTLModel,
     *,
@@ -56,36 +103,11 @@ def train(
     on_step: StepCallback | None = None,
 ) -> int:
     """Run `spec.steps` optimizer steps; returns the number of steps taken."""
-    model.to(device).train()
-    params = model.prunable_parameters()
-    if masks:
-        masks = {n: m.to(device) for n, m in masks.items()}
-        apply_masks(params, masks)
-    weights = {t: (spec.task_weights or {}).get(t, 1.0) for t in model.tasks}
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+    step_runner = StepRunner(model, dataset_name, spec, device, masks)
     torch.manual_seed(seed)  # dropout draws
     stream = batch_stream(train_set, spec.batch_size, seed)
     for step in range(spec.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = spec.lr * lr_factor(spec, step)
-        batch = to_device(next(stream), device)
-        outputs = model(batch["input"])
-        losses = {t: task_loss(dataset_name, t, outputs[t], batch[t]) for t in model.tasks}
-        total = sum(weights[t] * losses[t] for t in model.tasks)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if masks:
-            for name, mask in masks.items():
-                if params[name].grad is not None:
-                    params[name].grad.mul_(mask)
-        optimizer.step()
-        if masks:
-            apply_masks(params, masks)
+        scalars = step_runner(to_device(next(stream), device), step)
         if on_step is not None:
-            scalars = {
-                "loss": float(total.detach()),
-                **{f"loss.{t}": float(v.detach()) for t, v in losses.items()},
-            }
-            scalars["lr"] = optimizer.param_groups[0]["lr"]
             on_step(step, scalars)
     return spec.steps

@@ -62,7 +62,8 @@ def test_achieved_sparsity_and_masks_match_the_target(finished):
         masks = torch.load(store.run_dir(cell.run_id) / "masks.pt", weights_only=True)
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
-        assert result["sparsity"]["nonzero_params"] <= kept  # pruned weights are exactly zero
+        assert result["sparsity"]["prunable_nonzero"] <= kept  # pruned weights are exactly zero
+        assert result["sparsity"]["requested_sparsity"] == cell.target_sparsity
         assert abs((1 - kept / total) - cell.target_sparsity) < 0.001
 
 
@@ -78,9 +79,17 @@ def test_load_results_one_row_per_cell_with_delta_t_against_dense(finished):
     matrix, store, _ = finished
     frame = load_results(store.root)
     assert len(frame) == 4 and set(frame["status"]) == {"done"}
-    columns = ["run_id", "dataset", "tasks", "arch", "method", "target_sparsity", "achieved_sparsity", "seed",
-               "delta_t", "delta_m", "delta_note", "steps_total", "wall_s", "status", "segment_semantic.miou",
-               "normal.median", "depth_zbuffer.delta_1_25_3", "sparsity.head/normal"]  # fmt: skip
+    columns = [
+        *("run_id", "dataset", "tasks", "arch", "method", "target_sparsity", "achieved_sparsity", "seed"),
+        *("delta_t", "delta_m", "delta_note", "steps_total", "wall_s", "status", "segment_semantic.miou"),
+        *(
+            "normal.median",
+            "depth_zbuffer.delta_1_25_3",
+            "sparsity.head.normal",
+            "sparsity.path.depth_zbuffer",
+        ),
+        *("sparsity.all_params", "params_nonzero", "flops_dense", "flops_sparse", "flops_sparse.path.normal"),
+    ]
     for column in columns:
         assert column in frame, column
     dense = store.result(matrix.dense_stages()[0].run_id)["metrics"]
@@ -148,3 +157,20 @@ def test_failures_are_recorded_and_the_rest_goes_on(test_methods, tmp_path):
     assert sorted(frame["status"]) == ["done", "failed", "failed"]
     assert frame.loc[frame["status"] == "failed", "delta_t"].isna().all()
     assert not (Path(store.run_dir(broken.run_id)) / "result.json").exists()
+
+
+def test_pretrained_backbone_weights_are_loaded_into_the_dense_stage(tmp_path):
+    from bench.runner import build_model
+
+    matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
+    torch.manual_seed(123)
+    donor = build_model(matrix.dense_stages()[0]).backbone.state_dict()
+    weights = tmp_path / "backbone.pt"
+    torch.save(donor, weights)
+    arch = dict(matrix.archs[0].model_dump(exclude={"pretrained_sha256"}), pretrained=str(weights))
+    pretrained = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5], archs=[arch])
+    store = Store(tmp_path / "store")
+    assert run_matrix(pretrained, store, show_progress=False).failed == {}
+    init = torch.load(store.run_dir(pretrained.dense_stages()[0].run_id) / "init.pt", weights_only=True)
+    for key, value in donor.items():
+        assert torch.equal(init[f"backbone.{key}"], value), key

@@ -66,14 +66,25 @@ def test_sparsity_report_counts_zeros_per_component_and_task_path():
         params["backbone.0.weight"].view(-1)[0] = 0  # backbone 1/2
         params["heads.a.weight"].view(-1)[:3] = 0  # head a 3/6
         model.heads["a"].bias.zero_()  # biases never count
-    report = sparsity_report(model)
+    report = sparsity_report(model, requested=0.5)
     assert report["achieved_sparsity"] == pytest.approx(4 / 10)
-    assert report["prunable_params"] == 10 and report["nonzero_params"] == 6
+    assert report["requested_sparsity"] == 0.5 and report["sparsity_gap"] == pytest.approx(-0.1)
+    assert report["prunable_params"] == 10 and report["prunable_nonzero"] == 6
     assert report["sparsity.backbone"] == pytest.approx(1 / 2)
-    assert report["sparsity.head/a"] == pytest.approx(3 / 6)
-    assert report["sparsity.head/b"] == 0.0
-    assert report["sparsity.path/a"] == pytest.approx(4 / 8)  # backbone + head a
-    assert report["sparsity.path/b"] == pytest.approx(1 / 4)  # backbone + head b
+    assert report["sparsity.head.a"] == pytest.approx(3 / 6)
+    assert report["sparsity.head.b"] == 0.0
+    assert report["sparsity.path.a"] == pytest.approx(4 / 8)  # backbone + head a
+    assert report["sparsity.path.b"] == pytest.approx(1 / 4)  # backbone + head b
+    # All parameters: 2 conv + 4 BN + (6 + 3) head a + (2 + 1) head b = 18; zeros: 1 + 3 + 3 biases = 7.
+    assert report["params_total"] == 18 and report["params_nonzero"] == 11
+    assert report["sparsity.all_params"] == pytest.approx(7 / 18)
+    assert report["layers"]["heads.a.weight"] == {
+        "component": "head/a",
+        "params": 6,
+        "zeros": 3,
+        "sparsity": 0.5,
+    }
+    assert set(report["layers"]) == set(model.prunable_parameters())
 
 
 def test_apply_masks_zeroes_and_rejects_unknown_names():

@@ -214,3 +214,26 @@ def test_demo_config_is_valid():
 def test_task_weights_must_name_trained_tasks():
     message = _error(tiny_matrix_dict(train={"steps": 2, "task_weights": {"keypoints2d": 1.0}}))
     assert "train.task_weights names ['keypoints2d']" in message and "segment_semantic" in message
+
+
+def test_pretrained_identity_is_the_file_content_not_its_path(tmp_path):
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-1")
+    c.write_bytes(b"weights-2")
+    import hashlib
+
+    arch_a = ArchSpec(pretrained=str(a))
+    assert arch_a.pretrained_sha256 == hashlib.sha256(b"weights-1").hexdigest()
+    assert _cell(arch=arch_a).run_id == _cell(arch=ArchSpec(pretrained=str(b))).run_id
+    assert _cell(arch=arch_a).run_id != _cell(arch=ArchSpec(pretrained=str(c))).run_id
+    assert _cell(arch=arch_a).run_id != _cell().run_id
+
+
+def test_pretrained_file_must_exist_and_match_its_digest(tmp_path):
+    data = tiny_matrix_dict(archs=[{"name": "deeplab_resnet34", "pretrained": str(tmp_path / "none.pt")}])
+    assert "none.pt is not a file" in _error(data)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    data = tiny_matrix_dict(archs=[{"pretrained": str(weights), "pretrained_sha256": "00" * 32}])
+    assert "the config expects 0000" in _error(data)

@@ -44,6 +44,11 @@ def _status(run_dir: Path) -> tuple[str, str | None]:
     return "pending", None
 
 
+def _scalars(section: dict[str, Any]) -> dict[str, Any]:
+    """The flat numeric entries of a result section (nested detail such as per-layer counts stays out)."""
+    return {k: v for k, v in section.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dict | None]) -> dict[str, Any]:
     spec = spec_payload["spec"]
     method = spec["method"]
@@ -74,8 +79,9 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dic
     row.update(result["metrics"])
     row["steps_total"] = result["steps_total"]
     row["wall_s"] = result["wall_s"]
-    row["achieved_sparsity"] = result["sparsity"]["achieved_sparsity"]
-    row.update({k: v for k, v in result["sparsity"].items() if k.startswith("sparsity.")})
+    row.update(_scalars(result["sparsity"]))
+    row.update(_scalars(result.get("costs", {})))
+    row.update({f"latency.{k}": v for k, v in _scalars(result.get("latency", {})).items()})
     dense_id = result["dense_run_id"]
     if dense_id not in dense_cache:
         dense_path = run_dir.parent / dense_id / RESULT

@@ -6,7 +6,9 @@ task, architecture, method) and method parameters are validated here, before any
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +29,14 @@ def not_hashed(default: Any = None, **kwargs: Any) -> Any:
 def always_hashed(default: Any, **kwargs: Any) -> Any:
     """A field that enters the hash even at its default (schema version, stage kind)."""
     return Field(default, json_schema_extra={"always_hash": True}, **kwargs)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class StrictModel(BaseModel):
@@ -113,6 +123,10 @@ class ArchSpec(StrictModel):
     name: str = Field("deeplab_resnet34", description="registered architecture name")
     width: float = Field(1.0, gt=0, le=4, description="backbone channel multiplier")
     head_width: float = Field(1.0, gt=0, le=4, description="ASPP head channel multiplier (1024 at 1.0)")
+    pretrained: str | None = not_hashed(
+        None, description="local file of backbone weights; nothing is downloaded"
+    )
+    pretrained_sha256: str | None = Field(None, description="digest of `pretrained`; filled in from the file")
 
     @field_validator("name")
     @classmethod
@@ -120,6 +134,24 @@ class ArchSpec(StrictModel):
         if name not in ARCHS:
             raise ValueError(f"unknown architecture {name!r}; {suggest(name, ARCHS.names())}")
         return name
+
+    @model_validator(mode="after")
+    def _pretrained_digest(self) -> ArchSpec:
+        """Identity follows the weights' content, not their path: the file's sha256 enters the hash."""
+        if self.pretrained is None:
+            if self.pretrained_sha256 is not None:
+                raise ValueError("pretrained_sha256 is set but pretrained (the local weights file) is not")
+            return self
+        path = Path(self.pretrained).expanduser()
+        if not path.is_file():
+            raise ValueError(f"pretrained: {path} is not a file (weights load only from a local file)")
+        digest = file_sha256(path)
+        if self.pretrained_sha256 is not None and self.pretrained_sha256 != digest:
+            raise ValueError(
+                f"pretrained: {path} has sha256 {digest}, the config expects {self.pretrained_sha256}"
+            )
+        object.__setattr__(self, "pretrained_sha256", digest)
+        return self
 
 
 class TrainSpec(StrictModel):
@@ -161,6 +193,7 @@ class RuntimeSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
     log_every: int = Field(10, ge=1, description="steps between log.jsonl records")
+    measure_latency: bool = Field(False, description="time the dense and the pruned model's forward pass")
 
 
 class MethodSpec(StrictModel):
