@@ -174,3 +174,18 @@ def test_pretrained_backbone_weights_are_loaded_into_the_dense_stage(tmp_path):
     init = torch.load(store.run_dir(pretrained.dense_stages()[0].run_id) / "init.pt", weights_only=True)
     for key, value in donor.items():
         assert torch.equal(init[f"backbone.{key}"], value), key
+
+
+def test_mobilenetv2_cell_runs_end_to_end(tmp_path):
+    matrix = tiny_matrix(
+        archs=[{"name": "mobilenetv2", "width": 0.25, "head_width": 0.03125}],
+        methods=[{"name": "magnitude", "params": {"scope": "layer"}}],
+        sparsities=[0.7],
+    )
+    store = Store(tmp_path)
+    assert run_matrix(matrix, store, show_progress=False).failed == {}
+    result = store.result(matrix.expand()[0].run_id)
+    assert abs(result["sparsity"]["achieved_sparsity"] - 0.7) < 0.001
+    for layer in result["sparsity"]["layers"].values():  # layer scope: every layer at the target
+        assert abs(layer["sparsity"] - 0.7) <= 1 / layer["params"] + 1e-9
+    assert result["costs"]["flops_sparse"] < result["costs"]["flops_dense"]
