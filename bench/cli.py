@@ -137,6 +137,32 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    from datasets.verify import verify
+
+    report = verify(args.dataset, args.root)
+    counts = ", ".join(f"{n} {split}" for split, n in report.counts.items()) or "no samples"
+    console.print(f"{args.dataset} at {report.root}: {counts}")
+    sizes = ", ".join(f"{h}×{w}: {n}" for (h, w), n in sorted(report.sizes.items()))
+    if sizes:
+        console.print(f"image sizes: {sizes}")
+    if report.class_histogram:
+        total = sum(report.class_histogram.values())
+        table = Table(title="segmentation label histogram (pixels)")
+        for column in ("label", "pixels", "share"):
+            table.add_column(column, justify="right")
+        for label, n in sorted(report.class_histogram.items()):
+            table.add_row("ignore (255)" if label == 255 else str(label), str(n), f"{100 * n / total:.2f}%")
+        console.print(table)
+    if report.ok:
+        console.print("[green]no problems found[/green]")
+        return 0
+    console.print(f"[red]{len(report.problems)} problem(s):[/red]")
+    for problem in report.problems:
+        console.print(f"  {problem}", markup=False, highlight=False)
+    return 1
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     cls = DATASETS.get(args.format)
     n_test = max(1, round(args.n * args.test_fraction))
@@ -177,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=parse_size, default=(120, 160), help="HxW (default 120x160)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--test-fraction", type=float, default=0.2, help="share of frames in the test split")
+    check = data.add_parser("verify", help="check every file of a dataset root against its format")
+    check.add_argument("--dataset", required=True, help="registered dataset name (nyuv2, ...)")
+    check.add_argument("--root", required=True, help="dataset root directory")
     return parser
 
 
@@ -187,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("methods", "archs", "datasets"):
             return cmd_list(args.command)
         if args.command == "data":
-            return cmd_data_synth(args)
+            return cmd_data_verify(args) if args.data_command == "verify" else cmd_data_synth(args)
         return {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}[args.command](args)
     except (ConfigError, ImportError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

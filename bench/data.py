@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from bench.registry import DATASETS
 from bench.spec import DataSpec, spec_hash
@@ -39,39 +40,117 @@ def dataset_root(data: DataSpec, store: Path) -> Path:
     return root
 
 
-def build_dataset(data: DataSpec, store: Path, split: str, seed: int = 0) -> Dataset:
+def carve_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices of a training listing of n samples: a seeded random share for validation."""
+    if fraction == 0:
+        return list(range(n)), []
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise ValueError(f"val_fraction {fraction} of {n} training samples leaves nothing to train on")
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+
+
+class SplitView(Dataset):
+    """A subset of a dataset by index that still looks like the dataset (tasks, class weights, set_epoch)."""
+
+    def __init__(self, base: Any, indices: list[int], name: str) -> None:
+        self.base, self.indices, self.name = base, indices, name
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.base[self.indices[index]]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":  # not set yet (e.g. during unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def build_dataset(data: DataSpec, store: Path, split: str, seed: int = 0) -> Any:
+    """`train` and `val` are carved from the training listing (DataSpec.val_fraction); `test` is untouched."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; allowed: 'train', 'val', 'test'")
     cls = DATASETS.get(data.dataset)
-    augment = split == "train"
-    return cls(
-        dataset_root(data, store),
-        split,
+    root = dataset_root(data, store)
+    listing_split = "test" if split == "test" else "train"
+    base = cls(
+        root,
+        listing_split,
         tasks=data.tasks,
-        augment=augment,
+        augment=split == "train",
         crop=data.crop,
         scale=data.scale,
         flip=data.flip,
         seed=seed,
     )
+    if split == "test":
+        return base
+    train_idx, val_idx = carve_validation(len(base), data.val_fraction, data.split_seed)
+    if split == "val" and not val_idx:
+        raise ValueError("no validation split: set data.val_fraction > 0 to carve one from train")
+    return SplitView(base, train_idx if split == "train" else val_idx, split)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> tuple[int, list[int]]:
+    """(epoch, sample indices) of optimizer step `step`: drop-last epochs of a seeded permutation."""
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} is larger than the training split ({n} samples)")
+    epoch, i = divmod(step, n // batch_size)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)[i * batch_size : (i + 1) * batch_size]
+    return epoch, [int(j) for j in order]
 
 
 def batch_at(dataset: Any, batch_size: int, seed: int, step: int) -> dict[str, Any]:
-    """The training batch of optimizer step `step` (drop-last epochs of a seeded permutation)."""
-    n = len(dataset)
-    if batch_size > n:
-        raise ValueError(f"batch_size {batch_size} is larger than the training split ({n} samples)")
-    per_epoch = n // batch_size
-    epoch, i = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=generator)[i * batch_size : (i + 1) * batch_size]
+    """The training batch of optimizer step `step`."""
+    epoch, indices = batch_indices(len(dataset), batch_size, seed, step)
     dataset.set_epoch(epoch)
-    return default_collate([dataset[int(j)] for j in order])
+    return default_collate([dataset[j] for j in indices])
 
 
-def batch_stream(dataset: Any, batch_size: int, seed: int, start: int = 0) -> Iterator[dict[str, Any]]:
-    step = start
-    while True:
-        yield batch_at(dataset, batch_size, seed, step)
-        step += 1
+class _StepBatches(Dataset):
+    """Item k = the whole batch of step start + k, so DataLoader workers build batches in step order."""
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int, start: int, steps: int) -> None:
+        self.dataset, self.batch_size, self.seed, self.start, self.steps = (
+            dataset,
+            batch_size,
+            seed,
+            start,
+            steps,
+        )
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return batch_at(self.dataset, self.batch_size, self.seed, self.start + k)
+
+
+def batch_stream(
+    dataset: Any, batch_size: int, seed: int, start: int = 0, steps: int | None = None, num_workers: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Batches of steps start, start+1, ...; identical with any number of loader worker processes."""
+    if num_workers == 0 or steps is None:
+        step = start
+        while steps is None or step < start + steps:
+            yield batch_at(dataset, batch_size, seed, step)
+            step += 1
+        return
+    loader = DataLoader(
+        _StepBatches(dataset, batch_size, seed, start, steps),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2,
+    )
+    yield from loader
 
 
 def eval_batches(dataset: Any, batch_size: int) -> Iterator[dict[str, Any]]:

@@ -70,6 +70,12 @@ def _read_depth(path: Path) -> np.ndarray:
         raise DataFormatError(
             f"{path}: expected a float (H, W) depth array in metres, got {arr.dtype} {arr.shape}"
         )
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        raise DataFormatError(
+            f"{path}: depth must be finite and >= 0 metres (0 = invalid); {int(bad.sum())} pixels are NaN, "
+            "inf or negative"
+        )
     return arr.astype(np.float32, copy=False)
 
 
@@ -171,9 +177,13 @@ class NYUv2(Dataset):
             sample["normal"] = torch.from_numpy(_read_png(normal_p, 3).copy()).permute(2, 0, 1)
         if "depth_zbuffer" in self.tasks_used:
             sample["depth_zbuffer"] = torch.from_numpy(_read_depth(depth_p))[None]
+        paths = {"segment_semantic": seg_p, "normal": normal_p, "depth_zbuffer": depth_p}
         for key, value in sample.items():
             if tuple(value.shape[-2:]) != shape:
-                raise DataFormatError(f"{img_p}: {key} is {tuple(value.shape[-2:])}, image is {shape}")
+                raise DataFormatError(
+                    f"{paths[key]}: {key} is {tuple(value.shape[-2:])} (H, W) "
+                    f"but its image {img_p} is {shape}"
+                )
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:

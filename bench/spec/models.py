@@ -78,6 +78,10 @@ class DataSpec(StrictModel):
     crop: tuple[int, int] = Field((64, 64), description="training crop (H, W)")
     scale: tuple[float, float] = Field((0.5, 1.5), description="random scale range [lo, hi) for training")
     flip: bool = Field(True, description="random horizontal flip for training")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the training listing held out for validation"
+    )
+    split_seed: int = Field(0, ge=0, description="seed of the train/validation carve")
 
     @field_validator("dataset")
     @classmethod
