@@ -29,7 +29,10 @@ class MethodContext:
     device: torch.device
     logger: Logger = lambda record: None
     masks: Masks | None = None
+    val_set: Any = None
+    num_workers: int = 0
     steps_used: int = 0
+    selected_step: int | None = None
     _phase: str = field(default="prune", repr=False)
 
     @property
@@ -63,7 +66,7 @@ class MethodContext:
         def on_step(step: int, scalars: dict[str, float]) -> None:
             self.logger({"phase": phase, "step": step, **scalars})
 
-        steps = train(
+        outcome = train(
             self.model,
             dataset_name=self.spec.data.dataset,
             train_set=self.train_set,
@@ -72,9 +75,14 @@ class MethodContext:
             device=self.device,
             masks=self.masks,
             on_step=on_step,
+            val_set=self.val_set,
+            selection=self.spec.eval.selection,
+            val_every=self.spec.eval.val_every,
+            num_workers=self.num_workers,
         )
-        self.steps_used += steps
-        return steps
+        self.steps_used += outcome.steps
+        self.selected_step = self.steps_used - outcome.steps + outcome.selected_step
+        return outcome.steps
 
     def log(self, **scalars: Any) -> None:
         self.logger({"phase": self._phase, **scalars})

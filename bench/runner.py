@@ -117,6 +117,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     start = time.time()
     device = resolve_device(runtime)
     train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed)
+    val_set = build_dataset(spec.data, store.root, "val") if spec.data.val_fraction > 0 else None
     test_set = build_dataset(spec.data, store.root, "test")
     torch.manual_seed(spec.seed)
     model = build_model(spec)
@@ -125,7 +126,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     save_state(run_dir / "init.pt", model.state_dict())
     logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
     try:
-        steps = train(
+        outcome = train(
             model,
             dataset_name=spec.data.dataset,
             train_set=train_set,
@@ -133,6 +134,10 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
             seed=spec.seed,
             device=device,
             on_step=lambda step, scalars: logger({"phase": "dense", "step": step, **scalars}),
+            val_set=val_set,
+            selection=spec.eval.selection,
+            val_every=spec.eval.val_every,
+            num_workers=runtime.num_workers,
         )
     finally:
         logger.close()
@@ -143,7 +148,9 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
         "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
         "sparsity": sparsity_report(model),
         **measure_costs(model, test_set, runtime, device),
-        "steps_total": steps,
+        "steps_total": outcome.steps,
+        "selection": {"rule": spec.eval.selection, "selected_step": outcome.selected_step},
+        "splits": _split_sizes(train_set, val_set, test_set),
         "wall_s": time.time() - start,
         "device": str(device),
     }
@@ -165,13 +172,22 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     start = time.time()
     device = resolve_device(runtime)
     train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed)
+    val_set = build_dataset(spec.data, store.root, "val") if spec.data.val_fraction > 0 else None
     test_set = build_dataset(spec.data, store.root, "test")
     model = build_model(spec)
     checkpoint = "model.pt" if method_cls.starts_from == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
     model.to(device)
     logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
-    ctx = MethodContext(model=model, spec=spec, train_set=train_set, device=device, logger=logger)
+    ctx = MethodContext(
+        model=model,
+        spec=spec,
+        train_set=train_set,
+        device=device,
+        logger=logger,
+        val_set=val_set,
+        num_workers=runtime.num_workers,
+    )
     try:
         method_cls(spec.method.parsed_params()).run(ctx)
     finally:
@@ -190,12 +206,18 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         **measure_costs(model, test_set, runtime, device, dense_result=store.result(dense_id)),
         "steps_total": dense_steps + ctx.steps_used,
         "steps_method": ctx.steps_used,
+        "selection": {"rule": spec.eval.selection, "selected_step": ctx.selected_step},
+        "splits": _split_sizes(train_set, val_set, test_set),
         "wall_s": time.time() - start,
         "device": str(device),
     }
     atomic_write_json(run_dir / "result.json", result)
     store.write_status(run_id, status="done", finished=time.time())
     return result
+
+
+def _split_sizes(train_set: Any, val_set: Any, test_set: Any) -> dict[str, int]:
+    return {"train": len(train_set), "val": 0 if val_set is None else len(val_set), "test": len(test_set)}
 
 
 def measure_costs(

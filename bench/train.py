@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bench.data import batch_stream
+from bench.data import batch_stream, eval_batches
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, apply_masks
 from bench.spec import TrainSpec
@@ -91,6 +92,36 @@ class StepRunner:
         }
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    selected_step: int  # the step whose weights the model ends with (the last one under "last")
+    val_loss: float | None = None
+
+
+@torch.no_grad()
+def validation_loss(
+    model: MTLModel,
+    val_set: Any,
+    dataset_name: str,
+    weights: Mapping[str, float],
+    batch_size: int,
+    device: torch.device,
+) -> float:
+    """Sample-weighted mean of the weighted multi-task loss over the validation split (eval mode)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in eval_batches(val_set, batch_size):
+        batch = to_device(batch, device)
+        outputs = model(batch["input"])
+        loss = sum(weights[t] * task_loss(dataset_name, t, outputs[t], batch[t]) for t in model.tasks)
+        total += float(loss) * batch["input"].shape[0]
+        count += batch["input"].shape[0]
+    model.train(was_training)
+    return total / count
+
+
 def train(
     model: MTLModel,
     *,
@@ -101,13 +132,33 @@ def train(
     device: torch.device,
     masks: Masks | None = None,
     on_step: StepCallback | None = None,
-) -> int:
-    """Run `spec.steps` optimizer steps; returns the number of steps taken."""
+    val_set: Any = None,
+    selection: str = "last",
+    val_every: int = 50,
+    num_workers: int = 0,
+) -> TrainResult:
+    """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
+    the lowest validation loss (evaluated every `val_every` steps and after the last one)."""
+    if selection == "best_val" and val_set is None:
+        raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
     step_runner = StepRunner(model, dataset_name, spec, device, masks)
     torch.manual_seed(seed)  # dropout draws
-    stream = batch_stream(train_set, spec.batch_size, seed)
-    for step in range(spec.steps):
-        scalars = step_runner(to_device(next(stream), device), step)
+    stream = batch_stream(train_set, spec.batch_size, seed, steps=spec.steps, num_workers=num_workers)
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    for step, batch in zip(range(spec.steps), stream, strict=False):
+        scalars = step_runner(to_device(batch, device), step)
+        if selection == "best_val" and ((step + 1) % val_every == 0 or step + 1 == spec.steps):
+            loss = validation_loss(model, val_set, dataset_name, step_runner.weights, spec.batch_size, device)
+            scalars["val_loss"] = loss
+            if best is None or loss < best[0]:
+                best = (
+                    loss,
+                    step,
+                    {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                )
         if on_step is not None:
             on_step(step, scalars)
-    return spec.steps
+    if best is None:
+        return TrainResult(steps=spec.steps, selected_step=spec.steps - 1)
+    model.load_state_dict(best[2])
+    return TrainResult(steps=spec.steps, selected_step=best[1], val_loss=best[0])

@@ -79,3 +79,37 @@ def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
         first_test = reads.index("read-test")
         assert "read-train" not in reads[first_test:]
         assert "read-train" in reads[:first_test]
+
+
+def test_best_val_selection_ends_on_the_lowest_validation_loss(tmp_path):
+    """The selected step is the argmin of the logged validation losses; the test split plays no part."""
+    import json
+
+    data = dict(tiny_matrix().datasets[0].model_dump(exclude={"root"}), val_fraction=0.25)
+    matrix = tiny_matrix(
+        datasets=[data],
+        methods=[{"name": "magnitude"}],
+        sparsities=[0.5],
+        eval={"batch_size": 4, "selection": "best_val", "val_every": 2},
+        runtime={"device": "cpu", "log_every": 1},
+    )
+    store = Store(tmp_path)
+    assert run_matrix(matrix, store, show_progress=False).failed == {}
+    dense_id = matrix.dense_stages()[0].run_id
+    result = store.result(dense_id)
+    assert result["splits"] == {"train": 6, "val": 2, "test": 4}
+    records = [json.loads(line) for line in (store.run_dir(dense_id) / "log.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert sorted(val) == [1, 3, 5]  # every 2 steps and after the last of 6
+    assert result["selection"] == {"rule": "best_val", "selected_step": min(val, key=val.get)}
+    cell = store.result(matrix.expand()[0].run_id)
+    assert cell["selection"]["rule"] == "best_val" and 0 <= cell["selection"]["selected_step"] < 2
+
+
+def test_best_val_without_a_validation_split_is_a_config_error():
+    import pytest
+
+    from bench.spec import ConfigError
+
+    with pytest.raises(ConfigError, match=r"best_val' needs datasets\[0\].val_fraction > 0"):
+        tiny_matrix(eval={"selection": "best_val"})

@@ -187,7 +187,11 @@ class EvalSpec(StrictModel):
     """How a trained model is evaluated. Only the `standard` protocol exists so far."""
 
     protocol: Literal["standard"] = Field("standard", description="evaluation protocol (docs/protocols.md)")
-    selection: Literal["last"] = Field("last", description="checkpoint selection; never on test")
+    selection: Literal["last", "best_val"] = Field(
+        "last",
+        description="final weights: the last step, or the lowest validation loss (never the test split)",
+    )
+    val_every: int = Field(50, ge=1, description="steps between validation evaluations under best_val")
     batch_size: int = not_hashed(8, ge=1, description="evaluation batch size (metrics are pooled)")
 
 
@@ -198,6 +202,9 @@ class RuntimeSpec(StrictModel):
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
     log_every: int = Field(10, ge=1, description="steps between log.jsonl records")
     measure_latency: bool = Field(False, description="time the dense and the pruned model's forward pass")
+    num_workers: int = Field(
+        0, ge=0, description="loader worker processes (batches are identical for any value)"
+    )
 
 
 class MethodSpec(StrictModel):
@@ -293,6 +300,14 @@ class MatrixSpec(StrictModel):
         if len(set(values)) != len(values):
             raise ValueError(f"values must be unique, got {values}")
         return values
+
+    @model_validator(mode="after")
+    def _selection_needs_validation(self) -> MatrixSpec:
+        if self.eval.selection == "best_val":
+            for i, data in enumerate(self.datasets):
+                if data.val_fraction == 0:
+                    raise ValueError(f"eval.selection 'best_val' needs datasets[{i}].val_fraction > 0")
+        return self
 
     @model_validator(mode="after")
     def _task_weights_name_tasks(self) -> MatrixSpec:
