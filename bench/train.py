@@ -67,6 +67,8 @@ class StepRunner:
         if masks:
             apply_masks(params, masks)
             self.masked = [(params[n], m.to(device=device, dtype=params[n].dtype)) for n, m in masks.items()]
+        self.masked_params = [p for p, _ in self.masked]
+        self.masked_masks = [m for _, m in self.masked]
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
 
     def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
@@ -77,14 +79,14 @@ class StepRunner:
         total = sum(self.weights[t] * losses[t] for t in self.model.tasks)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        with torch.no_grad():
-            for param, mask in self.masked:
-                if param.grad is not None:
-                    param.grad.mul_(mask)
+        if self.masked:
+            with torch.no_grad():  # fused multi-tensor multiplies: one dispatch for all masked tensors
+                with_grad = [(p.grad, m) for p, m in self.masked if p.grad is not None]
+                torch._foreach_mul_([g for g, _ in with_grad], [m for _, m in with_grad])
         self.optimizer.step()
-        with torch.no_grad():
-            for param, mask in self.masked:
-                param.mul_(mask)
+        if self.masked:
+            with torch.no_grad():
+                torch._foreach_mul_(self.masked_params, self.masked_masks)
         return {
             "loss": float(total.detach()),
             **{f"loss.{t}": float(v.detach()) for t, v in losses.items()},

@@ -1,10 +1,13 @@
 """Benchmarks (tox -e perf). Targets are ratios against a baseline measured in the same run.
 
-One training step (the trainer's own `StepRunner`) of each architecture at CPU width, dense and holding a
-90% global magnitude mask: the mask must cost under 5% of the dense step.
+One training step (the trainer's own `StepRunner`) of each architecture at CPU width holding a 90% global
+magnitude mask: the mask bookkeeping must cost under 5% of the step.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import pytest
 import torch
@@ -16,7 +19,6 @@ from bench.train import StepRunner
 
 TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 ARCH_NAMES = ["deeplab_resnet34", "mobilenetv2"]
-_times: dict[tuple[str, bool], float] = {}
 
 
 def _batch(size: int = 64) -> dict[str, torch.Tensor]:
@@ -38,16 +40,39 @@ def _runner(arch: str, masked: bool) -> StepRunner:
     return StepRunner(model, "nyuv2", TrainSpec(steps=1), torch.device("cpu"), masks)
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
 @pytest.mark.parametrize("arch", ARCH_NAMES)
-def test_train_step_mask_overhead(benchmark, arch, masked):
-    """masked / dense step time (min over rounds, the least noisy statistic) stays under 1.05."""
+def test_train_step_mask_overhead(benchmark, arch):
+    """Holding a 90% mask costs under 5% of the step it is held in.
+
+    One runner, one model, one batch: steps with the mask bookkeeping (gradient and weight multiplies)
+    alternate with steps that skip it, so both see the same weights, the same zeros and the same machine
+    load; the target is the median of the paired ratios. (Comparing against a separately trained dense
+    model instead mixes in data-dependent kernel timing: on this 2-core VM that comparison reads 1.01-1.11
+    with no mask work at all.) pytest-benchmark records the masked step itself.
+    """
     benchmark.group = f"train-step {arch}"
-    runner, batch = _runner(arch, masked), _batch()
-    benchmark.pedantic(lambda: runner(batch, 0), rounds=12, warmup_rounds=3)
-    _times[(arch, masked)] = benchmark.stats.stats.min
-    if (arch, False) in _times and (arch, True) in _times:
-        ratio = _times[(arch, True)] / _times[(arch, False)]
-        benchmark.extra_info["masked_over_dense"] = ratio
-        print(f"\n{arch}: masked/dense step time = {ratio:.3f}")
-        assert ratio < 1.05
+    runner, batch = _runner(arch, True), _batch()
+    with_masks = (runner.masked, runner.masked_params, runner.masked_masks)
+    without = ([], [], [])
+
+    def step(masks_on: bool) -> float:
+        runner.masked, runner.masked_params, runner.masked_masks = with_masks if masks_on else without
+        start = time.perf_counter()
+        runner(batch, 0)
+        return time.perf_counter() - start
+
+    for flag in (True, False, True, False):  # warm-up
+        step(flag)
+    ratios, plain = [], []
+    for round_ in range(20):
+        first = round_ % 2 == 0  # alternate which condition goes first
+        a, b = step(first), step(not first)
+        masked_s, plain_s = (a, b) if first else (b, a)
+        ratios.append(masked_s / plain_s)
+        plain.append(plain_s)
+    ratio = statistics.median(ratios)
+    benchmark.extra_info.update(unmasked_median_s=statistics.median(plain), masked_over_unmasked=ratio)
+    runner.masked, runner.masked_params, runner.masked_masks = with_masks
+    benchmark.pedantic(lambda: runner(batch, 0), rounds=3, warmup_rounds=0)
+    print(f"\n{arch}: step with / without mask bookkeeping = {ratio:.3f}")
+    assert ratio < 1.05
