@@ -1031,3 +1031,220 @@ def write_nyuv2(out: Path | str, n_train: int, n_test: int, height: int, width: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+# ------------------------------------------------------------------------------ Tiny-Taskonomy output
+#
+# write_taskonomy renders the same frames as write_nyuv2 (same seed → same rooms) and writes them in the
+# AdaShare Tiny-Taskonomy layout read by datasets/taskonomy.py; the encodings are documented there.
+
+TASKONOMY_JSON_NAME = "taskonomy.json"
+TASKONOMY_PRIOR_NAME = "semseg_prior_factor.npy"
+TASKONOMY_BUILDING = "synth"
+TASKONOMY_DOMAINS = ("rgb", "segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+# Taskonomy's semantic classes as stored in its PNGs: 0 = uncertain / unlabeled, 1 = background and 16 COCO
+# indoor object classes (StanfordVL/taskonomy taskbank).
+TASKONOMY_CLASSES: tuple[str, ...] = (
+    "uncertain",
+    "background",
+    "bottle",
+    "chair",
+    "couch",
+    "potted_plant",
+    "bed",
+    "dining_table",
+    "toilet",
+    "tv",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+)
+# NYU-40 classes of the renderer that have a COCO counterpart; every other NYU class (walls, floor, furniture
+# COCO does not name, wall items) is "background", and unlabeled (255) is "uncertain". Pillows go with beds,
+# desks with tables and the small spherical "otherprop" on supports with vases, as COCO annotators would.
+NYU40_TO_TASKONOMY: dict[str, str] = {
+    "chair": "chair",
+    "sofa": "couch",
+    "bed": "bed",
+    "pillow": "bed",
+    "table": "dining_table",
+    "desk": "dining_table",
+    "toilet": "toilet",
+    "television": "tv",
+    "sink": "sink",
+    "refridgerator": "refrigerator",
+    "books": "book",
+    "otherprop": "vase",
+}
+_TASKONOMY_LUT = np.full(256, TASKONOMY_CLASSES.index("background"), dtype=np.uint8)
+_TASKONOMY_LUT[IGNORE_LABEL] = TASKONOMY_CLASSES.index("uncertain")
+for _nyu, _tk in NYU40_TO_TASKONOMY.items():
+    _TASKONOMY_LUT[CLASS_ID[_nyu]] = TASKONOMY_CLASSES.index(_tk)
+TASKONOMY_DEPTH_UNITS = 512.0  # file value per metre
+TASKONOMY_DEPTH_INVALID = 65535
+TASKONOMY_NORMAL_INVALID = 127
+EDGE_UNIT = 5243  # file value of a unit luminance step (= 0.08 · 2¹⁶, the loader's clip)
+KEYPOINT_MAX = 328  # file value of the strongest corner of a frame (≈ 0.005 · 2¹⁶, the loader's clip)
+_KEYPOINT_FLOOR = 0.05  # corner responses below this fraction of the frame's strongest one are 0
+_HARRIS_K = 0.05
+_PRIOR_C = 1.12  # inverse-log weighting constant: weights lie in (1/log(2.12), 1/log(1.12)] = (1.33, 8.82]
+
+
+def frame_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator that renders frame ``index`` of ``split`` in write_nyuv2 and write_taskonomy.
+
+    Child ``index`` of child ``0`` (train) or ``1`` (test) of ``SeedSequence(seed)``, built directly.
+    """
+    key = {"train": 0, "test": 1}[split]
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(key, index)))
+
+
+def _sobel(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel derivatives (x, y) of a (H, W) map, replicated borders, divided by 4 (unit step → 1)."""
+    p = np.pad(img, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return gx / 4.0, gy / 4.0
+
+
+def _box3(img: np.ndarray) -> np.ndarray:
+    """3x3 box sum with replicated borders."""
+    p = np.pad(img, 1, mode="edge")
+    h, w = img.shape
+    return sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3))
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of an 8-bit RGB image, in [0, 1]."""
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
+
+
+def _mark_pairs(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Both pixels of every horizontal (dx, (H, W-1)) and vertical (dy, (H-1, W)) neighbour pair marked."""
+    edge = np.zeros((dy.shape[0] + 1, dx.shape[1] + 1), dtype=bool)
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    edge[1:, :] |= dy
+    edge[:-1, :] |= dy
+    return edge
+
+
+def taskonomy_edges(frame: Frame) -> np.ndarray:
+    """16-bit texture/occlusion edge map: max of the Sobel magnitude of the luminance (albedo pattern,
+    shading, class colours) and 0.5 on both sides of every NYU-40 label boundary (object outlines, so
+    occlusion edges too); a unit luminance step → EDGE_UNIT.
+
+    Typical texture and class edges (luminance steps 0.05-0.5) land in 0..5243, the loader's clip range.
+    """
+    gx, gy = _sobel(_luminance(frame.rgb))
+    strength = np.hypot(gx, gy)
+    seg = frame.seg
+    boundary = _mark_pairs(seg[:, 1:] != seg[:, :-1], seg[1:, :] != seg[:-1, :])
+    strength = np.where(boundary, np.maximum(strength, 0.5), strength)
+    return np.clip(np.rint(strength * EDGE_UNIT), 0, 65535).astype(np.uint16)
+
+
+def taskonomy_keypoints(frame: Frame) -> np.ndarray:
+    """16-bit corner heat map: positive Harris response of the luminance, relative to the frame's strongest
+    corner, with responses below 5% set to 0 (so most pixels are 0) and the peak at KEYPOINT_MAX."""
+    gx, gy = _sobel(_luminance(frame.rgb))
+    sxx, syy, sxy = _box3(gx * gx), _box3(gy * gy), _box3(gx * gy)
+    response = sxx * syy - sxy * sxy - _HARRIS_K * (sxx + syy) ** 2
+    peak = float(response.max())
+    if peak <= 0:
+        return np.zeros(response.shape, dtype=np.uint16)
+    rel = np.clip((response / peak - _KEYPOINT_FLOOR) / (1 - _KEYPOINT_FLOOR), 0.0, 1.0)
+    return np.rint(rel * KEYPOINT_MAX).astype(np.uint16)
+
+
+def taskonomy_depth(frame: Frame) -> np.ndarray:
+    """z-depth in Taskonomy units (round(d · 512), at most 65534), 65535 where the frame's normal is invalid
+    (windows, mirrors and the far side of occlusion boundaries), so the loader's depth mask equals the
+    renderer's normal mask."""
+    units = np.clip(np.rint(frame.depth.astype(np.float64) * TASKONOMY_DEPTH_UNITS), 0, 65534)
+    units[np.isnan(frame.normal).any(axis=-1)] = TASKONOMY_DEPTH_INVALID
+    return units.astype(np.uint16)
+
+
+def taskonomy_normals(frame: Frame) -> np.ndarray:
+    """8-bit RGB of the unit camera-frame normal (R = x right, G = y down, B = z forward, so surfaces facing
+    the camera have B < 128): round((n + 1) / 2 · 255); invalid pixels are (127, 127, 127)."""
+    normal = frame.normal.astype(np.float64)
+    invalid = np.isnan(normal).any(axis=-1)
+    encoded = np.clip(np.rint((np.nan_to_num(normal) + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8)
+    encoded[invalid] = TASKONOMY_NORMAL_INVALID
+    return encoded
+
+
+def taskonomy_seg(frame: Frame) -> np.ndarray:
+    """Taskonomy class ids 0..17 of the frame's NYU-40 labels (see NYU40_TO_TASKONOMY)."""
+    return _TASKONOMY_LUT[frame.seg]
+
+
+def taskonomy_prior_factor(counts: np.ndarray) -> np.ndarray:
+    """Inverse-log class-frequency weights 1 / log(1.12 + p_c) over labelled pixels (ENet's scheme with a
+    larger constant, so the weights stay in (1.33, 8.82] like the real file's 0.54..9.18); float32 (17,)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    freq = counts / counts.sum() if counts.sum() > 0 else np.zeros_like(counts)
+    return (1.0 / np.log(_PRIOR_C + freq)).astype(np.float32)
+
+
+def write_taskonomy(out: Path | str, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:
+    """Render a train and a test split into ``out`` in the AdaShare Tiny-Taskonomy layout and return ``out``.
+
+    Frame ``i`` of a split is rendered from :func:`frame_rng` ``(seed, split, i)``: the rooms are those of
+    ``write_nyuv2`` with the same seed. Listing paths are ``<building>/<domain>/point_<p>_view_0_domain_
+    <domain>.png`` under ``train/`` or ``test/``, building ``synth``, with ``p`` counting train frames from 0
+    and test frames from ``n_train``. ``semseg_prior_factor.npy`` holds :func:`taskonomy_prior_factor` of the
+    train split's label counts. Written to a hidden sibling directory renamed to ``out`` when complete.
+    """
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("height", height), ("width", width)):
+        _check_positive_int(name, value)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    out = Path(out)
+    _check_out_free(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        listing: dict[str, list[list[str]]] = {"train": [], "test": []}
+        counts = np.zeros(len(TASKONOMY_CLASSES), dtype=np.int64)
+        for split, count, start in (("train", n_train, 0), ("test", n_test, n_train)):
+            for domain in TASKONOMY_DOMAINS:
+                (tmp / split / TASKONOMY_BUILDING / domain).mkdir(parents=True)
+            for j in range(count):
+                frame = render_frame(frame_rng(seed, split, j), height, width)
+                seg = taskonomy_seg(frame)
+                if split == "train":
+                    counts += np.bincount(seg.ravel(), minlength=len(TASKONOMY_CLASSES))
+                arrays = (
+                    frame.rgb,
+                    seg,
+                    taskonomy_normals(frame),
+                    taskonomy_depth(frame),
+                    taskonomy_keypoints(frame),
+                    taskonomy_edges(frame),
+                )
+                rel = [
+                    f"{TASKONOMY_BUILDING}/{d}/point_{start + j}_view_0_domain_{d}.png"
+                    for d in TASKONOMY_DOMAINS
+                ]
+                for array, path in zip(arrays, rel, strict=True):
+                    _save_png(array, tmp / split / path)
+                listing[split].append(rel)
+        np.save(tmp / TASKONOMY_PRIOR_NAME, taskonomy_prior_factor(counts[1:]), allow_pickle=False)
+        (tmp / TASKONOMY_JSON_NAME).write_text(json.dumps(listing, indent=2) + "\n", encoding="utf-8")
+        _check_out_free(out)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
