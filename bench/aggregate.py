@@ -11,8 +11,10 @@ how a task's metrics are combined:
 
 A task with k metrics therefore has ΔT_t = k · Δm_t; the two are not interchangeable.
 
-Which metrics count: for each task, the columns ``<task>.<metric>`` of ``bench.vocabulary.NYUV2_METRICS``
-that are present in ``dense``. Other keys (costs, sparsity, Taskonomy-only columns) are ignored. The
+Which metrics count: for each task, the columns ``<task>.<metric>`` of the dataset's metric set
+(``bench.vocabulary.METRICS[dataset]``, ``dataset="nyuv2"`` by default) that are present in ``dense``.
+Other keys (costs, sparsity, another dataset's columns such as Taskonomy's ``segment_semantic.err`` in an
+NYU run) are ignored, which is why the dataset is a parameter rather than guessed from the keys. The
 relative change is scale-free, so fractions and percentages give the same score as long as both sides use
 the same unit. NaN values propagate (a diverged run gets a NaN score, not a silently partial one).
 """
@@ -21,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from bench.vocabulary import NYUV2_METRICS, direction
+from bench.vocabulary import dataset_metrics, direction
 
 __all__ = ["delta_m", "delta_t"]
 
 
 def _task_changes(
-    metrics: Mapping[str, float], dense: Mapping[str, float], tasks: Sequence[str]
+    metrics: Mapping[str, float], dense: Mapping[str, float], tasks: Sequence[str], dataset: str
 ) -> dict[str, list[float]]:
     """Per task, the signed relative changes ×100 of each of its metrics that the dense run reports."""
     if isinstance(tasks, str):
@@ -36,13 +38,15 @@ def _task_changes(
         raise ValueError("tasks is empty; an aggregate needs at least one task")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks {list(tasks)} lists a task more than once")
+    vocabulary = dataset_metrics(dataset)
     changes: dict[str, list[float]] = {}
     for task in tasks:
-        if task not in NYUV2_METRICS:
-            raise KeyError(f"no metric set for task {task!r}; known tasks: {', '.join(NYUV2_METRICS)}")
-        columns = [f"{task}.{m}" for m in NYUV2_METRICS[task] if f"{task}.{m}" in dense]
+        if task not in vocabulary:
+            known = ", ".join(vocabulary)
+            raise KeyError(f"no metric set for task {task!r} of dataset {dataset!r}; known tasks: {known}")
+        columns = [f"{task}.{m}" for m in vocabulary[task] if f"{task}.{m}" in dense]
         if not columns:
-            expected = ", ".join(f"{task}.{m}" for m in NYUV2_METRICS[task])
+            expected = ", ".join(f"{task}.{m}" for m in vocabulary[task])
             raise ValueError(f"dense reference has no metric of task {task!r} (expected any of: {expected})")
         values = []
         for column in columns:
@@ -57,16 +61,28 @@ def _task_changes(
 
 
 def delta_t(
-    metrics: Mapping[str, float], dense: Mapping[str, float], tasks: Sequence[str]
+    metrics: Mapping[str, float],
+    dense: Mapping[str, float],
+    tasks: Sequence[str],
+    *,
+    dataset: str = "nyuv2",
 ) -> dict[str, float]:
     """AdapMTL's ΔT: ``{"delta_t": mean over tasks, "delta_t.<task>": sum over that task's metrics}``."""
-    per_task = {task: sum(values) for task, values in _task_changes(metrics, dense, tasks).items()}
+    changes = _task_changes(metrics, dense, tasks, dataset)
+    per_task = {task: sum(values) for task, values in changes.items()}
     out = {"delta_t": sum(per_task.values()) / len(per_task)}
     out.update({f"delta_t.{task}": value for task, value in per_task.items()})
     return out
 
 
-def delta_m(metrics: Mapping[str, float], dense: Mapping[str, float], tasks: Sequence[str]) -> float:
+def delta_m(
+    metrics: Mapping[str, float],
+    dense: Mapping[str, float],
+    tasks: Sequence[str],
+    *,
+    dataset: str = "nyuv2",
+) -> float:
     """Maninis et al.'s Δm: mean over tasks of the mean signed relative change (%) of each task's metrics."""
-    per_task = [sum(values) / len(values) for values in _task_changes(metrics, dense, tasks).values()]
+    changes = _task_changes(metrics, dense, tasks, dataset)
+    per_task = [sum(values) / len(values) for values in changes.values()]
     return sum(per_task) / len(per_task)

@@ -1,4 +1,4 @@
-"""Dense-prediction metric accumulators for NYU-v2 under the ``standard`` evaluation protocol.
+"""Dense-prediction metric accumulators for NYU-v2 and Tiny-Taskonomy under the ``standard`` protocol.
 
 Why accumulators: every statistic is **pooled over all valid pixels of the whole test set**. An accumulator
 keeps sufficient statistics (a confusion matrix, sums, counts, a histogram of angles) and ``compute()``
@@ -9,7 +9,7 @@ numbers move with the loader's batch size and shuffling; ``standard`` avoids tha
 
 Everything runs with torch ops on the device of the tensors passed to the first ``update`` (no per-pixel
 Python loops); counters are int64 and sums float64 so a 654×480×640 test set loses no precision. The keys
-of ``compute()`` are the metric names of ``bench.vocabulary.NYUV2_METRICS`` (a test pins that).
+of ``compute()`` are the metric names of ``bench.vocabulary.METRICS[dataset]`` (tests pin that).
 
 Choices of the ``standard`` protocol (docs/protocols.md lists them beside the ``adapmtl`` ones):
 
@@ -24,6 +24,17 @@ Choices of the ``standard`` protocol (docs/protocols.md lists them beside the ``
 * depth: valid pixels are ``target > 0`` and finite. δ_k counts ``max(p/g, g/p) < 1.25**k`` (strict) and
   counts predictions ``p <= 0`` as failures; abs_err and rel_err include those pixels. Non-finite
   predictions are not filtered: a diverged model reports NaN/inf errors rather than a flattering subset.
+
+Tiny-Taskonomy (targets as decoded by its loader: labels 0..16 with 255 = ignore, float targets NaN on
+invalid pixels; see ``bench.tasks``):
+
+* segmentation: ``err`` is the class-weighted cross-entropy Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} over all valid
+  pixels of the test set, i.e. PyTorch's ``weight=`` mean reduction pooled over the whole split (the
+  reference instead averages per-batch values weighted by batch size). ``miou`` as for NYU, 17 classes.
+* normals: valid pixels have a finite target in all three channels; ``cos_sim`` is the mean cosine between
+  the eps-normalised prediction and target, and the NYU angle metrics are computed from the same cosines.
+* depth: ``abs_err`` = mean |p − g| over finite targets, in the loader's log-normalised units
+  log(1+d)/log(2^16). keypoints2d / edge_texture: ``err`` = mean |p − g| over finite targets ([−1, 1]).
 
 The ``adapmtl`` protocol (a later issue) reproduces the reference evaluation instead: mIoU over classes
 with TP > 0, normals compared in the raw uint8 encoding with any channel = 255 invalid, ``≤`` thresholds,
@@ -40,10 +51,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "CosineNormalMetric",
     "DepthMetric",
+    "L1Metric",
     "NormalMetric",
     "SegmentationMetric",
+    "WeightedSegmentationMetric",
+    "make_metric",
     "nyuv2_metric",
+    "taskonomy_metric",
 ]
 
 
@@ -347,3 +363,173 @@ def nyuv2_metric(task: str) -> SegmentationMetric | NormalMetric | DepthMetric:
             f"no NYU-v2 metric for task {task!r}; allowed tasks: {', '.join(_NYUV2_FACTORIES)}"
         ) from None
     return factory()
+
+
+# ------------------------------------------------------------------------------------------ Tiny-Taskonomy
+
+
+def _finite_rows(what: str, pred: Tensor, target: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """(N, C) float64 rows of prediction and target at pixels whose target is finite in every channel."""
+    _check_same_shape(what, pred, target)
+    if pred.dim() != 4 or pred.shape[1] != channels:
+        raise ValueError(f"{what}: expected (B,{channels},H,W) tensors, got shape {tuple(pred.shape)}")
+    if not target.dtype.is_floating_point:
+        raise ValueError(
+            f"{what}: target must be a float tensor with NaN on invalid pixels, got {target.dtype}"
+        )
+    valid = torch.isfinite(target).all(dim=1)  # (B,H,W)
+    g = target.permute(0, 2, 3, 1)[valid].to(torch.float64)
+    p = pred.permute(0, 2, 3, 1)[valid].to(torch.float64)
+    return p, g
+
+
+class WeightedSegmentationMetric(SegmentationMetric):
+    """Taskonomy segmentation: pooled class-weighted cross-entropy ``err`` plus confusion-matrix ``miou``.
+
+    ``err`` needs the logits, so ``update`` takes ``(B,C,H,W)`` logits only. It keeps Σ w_y·CE and Σ w_y
+    in float64, so the value is PyTorch's weighted-mean cross-entropy over every valid pixel of the split.
+    """
+
+    def __init__(self, class_weights: Tensor, ignore_index: int = 255) -> None:
+        weights = torch.as_tensor(class_weights).detach().to(torch.float64).reshape(-1)
+        if weights.numel() < 1 or not bool(torch.isfinite(weights).all()) or bool((weights <= 0).any()):
+            raise ValueError(
+                f"{self.task}: class_weights must be positive and finite, got {weights.tolist()}"
+            )
+        self.class_weights = weights.cpu()
+        super().__init__(num_classes=weights.numel(), ignore_index=ignore_index)
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.weighted_ce: Tensor | None = None
+        self.weight_sum: Tensor | None = None
+        self._weights: Tensor | None = None
+
+    def _init_state(self, device: torch.device) -> None:
+        super()._init_state(device)
+        self.weighted_ce = torch.zeros((), dtype=torch.float64, device=device)
+        self.weight_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._weights = self.class_weights.to(device)
+
+    def update(self, logits: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        """Add a batch of ``(B,C,H,W)`` logits against ``(B,H,W)`` labels (255 = ignore)."""
+        if logits.dim() != 4 or not logits.dtype.is_floating_point:
+            raise ValueError(
+                f"{self.task}: the weighted cross-entropy needs (B,C,H,W) float logits, got "
+                f"{logits.dtype} of shape {tuple(logits.shape)}"
+            )
+        super().update(logits, target)  # validates shapes and labels, fills the confusion matrix
+        logits, target = self._to_state_device(logits, target)
+        valid = target != self.ignore_index
+        y = target[valid].long()
+        if y.numel() == 0:
+            return
+        log_p = logits.permute(0, 2, 3, 1)[valid].to(torch.float64).log_softmax(dim=1)
+        ce = -log_p.gather(1, y[:, None])[:, 0]
+        assert self._weights is not None and self.weighted_ce is not None and self.weight_sum is not None
+        w = self._weights[y]
+        self.weighted_ce += (w * ce).sum()
+        self.weight_sum += w.sum()
+
+    def compute(self) -> dict[str, float]:
+        """Pooled weighted cross-entropy ``err`` (nats) and ``miou`` (fraction), in vocabulary order."""
+        miou = super().compute()["miou"]  # raises when nothing valid was seen
+        assert self.weighted_ce is not None and self.weight_sum is not None
+        return {"err": float(self.weighted_ce / self.weight_sum), "miou": miou}
+
+
+class CosineNormalMetric(NormalMetric):
+    """Taskonomy normals: mean cosine similarity plus NYU's angle metrics from the same cosines."""
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.cos_sum: Tensor | None = None
+
+    def _init_state(self, device: torch.device) -> None:
+        super()._init_state(device)
+        self.cos_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch: ``(B,3,H,W)`` predictions (any scale) against float targets, NaN = invalid."""
+        pred, target = self._to_state_device(pred, target)
+        p, g = _finite_rows(self.task, pred, target, 3)
+        if g.shape[0] == 0:
+            return
+        g = g / g.norm(dim=1, keepdim=True).clamp_min(self.EPS)
+        p = p / p.norm(dim=1, keepdim=True).clamp_min(self.EPS)
+        cos = (g * p).sum(dim=1).clamp(-1.0, 1.0)
+        assert self.cos_sum is not None
+        self.cos_sum += cos.sum()
+        self._add_angles(torch.rad2deg(torch.arccos(cos)))
+
+    def compute(self) -> dict[str, float]:
+        """``cos_sim`` then mean/median angle (degrees) and the within-X percentages."""
+        angles = super().compute()  # raises when nothing valid was seen
+        assert self.cos_sum is not None
+        return {"cos_sim": float(self.cos_sum) / self.count, **angles}
+
+
+class L1Metric(_Accumulator):
+    """Mean absolute error over finite-target pixels of a one-channel map, reported under ``name``."""
+
+    def __init__(self, task: str, name: str) -> None:
+        self.task, self.name = task, name
+        super().__init__()
+
+    def _reset_state(self) -> None:
+        self.count = 0
+        self.abs_sum: Tensor | None = None
+
+    def _init_state(self, device: torch.device) -> None:
+        self.abs_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch: ``(B,1,H,W)`` predictions against float targets, NaN = invalid."""
+        pred, target = self._to_state_device(pred, target)
+        p, g = _finite_rows(self.task, pred, target, 1)
+        if g.numel() == 0:
+            return
+        assert self.abs_sum is not None
+        self.count += int(g.numel())
+        self.abs_sum += (p - g).abs().sum()
+
+    @property
+    def num_valid(self) -> int:
+        return self.count
+
+    def compute(self) -> dict[str, float]:
+        """``{name: pooled mean |p − g|}`` in the target's units."""
+        if self.count == 0:
+            raise _no_valid_pixels(self.task)
+        assert self.abs_sum is not None
+        return {self.name: float(self.abs_sum) / self.count}
+
+
+Metric = SegmentationMetric | NormalMetric | DepthMetric | L1Metric
+TASKONOMY_TASKS = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+
+
+def taskonomy_metric(task: str, class_weights: Tensor | None = None) -> Metric:
+    """A fresh ``standard``-protocol accumulator for one Tiny-Taskonomy task (seg needs the class weights)."""
+    if task == "segment_semantic":
+        if class_weights is None:
+            raise ValueError("taskonomy segment_semantic metric needs the dataset's class_weights")
+        return WeightedSegmentationMetric(class_weights)
+    if task == "normal":
+        return CosineNormalMetric()
+    if task == "depth_zbuffer":
+        return L1Metric(task, "abs_err")
+    if task in ("keypoints2d", "edge_texture"):
+        return L1Metric(task, "err")
+    raise KeyError(f"no Taskonomy metric for task {task!r}; allowed tasks: {', '.join(TASKONOMY_TASKS)}")
+
+
+def make_metric(dataset: str, task: str, class_weights: Tensor | None = None) -> Metric:
+    """The accumulator of ``task`` for ``dataset``; class weights go only to metrics that use them."""
+    if dataset == "nyuv2":
+        if class_weights is not None:
+            raise ValueError("nyuv2 metrics take no class_weights")
+        return nyuv2_metric(task)
+    if dataset == "taskonomy":
+        return taskonomy_metric(task, class_weights)
+    raise KeyError(f"no metrics for dataset {dataset!r}; known: nyuv2, taskonomy")

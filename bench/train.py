@@ -19,7 +19,7 @@ from bench.data import batch_stream, eval_batches
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, apply_masks
 from bench.spec import TrainSpec
-from bench.tasks import task_loss
+from bench.tasks import LossFn, make_losses
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -59,8 +59,14 @@ class StepRunner:
         spec: TrainSpec,
         device: torch.device,
         masks: Masks | None = None,
+        class_weights: Tensor | None = None,
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
+        # Dataset state (Taskonomy's segmentation class weights) is bound into the losses once, on device.
+        self.class_weights = (
+            None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).to(device)
+        )
+        self.losses = make_losses(dataset_name, model.tasks, self.class_weights)
         self.weights = {t: (spec.task_weights or {}).get(t, 1.0) for t in model.tasks}
         params = model.prunable_parameters()
         self.masked: list[tuple[nn.Parameter, Tensor]] = []
@@ -75,7 +81,7 @@ class StepRunner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.spec.lr * lr_factor(self.spec, step)
         outputs = self.model(batch["input"])
-        losses = {t: task_loss(self.dataset_name, t, outputs[t], batch[t]) for t in self.model.tasks}
+        losses = {t: self.losses[t](outputs[t], batch[t]) for t in self.model.tasks}
         total = sum(self.weights[t] * losses[t] for t in self.model.tasks)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -109,15 +115,22 @@ def validation_loss(
     weights: Mapping[str, float],
     batch_size: int,
     device: torch.device,
+    losses: Mapping[str, LossFn] | None = None,
 ) -> float:
-    """Sample-weighted mean of the weighted multi-task loss over the validation split (eval mode)."""
+    """Sample-weighted mean of the weighted multi-task loss over the validation split (eval mode).
+
+    ``losses`` are the trainer's bound losses (same objective, same class weights); by default they are
+    built from ``dataset_name`` and the split's ``class_weights`` attribute when it has one.
+    """
+    if losses is None:
+        losses = make_losses(dataset_name, model.tasks, getattr(val_set, "class_weights", None))
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in eval_batches(val_set, batch_size):
         batch = to_device(batch, device)
         outputs = model(batch["input"])
-        loss = sum(weights[t] * task_loss(dataset_name, t, outputs[t], batch[t]) for t in model.tasks)
+        loss = sum(weights[t] * losses[t](outputs[t], batch[t]) for t in model.tasks)
         total += float(loss) * batch["input"].shape[0]
         count += batch["input"].shape[0]
     model.train(was_training)
@@ -143,14 +156,23 @@ def train(
     the lowest validation loss (evaluated every `val_every` steps and after the last one)."""
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
-    step_runner = StepRunner(model, dataset_name, spec, device, masks)
+    class_weights = getattr(train_set, "class_weights", None)
+    step_runner = StepRunner(model, dataset_name, spec, device, masks, class_weights=class_weights)
     torch.manual_seed(seed)  # dropout draws
     stream = batch_stream(train_set, spec.batch_size, seed, steps=spec.steps, num_workers=num_workers)
     best: tuple[float, int, dict[str, Tensor]] | None = None
     for step, batch in zip(range(spec.steps), stream, strict=False):
         scalars = step_runner(to_device(batch, device), step)
         if selection == "best_val" and ((step + 1) % val_every == 0 or step + 1 == spec.steps):
-            loss = validation_loss(model, val_set, dataset_name, step_runner.weights, spec.batch_size, device)
+            loss = validation_loss(
+                model,
+                val_set,
+                dataset_name,
+                step_runner.weights,
+                spec.batch_size,
+                device,
+                losses=step_runner.losses,
+            )
             scalars["val_loss"] = loss
             if best is None or loss < best[0]:
                 best = (

@@ -17,24 +17,57 @@ TASKS: tuple[str, ...] = (
 HIGHER = 1
 LOWER = -1
 
-# Metrics per task under the NYU-v2 `standard` protocol, in reporting order.
-NYUV2_METRICS: dict[str, dict[str, int]] = {
-    "segment_semantic": {"miou": HIGHER, "pixel_acc": HIGHER},
-    "normal": {
-        "mean": LOWER,
-        "median": LOWER,
-        "within_11_25": HIGHER,
-        "within_22_5": HIGHER,
-        "within_30": HIGHER,
+# Angle metrics of surface normals, shared by both datasets (degrees and % of pixels).
+_NORMAL_ANGLES: dict[str, int] = {
+    "mean": LOWER,
+    "median": LOWER,
+    "within_11_25": HIGHER,
+    "within_22_5": HIGHER,
+    "within_30": HIGHER,
+}
+
+# Metrics per task under the `standard` protocol, per dataset, in reporting order.
+METRICS: dict[str, dict[str, dict[str, int]]] = {
+    "nyuv2": {
+        "segment_semantic": {"miou": HIGHER, "pixel_acc": HIGHER},
+        "normal": dict(_NORMAL_ANGLES),
+        "depth_zbuffer": {
+            "abs_err": LOWER,
+            "rel_err": LOWER,
+            "delta_1_25": HIGHER,
+            "delta_1_25_2": HIGHER,
+            "delta_1_25_3": HIGHER,
+        },
     },
-    "depth_zbuffer": {
-        "abs_err": LOWER,
-        "rel_err": LOWER,
-        "delta_1_25": HIGHER,
-        "delta_1_25_2": HIGHER,
-        "delta_1_25_3": HIGHER,
+    # Tiny-Taskonomy: the reference's one metric per task comes first (err, cos_sim, abs_err, err, err),
+    # then the extra pooled metrics. depth abs_err is in log-normalised units log(1+d)/log(2^16).
+    "taskonomy": {
+        "segment_semantic": {"err": LOWER, "miou": HIGHER},
+        "normal": {"cos_sim": HIGHER, **_NORMAL_ANGLES},
+        "depth_zbuffer": {"abs_err": LOWER},
+        "keypoints2d": {"err": LOWER},
+        "edge_texture": {"err": LOWER},
     },
 }
+# Kept for callers written before Taskonomy existed.
+NYUV2_METRICS: dict[str, dict[str, int]] = METRICS["nyuv2"]
+
+
+def _merge_directions() -> dict[str, int]:
+    """One direction per column over all datasets; a column that two datasets disagree on is a bug."""
+    merged: dict[str, int] = {}
+    for dataset, tasks in METRICS.items():
+        for task, metrics in tasks.items():
+            for metric, sign in metrics.items():
+                column = f"{task}.{metric}"
+                if merged.setdefault(column, sign) != sign:
+                    raise AssertionError(
+                        f"column {column!r} has conflicting directions (again in {dataset!r})"
+                    )
+    return merged
+
+
+DIRECTIONS: dict[str, int] = _merge_directions()
 
 # The one metric per task that summary tables show first.
 MAIN_METRIC: dict[str, str] = {
@@ -47,10 +80,16 @@ MAIN_METRIC: dict[str, str] = {
 
 
 def direction(column: str) -> int:
-    """Direction (+1 higher-is-better, -1 lower-is-better) of a ``<task>.<metric>`` column."""
-    task, _, metric = column.partition(".")
+    """Direction (+1 higher-is-better, -1 lower-is-better) of a ``<task>.<metric>`` column of any dataset."""
     try:
-        return NYUV2_METRICS[task][metric]
+        return DIRECTIONS[column]
     except KeyError:
-        known = sorted(f"{t}.{m}" for t, ms in NYUV2_METRICS.items() for m in ms)
-        raise KeyError(f"unknown metric column {column!r}; known: {', '.join(known)}") from None
+        raise KeyError(f"unknown metric column {column!r}; known: {', '.join(sorted(DIRECTIONS))}") from None
+
+
+def dataset_metrics(dataset: str) -> dict[str, dict[str, int]]:
+    """The task → metric → direction table of one dataset, with a clear error for an unknown dataset."""
+    try:
+        return METRICS[dataset]
+    except KeyError:
+        raise KeyError(f"no metric vocabulary for dataset {dataset!r}; known: {', '.join(METRICS)}") from None

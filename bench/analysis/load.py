@@ -92,8 +92,8 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dic
         return row
     tasks = spec["data"]["tasks"]
     try:
-        row.update(delta_t(result["metrics"], dense["metrics"], tasks))
-        row["delta_m"] = delta_m(result["metrics"], dense["metrics"], tasks)
+        row.update(delta_t(result["metrics"], dense["metrics"], tasks, dataset=spec["data"]["dataset"]))
+        row["delta_m"] = delta_m(result["metrics"], dense["metrics"], tasks, dataset=spec["data"]["dataset"])
     except (KeyError, ValueError) as exc:  # e.g. a dense metric of 0: ΔT undefined, said so in the row
         row["delta_note"] = str(exc).strip("'\"")
     return row
