@@ -237,3 +237,9 @@ def test_pretrained_file_must_exist_and_match_its_digest(tmp_path):
     weights.write_bytes(b"x")
     data = tiny_matrix_dict(archs=[{"pretrained": str(weights), "pretrained_sha256": "00" * 32}])
     assert "the config expects 0000" in _error(data)
+
+
+def test_taskonomy_demo_config_is_valid():
+    matrix = load_matrix(Path(__file__).parents[1] / "configs" / "demo_taskonomy.yaml")
+    assert matrix.datasets[0].dataset == "taskonomy" and len(matrix.datasets[0].tasks) == 5
+    assert len(matrix.expand()) == 6
