@@ -11,8 +11,9 @@ how a task's metrics are combined:
 
 A task with k metrics therefore has ΔT_t = k · Δm_t; the two are not interchangeable.
 
-Which metrics count: for each task, the columns ``<task>.<metric>`` of the dataset's metric set
-(``bench.vocabulary.METRICS[dataset]``, ``dataset="nyuv2"`` by default) that are present in ``dense``.
+Which metrics count: for each task, the columns ``<task>.<metric>`` of the dataset's ΔT metric set
+(``bench.vocabulary.DELTA_METRICS[dataset]``, ``dataset="nyuv2"`` by default: all twelve NYU-v2 metrics;
+one per task on Tiny-Taskonomy) that are present in ``dense``.
 Other keys (costs, sparsity, another dataset's columns such as Taskonomy's ``segment_semantic.err`` in an
 NYU run) are ignored, which is why the dataset is a parameter rather than guessed from the keys. The
 relative change is scale-free, so fractions and percentages give the same score as long as both sides use
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from bench.vocabulary import dataset_metrics, direction
+from bench.vocabulary import delta_metrics, direction
 
 __all__ = ["delta_m", "delta_t"]
 
@@ -38,7 +39,7 @@ def _task_changes(
         raise ValueError("tasks is empty; an aggregate needs at least one task")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks {list(tasks)} lists a task more than once")
-    vocabulary = dataset_metrics(dataset)
+    vocabulary = delta_metrics(dataset)
     changes: dict[str, list[float]] = {}
     for task in tasks:
         if task not in vocabulary:

@@ -68,7 +68,7 @@ def _load(path: str) -> MatrixSpec:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bench.runner import plan
+    from bench.runner import plan, requirements
     from bench.store import Store
 
     matrix = _load(args.config)
@@ -87,6 +87,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         row = ("cell", c.run_id, data, arch, c.method.label, f"{c.target_sparsity:g}", str(c.seed))
         table.add_row(*row, c.dense().run_id, store.status(c.run_id))
     console.print(table)
+    console.print("[bold]What the run needs[/bold]")
+    for line in requirements(matrix):
+        console.print(f"  {line}", markup=False, highlight=False)
     return 0
 
 

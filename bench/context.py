@@ -79,6 +79,7 @@ class MethodContext:
             selection=self.spec.eval.selection,
             val_every=self.spec.eval.val_every,
             num_workers=self.num_workers,
+            protocol=self.spec.eval.protocol,
         )
         self.steps_used += outcome.steps
         self.selected_step = self.steps_used - outcome.steps + outcome.selected_step

@@ -22,7 +22,7 @@ from bench.spec import DataSpec, spec_hash
 def dataset_root(data: DataSpec, store: Path) -> Path:
     """Where the data lives: the user's root, or the synthetic copy cached in the store (rendered once)."""
     if data.source == "disk":
-        root = Path(data.root or "").expanduser()
+        root = data.resolved_root()
         if not root.is_dir():
             raise FileNotFoundError(f"dataset root {root} (data.root) is not a directory")
         return root
@@ -72,8 +72,12 @@ class SplitView(Dataset):
         return getattr(self.base, name)
 
 
-def build_dataset(data: DataSpec, store: Path, split: str, seed: int = 0) -> Any:
-    """`train` and `val` are carved from the training listing (DataSpec.val_fraction); `test` is untouched."""
+def build_dataset(data: DataSpec, store: Path, split: str, seed: int = 0, protocol: str = "standard") -> Any:
+    """`train` and `val` are carved from the training listing (DataSpec.val_fraction); `test` is untouched.
+
+    ``protocol`` goes to the loader, which may follow the reference pipeline under ``adapmtl`` (NYU-v2: the
+    flip does not negate normal x).
+    """
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; allowed: 'train', 'val', 'test'")
     cls = DATASETS.get(data.dataset)
@@ -88,6 +92,7 @@ def build_dataset(data: DataSpec, store: Path, split: str, seed: int = 0) -> Any
         scale=data.scale,
         flip=data.flip,
         seed=seed,
+        protocol=protocol,
     )
     if split == "test":
         return base

@@ -46,6 +46,53 @@ def plan(matrix: MatrixSpec) -> Plan:
     return Plan(dense=matrix.dense_stages(), cells=matrix.expand())
 
 
+def requirements(matrix: MatrixSpec) -> list[str]:
+    """What running ``matrix`` needs, checked without touching any data: roots, model sizes, compute."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for data in matrix.datasets:
+        if data.source == "synthetic":
+            s = data.synthetic
+            lines.append(
+                f"data {data.dataset}: synthetic, rendered into the store on first use "
+                f"({s.n_train} train + {s.n_test} test frames of {s.height}×{s.width})"
+            )
+            continue
+        if data.root in seen:
+            continue
+        seen.add(str(data.root))
+        listing = DATASETS.get(data.dataset).listing_name
+        try:
+            root = data.resolved_root()
+        except ValueError as exc:
+            lines.append(f"data {data.dataset}: MISSING: {exc}")
+            continue
+        if (root / listing).is_file():
+            lines.append(f"data {data.dataset}: {root} (found {listing})")
+        else:
+            lines.append(
+                f"data {data.dataset}: MISSING: {root / listing} does not exist; see docs/datasets.md, then "
+                f"check it with: python -m bench data verify --dataset {data.dataset} --root {root}"
+            )
+    dense = matrix.dense_stages()
+    for stage in {(d.arch.name, d.arch.width, d.arch.head_width, d.data.tasks): d for d in dense}.values():
+        with torch.device("meta"):  # shapes only: no memory, no time, even for full-width models
+            model = build_model(stage)
+        params = sum(p.numel() for p in model.parameters())
+        prunable = sum(p.numel() for p in model.prunable_parameters().values())
+        lines.append(
+            f"model {stage.arch.name} width {stage.arch.width:g}/{stage.arch.head_width:g} "
+            f"({', '.join(stage.data.tasks)}): {params / 1e6:.2f}M parameters, {prunable / 1e6:.2f}M prunable"
+        )
+    cells, train, finetune = matrix.expand(), matrix.train, matrix.finetune
+    lines.append(
+        f"compute: {len(dense)} dense stage(s) × {train.steps} steps (batch {train.batch_size}), then "
+        f"{len(cells)} cell(s), each within its method's budget (finetune {finetune.steps} steps, batch "
+        f"{finetune.batch_size}); protocol {matrix.eval.protocol}; device {matrix.runtime.device}"
+    )
+    return lines
+
+
 def resolve_device(runtime: RuntimeSpec) -> torch.device:
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
@@ -109,6 +156,20 @@ def _begin(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str
     return run_dir
 
 
+def _splits(spec: DenseSpec | RunSpec, store: Store) -> tuple[Any, Any, Any]:
+    """Train, validation (None without a val_fraction) and test sets, built as the protocol prescribes."""
+    protocol = spec.eval.protocol
+    train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed, protocol=protocol)
+    val_set = (
+        build_dataset(spec.data, store.root, "val", protocol=protocol) if spec.data.val_fraction > 0 else None
+    )
+    return train_set, val_set, build_dataset(spec.data, store.root, "test", protocol=protocol)
+
+
+def _evaluate(model: Any, test_set: Any, spec: DenseSpec | RunSpec, device: torch.device) -> dict[str, float]:
+    return evaluate(model, test_set, spec.eval.effective_batch_size, device, protocol=spec.eval.protocol)
+
+
 def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
     run_id = spec.run_id
     if store.is_done(run_id):
@@ -116,9 +177,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     run_dir = _begin(store, run_id, spec, {})
     start = time.time()
     device = resolve_device(runtime)
-    train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed)
-    val_set = build_dataset(spec.data, store.root, "val") if spec.data.val_fraction > 0 else None
-    test_set = build_dataset(spec.data, store.root, "test")
+    train_set, val_set, test_set = _splits(spec, store)
     torch.manual_seed(spec.seed)
     model = build_model(spec)
     if spec.arch.pretrained is not None:
@@ -138,6 +197,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
             selection=spec.eval.selection,
             val_every=spec.eval.val_every,
             num_workers=runtime.num_workers,
+            protocol=spec.eval.protocol,
         )
     finally:
         logger.close()
@@ -145,7 +205,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     result = {
         "run_id": run_id,
         "stage": "dense",
-        "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
+        "metrics": _evaluate(model, test_set, spec, device),
         "sparsity": sparsity_report(model),
         **measure_costs(model, test_set, runtime, device),
         "steps_total": outcome.steps,
@@ -171,9 +231,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     run_dir = _begin(store, run_id, spec, {"dense_run_id": dense_id})
     start = time.time()
     device = resolve_device(runtime)
-    train_set = build_dataset(spec.data, store.root, "train", seed=spec.seed)
-    val_set = build_dataset(spec.data, store.root, "val") if spec.data.val_fraction > 0 else None
-    test_set = build_dataset(spec.data, store.root, "test")
+    train_set, val_set, test_set = _splits(spec, store)
     model = build_model(spec)
     checkpoint = "model.pt" if method_cls.starts_from == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
@@ -201,7 +259,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         "run_id": run_id,
         "stage": "cell",
         "dense_run_id": dense_id,
-        "metrics": evaluate(model, test_set, spec.eval.batch_size, device),
+        "metrics": _evaluate(model, test_set, spec, device),
         "sparsity": report,
         **measure_costs(model, test_set, runtime, device, dense_result=store.result(dense_id)),
         "steps_total": dense_steps + ctx.steps_used,

@@ -1,8 +1,14 @@
-"""Task losses for the `standard` protocol, computed at label resolution.
+"""Task losses per dataset and evaluation protocol.
 
-Predictions come out of the heads at backbone resolution (stride 8 for Deeplab-ResNet34); they are
-upsampled bilinearly to the label size before the loss, so losses and metrics see the same pixels. (The
-AdapMTL reference instead downsamples labels with nearest neighbour; that belongs to its own protocol.)
+``standard``: predictions come out of the heads at backbone resolution (stride 8 for Deeplab-ResNet34,
+32 for MobileNetV2); they are upsampled bilinearly to the label size before the loss, so losses and
+metrics see the same pixels.
+
+``adapmtl`` trains as the AdapMTL reference does (adapmtl.md §4.1), because its evaluation is only
+meaningful for a model trained that way: every loss is computed at the head's output resolution against
+labels downsampled with nearest neighbour; NYU-v2 normals are compared in their raw uint8 encoding
+(L2-normalised as is, valid where no channel is 255), so the model learns to predict encoded directions;
+NYU-v2 depth is valid where the target is > 3e-5. Taskonomy losses are otherwise the standard ones.
 
 Tiny-Taskonomy targets arrive decoded by the loader: ``segment_semantic`` int64 labels 0..16 with 255 =
 ignore, float ``normal`` in [−1, 1], ``depth_zbuffer`` = log(1+d)/log(2^16), ``keypoints2d`` and
@@ -19,6 +25,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from bench.vocabulary import PROTOCOLS
 
 IGNORE = 255
 
@@ -98,6 +106,44 @@ def taskonomy_l1_loss(pred: Tensor, target: Tensor) -> Tensor:
     return _masked_mean((pred - gt).abs(), valid.expand_as(gt))
 
 
+def resize_label(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of a (B,H,W) or (B,C,H,W) label map of any dtype; values (255, NaN) exact."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    squeeze = target.dim() == 3
+    x = target[:, None] if squeeze else target
+    out = F.interpolate(x.to(torch.float64), size=tuple(size), mode="nearest").to(target.dtype)
+    return out[:, 0] if squeeze else out
+
+
+def downsample_to(target: Tensor, pred: Tensor) -> Tensor:
+    """The target at the prediction's resolution (nearest neighbour), as the AdapMTL reference trains."""
+    return resize_label(target, tuple(pred.shape[-2:]))
+
+
+def reference_normal_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """AdapMTL's NYU-v2 normal loss: 1 − mean cosine against the raw uint8 encoding, no channel = 255."""
+    valid = target.amax(dim=1) != IGNORE
+    cos = F.cosine_similarity(pred, target.to(pred.dtype), dim=1, eps=1e-8)
+    return 1.0 - _masked_mean(cos, valid)
+
+
+def reference_depth_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """AdapMTL's NYU-v2 depth loss: L1 over pixels whose target is > 3e-5."""
+    valid = target > 3e-5
+    return _masked_mean((pred - target).abs(), valid)
+
+
+def at_head_resolution(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The loss computed at the prediction's resolution, its target downsampled with nearest neighbour."""
+
+    def wrapped(pred: Tensor, target: Tensor, **kwargs: Tensor) -> Tensor:
+        return loss(pred, downsample_to(target, pred), **kwargs)
+
+    wrapped.__name__ = f"{getattr(loss, '__name__', 'loss')}_at_head_resolution"
+    return wrapped
+
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 NYUV2_LOSSES: dict[str, LossFn] = {
@@ -112,11 +158,19 @@ TASKONOMY_LOSSES: dict[str, LossFn] = {
     "edge_texture": taskonomy_l1_loss,
 }  # segment_semantic is built by make_losses: it needs the class weights
 LOSSES: dict[str, dict[str, LossFn]] = {"nyuv2": NYUV2_LOSSES, "taskonomy": TASKONOMY_LOSSES}
+# The adapmtl protocol's replacements of standard losses (before moving them to head resolution).
+REFERENCE_LOSSES: dict[str, dict[str, LossFn]] = {
+    "nyuv2": {"normal": reference_normal_loss, "depth_zbuffer": reference_depth_loss},
+    "taskonomy": {},
+}
+
 _WEIGHTED = {("taskonomy", "segment_semantic")}  # (dataset, task) pairs whose loss takes class_weights
 
 
-def make_losses(dataset: str, tasks: Sequence[str], class_weights: Tensor | None = None) -> dict[str, LossFn]:
-    """Task → ``fn(pred, target)`` for one dataset, with dataset state (class weights) bound in.
+def make_losses(
+    dataset: str, tasks: Sequence[str], class_weights: Tensor | None = None, protocol: str = "standard"
+) -> dict[str, LossFn]:
+    """Task → ``fn(pred, target)`` for one dataset and protocol, with dataset state (class weights) bound in.
 
     Fails loudly rather than silently training a different objective: Taskonomy segmentation without
     class weights, or class weights given to a dataset whose losses never use them (a Taskonomy task subset
@@ -124,6 +178,9 @@ def make_losses(dataset: str, tasks: Sequence[str], class_weights: Tensor | None
     """
     if dataset not in LOSSES:
         raise KeyError(f"no losses for dataset {dataset!r}; known: {sorted(LOSSES)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    reference = protocol == "adapmtl"
     if class_weights is not None and not any(d == dataset for d, _ in _WEIGHTED):
         raise ValueError(f"class_weights were given but no loss of dataset {dataset!r} uses them")
     losses: dict[str, LossFn] = {}
@@ -131,18 +188,27 @@ def make_losses(dataset: str, tasks: Sequence[str], class_weights: Tensor | None
         if (dataset, task) in _WEIGHTED:
             if class_weights is None:
                 raise ValueError(f"the {dataset} {task} loss needs the dataset's class_weights")
-            losses[task] = partial(taskonomy_segmentation_loss, class_weights=class_weights)
+            fn = taskonomy_segmentation_loss
+            losses[task] = partial(at_head_resolution(fn) if reference else fn, class_weights=class_weights)
             continue
         try:
-            losses[task] = LOSSES[dataset][task]
+            fn = LOSSES[dataset][task]
         except KeyError:
             known = sorted({*LOSSES[dataset], *(t for d, t in _WEIGHTED if d == dataset)})
             raise KeyError(f"no loss for task {task!r} of dataset {dataset!r}; known: {known}") from None
+        if reference:
+            fn = at_head_resolution(REFERENCE_LOSSES[dataset].get(task, fn))
+        losses[task] = fn
     return losses
 
 
 def task_loss(
-    dataset: str, task: str, pred: Tensor, target: Tensor, class_weights: Tensor | None = None
+    dataset: str,
+    task: str,
+    pred: Tensor,
+    target: Tensor,
+    class_weights: Tensor | None = None,
+    protocol: str = "standard",
 ) -> Tensor:
     """One task's loss; convenient for tests and one-off calls (the trainer binds :func:`make_losses`)."""
-    return make_losses(dataset, [task], class_weights)[task](pred, target)
+    return make_losses(dataset, [task], class_weights, protocol)[task](pred, target)

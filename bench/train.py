@@ -60,13 +60,14 @@ class StepRunner:
         device: torch.device,
         masks: Masks | None = None,
         class_weights: Tensor | None = None,
+        protocol: str = "standard",
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
         # Dataset state (Taskonomy's segmentation class weights) is bound into the losses once, on device.
         self.class_weights = (
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).to(device)
         )
-        self.losses = make_losses(dataset_name, model.tasks, self.class_weights)
+        self.losses = make_losses(dataset_name, model.tasks, self.class_weights, protocol)
         self.weights = {t: (spec.task_weights or {}).get(t, 1.0) for t in model.tasks}
         params = model.prunable_parameters()
         self.masked: list[tuple[nn.Parameter, Tensor]] = []
@@ -116,6 +117,7 @@ def validation_loss(
     batch_size: int,
     device: torch.device,
     losses: Mapping[str, LossFn] | None = None,
+    protocol: str = "standard",
 ) -> float:
     """Sample-weighted mean of the weighted multi-task loss over the validation split (eval mode).
 
@@ -123,7 +125,7 @@ def validation_loss(
     built from ``dataset_name`` and the split's ``class_weights`` attribute when it has one.
     """
     if losses is None:
-        losses = make_losses(dataset_name, model.tasks, getattr(val_set, "class_weights", None))
+        losses = make_losses(dataset_name, model.tasks, getattr(val_set, "class_weights", None), protocol)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -151,13 +153,16 @@ def train(
     selection: str = "last",
     val_every: int = 50,
     num_workers: int = 0,
+    protocol: str = "standard",
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
     the lowest validation loss (evaluated every `val_every` steps and after the last one)."""
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
     class_weights = getattr(train_set, "class_weights", None)
-    step_runner = StepRunner(model, dataset_name, spec, device, masks, class_weights=class_weights)
+    step_runner = StepRunner(
+        model, dataset_name, spec, device, masks, class_weights=class_weights, protocol=protocol
+    )
     torch.manual_seed(seed)  # dropout draws
     stream = batch_stream(train_set, spec.batch_size, seed, steps=spec.steps, num_workers=num_workers)
     best: tuple[float, int, dict[str, Tensor]] | None = None

@@ -17,6 +17,9 @@ TASKS: tuple[str, ...] = (
 HIGHER = 1
 LOWER = -1
 
+# Evaluation protocols (docs/protocols.md): our pooled, corrected evaluation and the AdapMTL reference one.
+PROTOCOLS: tuple[str, ...] = ("standard", "adapmtl")
+
 # Angle metrics of surface normals, shared by both datasets (degrees and % of pixels).
 _NORMAL_ANGLES: dict[str, int] = {
     "mean": LOWER,
@@ -40,13 +43,28 @@ METRICS: dict[str, dict[str, dict[str, int]]] = {
         },
     },
     # Tiny-Taskonomy: the reference's one metric per task comes first (err, cos_sim, abs_err, err, err),
-    # then the extra pooled metrics. depth abs_err is in log-normalised units log(1+d)/log(2^16).
+    # then the extra pooled metrics that DiSparse's Table 3 prints (mIoU, pixel accuracy, angles, rel_err).
+    # depth abs_err / rel_err are in log-normalised units log(1+d)/log(2^16).
     "taskonomy": {
-        "segment_semantic": {"err": LOWER, "miou": HIGHER},
+        "segment_semantic": {"err": LOWER, "miou": HIGHER, "pixel_acc": HIGHER},
         "normal": {"cos_sim": HIGHER, **_NORMAL_ANGLES},
-        "depth_zbuffer": {"abs_err": LOWER},
+        "depth_zbuffer": {"abs_err": LOWER, "rel_err": LOWER},
         "keypoints2d": {"err": LOWER},
         "edge_texture": {"err": LOWER},
+    },
+}
+# The metrics that enter ΔT / Δm, per dataset and task. NYU-v2: every metric (AdapMTL's Table 2 sums all
+# twelve). Tiny-Taskonomy: the one metric per task that the AdapMTL reference scores Taskonomy with
+# (seg err, normal cos_sim, depth abs_err, keypoint err, edge err); summing the five correlated angle
+# metrics with cos_sim would give normals six votes.
+DELTA_METRICS: dict[str, dict[str, tuple[str, ...]]] = {
+    "nyuv2": {task: tuple(metrics) for task, metrics in METRICS["nyuv2"].items()},
+    "taskonomy": {
+        "segment_semantic": ("err",),
+        "normal": ("cos_sim",),
+        "depth_zbuffer": ("abs_err",),
+        "keypoints2d": ("err",),
+        "edge_texture": ("err",),
     },
 }
 # Kept for callers written before Taskonomy existed.
@@ -85,6 +103,16 @@ def direction(column: str) -> int:
         return DIRECTIONS[column]
     except KeyError:
         raise KeyError(f"unknown metric column {column!r}; known: {', '.join(sorted(DIRECTIONS))}") from None
+
+
+def delta_metrics(dataset: str) -> dict[str, tuple[str, ...]]:
+    """Task → the metric names that ΔT/Δm use for ``dataset``."""
+    try:
+        return DELTA_METRICS[dataset]
+    except KeyError:
+        raise KeyError(
+            f"no ΔT metric set for dataset {dataset!r}; known: {', '.join(DELTA_METRICS)}"
+        ) from None
 
 
 def dataset_metrics(dataset: str) -> dict[str, dict[str, int]]:

@@ -5,7 +5,8 @@ paths relative to the root; RGB PNG; seg uint8 0..39 with 255 = ignore; normals 
 (255,255,255) invalid; depth float32 metres (0 = invalid).
 
 Deliberate deviations from the reference loader, all in favour of correctness (DESIGN `standard` protocol):
-- the horizontal flip negates the normal x component (v → 255 − v on valid pixels); the reference does not;
+- the horizontal flip negates the normal x component (v → 255 − v on valid pixels); the reference does not
+  (``protocol="adapmtl"`` keeps the reference's un-negated flip);
 - the test split is returned at its native resolution, unchanged; the reference resizes it to 321×321;
 - the input is RGB scaled to [0, 1] and normalised with the ImageNet mean/std (what torchvision weights
   expect) instead of BGR 0–255 minus the Caffe mean.
@@ -15,28 +16,31 @@ Training augmentation is a pure function of (seed, epoch, index), so a resumed r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from bench.registry import DATASETS
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, DataFormatError
+from datasets.base import read_listing as read_json_listing
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LISTING",
+    "DataFormatError",
+    "NYUv2",
+    "flip_normals",
+    "read_listing",
+]
 
 LISTING = "nyu_v2_3task.json"
 TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 IGNORE = 255
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-
-class DataFormatError(ValueError):
-    """A dataset file or listing that does not match the documented format; the message names it."""
+ENTRY_FIELDS = ("img png", "seg png", "normal png", "depth npy")
 
 
 def _read_png(path: Path, channels: int) -> np.ndarray:
@@ -80,27 +84,8 @@ def _read_depth(path: Path) -> np.ndarray:
 
 
 def read_listing(root: Path, split: str) -> list[list[str]]:
-    listing = root / LISTING
-    if not listing.is_file():
-        raise DataFormatError(
-            f"{listing}: listing not found (expected the AdaShare NYU-v2 layout under {root})"
-        )
-    try:
-        data = json.loads(listing.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{listing}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or split not in data:
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DataFormatError(f"{listing}: expected a key {split!r} holding a list of samples; found {keys}")
-    entries = data[split]
-    if not isinstance(entries, list) or not entries:
-        raise DataFormatError(f"{listing}: {split!r} must be a non-empty list of samples")
-    for i, entry in enumerate(entries):
-        if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(p, str) for p in entry)):
-            raise DataFormatError(
-                f"{listing}: {split}[{i}] must be [img png, seg png, normal png, depth npy], got {entry!r}"
-            )
-    return entries
+    """The entries of one split: four relative paths each; malformed listings fail loudly."""
+    return read_json_listing(root, LISTING, split, ENTRY_FIELDS, "AdaShare NYU-v2")
 
 
 def flip_normals(normal: Tensor) -> Tensor:
@@ -112,12 +97,15 @@ def flip_normals(normal: Tensor) -> Tensor:
 
 
 @DATASETS.register("nyuv2")
-class NYUv2(Dataset):
+class NYUv2(AugmentedDataset):
     """NYU-v2 (40-class segmentation, surface normals, depth) in the AdaShare format."""
 
     tasks = tuple(TASK_CHANNELS)
     task_channels = TASK_CHANNELS
+    dataset_label = "NYU-v2"
     listing_name = LISTING
+    # The `adapmtl` protocol evaluates on test inputs and labels resized straight to this (H, W).
+    reference_eval_size = (321, 321)
 
     def __init__(
         self,
@@ -129,35 +117,20 @@ class NYUv2(Dataset):
         scale: tuple[float, float] = (0.5, 1.5),
         flip: bool = True,
         seed: int = 0,
+        protocol: str = "standard",
     ) -> None:
+        super().__init__(tasks, augment, crop, scale, flip, seed, protocol)
+        # The reference flips NYU-v2 normals without negating x; only the adapmtl protocol keeps that.
+        self.negate_normal_x = protocol != "adapmtl"
         self.root = Path(root)
         self.split = split
         self.entries = read_listing(self.root, split)
-        unknown = [t for t in tasks if t not in TASK_CHANNELS]
-        if unknown:
-            raise ValueError(f"unknown NYU-v2 task(s) {unknown}; allowed: {list(TASK_CHANNELS)}")
-        self.tasks_used = tuple(tasks)
-        self.augment, self.crop, self.scale, self.flip, self.seed = (
-            augment,
-            tuple(crop),
-            tuple(scale),
-            flip,
-            seed,
-        )
-        self.epoch = 0
 
     @staticmethod
     def synthesize(out: Path, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:
         from datasets.synthetic import write_nyuv2
 
         return write_nyuv2(out, n_train=n_train, n_test=n_test, height=height, width=width, seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentation draws depend on (seed, epoch, index) only."""
-        self.epoch = epoch
 
     def load_raw(self, index: int) -> dict[str, Tensor]:
         """The sample as stored: image uint8 (3,H,W), seg int64 (H,W), normal uint8 (3,H,W), depth (1,H,W)."""
@@ -186,47 +159,12 @@ class NYUv2(Dataset):
                 )
         return sample
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.load_raw(index)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            sample = self._augment(sample, rng)
-        image = sample.pop("image").float().div_(255.0)
-        out: dict[str, Any] = {
-            "input": (image - IMAGENET_MEAN) / IMAGENET_STD,
-            "name": self.entries[index][0],
-        }
-        for task in self.tasks_used:
-            out[task] = sample[task]
-        return out
+    def flip_target(self, key: str, value: Tensor) -> Tensor:
+        """Mirror a map; normals also negate x (v → 255 − v) unless the adapmtl protocol asks otherwise."""
+        if key == "normal" and self.negate_normal_x:
+            return flip_normals(value)
+        return value.flip(-1)
 
-    def _augment(self, sample: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
-        """Random scale (image bilinear, labels nearest), horizontal flip, pad and random crop."""
-        h, w = sample["image"].shape[-2:]
-        s = rng.uniform(*self.scale)
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        out: dict[str, Tensor] = {}
-        for key, value in sample.items():
-            mode = "bilinear" if key == "image" else "nearest"
-            x = value[None].float() if value.ndim == 3 else value[None, None].float()
-            kwargs = {"align_corners": False} if mode == "bilinear" else {}
-            x = F.interpolate(x, size=size, mode=mode, **kwargs)[0]
-            if key == "image":
-                x = x.round_().clamp_(0, 255)
-            out[key] = x.to(value.dtype) if value.ndim == 3 else x[0].to(value.dtype)
-        if self.flip and rng.random() < 0.5:
-            for key, value in out.items():
-                out[key] = flip_normals(value) if key == "normal" else value.flip(-1)
-        ch, cw = self.crop
-        pad_h, pad_w = max(ch - size[0], 0), max(cw - size[1], 0)
-        top, left = (
-            int(rng.integers(0, size[0] + pad_h - ch + 1)),
-            int(rng.integers(0, size[1] + pad_w - cw + 1)),
-        )
-        fills = {"image": 0, "segment_semantic": IGNORE, "normal": IGNORE, "depth_zbuffer": 0}
-        for key, value in out.items():
-            if pad_h or pad_w:
-                pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-                value = F.pad(value, pad, value=fills[key])
-            out[key] = value[..., top : top + ch, left : left + cw]
-        return out
+    def pad_fill(self, key: str) -> float:
+        """Labels and normals pad with 255 (ignore / invalid), depth with 0 (invalid)."""
+        return 0 if key == "depth_zbuffer" else IGNORE

@@ -36,20 +36,17 @@ unchanged.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from bench.registry import DATASETS
-from datasets.nyuv2 import IMAGENET_MEAN, IMAGENET_STD, DataFormatError
+from datasets.base import AugmentedDataset, DataFormatError
+from datasets.base import read_listing as read_json_listing
 
 LISTING = "taskonomy.json"
 PRIOR_FACTOR = "semseg_prior_factor.npy"
@@ -109,33 +106,7 @@ def _read_png(path: Path, bits: int, rgb: bool) -> np.ndarray:
 
 def read_listing(root: Path, split: str) -> list[list[str]]:
     """The entries of one split, each a list of six relative paths; malformed entries fail loudly."""
-    listing = root / LISTING
-    if not listing.is_file():
-        raise DataFormatError(
-            f"{listing}: listing not found (expected the AdaShare Tiny-Taskonomy layout under {root})"
-        )
-    try:
-        data = json.loads(listing.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFormatError(f"{listing}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or split not in data:
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DataFormatError(f"{listing}: expected a key {split!r} holding a list of samples; found {keys}")
-    entries = data[split]
-    if not isinstance(entries, list) or not entries:
-        raise DataFormatError(f"{listing}: {split!r} must be a non-empty list of samples")
-    for i, entry in enumerate(entries):
-        ok = (
-            isinstance(entry, list)
-            and len(entry) == len(ENTRY_FIELDS)
-            and all(isinstance(p, str) and p and not Path(p).is_absolute() for p in entry)
-        )
-        if not ok:
-            raise DataFormatError(
-                f"{listing}: {split}[{i}] must be a list of {len(ENTRY_FIELDS)} relative paths "
-                f"[{', '.join(ENTRY_FIELDS)}], got {entry!r}"
-            )
-    return entries
+    return read_json_listing(root, LISTING, split, ENTRY_FIELDS, "AdaShare Tiny-Taskonomy")
 
 
 def read_prior_factor(root: Path) -> Tensor:
@@ -189,12 +160,15 @@ def decode_normal(raw: np.ndarray, depth_valid: np.ndarray) -> Tensor:
 
 
 @DATASETS.register("taskonomy")
-class Taskonomy(Dataset):
+class Taskonomy(AugmentedDataset):
     """Tiny-Taskonomy (17-class seg, normals, depth, 2-D keypoints, texture edges) in the AdaShare format."""
 
     tasks = tuple(TASK_CHANNELS)
     task_channels = TASK_CHANNELS
+    dataset_label = "Taskonomy"
     listing_name = LISTING
+    # The `adapmtl` protocol evaluates on test inputs and labels resized to this (H, W) (reference: 224).
+    reference_eval_size = (224, 224)
 
     def __init__(
         self,
@@ -206,39 +180,23 @@ class Taskonomy(Dataset):
         scale: tuple[float, float] = (0.5, 1.5),
         flip: bool = True,
         seed: int = 0,
+        protocol: str = "standard",
     ) -> None:
-        self.root = Path(root)
+        # ``protocol`` changes nothing here: the reference Taskonomy loader already negates normal x on flip.
+        super().__init__(tasks, augment, crop, scale, flip, seed, protocol)
         if split not in SPLIT_DIRS:
             raise ValueError(f"unknown Taskonomy split {split!r}; allowed: {list(SPLIT_DIRS)}")
+        self.root = Path(root)
         self.split = split
         self.split_root = self.root / SPLIT_DIRS[split]
         self.entries = read_listing(self.root, split)
-        unknown = [t for t in tasks if t not in TASK_CHANNELS]
-        if unknown:
-            raise ValueError(f"unknown Taskonomy task(s) {unknown}; allowed: {list(TASK_CHANNELS)}")
-        self.tasks_used = tuple(tasks)
         self.class_weights: Tensor = read_prior_factor(self.root)
-        self.augment, self.crop, self.scale, self.flip, self.seed = (
-            augment,
-            tuple(crop),
-            tuple(scale),
-            flip,
-            seed,
-        )
-        self.epoch = 0
 
     @staticmethod
     def synthesize(out: Path, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:
         from datasets.synthetic import write_taskonomy
 
         return write_taskonomy(out, n_train=n_train, n_test=n_test, height=height, width=width, seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentation draws depend on (seed, epoch, index) only."""
-        self.epoch = epoch
 
     def paths(self, index: int) -> dict[str, Path]:
         """Absolute paths of one sample's six files, keyed by ``rgb`` and the task names."""
@@ -277,56 +235,11 @@ class Taskonomy(Dataset):
             sample["edge_texture"] = decode_clipped(raw["edge_texture"], EDGE_CLIP)
         return sample
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.load_raw(index)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            sample = self._augment(sample, rng)
-        image = sample.pop("image").float().div_(255.0)
-        out: dict[str, Any] = {
-            "input": (image - IMAGENET_MEAN) / IMAGENET_STD,
-            "name": self.entries[index][0],
-        }
-        for task in self.tasks_used:
-            out[task] = sample[task]
-        return out
+    def flip_target(self, key: str, value: Tensor) -> Tensor:
+        """Mirror a map; normals also negate x (the reference does too)."""
+        value = value.flip(-1)
+        return torch.cat([-value[:1], value[1:]], dim=0) if key == "normal" else value
 
-    def _augment(self, sample: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
-        """Random scale (image bilinear, labels nearest), horizontal flip, pad and random crop.
-
-        Same draws in the same order as the NYU-v2 loader. Nearest resampling keeps NaN and 255 exact.
-        """
-        h, w = sample["image"].shape[-2:]
-        s = rng.uniform(*self.scale)
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        out: dict[str, Tensor] = {}
-        for key, value in sample.items():
-            x = value[None].float() if value.ndim == 3 else value[None, None].float()
-            if key == "image":
-                x = (
-                    F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
-                    .round_()
-                    .clamp_(0, 255)
-                )
-            else:
-                x = F.interpolate(x, size=size, mode="nearest")[0]
-            out[key] = x.to(value.dtype) if value.ndim == 3 else x[0].to(value.dtype)
-        if self.flip and rng.random() < 0.5:
-            for key, value in out.items():
-                value = value.flip(-1)
-                if key == "normal":
-                    value = torch.cat([-value[:1], value[1:]], dim=0)
-                out[key] = value
-        ch, cw = self.crop
-        pad_h, pad_w = max(ch - size[0], 0), max(cw - size[1], 0)
-        top, left = (
-            int(rng.integers(0, size[0] + pad_h - ch + 1)),
-            int(rng.integers(0, size[1] + pad_w - cw + 1)),
-        )
-        for key, value in out.items():
-            if pad_h or pad_w:
-                fill = 0.0 if key == "image" else (float("nan") if key in FLOAT_TASKS else float(IGNORE))
-                pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-                value = F.pad(value, pad, value=fill)
-            out[key] = value[..., top : top + ch, left : left + cw]
-        return out
+    def pad_fill(self, key: str) -> float:
+        """Float targets pad with NaN (invalid), segmentation with 255 (ignore)."""
+        return float("nan") if key in FLOAT_TASKS else float(IGNORE)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.registry import DATASETS
-from datasets.nyuv2 import DataFormatError
+from datasets.base import DataFormatError
 
 
 @dataclass

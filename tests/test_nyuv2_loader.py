@@ -101,8 +101,12 @@ def test_bad_listing_is_named(tmp_path):
         NYUv2(tmp_path, "train")
     (tmp_path / "nyu_v2_3task.json").write_text(json.dumps({"train": [["a.png", "b.png"]]}))
     with pytest.raises(
-        DataFormatError, match=r"train\[0\] must be \[img png, seg png, normal png, depth npy\]"
+        DataFormatError,
+        match=r"train\[0\] must be a list of 4 relative paths \[img png, seg png, normal png, depth npy\]",
     ):
+        NYUv2(tmp_path, "train")
+    (tmp_path / "nyu_v2_3task.json").write_text(json.dumps({"train": [["/abs/a.png", "b", "c", "d"]]}))
+    with pytest.raises(DataFormatError, match=r"train\[0\] must be a list of 4 relative paths"):
         NYUv2(tmp_path, "train")
     with pytest.raises(DataFormatError, match="expected a key 'test'"):
         NYUv2(tmp_path, "test")

@@ -279,3 +279,52 @@ def test_prior_factor_missing_or_malformed(copy: Path) -> None:
     prior.unlink()
     with _raises(prior, "prior-factor file not found"):
         Taskonomy(copy, "test")
+
+
+# ------------------------------------------------------------------------------------------ data verify
+
+
+def test_verify_passes_on_synthetic_output_with_counts_and_histogram(root: Path, capsys) -> None:
+    from bench.cli import main
+    from datasets.verify import verify
+
+    report = verify("taskonomy", root)
+    assert report.ok, report.problems
+    assert report.counts == N and report.sizes == {(H, W): sum(N.values())}
+    # The histogram counts every pixel of every label image in decoded ids: classes 0..16, 255 = unlabeled.
+    assert sum(report.class_histogram.values()) == sum(N.values()) * H * W
+    assert set(report.class_histogram) <= set(range(17)) | {255}
+    assert len(set(report.class_histogram) - {255}) >= 3
+    assert main(["data", "verify", "--dataset", "taskonomy", "--root", str(root)]) == 0
+    assert f"{N['train']} train, {N['test']} test" in capsys.readouterr().out
+
+
+def test_verify_lists_every_problem_with_its_path_and_exits_nonzero(copy: Path, capsys) -> None:
+    from bench.cli import main
+    from datasets.verify import verify
+
+    missing = _entry(copy, "train", 0)[2]
+    missing.unlink()
+    truncated = _entry(copy, "train", 1)[3]
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    eight_bit = _entry(copy, "test", 1)[4]
+    Image.fromarray(np.full((H, W), 3, dtype=np.uint8)).save(eight_bit)
+    seg_path = _entry(copy, "test", 2)[1]
+    seg = np.array(Image.open(seg_path))
+    seg[1, 1] = 30
+    Image.fromarray(seg).save(seg_path)
+
+    report = verify("taskonomy", copy)
+    expected = {
+        missing: "does not exist",
+        truncated: "not a readable PNG",
+        eight_bit: "found bit depth 8",
+        seg_path: re.escape("found [30]"),
+    }
+    assert len(report.problems) == len(expected), report.problems
+    for path, words in expected.items():
+        assert any(re.search(re.escape(str(path)) + ".*" + words, p) for p in report.problems), path
+    assert report.counts == N
+    assert main(["data", "verify", "--dataset", "taskonomy", "--root", str(copy)]) != 0
+    out = capsys.readouterr().out
+    assert all(str(path) in out for path in expected)

@@ -76,9 +76,10 @@ def test_segmentation_metric_golden() -> None:
     assert isinstance(m, WeightedSegmentationMetric) and m.num_classes == 3
     m.update(SEG_LOGITS, SEG_TARGET)
     out = m.compute()
-    assert list(out) == ["err", "miou"]
+    assert list(out) == ["err", "miou", "pixel_acc"]
     assert out["err"] == pytest.approx(SEG_ERR, rel=1e-6)  # inputs are float32
     assert out["miou"] == pytest.approx(SEG_MIOU, rel=1e-12)
+    assert out["pixel_acc"] == pytest.approx(1 / 3, rel=1e-12)  # only gt 0 of the 3 valid pixels is right
     assert m.num_valid == 3
 
 
@@ -166,7 +167,11 @@ def test_l1_loss_and_metric_golden(task: str, name: str) -> None:
     m = taskonomy_metric(task)
     assert isinstance(m, L1Metric)
     m.update(L1_PRED, L1_TARGET)
-    assert m.compute() == {name: pytest.approx(L1, rel=1e-6)}  # float32 inputs
+    expected = {name: pytest.approx(L1, rel=1e-6)}  # float32 inputs
+    if task == "depth_zbuffer":
+        # rel_err over finite targets with g > 0: (0.1/0.5 + 0.25/0.25 + 0/0.1) / 3 = 1.2 / 3 = 0.4
+        expected["rel_err"] = pytest.approx(0.4, rel=1e-6)
+    assert m.compute() == expected
     assert list(m.compute()) == list(METRICS["taskonomy"][task])
 
 
@@ -385,28 +390,26 @@ T_PRUNED = {
     "keypoints2d.err": 0.25,
     "sparsity": 0.9,
 }
-# seg:       err ↓: −100·(0.60−0.50)/0.50 = −20;  miou ↑: +100·(0.30−0.25)/0.25 = +20
-#            ΔT_seg = −20 + 20 = 0;  Δm_seg = 0
-# normal:    cos_sim ↑: +100·(0.84−0.80)/0.80 = +5 (the only normal metric the dense run reports)
+# Taskonomy's ΔT uses one metric per task (DELTA_METRICS): seg err, normal cos_sim, keypoint err.
+# seg:       err ↓: −100·(0.60−0.50)/0.50 = −20   (miou +20 is reported but does not enter ΔT)
+# normal:    cos_sim ↑: +100·(0.84−0.80)/0.80 = +5
 # keypoints: err ↓: −100·(0.25−0.20)/0.20 = −25
-# ΔT = (0 + 5 − 25)/3 = −20/3 ≈ −6.6667;  Δm = (0 + 5 − 25)/3 = −20/3 as well (one or two metrics, seg sums 0)
+# ΔT = (−20 + 5 − 25)/3 = −40/3 ≈ −13.333;  Δm the same (one metric per task)
 
 
 def test_taskonomy_delta_t_golden() -> None:
     tasks = ["segment_semantic", "normal", "keypoints2d"]
     out = delta_t(T_PRUNED, T_DENSE, tasks, dataset="taskonomy")
     assert out == {
-        "delta_t": pytest.approx(-20 / 3),
-        "delta_t.segment_semantic": pytest.approx(0.0, abs=1e-12),
+        "delta_t": pytest.approx(-40 / 3),
+        "delta_t.segment_semantic": pytest.approx(-20.0),
         "delta_t.normal": pytest.approx(5.0),
         "delta_t.keypoints2d": pytest.approx(-25.0),
     }
-    assert delta_m(T_PRUNED, T_DENSE, tasks, dataset="taskonomy") == pytest.approx(-20 / 3)
-    # Seg err alone (dense without miou): ΔT_seg = −20, Δm_seg = −20.
-    only_err = {"segment_semantic.err": 0.50}
-    assert delta_t(T_PRUNED, only_err, ["segment_semantic"], dataset="taskonomy")["delta_t"] == pytest.approx(
-        -20
-    )
+    assert delta_m(T_PRUNED, T_DENSE, tasks, dataset="taskonomy") == pytest.approx(-40 / 3)
+    # A dense run without seg err has no ΔT metric for segmentation: a clear error, not a silent miou.
+    with pytest.raises(ValueError, match=r"segment_semantic.*segment_semantic\.err"):
+        delta_t(T_PRUNED, {"segment_semantic.miou": 0.25}, ["segment_semantic"], dataset="taskonomy")
     # Under the NYU vocabulary seg err is not a metric (only miou counts: +20), and keypoints2d is no task.
     assert delta_t(T_PRUNED, T_DENSE, ["segment_semantic"])["delta_t"] == pytest.approx(20.0)
     with pytest.raises(KeyError, match="keypoints2d"):

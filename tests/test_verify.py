@@ -104,7 +104,8 @@ def test_malformed_listing_entry_is_named(synthetic_root, tmp_path):
     report = verify("nyuv2", root)
     assert len(report.problems) == 1
     assert (
-        "nyu_v2_3task.json: test[2] must be [img png, seg png, normal png, depth npy]" in report.problems[0]
+        "nyu_v2_3task.json: test[2] must be a list of 4 relative paths "
+        "[img png, seg png, normal png, depth npy]" in report.problems[0]
     )
     (root / "nyu_v2_3task.json").write_text("{not json")
     assert "cannot read the listing" in verify("nyuv2", root).problems[0]

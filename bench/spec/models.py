@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -73,7 +75,9 @@ class DataSpec(StrictModel):
     source: Literal["synthetic", "disk"] = Field(
         "synthetic", description="render synthetic data or read root"
     )
-    root: str | None = not_hashed(None, description="dataset root on disk (source: disk)")
+    root: str | None = not_hashed(
+        None, description="dataset root on disk (source: disk); ~ and $VARS / ${VARS} are expanded when run"
+    )
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     crop: tuple[int, int] = Field((64, 64), description="training crop (H, W)")
     scale: tuple[float, float] = Field((0.5, 1.5), description="random scale range [lo, hi) for training")
@@ -119,6 +123,19 @@ class DataSpec(StrictModel):
         if self.source == "disk" and not self.root:
             raise ValueError("source 'disk' needs root: the directory that holds the dataset listing")
         return self
+
+    def resolved_root(self) -> Path:
+        """``root`` with ``~`` and environment variables expanded; an unset variable is an error."""
+        if self.root is None:
+            raise ValueError("data.root is not set")
+        expanded = os.path.expandvars(self.root)
+        unset = re.findall(r"\$\{?(\w+)\}?", expanded)
+        if unset:
+            raise ValueError(
+                f"data.root {self.root!r} uses environment variable(s) {', '.join(unset)} that are not set; "
+                f"export {unset[0]}=/path/to/{self.dataset}"
+            )
+        return Path(expanded).expanduser()
 
 
 class ArchSpec(StrictModel):
@@ -183,16 +200,46 @@ class TrainSpec(StrictModel):
         return weights
 
 
-class EvalSpec(StrictModel):
-    """How a trained model is evaluated. Only the `standard` protocol exists so far."""
+ADAPMTL_EVAL_BATCH_SIZE = 16  # the reference's NYU-v2 test batch; its per-batch averages depend on it
 
-    protocol: Literal["standard"] = Field("standard", description="evaluation protocol (docs/protocols.md)")
+
+class EvalSpec(StrictModel):
+    """How a trained model is evaluated, and under which protocol (docs/protocols.md).
+
+    ``standard`` pools every metric, so its evaluation batch size is a pure speed knob (not hashed).
+    ``adapmtl`` reproduces the reference, whose per-batch averages depend on the batch size: it always
+    evaluates with the reference's 16, and setting another ``batch_size`` with it is an error.
+    """
+
+    protocol: Literal["standard", "adapmtl"] = Field(
+        "standard",
+        description="evaluation protocol: 'standard' (pooled, corrected) or 'adapmtl' (reference quirks)",
+    )
     selection: Literal["last", "best_val"] = Field(
         "last",
         description="final weights: the last step, or the lowest validation loss (never the test split)",
     )
     val_every: int = Field(50, ge=1, description="steps between validation evaluations under best_val")
     batch_size: int = not_hashed(8, ge=1, description="evaluation batch size (metrics are pooled)")
+
+    @model_validator(mode="after")
+    def _adapmtl_batch(self) -> EvalSpec:
+        if (
+            self.protocol == "adapmtl"
+            and "batch_size" in self.model_fields_set
+            and self.batch_size != ADAPMTL_EVAL_BATCH_SIZE
+        ):
+            raise ValueError(
+                f"batch_size {self.batch_size} with protocol 'adapmtl': that protocol averages per-batch "
+                "metrics as the reference does and always evaluates with batches of "
+                f"{ADAPMTL_EVAL_BATCH_SIZE}; leave batch_size unset"
+            )
+        return self
+
+    @property
+    def effective_batch_size(self) -> int:
+        """The batch size evaluation actually uses (fixed by the ``adapmtl`` protocol)."""
+        return ADAPMTL_EVAL_BATCH_SIZE if self.protocol == "adapmtl" else self.batch_size
 
 
 class RuntimeSpec(StrictModel):

@@ -30,16 +30,18 @@ invalid pixels; see ``bench.tasks``):
 
 * segmentation: ``err`` is the class-weighted cross-entropy Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} over all valid
   pixels of the test set, i.e. PyTorch's ``weight=`` mean reduction pooled over the whole split (the
-  reference instead averages per-batch values weighted by batch size). ``miou`` as for NYU, 17 classes.
+  reference instead averages per-batch values weighted by batch size). ``miou`` and ``pixel_acc`` as for
+  NYU, 17 classes.
 * normals: valid pixels have a finite target in all three channels; ``cos_sim`` is the mean cosine between
   the eps-normalised prediction and target, and the NYU angle metrics are computed from the same cosines.
 * depth: ``abs_err`` = mean |p − g| over finite targets, in the loader's log-normalised units
-  log(1+d)/log(2^16). keypoints2d / edge_texture: ``err`` = mean |p − g| over finite targets ([−1, 1]).
+  log(1+d)/log(2^16); ``rel_err`` = mean |p − g| / g over finite targets with g > 0 (g = 0 only at d = 0).
+  keypoints2d / edge_texture: ``err`` = mean |p − g| over finite targets ([−1, 1]).
 
-The ``adapmtl`` protocol (a later issue) reproduces the reference evaluation instead: mIoU over classes
-with TP > 0, normals compared in the raw uint8 encoding with any channel = 255 invalid, ``≤`` thresholds,
-δ on negative predictions, per-batch averages weighted by batch size and evaluation at 321×321. Its
-numbers are not comparable with these.
+The ``adapmtl`` protocol (:mod:`bench.metrics.adapmtl`) reproduces the reference evaluation instead: mIoU
+over classes with TP > 0, normals compared in the raw uint8 encoding with any channel = 255 invalid, ``≤``
+thresholds, δ counting negative predictions as hits, per-batch averages weighted by batch size. Its numbers
+are not comparable with these.
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ __all__ = [
     "CosineNormalMetric",
     "DepthMetric",
     "L1Metric",
+    "LogDepthMetric",
     "NormalMetric",
     "SegmentationMetric",
     "WeightedSegmentationMetric",
-    "make_metric",
     "nyuv2_metric",
     "taskonomy_metric",
 ]
@@ -216,6 +218,7 @@ class NormalMetric(_Accumulator):
     NUM_BINS = 180 * BINS_PER_DEGREE
     THRESHOLDS: ClassVar[dict[str, float]] = {"within_11_25": 11.25, "within_22_5": 22.5, "within_30": 30.0}
     EPS = 1e-12
+    INCLUSIVE = False  # `within_X` counts angle < X (standard); the adapmtl protocol counts angle <= X
 
     def _reset_state(self) -> None:
         self.count = 0
@@ -255,7 +258,10 @@ class NormalMetric(_Accumulator):
         self.count += int(angle.numel())
         self.angle_sum += angle.sum()
         thresholds = torch.tensor(list(self.THRESHOLDS.values()), dtype=torch.float64, device=angle.device)
-        self.within += (angle[:, None] < thresholds[None, :]).sum(dim=0)
+        hits = (
+            angle[:, None] <= thresholds[None, :] if self.INCLUSIVE else angle[:, None] < thresholds[None, :]
+        )
+        self.within += hits.sum(dim=0)
         idx = torch.floor(angle * self.BINS_PER_DEGREE).long().clamp_(0, self.NUM_BINS - 1)
         self.hist += torch.bincount(idx, minlength=self.NUM_BINS)
         self.angle_min = torch.minimum(self.angle_min, angle.min())
@@ -432,10 +438,10 @@ class WeightedSegmentationMetric(SegmentationMetric):
         self.weight_sum += w.sum()
 
     def compute(self) -> dict[str, float]:
-        """Pooled weighted cross-entropy ``err`` (nats) and ``miou`` (fraction), in vocabulary order."""
-        miou = super().compute()["miou"]  # raises when nothing valid was seen
+        """Pooled weighted cross-entropy ``err`` (nats), ``miou`` and ``pixel_acc`` (fractions)."""
+        pooled = super().compute()  # raises when nothing valid was seen
         assert self.weighted_ce is not None and self.weight_sum is not None
-        return {"err": float(self.weighted_ce / self.weight_sum), "miou": miou}
+        return {"err": float(self.weighted_ce / self.weight_sum), **pooled}
 
 
 class CosineNormalMetric(NormalMetric):
@@ -505,6 +511,39 @@ class L1Metric(_Accumulator):
         return {self.name: float(self.abs_sum) / self.count}
 
 
+class LogDepthMetric(L1Metric):
+    """Taskonomy depth: pooled ``abs_err`` over finite targets and ``rel_err`` over those with g > 0."""
+
+    def __init__(self) -> None:
+        super().__init__("depth_zbuffer", "abs_err")
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.rel_count = 0
+        self.rel_sum: Tensor | None = None
+
+    def _init_state(self, device: torch.device) -> None:
+        super()._init_state(device)
+        self.rel_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch: ``(B,1,H,W)`` predictions against log-normalised targets, NaN = invalid."""
+        super().update(pred, target)
+        pred, target = self._to_state_device(pred, target)
+        p, g = _finite_rows(self.task, pred, target, 1)
+        positive = g > 0
+        assert self.rel_sum is not None
+        self.rel_count += int(positive.sum())
+        self.rel_sum += ((p - g).abs()[positive] / g[positive]).sum()
+
+    def compute(self) -> dict[str, float]:
+        """``abs_err`` then ``rel_err`` (NaN when no valid target was positive)."""
+        out = super().compute()
+        assert self.rel_sum is not None
+        out["rel_err"] = float(self.rel_sum) / self.rel_count if self.rel_count else math.nan
+        return out
+
+
 Metric = SegmentationMetric | NormalMetric | DepthMetric | L1Metric
 TASKONOMY_TASKS = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
 
@@ -518,18 +557,7 @@ def taskonomy_metric(task: str, class_weights: Tensor | None = None) -> Metric:
     if task == "normal":
         return CosineNormalMetric()
     if task == "depth_zbuffer":
-        return L1Metric(task, "abs_err")
+        return LogDepthMetric()
     if task in ("keypoints2d", "edge_texture"):
         return L1Metric(task, "err")
     raise KeyError(f"no Taskonomy metric for task {task!r}; allowed tasks: {', '.join(TASKONOMY_TASKS)}")
-
-
-def make_metric(dataset: str, task: str, class_weights: Tensor | None = None) -> Metric:
-    """The accumulator of ``task`` for ``dataset``; class weights go only to metrics that use them."""
-    if dataset == "nyuv2":
-        if class_weights is not None:
-            raise ValueError("nyuv2 metrics take no class_weights")
-        return nyuv2_metric(task)
-    if dataset == "taskonomy":
-        return taskonomy_metric(task, class_weights)
-    raise KeyError(f"no metrics for dataset {dataset!r}; known: nyuv2, taskonomy")

@@ -1,0 +1,155 @@
+"""What every dense-prediction loader shares: the format error, the JSON listing, and seeded augmentation.
+
+A loader subclasses :class:`AugmentedDataset` and provides ``load_raw(index)`` (the decoded, unaugmented
+sample: ``image`` uint8 (3,H,W) plus the used targets) and two facts about its targets: how a target is
+mirrored (``flip_target``; normals negate x) and what fills padding (``pad_fill``). Augmentation is a pure
+function of (seed, epoch, index), so a resumed run and any number of loader workers see the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from bench.vocabulary import PROTOCOLS
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+class DataFormatError(ValueError):
+    """A dataset file or listing that does not match the documented format; the message names it."""
+
+
+def read_listing(
+    root: Path, listing_name: str, split: str, fields: Sequence[str], layout: str
+) -> list[list[str]]:
+    """The entries of one split of a JSON listing, each a list of ``len(fields)`` relative paths.
+
+    Anything else (missing file, bad JSON, missing split, an empty split, a malformed entry) is a
+    :class:`DataFormatError` naming the listing, the entry and what was expected.
+    """
+    listing = root / listing_name
+    if not listing.is_file():
+        raise DataFormatError(f"{listing}: listing not found (expected the {layout} layout under {root})")
+    try:
+        data = json.loads(listing.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{listing}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or split not in data:
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataFormatError(f"{listing}: expected a key {split!r} holding a list of samples; found {keys}")
+    entries = data[split]
+    if not isinstance(entries, list) or not entries:
+        raise DataFormatError(f"{listing}: {split!r} must be a non-empty list of samples")
+    for i, entry in enumerate(entries):
+        ok = (
+            isinstance(entry, list)
+            and len(entry) == len(fields)
+            and all(isinstance(p, str) and p and not Path(p).is_absolute() for p in entry)
+        )
+        if not ok:
+            raise DataFormatError(
+                f"{listing}: {split}[{i}] must be a list of {len(fields)} relative paths "
+                f"[{', '.join(fields)}], got {entry!r}"
+            )
+    return entries
+
+
+class AugmentedDataset(Dataset):
+    """Task selection, the seeded train augmentation and the model-input encoding shared by all loaders."""
+
+    task_channels: ClassVar[dict[str, int]] = {}
+    dataset_label = "dataset"
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        augment: bool,
+        crop: tuple[int, int],
+        scale: tuple[float, float],
+        flip: bool,
+        seed: int,
+        protocol: str,
+    ) -> None:
+        unknown = [t for t in tasks if t not in self.task_channels]
+        if unknown:
+            raise ValueError(
+                f"unknown {self.dataset_label} task(s) {unknown}; allowed: {list(self.task_channels)}"
+            )
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        self.tasks_used = tuple(tasks)
+        self.augment, self.crop, self.scale, self.flip = augment, tuple(crop), tuple(scale), flip
+        self.seed, self.protocol, self.epoch = seed, protocol, 0
+        self.entries: list[list[str]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation draws depend on (seed, epoch, index) only."""
+        self.epoch = epoch
+
+    def load_raw(self, index: int) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def flip_target(self, key: str, value: Tensor) -> Tensor:
+        """Mirror one map horizontally (a loader overrides this for vector targets such as normals)."""
+        return value.flip(-1)
+
+    def pad_fill(self, key: str) -> float:  # pragma: no cover - abstract
+        """The value that padding takes in map ``key`` (``image`` pads with 0)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.load_raw(index)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            sample = self._augment(sample, rng)
+        image = sample.pop("image").float().div_(255.0)
+        out: dict[str, Any] = {
+            "input": (image - IMAGENET_MEAN) / IMAGENET_STD,
+            "name": self.entries[index][0],
+        }
+        for task in self.tasks_used:
+            out[task] = sample[task]
+        return out
+
+    def _augment(self, sample: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
+        """Random scale (image bilinear, labels nearest), horizontal flip, pad and random crop.
+
+        Draws in a fixed order (scale, flip, crop offsets); nearest resampling keeps labels, 255, NaN exact.
+        """
+        h, w = sample["image"].shape[-2:]
+        s = rng.uniform(*self.scale)
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        out: dict[str, Tensor] = {}
+        for key, value in sample.items():
+            x = value[None].float() if value.ndim == 3 else value[None, None].float()
+            if key == "image":
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
+                x = x.round_().clamp_(0, 255)
+            else:
+                x = F.interpolate(x, size=size, mode="nearest")[0]
+            out[key] = x.to(value.dtype) if value.ndim == 3 else x[0].to(value.dtype)
+        if self.flip and rng.random() < 0.5:
+            out = {key: self.flip_target(key, value) for key, value in out.items()}
+        ch, cw = self.crop
+        pad_h, pad_w = max(ch - size[0], 0), max(cw - size[1], 0)
+        top = int(rng.integers(0, size[0] + pad_h - ch + 1))
+        left = int(rng.integers(0, size[1] + pad_w - cw + 1))
+        for key, value in out.items():
+            if pad_h or pad_w:
+                pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+                value = F.pad(value, pad, value=0.0 if key == "image" else self.pad_fill(key))
+            out[key] = value[..., top : top + ch, left : left + cw]
+        return out
