@@ -16,7 +16,9 @@ from bench.registry import METHODS
 from bench.runner import run_matrix
 from bench.store import Store
 from methods.base import PruningMethod
-from tests.helpers import TASKS3, tiny_matrix
+from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
+
+TASKS1 = ["segment_semantic"]
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +191,28 @@ def test_mobilenetv2_cell_runs_end_to_end(tmp_path):
     for layer in result["sparsity"]["layers"].values():  # layer scope: every layer at the target
         assert abs(layer["sparsity"] - 0.7) <= 1 / layer["params"] + 1e-9
     assert result["costs"]["flops_sparse"] < result["costs"]["flops_dense"]
+
+
+def test_each_seed_is_compared_with_its_own_dense_stage_and_aggregated(tmp_path):
+    from bench.analysis import aggregate
+
+    # Segmentation only: after 6 dense steps some normal and depth metrics are exactly 0 (ΔT undefined).
+    data = {**tiny_matrix_dict()["datasets"][0], "tasks": TASKS1}
+    matrix = tiny_matrix(datasets=[data], methods=[{"name": "magnitude"}], sparsities=[0.5], seeds=[0, 1])
+    store = Store(tmp_path)
+    assert run_matrix(matrix, store, show_progress=False).failed == {}
+    dense = {d.seed: d.run_id for d in matrix.dense_stages()}
+    assert len(set(dense.values())) == 2
+    frame = load_results(store.root)
+    assert sorted(frame["seed"]) == [0, 1]
+    for _, row in frame.iterrows():
+        assert row["dense_run_id"] == dense[row["seed"]]
+        own = store.result(dense[row["seed"]])["metrics"]
+        metrics = store.result(row["run_id"])["metrics"]
+        assert row["delta_t"] == pytest.approx(delta_t(metrics, own, TASKS1)["delta_t"])
+    inits = [torch.load(store.run_dir(dense[seed]) / "init.pt", weights_only=True) for seed in (0, 1)]
+    assert any(not torch.equal(inits[0][k], inits[1][k]) for k in inits[0])  # two seeds, two initialisations
+    (agg,) = aggregate(frame).to_dict("records")
+    assert agg["n_seeds"] == 2 and agg["n_failed"] == 0
+    assert agg["delta_t.mean"] == pytest.approx(frame["delta_t"].mean())
+    assert agg["delta_t.std"] == pytest.approx(frame["delta_t"].std(ddof=1))
