@@ -1,22 +1,27 @@
-"""What a pruning method sees: the model, the target, the data, a budgeted finetune and mask helpers.
+"""What a pruning method sees: the model, the target, the data, budgeted training, and mask helpers.
 
-The runner builds one context per cell; a method drives its own recipe through it. Every mask goes through
-`apply_masks`, which records it, so the runner can verify and store exactly what the method pruned.
+The runner builds one context per cell; a method drives its own recipe through it (docs/adding_a_method.md).
+Every mask goes through :meth:`MethodContext.apply_masks` (or a training callback's ``runner.set_masks``),
+which records it, so the runner can verify and store exactly what the method pruned. Every optimizer step
+goes through :meth:`MethodContext.train`, which counts it, so budgets are recorded, never claimed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bench.data import batch_stream
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, Scope, apply_masks, select_masks
 from bench.spec import RunSpec, TrainSpec
-from bench.train import train
+from bench.tasks import make_losses
+from bench.train import TrainCallback, to_device, train
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -33,7 +38,11 @@ class MethodContext:
     num_workers: int = 0
     steps_used: int = 0
     selected_step: int | None = None
+    dense_dir: Path | None = None  # the dense stage's run directory (init, final and rewind weights)
     _phase: str = field(default="prune", repr=False)
+    _calls: int = field(default=0, repr=False)
+
+    # ------------------------------------------------------------------------------------------- facts
 
     @property
     def target(self) -> float:
@@ -43,25 +52,100 @@ class MethodContext:
     def seed(self) -> int:
         return self.spec.seed
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.model.tasks
+
     def generator(self, salt: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, salt): a method's own randomness, independent of training."""
         return torch.Generator().manual_seed(self.spec.seed * 7_919 + 104_729 + salt)
 
     def prunable(self) -> dict[str, nn.Parameter]:
+        """Conv and linear weights by name: the prunable set, the same for every method."""
         return self.model.prunable_parameters()
 
-    def select_masks(self, scores: Mapping[str, Tensor], scope: Scope = "global") -> Masks:
-        """Keep-masks removing exactly the target fraction of the lowest scores within `scope`."""
-        return select_masks(scores, self.target, scope)
+    def component_of(self, name: str) -> str:
+        """``backbone`` or ``head/<task>`` for a prunable parameter name."""
+        return self.model.component_of(name)
+
+    # ------------------------------------------------------------------------------------------- masks
+
+    def select_masks(
+        self,
+        scores: Mapping[str, Tensor],
+        scope: Scope = "global",
+        target: float | None = None,
+        current: Masks | None = None,
+    ) -> Masks:
+        """Keep-masks removing exactly the ``target`` fraction (default: the cell's) of the lowest scores.
+
+        ``scope``: ``global``, ``layer`` (uniform per layer), ``component`` (backbone and each head at the
+        target) or ``erk``; ``current`` keeps already-pruned weights pruned (iterative pruning).
+        """
+        return select_masks(
+            scores,
+            self.target if target is None else target,
+            scope,
+            component_of=self.component_of,
+            current=current,
+        )
 
     def apply_masks(self, masks: Masks) -> None:
+        """Zero the pruned weights and record the masks (what the runner verifies and stores)."""
         apply_masks(self.prunable(), masks)
         self.masks = {n: m.detach().to(torch.bool).cpu() for n, m in masks.items()}
 
-    def finetune(self, spec: TrainSpec | None = None) -> int:
-        """Train with the current masks held fixed, on the cell's finetune budget unless `spec` is given."""
+    # ---------------------------------------------------------------------------------------- weights
+
+    def dense_weights(self, which: str = "final") -> dict[str, Tensor]:
+        """A state dict of the cell's dense stage: ``init`` (step 0), ``rewind`` (its early snapshot, after
+        ``train.rewind_at`` steps) or ``final`` (the trained dense model)."""
+        files = {"init": "init.pt", "rewind": "rewind.pt", "final": "model.pt"}
+        if which not in files:
+            raise ValueError(f"unknown dense snapshot {which!r}; allowed: {', '.join(files)}")
+        if self.dense_dir is None:
+            raise RuntimeError("this context has no dense stage (dense_dir is unset)")
+        path = self.dense_dir / files[which]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the dense stage has no {which!r} snapshot")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def rewind_step(self) -> int:
+        """The dense step the ``rewind`` snapshot was taken at."""
+        return self.spec.train.rewind_at
+
+    def load_weights(self, state: Mapping[str, Tensor], keep_masks: bool = True) -> None:
+        """Load a state dict into the model; with ``keep_masks`` the recorded masks are re-applied."""
+        self.model.load_state_dict(dict(state))
+        self.model.to(self.device)
+        if keep_masks and self.masks is not None:
+            apply_masks(self.prunable(), self.masks)
+
+    # --------------------------------------------------------------------------------------- training
+
+    def sparse_training_spec(self) -> TrainSpec:
+        """The budget of a method that trains from initialisation: dense + finetune steps on the dense recipe.
+
+        This is the default fairness rule (docs/protocols.md): an at-init method gets as many optimizer
+        steps as a method that starts from the dense model spends on dense training plus finetuning.
+        """
+        return self.spec.train.model_copy(update={"steps": self.spec.train.steps + self.spec.finetune.steps})
+
+    def train(
+        self,
+        spec: TrainSpec | None = None,
+        *,
+        phase: str = "train",
+        callbacks: Sequence[TrainCallback] = (),
+        step_offset: int = 0,
+    ) -> int:
+        """Train with the current masks held (callbacks may change them); returns the steps taken.
+
+        ``spec`` defaults to the cell's finetune budget. Each call draws its own batch order. Steps are
+        added to ``steps_used``; the selected step (``eval.selection``) and the final masks are recorded.
+        """
         spec = spec or self.spec.finetune
-        phase = "finetune"
+        self._calls += 1
 
         def on_step(step: int, scalars: dict[str, float]) -> None:
             self.logger({"phase": phase, "step": step, **scalars})
@@ -71,7 +155,7 @@ class MethodContext:
             dataset_name=self.spec.data.dataset,
             train_set=self.train_set,
             spec=spec,
-            seed=self.spec.seed + 1,
+            seed=self.spec.seed + self._calls,
             device=self.device,
             masks=self.masks,
             on_step=on_step,
@@ -80,10 +164,49 @@ class MethodContext:
             val_every=self.spec.eval.val_every,
             num_workers=self.num_workers,
             protocol=self.spec.eval.protocol,
+            callbacks=callbacks,
+            step_offset=step_offset,
         )
+        if outcome.masks is not None:
+            self.masks = outcome.masks
         self.steps_used += outcome.steps
         self.selected_step = self.steps_used - outcome.steps + outcome.selected_step
         return outcome.steps
 
+    def finetune(self, spec: TrainSpec | None = None) -> int:
+        """Train with the current masks held fixed, on the cell's finetune budget unless ``spec`` is given."""
+        return self.train(spec, phase="finetune")
+
+    # ---------------------------------------------------------------------------- scoring on batches
+
+    def batches(self, n: int, batch_size: int | None = None, salt: int = 0) -> Iterator[dict[str, Any]]:
+        """``n`` training batches (augmented as in training) on the device, in a seeded order of their own.
+
+        For scoring (SNIP, GraSP, DiSparse): these are forward/backward passes, not optimizer steps, so they
+        do not count toward ``steps_used``.
+        """
+        size = batch_size or self.spec.train.batch_size
+        seed = self.spec.seed * 1_000 + 977 + salt
+        for batch in batch_stream(self.train_set, size, seed, steps=n):
+            yield to_device(batch, self.device)
+
+    def task_losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Each task's training loss (the cell's dataset and protocol) for a forward pass."""
+        losses = make_losses(
+            self.spec.data.dataset,
+            self.tasks,
+            getattr(self.train_set, "class_weights", None),
+            self.spec.eval.protocol,
+        )
+        return {t: losses[t](outputs[t], batch[t]) for t in self.tasks}
+
+    def total_loss(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The weighted multi-task loss of the training recipe (fixed ``task_weights``, default 1)."""
+        weights = self.spec.train.task_weights or {}
+        return sum(weights.get(t, 1.0) * losses[t] for t in self.tasks)
+
+    # -------------------------------------------------------------------------------------------- log
+
     def log(self, **scalars: Any) -> None:
+        """Write one record of scalars to the cell's log (``log.jsonl``), tagged with the current phase."""
         self.logger({"phase": self._phase, **scalars})

@@ -184,6 +184,15 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
         load_backbone_weights(model.backbone, spec.arch.pretrained)
     save_state(run_dir / "init.pt", model.state_dict())
     logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
+    rewind_at = spec.train.rewind_at
+    if rewind_at == 0:
+        save_state(run_dir / "rewind.pt", model.state_dict())
+
+    def on_step(step: int, scalars: dict[str, float]) -> None:
+        if step + 1 == rewind_at:  # the weights after `rewind_at` optimizer steps, for rewinding methods
+            save_state(run_dir / "rewind.pt", model.state_dict())
+        logger({"phase": "dense", "step": step, **scalars})
+
     try:
         outcome = train(
             model,
@@ -192,7 +201,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
             spec=spec.train,
             seed=spec.seed,
             device=device,
-            on_step=lambda step, scalars: logger({"phase": "dense", "step": step, **scalars}),
+            on_step=on_step,
             val_set=val_set,
             selection=spec.eval.selection,
             val_every=spec.eval.val_every,
@@ -209,6 +218,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
         "sparsity": sparsity_report(model),
         **measure_costs(model, test_set, runtime, device),
         "steps_total": outcome.steps,
+        "rewind_step": rewind_at,
         "selection": {"rule": spec.eval.selection, "selected_step": outcome.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
         "wall_s": time.time() - start,
@@ -245,6 +255,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         logger=logger,
         val_set=val_set,
         num_workers=runtime.num_workers,
+        dense_dir=store.run_dir(dense_id),
     )
     try:
         method_cls(spec.method.parsed_params()).run(ctx)

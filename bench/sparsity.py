@@ -7,7 +7,8 @@ achieved sparsity equals the target to within one weight per scope.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 
 from bench.models.mtl import MTLModel
 
-Scope = Literal["global", "layer"]
+Scope = Literal["global", "layer", "component", "erk"]
+SCOPES: tuple[str, ...] = ("global", "layer", "component", "erk")
 Masks = dict[str, Tensor]
 
 
@@ -24,36 +26,124 @@ def _prune_lowest(flat_scores: Tensor, n_prune: int) -> Tensor:
     keep = torch.ones_like(flat_scores, dtype=torch.bool)
     if n_prune > 0:
         # Stable sort: equal scores are pruned in position order, so selection is deterministic.
-        order = torch.sort(flat_scores.float(), stable=True).indices
+        order = torch.sort(flat_scores, stable=True).indices
         keep[order[:n_prune]] = False
     return keep
 
 
-def select_masks(scores: Mapping[str, Tensor], target: float, scope: Scope = "global") -> Masks:
-    """Keep-masks (True = kept) that remove the lowest-scoring fraction `target` of weights."""
+def erk_densities(shapes: Mapping[str, tuple[int, ...]], target: float) -> dict[str, float]:
+    """Per-layer densities of the Erdős–Rényi-Kernel distribution (Evci et al., RigL, ICML 2020).
+
+    Layer l gets density ε·(Σ dims)/(Π dims) (n_out + n_in + k_h + k_w over n_out·n_in·k_h·k_w for a conv;
+    n_out + n_in over n_out·n_in for a linear layer), with one ε for all layers solved so the total number
+    of kept weights is (1 − target)·N. A layer whose density would exceed 1 is kept dense and ε is solved
+    again over the others, until no layer exceeds 1.
+    """
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target sparsity must be in [0, 1), got {target}")
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    raw = {name: sum(shape) / sizes[name] for name, shape in shapes.items()}
+    keep_total = (1.0 - target) * sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        free = [n for n in shapes if n not in dense]
+        budget = keep_total - sum(sizes[n] for n in dense)
+        if not free:
+            break
+        epsilon = budget / sum(raw[n] * sizes[n] for n in free)
+        over = [n for n in free if epsilon * raw[n] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return {n: 1.0 if n in dense else min(1.0, epsilon * raw[n]) for n in shapes}
+
+
+def _layer_counts(sizes: Mapping[str, int], densities: Mapping[str, float], target: float) -> dict[str, int]:
+    """Weights to prune per layer from densities, rounded so the total is exactly round(target · N)."""
+    total = sum(sizes.values())
+    want = round(target * total)
+    exact = {n: (1.0 - densities[n]) * sizes[n] for n in sizes}
+    counts = {n: min(sizes[n], math.floor(exact[n])) for n in sizes}
+    # Largest remainders first (ties by name order) until the exact total is reached.
+    order = sorted(sizes, key=lambda n: (-(exact[n] - counts[n]), list(sizes).index(n)))
+    i = 0
+    while sum(counts.values()) < want:
+        n = order[i % len(order)]
+        if counts[n] < sizes[n]:
+            counts[n] += 1
+        i += 1
+    return counts
+
+
+def select_masks(
+    scores: Mapping[str, Tensor],
+    target: float,
+    scope: Scope = "global",
+    component_of: Callable[[str], str] | None = None,
+    current: Masks | None = None,
+) -> Masks:
+    """Keep-masks (True = kept) that remove the lowest-scoring fraction ``target`` of weights.
+
+    ``scope``: ``global`` (one ranking over all weights), ``layer`` (every tensor at the target),
+    ``component`` (the backbone and each head at the target; needs ``component_of``), or ``erk`` (per-tensor
+    densities from :func:`erk_densities`). The total pruned is always exactly round(target · N) for
+    ``global`` and ``erk``, round(target · n) per tensor for ``layer`` and per component for ``component``.
+    ``current``: weights already pruned (False) stay pruned and count toward the target, so iterative
+    methods can prune a further share of the survivors.
+    """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target}")
     if not scores:
         raise ValueError("no scores given: the model has no prunable parameters?")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
+    ranked: dict[str, Tensor] = {}
     for name, s in scores.items():
-        if not torch.isfinite(s).all():
+        flat = s.detach().flatten().to(torch.float64).cpu()
+        if not torch.isfinite(flat).all():
             raise ValueError(f"scores for {name!r} contain NaN or inf")
+        ranked[name] = flat
+    if current is not None:
+        missing = set(scores) - set(current)
+        if missing:
+            raise KeyError(f"current masks lack tensors that have scores: {sorted(missing)[:3]}")
+        floor = min(float(f.min()) for f in ranked.values()) - 1.0
+        for name, flat in ranked.items():
+            ranked[name] = torch.where(
+                current[name].flatten().cpu().bool(), flat, torch.full_like(flat, floor)
+            )
     if scope == "layer":
-        return {
-            name: _prune_lowest(s.detach().flatten(), round(target * s.numel())).view_as(s)
-            for name, s in scores.items()
-        }
-    if scope != "global":
-        raise ValueError(f"unknown scope {scope!r}; allowed: 'global', 'layer'")
-    names = list(scores)
-    flat = torch.cat([scores[n].detach().flatten().float().cpu() for n in names])
+        flat_masks = {name: _prune_lowest(f, round(target * f.numel())) for name, f in ranked.items()}
+    elif scope == "component":
+        if component_of is None:
+            raise ValueError("scope 'component' needs component_of (parameter name → component)")
+        groups: dict[str, list[str]] = {}
+        for name in ranked:
+            groups.setdefault(component_of(name), []).append(name)
+        flat_masks = {}
+        for names in groups.values():
+            flat_masks.update(_global(ranked, names, target))
+    elif scope == "erk":
+        shapes = {name: tuple(scores[name].shape) for name in ranked}
+        counts = _layer_counts(
+            {n: f.numel() for n, f in ranked.items()}, erk_densities(shapes, target), target
+        )
+        flat_masks = {name: _prune_lowest(f, counts[name]) for name, f in ranked.items()}
+    else:
+        flat_masks = _global(ranked, list(ranked), target)
+    return {name: flat_masks[name].view(scores[name].shape).to(scores[name].device) for name in scores}
+
+
+def _global(ranked: Mapping[str, Tensor], names: list[str], target: float) -> dict[str, Tensor]:
+    """One ranking over the named tensors, exactly round(target · n) of them pruned."""
+    flat = torch.cat([ranked[n] for n in names])
     keep = _prune_lowest(flat, round(target * flat.numel()))
-    masks, offset = {}, 0
+    out, offset = {}, 0
     for name in names:
-        n = scores[name].numel()
-        masks[name] = keep[offset : offset + n].view_as(scores[name]).to(scores[name].device)
+        n = ranked[name].numel()
+        out[name] = keep[offset : offset + n]
         offset += n
-    return masks
+    return out
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ optimizer (including coupled weight decay and momentum).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +45,29 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+class TrainCallback:
+    """Hooks a method attaches to training (every one optional); see docs/adding_a_method.md.
+
+    - ``loss_weights(step, losses)``: per-task loss weights for this step (task-loss weighting methods);
+      ``None`` keeps the recipe's fixed ``task_weights``.
+    - ``after_backward(step, runner)``: gradients of every weight are present and **not yet masked** (the
+      dense gradient a regrowth criterion needs); ``runner.set_masks`` may change the masks here.
+    - ``after_step(step, runner)``: after the optimizer step and mask re-application; may change the masks
+      (gradual pruning) and may return scalars to log for this step.
+    """
+
+    def loss_weights(self, step: int, losses: Mapping[str, Tensor]) -> Mapping[str, float] | None:
+        return None
+
+    def after_backward(self, step: int, runner: StepRunner) -> None:
+        return None
+
+    def after_step(self, step: int, runner: StepRunner) -> Mapping[str, float] | None:
+        return None
+
+
 class StepRunner:
-    """One optimizer step on a batch: forward, weighted task losses, backward, masked update.
+    """One optimizer step of the weighted multi-task loss, with masks held fixed (or changed by callbacks).
 
     Masks are converted once to the parameters' dtype and device, so holding them costs two in-place
     multiplies per masked tensor and step (gradient before the update, weight after it).
@@ -61,31 +82,49 @@ class StepRunner:
         masks: Masks | None = None,
         class_weights: Tensor | None = None,
         protocol: str = "standard",
+        callbacks: Sequence[TrainCallback] = (),
+        step_offset: int = 0,
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
+        self.device, self.callbacks, self.step_offset = device, tuple(callbacks), step_offset
         # Dataset state (Taskonomy's segmentation class weights) is bound into the losses once, on device.
         self.class_weights = (
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).to(device)
         )
         self.losses = make_losses(dataset_name, model.tasks, self.class_weights, protocol)
         self.weights = {t: (spec.task_weights or {}).get(t, 1.0) for t in model.tasks}
-        params = model.prunable_parameters()
+        self.params = model.prunable_parameters()
+        self.masks: Masks | None = None
         self.masked: list[tuple[nn.Parameter, Tensor]] = []
+        self.masked_params: list[nn.Parameter] = []
+        self.masked_masks: list[Tensor] = []
         if masks:
-            apply_masks(params, masks)
-            self.masked = [(params[n], m.to(device=device, dtype=params[n].dtype)) for n, m in masks.items()]
+            self.set_masks(masks)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+
+    def set_masks(self, masks: Masks) -> None:
+        """Hold ``masks`` from now on (pruned weights are zeroed at once); a callback may call this."""
+        apply_masks(self.params, masks)
+        self.masks = {n: m.detach().to(torch.bool).cpu() for n, m in masks.items()}
+        self.masked = [
+            (self.params[n], m.to(device=self.device, dtype=self.params[n].dtype)) for n, m in masks.items()
+        ]
         self.masked_params = [p for p, _ in self.masked]
         self.masked_masks = [m for _, m in self.masked]
-        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
 
     def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.spec.lr * lr_factor(self.spec, step)
+            group["lr"] = self.spec.lr * lr_factor(self.spec, step + self.step_offset)
         outputs = self.model(batch["input"])
         losses = {t: self.losses[t](outputs[t], batch[t]) for t in self.model.tasks}
-        total = sum(self.weights[t] * losses[t] for t in self.model.tasks)
+        weights = self.weights
+        for callback in self.callbacks:
+            weights = callback.loss_weights(step, losses) or weights
+        total = sum(weights[t] * losses[t] for t in self.model.tasks)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        for callback in self.callbacks:
+            callback.after_backward(step, self)
         if self.masked:
             with torch.no_grad():  # fused multi-tensor multiplies: one dispatch for all masked tensors
                 with_grad = [(p.grad, m) for p, m in self.masked if p.grad is not None]
@@ -94,11 +133,16 @@ class StepRunner:
         if self.masked:
             with torch.no_grad():
                 torch._foreach_mul_(self.masked_params, self.masked_masks)
-        return {
+        scalars = {
             "loss": float(total.detach()),
             **{f"loss.{t}": float(v.detach()) for t, v in losses.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if weights is not self.weights:
+            scalars.update({f"weight.{t}": float(w) for t, w in weights.items()})
+        for callback in self.callbacks:
+            scalars.update(callback.after_step(step, self) or {})
+        return scalars
 
 
 @dataclass(frozen=True)
@@ -106,6 +150,7 @@ class TrainResult:
     steps: int
     selected_step: int  # the step whose weights the model ends with (the last one under "last")
     val_loss: float | None = None
+    masks: Masks | None = None  # the masks held at the end (None when training was dense)
 
 
 @torch.no_grad()
@@ -154,18 +199,32 @@ def train(
     val_every: int = 50,
     num_workers: int = 0,
     protocol: str = "standard",
+    callbacks: Sequence[TrainCallback] = (),
+    step_offset: int = 0,
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
-    the lowest validation loss (evaluated every `val_every` steps and after the last one)."""
+    the lowest validation loss (evaluated every `val_every` steps and after the last one).
+
+    ``step_offset`` starts the LR schedule at that step (learning-rate rewinding replays the schedule from
+    an early step). The masks held at the end (callbacks may change them) are in ``TrainResult.masks``.
+    """
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
     class_weights = getattr(train_set, "class_weights", None)
     step_runner = StepRunner(
-        model, dataset_name, spec, device, masks, class_weights=class_weights, protocol=protocol
+        model,
+        dataset_name,
+        spec,
+        device,
+        masks,
+        class_weights=class_weights,
+        protocol=protocol,
+        callbacks=callbacks,
+        step_offset=step_offset,
     )
     torch.manual_seed(seed)  # dropout draws
     stream = batch_stream(train_set, spec.batch_size, seed, steps=spec.steps, num_workers=num_workers)
-    best: tuple[float, int, dict[str, Tensor]] | None = None
+    best: tuple[float, int, dict[str, Tensor], Masks | None] | None = None
     for step, batch in zip(range(spec.steps), stream, strict=False):
         scalars = step_runner(to_device(batch, device), step)
         if selection == "best_val" and ((step + 1) % val_every == 0 or step + 1 == spec.steps):
@@ -180,14 +239,12 @@ def train(
             )
             scalars["val_loss"] = loss
             if best is None or loss < best[0]:
-                best = (
-                    loss,
-                    step,
-                    {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                )
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = (loss, step, state, step_runner.masks)
         if on_step is not None:
             on_step(step, scalars)
     if best is None:
-        return TrainResult(steps=spec.steps, selected_step=spec.steps - 1)
+        return TrainResult(steps=spec.steps, selected_step=spec.steps - 1, masks=step_runner.masks)
     model.load_state_dict(best[2])
-    return TrainResult(steps=spec.steps, selected_step=best[1], val_loss=best[0])
+    # The masks of the selected step: a callback may have changed them after it.
+    return TrainResult(steps=spec.steps, selected_step=best[1], val_loss=best[0], masks=best[3])

@@ -189,6 +189,20 @@ class TrainSpec(StrictModel):
     lr_step: int | None = Field(None, ge=1, description="'step' schedule period; default steps // 5 (min 1)")
     lr_gamma: float = Field(0.5, gt=0, le=1, description="'step' schedule factor")
     task_weights: dict[str, float] | None = Field(None, description="fixed loss weight per task; default 1")
+    rewind_step: int | None = not_hashed(
+        None,
+        ge=0,
+        description="dense stage only: save the weights after this many steps for rewinding (lth); "
+        "default 5% of steps. Saving a snapshot changes no result, so it is not part of identity",
+    )
+
+    @property
+    def rewind_at(self) -> int:
+        """The step whose weights the dense stage saves as its rewind snapshot (0 = the initialisation)."""
+        step = self.rewind_step if self.rewind_step is not None else max(1, round(0.05 * self.steps))
+        if step > self.steps:
+            raise ValueError(f"rewind_step {step} is beyond the {self.steps} training steps")
+        return step
 
     @field_validator("task_weights")
     @classmethod
