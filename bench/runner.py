@@ -243,7 +243,8 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     device = resolve_device(runtime)
     train_set, val_set, test_set = _splits(spec, store)
     model = build_model(spec)
-    checkpoint = "model.pt" if method_cls.starts_from == "dense" else "init.pt"
+    method = method_cls(spec.method.parsed_params())
+    checkpoint = "model.pt" if method.start == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
     model.to(device)
     logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
@@ -258,14 +259,14 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         dense_dir=store.run_dir(dense_id),
     )
     try:
-        method_cls(spec.method.parsed_params()).run(ctx)
+        method.run(ctx)
     finally:
         logger.close()
     report = sparsity_report(model, requested=spec.target_sparsity)
     _check_sparsity(spec, method_cls, report["achieved_sparsity"], ctx)
     if ctx.masks is not None:
         save_state(run_dir / "masks.pt", ctx.masks)
-    dense_steps = store.result(dense_id)["steps_total"] if method_cls.starts_from == "dense" else 0
+    dense_steps = store.result(dense_id)["steps_total"] if method.start == "dense" else 0
     result = {
         "run_id": run_id,
         "stage": "cell",
@@ -275,6 +276,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         **measure_costs(model, test_set, runtime, device, dense_result=store.result(dense_id)),
         "steps_total": dense_steps + ctx.steps_used,
         "steps_method": ctx.steps_used,
+        "starts_from": method.start,
         "selection": {"rule": spec.eval.selection, "selected_step": ctx.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
         "wall_s": time.time() - start,

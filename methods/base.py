@@ -25,6 +25,8 @@ class NoParams(MethodParams):
 
 
 class PruningMethod:
+    """Base of every method: ``Params``, where it starts, its sparsity tolerance, and ``run(ctx)``."""
+
     Params: ClassVar[type[BaseModel]] = NoParams
     starts_from: ClassVar[Literal["dense", "init"]] = "dense"
     # Largest |achieved − target| (fraction) the contract accepts; methods with learned sparsity widen it.
@@ -32,6 +34,11 @@ class PruningMethod:
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
+
+    @property
+    def start(self) -> Literal["dense", "init"]:
+        """Where this configured instance starts; a method whose params choose it overrides this."""
+        return self.starts_from
 
     def run(self, ctx: MethodContext) -> None:
         raise NotImplementedError
