@@ -180,6 +180,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_option(parser: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE`` after the subcommand too (``bench run x.yaml --plugin my.method``)."""
+    parser.add_argument(
+        "--plugin", dest="sub_plugin", action="append", default=[], metavar="MODULE", help="import a plugin"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -192,12 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "done/pending/failed per stage"),
     ):
         p = sub.add_parser(name, help=help_text)
+        _plugin_option(p)
         p.add_argument("config")
         p.add_argument("--store", default=str(DEFAULT_STORE), help="result store root (default: results)")
         if name == "run":
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name in ("methods", "archs", "datasets"):
-        sub.add_parser(name, help=f"list registered {name}")
+        _plugin_option(sub.add_parser(name, help=f"list registered {name}"))
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="render synthetic frames in a dataset's on-disk format")
     synth.add_argument("--format", default="nyuv2", help="dataset format (default nyuv2)")
@@ -215,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        load_plugins(args.plugin)
+        load_plugins([*args.plugin, *getattr(args, "sub_plugin", [])])
         if args.command in ("methods", "archs", "datasets"):
             return cmd_list(args.command)
         if args.command == "data":

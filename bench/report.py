@@ -53,6 +53,11 @@ def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path
     for _, row in table.iterrows():
         printed.add_row(*(_fmt(v) for v in row))
     console.print(printed)
+    if "delta_t" not in frame or frame["delta_t"].notna().sum() == 0:
+        notes = sorted(set(frame.get("delta_note", frame.iloc[0:0]).dropna()))
+        why = f" ({notes[0]})" if notes else ""
+        console.print(f"results: {out / 'results.parquet'}; no ΔT figure: no cell has a ΔT{why}")
+        return out
     figures = delta_t_vs_sparsity(frame, out / "delta_t_vs_sparsity")
     console.print(f"results: {out / 'results.parquet'}; figures: {', '.join(str(p) for p in figures)}")
     return out

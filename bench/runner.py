@@ -266,6 +266,8 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     _check_sparsity(spec, method_cls, report["achieved_sparsity"], ctx)
     if ctx.masks is not None:
         save_state(run_dir / "masks.pt", ctx.masks)
+    if runtime.save_cell_models:
+        save_state(run_dir / "model.pt", model.state_dict())
     dense_steps = store.result(dense_id)["steps_total"] if method.start == "dense" else 0
     result = {
         "run_id": run_id,

@@ -8,7 +8,7 @@ measured afterwards from the weights, never taken from the method.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -31,6 +31,9 @@ class PruningMethod:
     starts_from: ClassVar[Literal["dense", "init"]] = "dense"
     # Largest |achieved − target| (fraction) the contract accepts; methods with learned sparsity widen it.
     sparsity_tolerance: ClassVar[float] = 0.001
+    # Params for the contract test suite's tiny run (tests/test_method_contract.py): shrink what is slow
+    # (rounds, update intervals) so every registered method runs in seconds on a CPU.
+    contract_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

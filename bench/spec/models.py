@@ -266,6 +266,10 @@ class RuntimeSpec(StrictModel):
     num_workers: int = Field(
         0, ge=0, description="loader worker processes (batches are identical for any value)"
     )
+    save_cell_models: bool = Field(
+        False,
+        description="also keep each cell's final weights (model.pt); masks are always kept (masks.pt)",
+    )
 
 
 class MethodSpec(StrictModel):

@@ -1,0 +1,43 @@
+"""First-order Taylor pruning of the dense model, then finetuning (Molchanov et al., CVPR 2019).
+
+The example plugin of docs/adding_a_method.md: scores |g ⊙ w| of the weighted multi-task loss, summed over
+a few training batches of the trained dense model, pruned at the target, then finetuned.
+Deviation: per-weight scores instead of the paper's per-filter groups (unstructured, like the benchmark).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from bench.context import MethodContext
+from bench.registry import METHODS
+from methods.base import MethodParams, PruningMethod
+
+
+class TaylorParams(MethodParams):
+    batches: int = Field(2, ge=1, description="training batches whose |g·w| is summed")
+    scope: Literal["global", "layer", "component"] = Field("global", description="mask selection scope")
+
+
+@METHODS.register("taylor-example")
+class TaylorExample(PruningMethod):
+    """First-order Taylor scores |g·w| on the dense model, one-shot pruning, then finetune."""
+
+    Params = TaylorParams
+    starts_from = "dense"
+    contract_params: ClassVar[dict[str, Any]] = {"batches": 1}  # keeps the contract test fast
+
+    def run(self, ctx: MethodContext) -> None:
+        params = ctx.prunable()
+        scores = {name: torch.zeros_like(p) for name, p in params.items()}
+        for batch in ctx.batches(self.params.batches):
+            ctx.model.zero_grad(set_to_none=True)
+            ctx.total_loss(ctx.task_losses(ctx.model(batch["input"]), batch)).backward()
+            for name, p in params.items():
+                scores[name] += (p.grad * p).detach().abs()
+        ctx.model.zero_grad(set_to_none=True)
+        ctx.apply_masks(ctx.select_masks(scores, scope=self.params.scope))
+        ctx.finetune()

@@ -1,0 +1,119 @@
+"""The plugin contract, checked for every registered method (built-in and any loaded plugin).
+
+One tiny matrix runs every method at 70% sparsity, twice in two stores; each method must then:
+- reach the target, counted from its final weights, within its declared ``sparsity_tolerance``;
+- leave every pruned weight exactly zero, with stored masks that match the weights;
+- give identical masks and metrics for the same seed;
+- record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense);
+- evaluate and land in ``load_results()`` with finite metrics and ΔT.
+Methods declare small ``contract_params`` for this run (fewer rounds, shorter intervals).
+
+The documented example plugin (tests/plugins/taylor_example.py, docs/adding_a_method.md) always runs too;
+a plugin author runs this suite on their own module with
+``MTLPRUNE_CONTRACT_PLUGINS=my_package.my_method python -m pytest tests/test_method_contract.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from bench.analysis import load_results
+from bench.registry import METHODS, load_plugins
+from bench.runner import run_matrix
+from bench.store import Store
+from tests.helpers import tiny_matrix
+
+EXTRA = [m for m in os.environ.get("MTLPRUNE_CONTRACT_PLUGINS", "").split(",") if m]
+load_plugins(["tests.plugins.taylor_example", *EXTRA])
+NAMES = sorted(METHODS.names())
+TARGET = 0.7
+
+
+def _matrix():
+    methods = [{"name": n, "params": dict(METHODS.get(n).contract_params)} for n in NAMES]
+    return tiny_matrix(
+        methods=methods,
+        sparsities=[TARGET],
+        runtime={"device": "cpu", "log_every": 1, "save_cell_models": True},
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    matrix = _matrix()
+    stores = [Store(tmp_path_factory.mktemp(f"contract{i}")) for i in range(2)]
+    for store in stores:
+        outcome = run_matrix(matrix, store, show_progress=False)
+        assert outcome.failed == {}, {k: store.status_record(k).get("error") for k in outcome.failed}
+    cells = {c.method.name: c for c in matrix.expand()}
+    return matrix, stores, cells
+
+
+def _load(store, run_id, name):
+    return torch.load(store.run_dir(run_id) / name, map_location="cpu", weights_only=True)
+
+
+def test_every_method_is_covered(runs):
+    _, _, cells = runs
+    assert set(cells) == set(NAMES) and {"magnitude", "random", "taylor-example"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_achieved_sparsity_from_the_weights_meets_the_target(runs, name):
+    _, (store, _), cells = runs
+    cell = cells[name]
+    model = _load(store, cell.run_id, "model.pt")
+    masks = _load(store, cell.run_id, "masks.pt")
+    zeros = sum(int((model[n] == 0).sum()) for n in masks)
+    total = sum(m.numel() for m in masks.values())
+    tolerance = METHODS.get(name).sparsity_tolerance
+    assert abs(zeros / total - TARGET) <= tolerance
+    assert store.result(cell.run_id)["sparsity"]["achieved_sparsity"] == pytest.approx(zeros / total)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pruned_weights_are_exactly_zero_and_masks_match(runs, name):
+    _, (store, _), cells = runs
+    run_id = cells[name].run_id
+    model = _load(store, run_id, "model.pt")
+    masks = _load(store, run_id, "masks.pt")
+    for param, mask in masks.items():
+        assert mask.dtype == torch.bool and mask.shape == model[param].shape, param
+        assert torch.all(model[param][~mask] == 0), f"{name}: pruned weights of {param} are non-zero"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_gives_the_same_masks_and_metrics(runs, name):
+    _, (first, second), cells = runs
+    run_id = cells[name].run_id
+    a, b = _load(first, run_id, "masks.pt"), _load(second, run_id, "masks.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first.result(run_id)["metrics"] == second.result(run_id)["metrics"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_optimizer_step_is_counted(runs, name):
+    matrix, (store, _), cells = runs
+    result = store.result(cells[name].run_id)
+    records = [json.loads(line) for line in (store.run_dir(cells[name].run_id) / "log.jsonl").open()]
+    trained = [r for r in records if "step" in r and "loss" in r]  # one record per optimizer step
+    assert result["steps_method"] == len(trained) > 0
+    dense_share = matrix.train.steps if result["starts_from"] == "dense" else 0
+    assert result["steps_total"] == dense_share + result["steps_method"]
+
+
+def test_every_method_lands_in_load_results(runs):
+    _, (store, _), cells = runs
+    frame = load_results(store.root).set_index("method_name")
+    for name in NAMES:
+        row = frame.loc[name]
+        assert row["status"] == "done" and row["run_id"] == cells[name].run_id
+        assert row["target_sparsity"] == TARGET
+        assert math.isfinite(row["segment_semantic.pixel_acc"]) and math.isfinite(
+            row["depth_zbuffer.abs_err"]
+        )
