@@ -138,10 +138,12 @@ class MethodContext:
         phase: str = "train",
         callbacks: Sequence[TrainCallback] = (),
         step_offset: int = 0,
+        schedule: TrainSpec | None = None,
     ) -> int:
         """Train with the current masks held (callbacks may change them); returns the steps taken.
 
-        ``spec`` defaults to the cell's finetune budget. Each call draws its own batch order. Steps are
+        ``spec`` defaults to the cell's finetune budget. ``schedule`` (default ``spec``) supplies the LR
+        schedule, entered at ``step_offset`` (LR rewinding). Each call draws its own batch order. Steps are
         added to ``steps_used``; the selected step (``eval.selection``) and the final masks are recorded.
         """
         spec = spec or self.spec.finetune
@@ -166,6 +168,7 @@ class MethodContext:
             protocol=self.spec.eval.protocol,
             callbacks=callbacks,
             step_offset=step_offset,
+            schedule=schedule,
         )
         if outcome.masks is not None:
             self.masks = outcome.masks

@@ -84,9 +84,13 @@ class StepRunner:
         protocol: str = "standard",
         callbacks: Sequence[TrainCallback] = (),
         step_offset: int = 0,
+        schedule: TrainSpec | None = None,
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
         self.device, self.callbacks, self.step_offset = device, tuple(callbacks), step_offset
+        # The LR schedule (base LR, shape, horizon) comes from `schedule`, by default the spec trained with;
+        # rewinding methods replay a longer recipe's schedule from `step_offset`.
+        self.schedule = schedule or spec
         # Dataset state (Taskonomy's segmentation class weights) is bound into the losses once, on device.
         self.class_weights = (
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).to(device)
@@ -114,7 +118,7 @@ class StepRunner:
 
     def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.spec.lr * lr_factor(self.spec, step + self.step_offset)
+            group["lr"] = self.schedule.lr * lr_factor(self.schedule, step + self.step_offset)
         outputs = self.model(batch["input"])
         losses = {t: self.losses[t](outputs[t], batch[t]) for t in self.model.tasks}
         weights = self.weights
@@ -201,12 +205,14 @@ def train(
     protocol: str = "standard",
     callbacks: Sequence[TrainCallback] = (),
     step_offset: int = 0,
+    schedule: TrainSpec | None = None,
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
     the lowest validation loss (evaluated every `val_every` steps and after the last one).
 
-    ``step_offset`` starts the LR schedule at that step (learning-rate rewinding replays the schedule from
-    an early step). The masks held at the end (callbacks may change them) are in ``TrainResult.masks``.
+    ``step_offset`` starts the LR schedule at that step, and ``schedule`` (default ``spec``) is the recipe
+    whose LR schedule is followed: learning-rate rewinding trains ``spec.steps`` steps on the dense recipe's
+    schedule replayed from an early step. The masks held at the end (callbacks may change them) are in ``TrainResult.masks``.
     """
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
@@ -221,6 +227,7 @@ def train(
         protocol=protocol,
         callbacks=callbacks,
         step_offset=step_offset,
+        schedule=schedule,
     )
     torch.manual_seed(seed)  # dropout draws
     stream = batch_stream(train_set, spec.batch_size, seed, steps=spec.steps, num_workers=num_workers)

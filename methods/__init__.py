@@ -1,6 +1,16 @@
 """Pruning-method plugins; importing this package registers the built-in ones in `bench.registry.METHODS`."""
 
-from methods import magnitude, random_pruning
+from methods import gmp, lottery, magnitude, random_pruning, rigl, saliency
 from methods.base import MethodParams, NoParams, PruningMethod
 
-__all__ = ["MethodParams", "NoParams", "PruningMethod", "magnitude", "random_pruning"]
+__all__ = [
+    "MethodParams",
+    "NoParams",
+    "PruningMethod",
+    "gmp",
+    "lottery",
+    "magnitude",
+    "random_pruning",
+    "rigl",
+    "saliency",
+]

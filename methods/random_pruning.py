@@ -1,7 +1,19 @@
-"""Random pruning of the dense checkpoint, then finetuning: the floor every real method must beat.
+"""Random pruning: the floor every real method must beat, after training (``start: dense``) or at
+initialisation (``start: init``, DiSparse's "static random" baseline).
 
-Scores are i.i.d. uniform from the cell's seeded generator; ``scope: global`` keeps each layer at the target
-in expectation, ``scope: layer`` exactly.
+Scores are i.i.d. uniform from the cell's seeded generator, so the mask is a uniformly random subset of the
+size the scope prescribes. ``scope: global`` ranks every prunable weight together (each layer at the target
+in expectation), ``scope: layer`` prunes every layer exactly to the target (uniform), ``scope: erk`` uses the
+Erdős–Rényi-Kernel layer densities of RigL (Evci et al., ICML 2020, arXiv 1911.11134), per-layer counts
+rounded so the total is exact. Random pruning at initialisation with ERK densities is the strong baseline of
+Liu et al., "The Unreasonable Effectiveness of Random Pruning: Return of the Most Naive Baseline for Sparse
+Training", ICLR 2022 (arXiv 2202.02643).
+
+``start: dense`` (default) prunes the trained dense model and finetunes on the cell's finetune budget;
+``start: init`` prunes the shared initialisation and trains on the at-init budget
+(``ctx.sparse_training_spec()``: dense + finetune steps on the dense recipe). Deviations: none beyond the
+benchmark's fixed budgets (Liu et al. train longer schedules) and uniform ``layer`` keeping every layer,
+first included, at the target (no dense first layer).
 """
 
 from __future__ import annotations
@@ -17,18 +29,30 @@ from methods.base import MethodParams, PruningMethod
 
 
 class RandomParams(MethodParams):
-    scope: Literal["global", "layer"] = Field("global", description="one global ranking or one per layer")
+    scope: Literal["global", "layer", "erk"] = Field(
+        "global", description="one global ranking, every layer at the target, or ERK layer densities"
+    )
+    start: Literal["dense", "init"] = Field(
+        "dense", description="prune the trained dense model then finetune, or prune at init then train"
+    )
 
 
 @METHODS.register("random")
 class RandomPruning(PruningMethod):
-    """Random pruning of the dense model to the target, then finetune (baseline floor)."""
+    """Random pruning to the target (global, uniform or ERK), of the dense model or at init: the floor."""
 
     Params = RandomParams
     starts_from = "dense"
+
+    @property
+    def start(self) -> Literal["dense", "init"]:
+        return self.params.start
 
     def run(self, ctx: MethodContext) -> None:
         generator = ctx.generator()
         scores = {name: torch.rand(p.shape, generator=generator) for name, p in ctx.prunable().items()}
         ctx.apply_masks(ctx.select_masks(scores, scope=self.params.scope))
-        ctx.finetune()
+        if self.params.start == "init":
+            ctx.train(ctx.sparse_training_spec(), phase="train")
+        else:
+            ctx.finetune()

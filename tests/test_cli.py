@@ -27,8 +27,10 @@ def _write_config(tmp_path: Path, **overrides) -> Path:
 def test_methods_lists_names_docs_and_params(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    assert "magnitude" in out and "random" in out
-    assert "One-shot magnitude pruning" in out and "scope: 'global' | 'layer' = 'global'" in out
+    for name in ("magnitude", "random", "gmp", "lth", "imp", "snip", "grasp", "synflow", "rigl"):
+        assert f"│ {name} " in out, name
+    assert "One-shot magnitude pruning" in out and "scope: 'global' | 'layer' | 'component' = 'global'" in out
+    assert "starts from: init" in out and "starts from: dense" in out
 
 
 def test_archs_and_datasets_listings(capsys):
