@@ -212,7 +212,8 @@ def train(
 
     ``step_offset`` starts the LR schedule at that step, and ``schedule`` (default ``spec``) is the recipe
     whose LR schedule is followed: learning-rate rewinding trains ``spec.steps`` steps on the dense recipe's
-    schedule replayed from an early step. The masks held at the end (callbacks may change them) are in ``TrainResult.masks``.
+    schedule replayed from an early step. The masks held at the end (callbacks may change them) are in
+    ``TrainResult.masks``.
     """
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
