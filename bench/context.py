@@ -39,6 +39,7 @@ class MethodContext:
     steps_used: int = 0
     selected_step: int | None = None
     dense_dir: Path | None = None  # the dense stage's run directory (init, final and rewind weights)
+    recorded: dict[str, Any] = field(default_factory=dict)  # result.json "method_state"
     _phase: str = field(default="prune", repr=False)
     _calls: int = field(default=0, repr=False)
 
@@ -209,6 +210,10 @@ class MethodContext:
         return sum(weights.get(t, 1.0) * losses[t] for t in self.tasks)
 
     # -------------------------------------------------------------------------------------------- log
+
+    def record(self, **values: Any) -> None:
+        """Keep final values of the method's own state (e.g. learned thresholds) in result.json."""
+        self.recorded.update(values)
 
     def log(self, **scalars: Any) -> None:
         """Write one record of scalars to the cell's log (``log.jsonl``), tagged with the current phase."""

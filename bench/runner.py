@@ -122,22 +122,44 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 class JsonlLogger:
-    """Appends one JSON record per `every` steps (and every non-step record) to log.jsonl."""
+    """Appends one JSON record per `every` steps (and every non-step record) to log.jsonl.
 
-    def __init__(self, path: Path, every: int, progress: Progress | None = None) -> None:
+    With ``tensorboard`` the same records also go to TensorBoard event files in ``<run>/tensorboard/``:
+    every numeric value as ``<phase>/<key>`` against a step counter that keeps increasing across phases and
+    rounds (a method's steps restart at 0 in each ``ctx.train`` call).
+    """
+
+    def __init__(
+        self, path: Path, every: int, progress: Progress | None = None, tensorboard: bool = False
+    ) -> None:
         self.path, self.every, self.progress = path, every, progress
         self.fh = path.open("a", encoding="utf-8")
+        self.writer: Any = None
+        self.global_step = 0
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked
+
+            self.writer = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = record.get("step")
         if self.progress is not None and step is not None:
             self.progress(step, record)
+        if step is not None:
+            self.global_step += 1
         if step is None or step % self.every == 0:
             self.fh.write(json.dumps(record, sort_keys=True) + "\n")
             self.fh.flush()
+            if self.writer is not None:
+                phase = str(record.get("phase", "log"))
+                for key, value in record.items():
+                    if key not in ("step", "phase") and isinstance(value, int | float):
+                        self.writer.add_scalar(f"{phase}/{key}", float(value), self.global_step)
 
     def close(self) -> None:
         self.fh.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _begin(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str, Any]) -> Path:
@@ -183,7 +205,7 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     if spec.arch.pretrained is not None:
         load_backbone_weights(model.backbone, spec.arch.pretrained)
     save_state(run_dir / "init.pt", model.state_dict())
-    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
+    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress, runtime.tensorboard)
     rewind_at = spec.train.rewind_at
     if rewind_at == 0:
         save_state(run_dir / "rewind.pt", model.state_dict())
@@ -247,7 +269,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     checkpoint = "model.pt" if method.start == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
     model.to(device)
-    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress)
+    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress, runtime.tensorboard)
     ctx = MethodContext(
         model=model,
         spec=spec,
@@ -263,7 +285,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     finally:
         logger.close()
     report = sparsity_report(model, requested=spec.target_sparsity)
-    _check_sparsity(spec, method_cls, report["achieved_sparsity"], ctx)
+    _check_sparsity(spec, method, report["achieved_sparsity"], ctx)
     if ctx.masks is not None:
         save_state(run_dir / "masks.pt", ctx.masks)
     if runtime.save_cell_models:
@@ -279,6 +301,7 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         "steps_total": dense_steps + ctx.steps_used,
         "steps_method": ctx.steps_used,
         "starts_from": method.start,
+        "method_state": ctx.recorded,
         "selection": {"rule": spec.eval.selection, "selected_step": ctx.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
         "wall_s": time.time() - start,
@@ -318,7 +341,7 @@ def measure_costs(
     return out
 
 
-def _check_sparsity(spec: RunSpec, method_cls: type, achieved: float, ctx: MethodContext) -> None:
+def _check_sparsity(spec: RunSpec, method: Any, achieved: float, ctx: MethodContext) -> None:
     """A method that misses its target, or un-zeroes a pruned weight, fails its cell loudly."""
     if ctx.masks is not None:
         params = ctx.prunable()
@@ -328,7 +351,7 @@ def _check_sparsity(spec: RunSpec, method_cls: type, achieved: float, ctx: Metho
                 raise RuntimeError(
                     f"{spec.method.name}: {leaked} pruned weights of {name} are non-zero after training"
                 )
-    tolerance = method_cls.sparsity_tolerance
+    tolerance = method.sparsity_tolerance  # an instance may derive it from its params
     if abs(achieved - spec.target_sparsity) > tolerance:
         raise RuntimeError(
             f"{spec.method.name}: achieved sparsity {achieved:.4f} misses target {spec.target_sparsity} "

@@ -13,6 +13,11 @@ Deviations and choices (everything else follows the paper and the official googl
 
 - Multi-task: the grow score is |∂L/∂w| of the recipe's weighted sum of task losses (fixed ``task_weights``,
   default 1) on the step's batch; no per-task arbiter (that is DiSparse's dynamic variant).
+- An inactive connection whose dense gradient is exactly zero is never grown (the official code would grow
+  it on a tie): it starts at zero and, where its gradient is structurally zero (a dilated tap that only
+  sees padding on small inputs, a dead unit), stays zero, so the model would end sparser than its mask
+  (observed: 53% instead of 50% on the CPU demo). When too few connections are growable, dropped weights
+  come back instead, so fewer are swapped and per-layer counts stay constant.
 - Timing: the mask changes in ``after_backward`` of an update step, and that step's optimizer update is still
   taken with the new mask (regrown weights receive this step's gradient at once, dropped ones none). The
   official TF1 ``SparseRigLOptimizer`` skips the weight update on a mask-update iteration instead; every
@@ -65,24 +70,29 @@ def rigl_update(weight: Tensor, grad: Tensor, mask: Tensor, n: int, regrow_dropp
 
     Grow candidates are the weights not kept after the drop (``regrow_dropped``, as the official code: a
     dropped weight may come straight back) or only those inactive before it (``regrow_dropped=False``;
-    ``n`` is then capped at the number of inactive weights). The count of active weights is unchanged.
-    Ties go to the lower flat index. Returns the new boolean keep-mask (shape and device of ``mask``).
+    ``n`` is then capped at the number of growable weights). An inactive weight whose dense gradient is
+    exactly zero is never grown: it is zero and would stay zero (e.g. dilated taps that only ever see
+    padding), so the sparsity counted from the weights would silently exceed the mask's. The count of
+    active weights is unchanged. Ties go to the lower flat index. Returns the new boolean keep-mask
+    (shape and device of ``mask``).
     """
     active = mask.detach().flatten().to(device=weight.device, dtype=torch.bool)
+    w = weight.detach().flatten().abs().to(torch.float64)
+    g = grad.detach().flatten().abs().to(torch.float64)
+    growable = ~active & (g > 0)
     n_active = int(active.sum())
     n = min(int(n), n_active)
     if not regrow_dropped:
-        n = min(n, active.numel() - n_active)
+        n = min(n, int(growable.sum()))
     if n <= 0:
         return mask.detach().to(torch.bool).clone()
-    w = weight.detach().flatten().abs().to(torch.float64)
-    g = grad.detach().flatten().abs().to(torch.float64)
     inf = torch.tensor(math.inf, dtype=torch.float64, device=w.device)
     drop_score = torch.where(active, w, inf)  # only active weights can be dropped
     dropped = torch.sort(drop_score, stable=True).indices[:n]
     kept = active.clone()
     kept[dropped] = False
-    candidates = ~kept if regrow_dropped else ~active
+    # Dropped weights (nonzero values) may come back even with a zero gradient: then fewer are swapped.
+    candidates = growable | (active & ~kept) if regrow_dropped else growable
     grow_score = torch.where(candidates, g, -inf)
     grown = torch.sort(grow_score, descending=True, stable=True).indices[:n]
     new = kept.clone()

@@ -1,4 +1,4 @@
-"""The default demo matrix, end to end on CPU: what the README promises (about 4 minutes on 2 cores)."""
+"""The default demo matrix, end to end on CPU: what the README promises (under 10 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.analysis import load_results
+from bench.analysis import load_results, summary_table
 from bench.runner import run_matrix
 from bench.spec import load_matrix
 from bench.store import Store
@@ -21,10 +21,20 @@ def test_demo_matrix_magnitude_beats_random_at_90_percent(tmp_path):
     outcome = run_matrix(matrix, store, show_progress=False)
     assert outcome.failed == {}
     frame = load_results(store.root, [c.run_id for c in matrix.expand()])
-    assert len(frame) == 6 and set(frame["status"]) == {"done"}
+    roster = {"random", "magnitude", "imp", "lth", "gmp", "snip", "grasp", "synflow", "rigl"}
+    assert set(frame["method_name"]) == roster and len(frame) == 3 * len(roster)
+    assert set(frame["status"]) == {"done"}
     assert (frame["achieved_sparsity"] - frame["target_sparsity"]).abs().max() < 0.001
-    at_90 = frame[frame["target_sparsity"] == 0.9].set_index("method")["delta_t"]
+    # Every method at every target is in the summary the run prints.
+    summary = summary_table(frame)
+    assert len(summary) == 3 * len(roster) and set(summary["method"].str.split("(").str[0]) == roster
+    at_90 = frame[frame["target_sparsity"] == 0.9].set_index("method_name")["delta_t"]
     assert at_90["magnitude"] > at_90["random"]
+    # Budgets: at-init methods train dense + finetune steps; one-shot methods add finetune to the dense stage.
+    steps = frame.set_index(["method_name", "target_sparsity"])["steps_total"]
+    budget = matrix.train.steps + matrix.finetune.steps
+    assert {steps[m, t] for m in ("snip", "grasp", "synflow", "gmp", "rigl", "magnitude", "random")
+            for t in (0.5, 0.7, 0.9)} == {budget}  # fmt: skip
     # Running the same config again trains nothing.
     again = run_matrix(matrix, store, show_progress=False)
-    assert again.done == [] and len(again.skipped) == 7
+    assert again.done == [] and len(again.skipped) == 1 + 3 * len(roster)

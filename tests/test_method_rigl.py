@@ -81,6 +81,22 @@ def test_rigl_update_official_rule_lets_a_dropped_weight_come_back():
     assert torch.equal(rigl_update(W, G, MASK, 0), MASK)
 
 
+def test_rigl_update_never_grows_an_inactive_weight_with_zero_gradient():
+    # Layer [0.5, 0.1, 0, 0] with mask [T, T, F, F] and |g| = [0.3, 0.2, 0.6, 0.0]; n = 2.
+    # Drop {1 (0.1), 0 (0.5)}. Growable: inactive with |g| > 0 = {2}; index 3 (|g| = 0) would stay zero.
+    # Official rule: candidates {2} ∪ dropped {0, 1}: grow 2 (0.6) and 0 (0.3) → {0, 2}; index 1 stays out.
+    w = torch.tensor([0.5, 0.1, 0.0, 0.0])
+    mask = torch.tensor([True, True, False, False])
+    g = torch.tensor([0.3, 0.2, 0.6, 0.0])
+    assert _indices(rigl_update(w, g, mask, 2)) == [0, 2]
+    # Without regrowing dropped weights one connection is growable, so one is swapped: drop 1, grow 2.
+    assert _indices(rigl_update(w, g, mask, 2, regrow_dropped=False)) == [0, 2]
+    # With no growable connection at all nothing changes.
+    assert torch.equal(
+        rigl_update(w, torch.tensor([0.3, 0.2, 0.0, 0.0]), mask, 2, regrow_dropped=False), mask
+    )
+
+
 def test_rigl_update_breaks_ties_by_position():
     w = torch.tensor([0.2, 0.2, 0.0, 0.0, 0.2])
     mask = torch.tensor([True, True, False, False, True])

@@ -216,3 +216,21 @@ def test_each_seed_is_compared_with_its_own_dense_stage_and_aggregated(tmp_path)
     assert agg["n_seeds"] == 2 and agg["n_failed"] == 0
     assert agg["delta_t.mean"] == pytest.approx(frame["delta_t"].mean())
     assert agg["delta_t.std"] == pytest.approx(frame["delta_t"].std(ddof=1))
+
+
+def test_tensorboard_event_files_mirror_the_log(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    matrix = tiny_matrix(
+        methods=[{"name": "magnitude"}], sparsities=[0.5], runtime={"device": "cpu", "tensorboard": True}
+    )
+    store = Store(tmp_path)
+    assert run_matrix(matrix, store, show_progress=False).failed == {}
+    run_id = matrix.expand()[0].run_id
+    events = EventAccumulator(str(store.run_dir(run_id) / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("finetune/loss")
+    logged = [json.loads(line) for line in (store.run_dir(run_id) / "log.jsonl").open()]
+    expected = [r["loss"] for r in logged if r.get("phase") == "finetune" and "loss" in r]
+    assert [e.value for e in losses] == pytest.approx(expected, rel=1e-6) and expected
+    assert store.result(run_id)["method_state"] == {}

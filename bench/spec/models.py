@@ -266,6 +266,9 @@ class RuntimeSpec(StrictModel):
     num_workers: int = Field(
         0, ge=0, description="loader worker processes (batches are identical for any value)"
     )
+    tensorboard: bool = Field(
+        False, description="also write every log.jsonl record to TensorBoard event files (<run>/tensorboard/)"
+    )
     save_cell_models: bool = Field(
         False,
         description="also keep each cell's final weights (model.pt); masks are always kept (masks.pt)",
