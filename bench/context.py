@@ -40,6 +40,7 @@ class MethodContext:
     selected_step: int | None = None
     dense_dir: Path | None = None  # the dense stage's run directory (init, final and rewind weights)
     recorded: dict[str, Any] = field(default_factory=dict)  # result.json "method_state"
+    task_masks: dict[str, Masks] = field(default_factory=dict)  # task → its own keep-masks (task_masks.npz)
     _phase: str = field(default="prune", repr=False)
     _calls: int = field(default=0, repr=False)
 
@@ -210,6 +211,12 @@ class MethodContext:
         return sum(weights.get(t, 1.0) * losses[t] for t in self.tasks)
 
     # -------------------------------------------------------------------------------------------- log
+
+    def record_task_masks(self, task_masks: Mapping[str, Masks]) -> None:
+        """Keep each task's own keep-mask (what the task alone would keep) for cross-task mask analytics."""
+        self.task_masks = {
+            t: {n: m.detach().to(torch.bool).cpu() for n, m in ms.items()} for t, ms in task_masks.items()
+        }
 
     def record(self, **values: Any) -> None:
         """Keep final values of the method's own state (e.g. learned thresholds) in result.json."""

@@ -25,6 +25,7 @@ from bench.context import MethodContext
 from bench.costs import count_flops, measure_latency
 from bench.data import build_dataset
 from bench.evaluate import evaluate
+from bench.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
 from bench.models.mtl import MTLModel
 from bench.models.pretrained import load_backbone_weights
 from bench.registry import ARCHS, DATASETS, METHODS
@@ -287,7 +288,9 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     report = sparsity_report(model, requested=spec.target_sparsity)
     _check_sparsity(spec, method, report["achieved_sparsity"], ctx)
     if ctx.masks is not None:
-        save_state(run_dir / "masks.pt", ctx.masks)
+        write_masks(run_dir / MASKS, ctx.masks)
+    if ctx.task_masks:
+        write_task_masks(run_dir / TASK_MASKS, ctx.task_masks)
     if runtime.save_cell_models:
         save_state(run_dir / "model.pt", model.state_dict())
     dense_steps = store.result(dense_id)["steps_total"] if method.start == "dense" else 0

@@ -35,3 +35,12 @@ def tiny_matrix_dict(**overrides: Any) -> dict[str, Any]:
 
 def tiny_matrix(**overrides: Any) -> MatrixSpec:
     return parse_matrix(tiny_matrix_dict(**overrides), "<tiny>")
+
+
+def load_masks(run_dir) -> dict:
+    """A cell's stored masks (masks.npz) as torch bool tensors, for comparisons in tests."""
+    import torch
+
+    from bench.maskio import MASKS, read_masks
+
+    return {name: torch.from_numpy(mask) for name, mask in read_masks(run_dir / MASKS).items()}

@@ -26,7 +26,7 @@ from bench.analysis import load_results
 from bench.registry import METHODS, load_plugins
 from bench.runner import run_matrix
 from bench.store import Store
-from tests.helpers import tiny_matrix
+from tests.helpers import load_masks, tiny_matrix
 
 EXTRA = [m for m in os.environ.get("MTLPRUNE_CONTRACT_PLUGINS", "").split(",") if m]
 load_plugins(["tests.plugins.taylor_example", *EXTRA])
@@ -68,7 +68,7 @@ def test_achieved_sparsity_from_the_weights_meets_the_target(runs, name):
     _, (store, _), cells = runs
     cell = cells[name]
     model = _load(store, cell.run_id, "model.pt")
-    masks = _load(store, cell.run_id, "masks.pt")
+    masks = load_masks(store.run_dir(cell.run_id))
     zeros = sum(int((model[n] == 0).sum()) for n in masks)
     total = sum(m.numel() for m in masks.values())
     tolerance = METHODS.get(name).sparsity_tolerance
@@ -81,7 +81,7 @@ def test_pruned_weights_are_exactly_zero_and_masks_match(runs, name):
     _, (store, _), cells = runs
     run_id = cells[name].run_id
     model = _load(store, run_id, "model.pt")
-    masks = _load(store, run_id, "masks.pt")
+    masks = load_masks(store.run_dir(run_id))
     for param, mask in masks.items():
         assert mask.dtype == torch.bool and mask.shape == model[param].shape, param
         assert torch.all(model[param][~mask] == 0), f"{name}: pruned weights of {param} are non-zero"
@@ -91,7 +91,7 @@ def test_pruned_weights_are_exactly_zero_and_masks_match(runs, name):
 def test_same_seed_gives_the_same_masks_and_metrics(runs, name):
     _, (first, second), cells = runs
     run_id = cells[name].run_id
-    a, b = _load(first, run_id, "masks.pt"), _load(second, run_id, "masks.pt")
+    a, b = load_masks(first.run_dir(run_id)), load_masks(second.run_dir(run_id))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first.result(run_id)["metrics"] == second.result(run_id)["metrics"]
 

@@ -16,7 +16,7 @@ from bench.runner import run_matrix
 from bench.sparsity import select_masks
 from bench.store import Store
 from methods.gmp import GMP, GMPCallback, GMPParams, gmp_pruning_steps, gmp_sparsity, gmp_steps
-from tests.helpers import tiny_matrix
+from tests.helpers import load_masks, tiny_matrix
 
 # ------------------------------------------------------------------------------------------ schedule
 
@@ -207,7 +207,7 @@ def test_cell_hits_the_target_on_the_full_budget(cell):
     assert result["starts_from"] == "init"
     assert result["steps_total"] == matrix.train.steps + matrix.finetune.steps == 8
     assert result["steps_method"] == 8
-    masks = torch.load(store.run_dir(_cell_id(matrix)) / "masks.pt", weights_only=True)
+    masks = load_masks(store.run_dir(_cell_id(matrix)))
     pruned = sum(int((~m).sum()) for m in masks.values())
     assert pruned == sum(round(TARGET * m.numel()) for m in masks.values())  # layer scope: per tensor
     assert result["sparsity"]["prunable_nonzero"] <= sum(int(m.sum()) for m in masks.values())
@@ -221,7 +221,7 @@ def test_log_shows_the_cubic_schedule_at_the_pruning_steps(cell):
     events = [r for r in records if "gmp.step" in r]
     assert [r["gmp.step"] for r in events] == PRUNING_STEPS
     assert [r["gmp.sparsity"] for r in events] == pytest.approx(SCHEDULE, abs=1e-12)
-    masks = torch.load(store.run_dir(_cell_id(matrix)) / "masks.pt", weights_only=True)
+    masks = load_masks(store.run_dir(_cell_id(matrix)))
     n_layers, total = len(masks), sum(m.numel() for m in masks.values())
     for event in events:  # each layer at round(s·n): the total within one weight per layer of s
         assert abs(event["gmp.achieved"] - event["gmp.sparsity"]) <= n_layers / total
@@ -244,7 +244,7 @@ def test_masks_only_grow_and_stay_fixed_after_t_end(cell):
             assert not (keep & ~earlier[name]).any(), f"{name}: a pruned weight came back"
         assert sum(int((~m).sum()) for m in later.values()) > sum(int((~m).sum()) for m in earlier.values())
     assert all(s["leaked"] == 0 for s in snapshots)
-    final = torch.load(store.run_dir(_cell_id(matrix)) / "masks.pt", weights_only=True)
+    final = load_masks(store.run_dir(_cell_id(matrix)))
     assert all(torch.equal(final[n], held[-1][n]) for n in final)  # unchanged from t_end to T
 
 
@@ -258,7 +258,7 @@ def test_layer_scope_puts_every_layer_at_the_target(cell):
 
 def test_same_seed_gives_identical_masks(cell):
     matrix, store, store_b, _ = cell
-    a = torch.load(store.run_dir(_cell_id(matrix)) / "masks.pt", weights_only=True)
-    b = torch.load(store_b.run_dir(_cell_id(matrix)) / "masks.pt", weights_only=True)
+    a = load_masks(store.run_dir(_cell_id(matrix)))
+    b = load_masks(store_b.run_dir(_cell_id(matrix)))
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     assert store.result(_cell_id(matrix))["metrics"] == store_b.result(_cell_id(matrix))["metrics"]

@@ -25,7 +25,7 @@ from bench.spec import TrainSpec
 from bench.store import Store
 from bench.train import StepRunner, lr_factor
 from methods.lottery import replay_spec, round_targets
-from tests.helpers import tiny_matrix
+from tests.helpers import load_masks, tiny_matrix
 
 TARGET = 0.7
 ROUND_STEPS = 2
@@ -176,7 +176,7 @@ def test_target_and_steps_total(runs, key):
     result = store.result(cell.run_id)
     model, masks = (
         _load(store.run_dir(cell.run_id) / "model.pt"),
-        _load(store.run_dir(cell.run_id) / "masks.pt"),
+        load_masks(store.run_dir(cell.run_id)),
     )
     zeros = sum(int((model[n] == 0).sum()) for n in masks)
     total = sum(m.numel() for m in masks.values())
@@ -195,7 +195,7 @@ def test_one_log_record_per_round(runs, key):
     cell = cells[key]
     records = [r for r in _log(store, cell.run_id) if "round" in r]
     assert [(r["round"], r["rounds"], r["sparsity"]) for r in records] == [(1, 2, 0.5), (2, 2, 0.7)]
-    n = sum(m.numel() for m in _load(store.run_dir(cell.run_id) / "masks.pt").values())
+    n = sum(m.numel() for m in load_masks(store.run_dir(cell.run_id)).values())
     assert [r["kept"] for r in records] == [n - round(0.5 * n), n - round(0.7 * n)]
     assert [r["achieved"] for r in records] == pytest.approx([0.5, 0.7], abs=1e-3)
 
@@ -205,7 +205,7 @@ def test_masks_only_grow_and_pruned_weights_stay_zero(runs, key):
     _, store, cells, captured, dense_dir = runs
     cell = cells[key]
     rounds = captured[cell.run_id]
-    final_masks = _load(store.run_dir(cell.run_id) / "masks.pt")
+    final_masks = load_masks(store.run_dir(cell.run_id))
     model = _load(store.run_dir(cell.run_id) / "model.pt")
     first, second = rounds[0]["masks"], rounds[1]["masks"]
     for n in first:
@@ -275,7 +275,7 @@ def test_learning_rate_replays_the_right_schedule(runs, key, phase, offset):
 def test_one_round_imp_equals_one_shot_magnitude(runs):
     _, store, cells, _, _ = runs
     one, magnitude = (store.run_dir(cells[k].run_id) for k in ("imp_one", "magnitude"))
-    masks_one, masks_mag = _load(one / "masks.pt"), _load(magnitude / "masks.pt")
+    masks_one, masks_mag = load_masks(one), load_masks(magnitude)
     assert all(torch.equal(masks_one[n], masks_mag[n]) for n in masks_mag)
     model_one, model_mag = _load(one / "model.pt"), _load(magnitude / "model.pt")
     assert all(torch.equal(model_one[n], model_mag[n]) for n in model_mag)
@@ -292,6 +292,6 @@ def test_same_seed_gives_identical_masks(runs, tmp_path):
     shutil.rmtree(again.run_dir(cell.run_id))
     outcome = run_matrix(_matrix(("lth",)), again, show_progress=False)
     assert outcome.failed == {} and outcome.done == [cell.run_id]  # only the cell ran again
-    first, second = (_load(s.run_dir(cell.run_id) / "masks.pt") for s in (store, again))
+    first, second = (load_masks(s.run_dir(cell.run_id)) for s in (store, again))
     assert all(torch.equal(first[n], second[n]) for n in first)
     assert store.result(cell.run_id)["metrics"] == again.result(cell.run_id)["metrics"]

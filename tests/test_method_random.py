@@ -14,7 +14,7 @@ from bench.runner import build_model, load_state, run_matrix
 from bench.sparsity import erk_densities, select_masks
 from bench.store import Store
 from methods.random_pruning import RandomPruning
-from tests.helpers import tiny_matrix
+from tests.helpers import load_masks, tiny_matrix
 
 TARGET = 0.7
 
@@ -127,7 +127,7 @@ def test_each_start_trains_from_its_own_snapshot_and_budget(tiny_runs):
         assert result["steps_total"] == both == 8 and result["steps_method"] == steps_method
         assert result["starts_from"] == ("init" if snapshot == "init.pt" else "dense")
         assert abs(result["sparsity"]["achieved_sparsity"] - TARGET) <= 1e-3
-        masks = torch.load(store.run_dir(cell.run_id) / "masks.pt", weights_only=True)
+        masks = load_masks(store.run_dir(cell.run_id))
         expected = load_state(dense_dir / snapshot)
         started = starts[cell.run_id]
         assert started.keys() == expected.keys()

@@ -18,7 +18,7 @@ from bench.runner import build_model, run_matrix
 from bench.sparsity import apply_masks, erk_densities, select_masks
 from bench.store import Store
 from methods.rigl import RigL, RigLCallback, reset_optimizer_state, rigl_drop_fraction, rigl_update
-from tests.helpers import tiny_matrix
+from tests.helpers import load_masks, tiny_matrix
 
 # ------------------------------------------------------------------------------------------ (1) schedule
 
@@ -210,7 +210,7 @@ def test_tiny_run_keeps_the_exact_erk_layer_counts_and_the_target(tiny_rigl):
     assert outcome.failed == {}
     result = store.result(cell.run_id)
     assert abs(result["sparsity"]["achieved_sparsity"] - 0.7) <= 1e-3  # counted from the weights
-    final = torch.load(store.run_dir(cell.run_id) / "masks.pt", weights_only=True)
+    final = load_masks(store.run_dir(cell.run_id))
     initial = _initial_masks(cell)
     assert set(final) == set(initial)
     total = sum(m.numel() for m in final.values())
@@ -251,7 +251,7 @@ def test_same_seed_gives_identical_masks(tiny_rigl, tmp_path):
     shutil.rmtree(copy.run_dir(cell.run_id))  # keep the dense stage and data; redo only the cell
     outcome = run_matrix(matrix, copy, show_progress=False)
     assert outcome.done == [cell.run_id] and outcome.failed == {}
-    first = torch.load(store.run_dir(cell.run_id) / "masks.pt", weights_only=True)
-    second = torch.load(copy.run_dir(cell.run_id) / "masks.pt", weights_only=True)
+    first = load_masks(store.run_dir(cell.run_id))
+    second = load_masks(copy.run_dir(cell.run_id))
     assert set(first) == set(second) and all(torch.equal(first[n], second[n]) for n in first)
     assert store.result(cell.run_id)["metrics"] == copy.result(cell.run_id)["metrics"]

@@ -36,7 +36,7 @@ from methods.saliency import (
     synflow_scores,
     synflow_sparsity,
 )
-from tests.helpers import tiny_matrix, tiny_matrix_dict
+from tests.helpers import load_masks, tiny_matrix, tiny_matrix_dict
 
 TASK = "depth_zbuffer"
 
@@ -436,7 +436,7 @@ def test_cell_reaches_the_target_with_zero_pruned_weights_and_at_init_budget(fin
     cell = cells[name]
     assert METHODS.get(name).starts_from == "init"
     result = store.result(cell.run_id)
-    model, masks = _load(store, cell.run_id, "model.pt"), _load(store, cell.run_id, "masks.pt")
+    model, masks = _load(store, cell.run_id, "model.pt"), load_masks(store.run_dir(cell.run_id))
     zeros = sum(int((model[n] == 0).sum()) for n in masks)
     total = sum(m.numel() for m in masks.values())
     assert abs(zeros / total - TARGET) <= 1e-3
@@ -452,7 +452,7 @@ def test_sparse_training_starts_from_the_dense_init_times_the_mask(finished, nam
     _, store, cells, starts = finished
     cell = cells[name]
     init = _load(store, cell.dense().run_id, "init.pt")
-    masks = _load(store, cell.run_id, "masks.pt")
+    masks = load_masks(store.run_dir(cell.run_id))
     start = starts[name]
     assert start.keys() == init.keys()
     for key, value in init.items():  # BN running statistics and counters included
@@ -475,6 +475,6 @@ def test_same_seed_gives_the_same_masks(finished, name):
     )
     method = METHODS.get(name)(cell.method.parsed_params())
     again = method.select(ctx)
-    stored = _load(store, cell.run_id, "masks.pt")
+    stored = load_masks(store.run_dir(cell.run_id))
     assert again.keys() == stored.keys()
     assert all(torch.equal(again[n].cpu(), stored[n]) for n in stored)

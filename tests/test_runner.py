@@ -16,7 +16,7 @@ from bench.registry import METHODS
 from bench.runner import run_matrix
 from bench.store import Store
 from methods.base import PruningMethod
-from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
+from tests.helpers import TASKS3, load_masks, tiny_matrix, tiny_matrix_dict
 
 TASKS1 = ["segment_semantic"]
 
@@ -42,7 +42,7 @@ def test_every_stage_finishes_and_writes_the_store_layout(finished):
     }
     for cell in matrix.expand():
         files = {p.name for p in store.run_dir(cell.run_id).iterdir()}
-        assert {"spec.json", "result.json", "masks.pt", "log.jsonl", "status.json"} <= files
+        assert {"spec.json", "result.json", "masks.npz", "log.jsonl", "status.json"} <= files
         assert not any(name.endswith(".tmp") for name in files)
         spec = json.loads((store.run_dir(cell.run_id) / "spec.json").read_text())
         assert spec["run_id"] == cell.run_id and spec["dense_run_id"] == dense_id
@@ -61,7 +61,7 @@ def test_achieved_sparsity_and_masks_match_the_target(finished):
     for cell in matrix.expand():
         result = store.result(cell.run_id)
         assert abs(result["sparsity"]["achieved_sparsity"] - cell.target_sparsity) < 0.001
-        masks = torch.load(store.run_dir(cell.run_id) / "masks.pt", weights_only=True)
+        masks = load_masks(store.run_dir(cell.run_id))
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         assert result["sparsity"]["prunable_nonzero"] <= kept  # pruned weights are exactly zero

@@ -271,7 +271,7 @@ class RuntimeSpec(StrictModel):
     )
     save_cell_models: bool = Field(
         False,
-        description="also keep each cell's final weights (model.pt); masks are always kept (masks.pt)",
+        description="also keep each cell's final weights (model.pt); masks are always kept (masks.npz)",
     )
 
 
