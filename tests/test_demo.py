@@ -22,6 +22,7 @@ def test_demo_matrix_magnitude_beats_random_at_90_percent(tmp_path):
     assert outcome.failed == {}
     frame = load_results(store.root, [c.run_id for c in matrix.expand()])
     roster = {"random", "magnitude", "imp", "lth", "gmp", "snip", "grasp", "synflow", "rigl"}
+    roster |= {"disparse-static", "disparse-pretrained", "disparse-dynamic"}
     assert set(frame["method_name"]) == roster and len(frame) == 3 * len(roster)
     assert set(frame["status"]) == {"done"}
     assert (frame["achieved_sparsity"] - frame["target_sparsity"]).abs().max() < 0.001
@@ -33,8 +34,9 @@ def test_demo_matrix_magnitude_beats_random_at_90_percent(tmp_path):
     # Budgets: at-init methods train dense + finetune steps; one-shot methods add finetune to the dense stage.
     steps = frame.set_index(["method_name", "target_sparsity"])["steps_total"]
     budget = matrix.train.steps + matrix.finetune.steps
-    assert {steps[m, t] for m in ("snip", "grasp", "synflow", "gmp", "rigl", "magnitude", "random")
-            for t in (0.5, 0.7, 0.9)} == {budget}  # fmt: skip
+    fixed = ("snip", "grasp", "synflow", "gmp", "rigl", "magnitude", "random", "disparse-static",
+             "disparse-pretrained", "disparse-dynamic")  # fmt: skip
+    assert {steps[m, t] for m in fixed for t in (0.5, 0.7, 0.9)} == {budget}
     # Running the same config again trains nothing.
     again = run_matrix(matrix, store, show_progress=False)
     assert again.done == [] and len(again.skipped) == 1 + 3 * len(roster)

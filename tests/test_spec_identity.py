@@ -206,8 +206,8 @@ def test_yaml_is_read_with_safe_load(tmp_path):
 def test_demo_config_is_valid():
     matrix = load_matrix(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert isinstance(matrix, MatrixSpec)
-    assert [m.name for m in matrix.methods] == ["random", "magnitude"]
-    assert matrix.sparsities == [0.5, 0.7, 0.9] and len(matrix.expand()) == 6
+    assert [m.name for m in matrix.methods][:2] == ["random", "magnitude"]
+    assert matrix.sparsities == [0.5, 0.7, 0.9] and len(matrix.expand()) == 3 * len(matrix.methods)
     assert isinstance(matrix.dense_stages()[0], DenseSpec)
 
 
