@@ -29,8 +29,10 @@ def test_paper_config_plans_without_data(config, arch, params, prunable, tmp_pat
     assert data.tasks == ("segment_semantic", "normal", "depth_zbuffer")
     assert [a.name for a in matrix.archs] == [arch] and matrix.archs[0].width == 1.0
     assert matrix.sparsities == [0.9] and matrix.eval.protocol == "adapmtl"
-    # The Table 2 baselines registered so far (disparse-dynamic and adapmtl follow with their plugins).
-    assert [m.name for m in matrix.methods] == ["snip", "lth", "imp", "magnitude"]
+    # The Table 2 rows: SNIP, LTH, IMP, DiSparse, AdapMTL w/o adaptive thresholds, AdapMTL (+ magnitude).
+    assert [m.name for m in matrix.methods] == [
+        "snip", "lth", "imp", "magnitude", "disparse-dynamic", "adapmtl-single-threshold", "adapmtl"
+    ]  # fmt: skip
     lth = matrix.methods[1].parsed_params()
     assert (lth.rewind, lth.rate) == ("init", 0.9)  # AdapMTL's one-shot "LTH": reset to init
     assert matrix.eval.effective_batch_size == 16

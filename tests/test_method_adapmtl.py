@@ -1,0 +1,491 @@
+"""AdapMTL / STR: the soft threshold against hand computation and gradcheck, the reference's adaptive task
+weights on a synthetic loss sequence, the exact target controller, a learned split on a toy, the faithful
+freeze, and tiny cells end to end (targets 0.5 / 0.8 / 0.9 / 0.95, logs, TensorBoard, result.json)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+import methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
+from bench.models.mtl import MTLModel
+from bench.registry import ARCHS, METHODS
+from bench.runner import run_matrix
+from bench.spec import TrainSpec
+from bench.store import Store
+from bench.train import StepRunner
+from methods.adapmtl import (
+    STR,
+    AdapMTL,
+    AdapMTLCallback,
+    AdapMTLFixedWeights,
+    AdapMTLParams,
+    AdapMTLSingleThreshold,
+    AdaptiveWeighting,
+    FixedWeightsParams,
+    SingleThresholdParams,
+    STRParams,
+    TargetSchedule,
+    ThresholdBank,
+    _Plan,
+    _SoftThreshold,
+    soft_threshold,
+    threshold_of,
+)
+from tests.helpers import TASKS3, load_masks, tiny_matrix
+
+# ------------------------------------------------------------------------------ reparameterisation
+
+
+def test_soft_threshold_equals_hand_computation():
+    tau = 1.0 / (1.0 + math.exp(2.0))  # sigmoid(−2) = 0.11920292202211755
+    tau32 = float(torch.tensor(tau, dtype=torch.float32))
+    w = torch.tensor([0.5, -0.2, 0.05, -0.01, 0.3, -tau32, 0.0], dtype=torch.float32)
+    out = soft_threshold(w, torch.tensor(-2.0))
+    # sign(w)·(|w| − τ) for the three survivors, exact zeros for the rest (|w| = τ included).
+    expected = [0.5 - tau32, -(0.2 - tau32), 0.0, 0.0, 0.3 - tau32, 0.0, 0.0]
+    assert out.tolist() == pytest.approx(expected, abs=1e-7)
+    assert [float(x) for x in out[2:4]] == [0.0, 0.0] and out[5] == 0 and out[6] == 0
+    # Bit-identical to the formula with the threshold rounded to the weights' dtype.
+    assert torch.equal(out, torch.sign(w) * torch.relu(w.abs() - tau32))
+    assert out.dtype == torch.float32
+
+
+def test_gradient_closed_form():
+    s = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.5, -0.2, 0.05, -0.01, 0.3], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    (soft_threshold(w, s) * c).sum().backward()
+    tau = 1.0 / (1.0 + math.exp(2.0))
+    assert w.grad.tolist() == [1.0, 2.0, 0.0, 0.0, 5.0]  # dŴ/dW = 1[|W| > τ]
+    # dL/ds = −g′(s)·Σ c·sign(W)·1[|W| > τ] = −τ(1 − τ)·(1 − 2 + 5)
+    assert float(s.grad) == pytest.approx(-4.0 * tau * (1.0 - tau), rel=1e-12)
+
+
+def _away_from_kink(shape, tau: float, seed: int) -> torch.Tensor:
+    w = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 0.5
+    w = torch.where((w.abs() - tau).abs() < 1e-2, w + 0.05, w)
+    assert float(((w.abs() - tau).abs()).min()) > 1e-3 and (w.abs() < tau).any() and (w.abs() > tau).any()
+    return w.requires_grad_()
+
+
+def test_gradcheck_single_tensor():
+    s = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    w = _away_from_kink((4, 3, 2), threshold_of(-1.0), seed=0)
+    assert torch.autograd.gradcheck(lambda w, s: soft_threshold(w, s), (w, s))
+    assert torch.autograd.gradcheck(lambda w, s: soft_threshold(w, s, offset=0.5), (w, s))
+
+
+def test_gradcheck_fused_tensors_sharing_thresholds():
+    """Three tensors, the first two share logit s0: the fused pass the model uses, checked as a whole."""
+    s0 = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    s1 = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    w1 = _away_from_kink((3, 4), threshold_of(-1.0), seed=1)
+    w2 = _away_from_kink((5,), threshold_of(-1.0), seed=2)
+    w3 = _away_from_kink((2, 2, 3), threshold_of(-1.5), seed=3)
+    plan = _Plan([0, 0, 1], 2)
+
+    def fused(w1, w2, w3, s0, s1):
+        taus = (threshold_of(s0.detach()), threshold_of(s1.detach()))
+        return _SoftThreshold.apply(plan, taus, w1, w2, w3, s0, s1)
+
+    assert torch.autograd.gradcheck(fused, (w1, w2, w3, s0, s1))
+    # The backward also counted the non-zeros of each Ŵ.
+    outs = fused(w1, w2, w3, s0, s1)
+    sum(o.sum() for o in outs).backward()
+    assert plan.nonzero.tolist() == [float((o != 0).sum()) for o in outs]
+
+
+# ------------------------------------------------------------------------------------- weighting
+
+LOSSES = [  # (a, b, c) per step
+    (1.0, 2.0, 4.0),
+    (2.0, 2.0, 2.0),
+    (2.0, 4.0, 1.0),  # step 2 = start: first remembered value, no change yet
+    (1.0, 2.0, 2.0),  # d = (1, 1, 0.5)
+    (2.0, 2.0, 4.0),  # d = (0.5, 0, 0.5): two entries, the window (2) is not exceeded yet
+    (4.0, 1.0, 4.0),  # d = (0.5, 1, 0): three > 2 → drop the oldest; m = (0.5, 0.5, 0.25)
+    (2.0, 1.0, 2.0),  # d = (1, 0, 1): m = mean of the last two = (0.75, 0.5, 0.5)
+]
+
+
+def test_adaptive_weights_match_hand_computation_at_the_window_boundaries():
+    weighting = AdaptiveWeighting(("a", "b", "c"), start=2, window=2, k=3)
+    got = [weighting(i, dict(zip("abc", losses, strict=True))) for i, losses in enumerate(LOSSES)]
+    for i in range(5):  # before start and until the window is exceeded (step start + window + 1 = 5)
+        assert got[i] == {"a": 1.0, "b": 1.0, "c": 1.0}, i
+    # Step 5: 3 · (0.5, 0.5, 0.25) / 1.25
+    assert [got[5][t] for t in "abc"] == pytest.approx([1.2, 1.2, 0.6], abs=1e-12)
+    # Step 6: 3 · (0.75, 0.5, 0.5) / 1.75
+    assert [got[6][t] for t in "abc"] == pytest.approx([9 / 7, 6 / 7, 6 / 7], abs=1e-12)
+    assert list(weighting.fifo["a"]) == [0.5, 1.0]
+
+
+def test_adaptive_weights_with_the_reference_k_and_degenerate_losses():
+    tasks = ("t1", "t2", "t3", "t4", "t5")
+    weighting = AdaptiveWeighting(tasks, start=0, window=1, k=3)
+    assert weighting(0, dict.fromkeys(tasks, 1.0)) == dict.fromkeys(tasks, 0.6)  # 3/5 before the window
+    # Constant losses: every m_t = 0 → the uniform K/T (the reference would divide by zero).
+    weighting(1, dict.fromkeys(tasks, 1.0))
+    assert weighting(2, dict.fromkeys(tasks, 1.0)) == dict.fromkeys(tasks, 0.6)
+    zero = AdaptiveWeighting(("a", "b"), start=0, window=1, k=2)
+    zero(0, {"a": 1.0, "b": 1.0})
+    zero(1, {"a": 0.0, "b": 2.0})  # d_a = 0 for a zero loss (guard); d_b = 0.5
+    assert zero(2, {"a": 0.0, "b": 1.0}) == {"a": 0.0, "b": 2.0}  # m = (0, 1)
+
+
+# ------------------------------------------------------------------------------------ controller
+
+
+class _Head(nn.Module):
+    def __init__(self, n_in: int = 32, n_out: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_in, n_out, bias=False)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _toy(seed: int = 0) -> MTLModel:
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(nn.Linear(16, 32, bias=False), nn.ReLU())
+    return MTLModel(backbone, {"sensitive": _Head(), "insensitive": _Head()})
+
+
+def _bank(model, s_init=-15.0, group_of=None) -> ThresholdBank:
+    return ThresholdBank(
+        model, model.prunable_parameters(), group_of or model.component_of, model.component_of, s_init
+    )
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.77, 0.99])
+def test_exact_solve_prunes_exactly_k_weights_and_keeps_the_learned_split(fraction):
+    model = _toy()
+    bank = _bank(model)
+    with torch.no_grad():  # learned logits that differ per component
+        for s, value in zip(bank.logits, (-3.0, -2.0, -4.5), strict=True):
+            s.fill_(value)
+    bank.solve_offset(fraction, exact=True)
+    n = sum(bank.numel)
+    assert sum(bank.zeros_now()) == round(fraction * n)
+    taus = bank.taus()
+    if fraction > 0:  # one offset b for all: logit(τ_g) − s_g is the same for every group
+        offsets = [math.log(t / (1 - t)) - s for t, s in zip(taus, (-3.0, -2.0, -4.5), strict=True)]
+        assert offsets == pytest.approx([bank.offset] * 3, abs=1e-9)
+    else:
+        assert taus == (0.0, 0.0, 0.0)  # nothing pruned: the model is exactly the dense one
+
+
+def test_subsampled_solve_is_close_and_exact_solve_is_exact_on_a_large_model():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(512, 512, bias=False))
+    model = MTLModel(backbone, {"a": _Head(512, 256), "b": _Head(512, 64)})
+    bank = _bank(model)
+    n = sum(bank.numel)
+    assert n > 4 * (1 << 16)
+    bank.solve_offset(0.8, exact=False)
+    assert abs(sum(bank.zeros_now()) / n - 0.8) < 0.005
+    bank.solve_offset(0.8, exact=True)
+    assert sum(bank.zeros_now()) == round(0.8 * n)
+
+
+def test_schedule_acts_from_t0_every_k_steps_at_t_end_and_after_the_last_step():
+    schedule = TargetSchedule(0.9, total_steps=20, ramp_start=0.25, ramp_end=0.75, every=4)
+    assert (schedule.start_step, schedule.end_step) == (5, 15)
+    acts = [t for t in range(20) if schedule.acts_after(t)]
+    # after step t the solve is for step t + 1: t + 1 ∈ {5, 9, 13, 15 (t_end), 17} and the last step 19
+    assert acts == [4, 8, 12, 14, 16, 19]
+    assert schedule.sparsity(5) == 0.0 and schedule.sparsity(15) == 0.9
+    assert schedule.sparsity(10) == pytest.approx(0.9 * (1 - 0.5**3))
+
+
+def _train_toy(model, callback, steps, lr=1e-2, wd=1e-4, seed=1, record=None):
+    gen = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(16, 8, generator=gen) * 0.3
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=wd)
+    scalars = {}
+    for step in range(steps):
+        x = torch.randn(64, 16, generator=gen)
+        y = x @ teacher
+        out = model(x)
+        losses = {
+            "sensitive": ((out["sensitive"] - y) ** 2).mean(),
+            "insensitive": 1e-3 * ((out["insensitive"] - y) ** 2).mean(),  # barely depends on its head
+        }
+        weights = callback.loss_weights(step, losses) or dict.fromkeys(model.tasks, 1.0)
+        optimizer.zero_grad()
+        sum(weights[t] * losses[t] for t in model.tasks).backward()
+        callback.after_backward(step, None)
+        before = [float(s.detach()) for s in callback.bank.logits]
+        optimizer.step()
+        scalars = callback.after_step(step, None)
+        if record is not None:
+            record.append((before, [float(s.detach()) for s in callback.bank.logits], scalars))
+    return scalars
+
+
+def test_insensitive_component_ends_sparser_than_a_sensitive_one():
+    """Two heads of identical shape and init scale; one head's loss is scaled by 1e-3. Under the target
+    controller (overall 50%), the insensitive head learns a higher threshold and ends much sparser."""
+    model = _toy()
+    bank = _bank(model)
+    schedule = TargetSchedule(0.5, 300, 0.1, 0.6, every=1)
+    bank.solve_offset(schedule.sparsity(0))
+    callback = AdapMTLCallback(bank, model.tasks, {}, None, schedule, None)
+    bank.install()
+    scalars = _train_toy(model, callback, 300)
+    summary = bank.summary(bank.zeros_now())
+    assert summary["overall"] == 0.5
+    assert summary["head/insensitive"] > summary["head/sensitive"] + 0.15
+    logit = dict(zip(bank.group_names, (float(s.detach()) for s in bank.logits), strict=True))
+    assert logit["head/insensitive"] > logit["head/sensitive"] + 0.5  # the split is in the learned logits
+    assert scalars["adapmtl.threshold.head.insensitive"] > scalars["adapmtl.threshold.head.sensitive"]
+
+
+def test_faithful_mode_freezes_thresholds_exactly_on_steps_at_or_above_the_ratio():
+    model = _toy()
+    # s_init puts the initial sparsity just under the ratio; weight decay then pushes the thresholds up.
+    magnitudes = torch.cat([p.detach().abs().flatten() for p in model.prunable_parameters().values()])
+    ratio = 0.3
+    tau0 = float(torch.quantile(magnitudes, ratio - 0.02))
+    bank = _bank(model, s_init=math.log(tau0 / (1 - tau0)))
+    callback = AdapMTLCallback(bank, model.tasks, {}, None, None, freeze_at=ratio)
+    bank.install()
+    record = []
+    _train_toy(model, callback, 60, lr=2e-2, wd=5e-2, record=record)
+    frozen_steps = 0
+    for before, after, scalars in record:
+        at_ratio = scalars["adapmtl.sparsity"] >= ratio
+        assert scalars["adapmtl.frozen"] == float(at_ratio)
+        if at_ratio:
+            assert after == before  # no loss update and no weight decay
+            frozen_steps += 1
+        else:
+            assert all(a != b for a, b in zip(after, before, strict=True))
+    assert 0 < frozen_steps < len(record)
+    assert record[0][2]["adapmtl.sparsity"] < ratio  # it started below and reached the ratio
+
+
+# --------------------------------------------------------------------------- parametrized model
+
+
+def test_install_forward_optimizer_and_removal():
+    model = ARCHS.get("deeplab_resnet34")({t: 3 for t in TASKS3}, width=0.125, head_width=0.03125)
+    keys = list(model.state_dict())
+    n_params = len(list(model.parameters()))
+    reference = copy.deepcopy(model)
+    bank = _bank(model, s_init=-5.0)
+    bank.install()
+    # Each shared threshold is listed once (deduplicated): the trainer's optimizer updates it once.
+    assert len(list(model.parameters())) == n_params + 4
+    runner = StepRunner(model, "nyuv2", TrainSpec(steps=1), torch.device("cpu"))
+    in_optimizer = [p for group in runner.optimizer.param_groups for p in group["params"]]
+    assert len(in_optimizer) == n_params + 4
+    assert sum(any(p is s for p in in_optimizer) for s in bank.logits) == 4
+    # The fused pass inside a forward equals the hand formula applied layer by layer.
+    taus = dict(zip(bank.group_names, bank.taus(), strict=True))
+    with torch.no_grad():
+        for name, p in reference.prunable_parameters().items():
+            tau = float(torch.tensor(taus[model.component_of(name)]))
+            p.copy_(torch.sign(p) * torch.relu(p.abs() - tau))
+    model.eval(), reference.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(x), reference(x)
+    assert all(torch.equal(got[t], want[t]) for t in TASKS3)
+    bank.remove()
+    assert list(model.state_dict()) == keys  # thresholds gone, the normal keys back
+    assert len(list(model.parameters())) == n_params
+    for name, p in model.prunable_parameters().items():
+        assert isinstance(p, nn.Parameter) and torch.equal(p, reference.prunable_parameters()[name])
+
+
+# ---------------------------------------------------------------------------------------- params
+
+
+def test_params_defaults_and_restrictions():
+    p = AdapMTLParams()
+    assert (p.start, p.s_init, p.weight_decay, p.control, p.thresholds) == (
+        "dense",
+        -15.0,
+        None,
+        "target",
+        "component",
+    )
+    assert (p.adaptive_weighting, p.weighting_start, p.window, p.k) == (True, 0.25, 0.025, "tasks")
+    assert (
+        AdapMTLParams(control="faithful").k == 3 and AdapMTLParams(control="faithful", K="tasks").k == "tasks"
+    )
+    assert SingleThresholdParams().thresholds == "network" and SingleThresholdParams().adaptive_weighting
+    assert not FixedWeightsParams().adaptive_weighting and FixedWeightsParams().thresholds == "component"
+    assert (STRParams().thresholds, STRParams().adaptive_weighting) == ("layer", False)
+    for bad in (
+        lambda: AdapMTLParams(ramp_start=0.8, ramp_end=0.5),
+        lambda: AdapMTLParams(adaptive_weighting=False, window=0.1),
+        lambda: AdapMTLParams(control="faithful", ramp_end=0.9),
+        lambda: AdapMTLParams(K=5),
+        lambda: SingleThresholdParams(thresholds="component"),
+        lambda: FixedWeightsParams(adaptive_weighting=True),
+        lambda: FixedWeightsParams(weighting_start=0.1),
+        lambda: STRParams(thresholds="component"),
+        lambda: AdapMTLParams(sinit=-3),
+    ):
+        with pytest.raises(ValidationError):
+            bad()
+
+
+def test_registry_tolerance_start_and_budget():
+    classes = {
+        "adapmtl": AdapMTL,
+        "adapmtl-single-threshold": AdapMTLSingleThreshold,
+        "adapmtl-fixed-weights": AdapMTLFixedWeights,
+        "str": STR,
+    }
+    for name, cls in classes.items():
+        assert METHODS.get(name) is cls and cls.sparsity_tolerance == 0.01
+    assert AdapMTL(AdapMTLParams(control="faithful")).sparsity_tolerance == 1.0  # reports what it reached
+    assert AdapMTL(AdapMTLParams()).sparsity_tolerance == 0.01
+    assert AdapMTL(AdapMTLParams(start="init")).start == "init" and STR(STRParams()).start == "dense"
+    train = TrainSpec(steps=100, weight_decay=1e-4)
+    finetune = TrainSpec(steps=10, weight_decay=2e-4, lr=1e-4)
+    ctx = SimpleNamespace(
+        spec=SimpleNamespace(finetune=finetune),
+        sparse_training_spec=lambda: train.model_copy(update={"steps": 110}),
+    )
+    spec = AdapMTL(AdapMTLParams()).training_spec(ctx)
+    assert (spec.steps, spec.weight_decay, spec.lr) == (10, 2e-4, 1e-4)
+    spec = AdapMTL(AdapMTLParams(start="init", weight_decay=5e-6)).training_spec(ctx)
+    assert (spec.steps, spec.weight_decay, spec.betas) == (110, 5e-6, (0.5, 0.999))
+
+
+# ------------------------------------------------------------------------------------ tiny cells
+
+TARGETS = [0.5, 0.8, 0.9, 0.95]
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("adapmtl"))
+    runtime = {"device": "cpu", "log_every": 1, "tensorboard": True, "save_cell_models": True}
+    main = tiny_matrix(methods=[{"name": "adapmtl"}], sparsities=TARGETS, runtime=runtime)
+    assert run_matrix(main, store, show_progress=False).failed == {}
+    # Same dense stage (shared from the store): STR and AdapMTL from init at 0.8.
+    extra = tiny_matrix(
+        methods=[{"name": "str"}, {"name": "adapmtl", "params": {"start": "init"}}],
+        sparsities=[0.8],
+        runtime=runtime,
+    )
+    assert run_matrix(extra, store, show_progress=False).failed == {}
+    return store, {(c.method.label, c.target_sparsity): c for c in [*main.expand(), *extra.expand()]}
+
+
+def _records(store, run_id):
+    return [json.loads(line) for line in (store.run_dir(run_id) / "log.jsonl").open()]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_control_hits_the_target_from_the_weights(cells, target):
+    store, by_label = cells
+    cell = by_label[("adapmtl", target)]
+    result = store.result(cell.run_id)
+    model = torch.load(store.run_dir(cell.run_id) / "model.pt", weights_only=True)
+    masks = load_masks(store.run_dir(cell.run_id))
+    assert not any("parametrizations" in k or "threshold" in k for k in model)
+    zeros = sum(int((model[n] == 0).sum()) for n in masks)
+    total = sum(m.numel() for m in masks.values())
+    assert abs(zeros - round(target * total)) <= 5  # exact up to ties / fp32 rounding of the threshold
+    assert abs(result["sparsity"]["achieved_sparsity"] - target) <= 0.01
+    for name, mask in masks.items():
+        assert torch.equal(mask, model[name] != 0), name
+    state = result["method_state"]
+    assert state["sparsity"] == pytest.approx(zeros / total)
+    for task in TASKS3:
+        assert state["sparsity_by_component"][f"head/{task}"] == pytest.approx(
+            result["sparsity"][f"sparsity.head.{task}"]
+        )
+    assert state["sparsity_by_component"]["backbone"] == pytest.approx(
+        result["sparsity"]["sparsity.backbone"]
+    )
+    assert set(state["thresholds"]) == {"backbone", *(f"head/{t}" for t in TASKS3)}
+    assert all(0 < t < 1 for t in state["thresholds"].values())
+    assert result["steps_method"] == 2 and result["starts_from"] == "dense"
+
+
+def test_every_step_logs_thresholds_sparsity_weights_and_losses(cells):
+    store, by_label = cells
+    run_id = by_label[("adapmtl", 0.9)].run_id
+    steps = [r for r in _records(store, run_id) if r.get("phase") == "train" and "step" in r]
+    assert [r["step"] for r in steps] == [0, 1]
+    components = ["backbone", *(f"head.{t}" for t in TASKS3)]
+    for record in steps:
+        for key in [
+            "adapmtl.sparsity",
+            "adapmtl.offset",
+            *(f"adapmtl.threshold.{c}" for c in components),
+            *(f"adapmtl.sparsity.{c}" for c in components),
+            *(f"adapmtl.weight.{t}" for t in TASKS3),
+            *(f"loss.{t}" for t in TASKS3),
+        ]:
+            assert math.isfinite(record[key]), key
+    # Step 0 trains the dense model (ramp from 0); the solve after it prunes the forward pass of step 1.
+    assert steps[0]["adapmtl.sparsity"] == 0.0 and steps[1]["adapmtl.sparsity"] == pytest.approx(
+        0.9, abs=0.01
+    )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(store.run_dir(run_id) / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/adapmtl.sparsity",
+        "train/adapmtl.threshold.backbone",
+        "train/adapmtl.weight.normal",
+    } <= tags
+    assert [e.value for e in events.Scalars("train/adapmtl.sparsity")] == pytest.approx(
+        [r["adapmtl.sparsity"] for r in steps]
+    )
+
+
+def test_str_and_start_from_init(cells):
+    store, by_label = cells
+    str_cell = store.result(by_label[("str", 0.8)].run_id)
+    assert abs(str_cell["sparsity"]["achieved_sparsity"] - 0.8) <= 0.001
+    layers = str_cell["sparsity"]["layers"]
+    assert set(str_cell["method_state"]["thresholds"]) == {n.removesuffix(".weight") for n in layers}
+    record = _records(store, by_label[("str", 0.8)].run_id)[0]
+    assert "adapmtl.threshold.backbone.conv1" in record and "adapmtl.weight.normal" in record
+    assert str_cell["method_state"]["task_weights"] == dict.fromkeys(TASKS3, 1.0)
+    init = store.result(by_label[("adapmtl(start=init)", 0.8)].run_id)
+    assert init["starts_from"] == "init" and init["steps_method"] == 8 and init["steps_total"] == 8
+    assert abs(init["sparsity"]["achieved_sparsity"] - 0.8) <= 0.001
+
+
+def test_best_val_selection_is_retargeted_on_the_selected_weights(tmp_path):
+    """The trainer reloads the selected step's state dict (weights and thresholds, parametrized keys); the
+    controller then solves b once more on those weights, so the target still holds."""
+    data = dict(tiny_matrix().datasets[0].model_dump(exclude={"root"}), val_fraction=0.25)
+    matrix = tiny_matrix(
+        datasets=[data],
+        methods=[{"name": "adapmtl"}],
+        sparsities=[0.7],
+        finetune={"steps": 3, "batch_size": 4},
+        eval={"batch_size": 4, "selection": "best_val", "val_every": 1},
+        runtime={"device": "cpu", "log_every": 1},
+    )
+    store = Store(tmp_path)
+    assert run_matrix(matrix, store, show_progress=False).failed == {}
+    (cell,) = matrix.expand()
+    result = store.result(cell.run_id)
+    assert 0 <= result["selection"]["selected_step"] <= 2
+    masks = load_masks(store.run_dir(cell.run_id))
+    total = sum(m.numel() for m in masks.values())
+    assert abs(sum(int((~m).sum()) for m in masks.values()) - round(0.7 * total)) <= 5
+    solved = [r for r in _records(store, cell.run_id) if "adapmtl.final_solve" in r]
+    assert bool(solved) == (result["selection"]["selected_step"] != 2)
