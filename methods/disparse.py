@@ -94,7 +94,6 @@ Deliberate deviations from the paper and the reference code, all of them:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -105,11 +104,11 @@ from torch import Tensor, nn
 
 from bench.context import MethodContext
 from bench.registry import METHODS
-from bench.sparsity import Masks, _layer_counts
+from bench.sparsity import Masks, erk_densities, layer_prune_counts
 from bench.train import StepRunner, TrainCallback
 from methods.base import MethodParams, PruningMethod
 from methods.rigl import reset_optimizer_state, rigl_drop_fraction
-from methods.saliency import DROPOUT_TYPES
+from methods.scoring import scoring_copy, weight_grads
 
 TaskLossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Mapping[str, Tensor]]
 TaskMasks = dict[str, Masks]
@@ -212,24 +211,6 @@ def disentangled_masks(
 # ----------------------------------------------------------------------------------------- scores
 
 
-def _scoring_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in train mode (BN batch statistics) with dropout off: deterministic, original untouched."""
-    net = copy.deepcopy(model)
-    net.train()
-    for module in net.modules():
-        if isinstance(module, DROPOUT_TYPES):
-            module.eval()
-    return net
-
-
-def _grads(loss: Tensor, weights: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
-    """∂loss/∂w for each weight; zeros for a weight the loss does not depend on."""
-    if not loss.requires_grad:
-        return [torch.zeros_like(w) for w in weights]
-    grads = torch.autograd.grad(loss, list(weights), retain_graph=retain_graph, allow_unused=True)
-    return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights, strict=True)]
-
-
 def task_gradient_sums(
     model: nn.Module,
     batches: Iterable[Mapping[str, Any]],
@@ -241,7 +222,7 @@ def task_gradient_sums(
     ``task_losses(outputs, batch)`` returns every task's loss of one forward pass (one pass per batch serves
     all tasks). ``model`` is not changed.
     """
-    net = _scoring_copy(model)
+    net = scoring_copy(model)
     params = dict(net.named_parameters())
     weights = {t: [params[n] for n in pool] for t, pool in pools.items()}
     sums = {t: [torch.zeros_like(w) for w in ws] for t, ws in weights.items()}
@@ -250,7 +231,7 @@ def task_gradient_sums(
     for batch in batches:
         losses = task_losses(net(batch["input"]), batch)
         for i, task in enumerate(tasks):
-            grads = _grads(losses[task], weights[task], retain_graph=i < len(tasks) - 1)
+            grads = weight_grads(losses[task], weights[task], retain_graph=i < len(tasks) - 1)
             for acc, g in zip(sums[task], grads, strict=True):
                 acc.add_(g.detach().abs())
         seen += 1
@@ -292,39 +273,11 @@ def magnitude_scores(model: nn.Module, pools: Mapping[str, Sequence[str]]) -> di
 # ------------------------------------------------------------------------------------------- ERK
 
 
-def erk_power_densities(
-    shapes: Mapping[str, tuple[int, ...]], target: float, power: float = 1.0
-) -> dict[str, float]:
-    """ERK layer densities with the reference's power: d_l = ε·((Σ dims)/(Π dims))^power, capped at 1.
-
-    One ε for all layers so Σ d_l·N_l = (1 − target)·N; a layer above 1 is made dense and ε solved again
-    over the others until none exceeds 1. ``power = 1`` is :func:`bench.sparsity.erk_densities`.
-    """
-    if not 0.0 <= target < 1.0:
-        raise ValueError(f"target sparsity must be in [0, 1), got {target}")
-    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-    raw = {name: (sum(shape) / sizes[name]) ** power for name, shape in shapes.items()}
-    keep_total = (1.0 - target) * sum(sizes.values())
-    dense: set[str] = set()
-    epsilon = 0.0
-    while True:
-        free = [n for n in shapes if n not in dense]
-        if not free:
-            break
-        budget = keep_total - sum(sizes[n] for n in dense)
-        epsilon = budget / sum(raw[n] * sizes[n] for n in free)
-        over = [n for n in free if epsilon * raw[n] > 1.0]
-        if not over:
-            break
-        dense.update(over)
-    return {n: 1.0 if n in dense else min(1.0, epsilon * raw[n]) for n in shapes}
-
-
 def erk_keep_counts(shapes: Mapping[str, tuple[int, ...]], target: float, power: float) -> dict[str, int]:
-    """Weights kept per layer: ERK densities rounded (largest remainders) so exactly round(target·N) go."""
+    """Weights kept per layer: ERK densities (with the reference's ``power``) rounded by largest remainders
+    so exactly round(target·N) go, as the shared ``erk`` scope of bench.sparsity.select_masks rounds."""
     sizes = {n: math.prod(s) for n, s in shapes.items()}
-    # The same rounding as the shared ``erk`` scope of bench.sparsity.select_masks.
-    pruned = _layer_counts(sizes, erk_power_densities(shapes, target, power), target)
+    pruned = layer_prune_counts(sizes, erk_densities(shapes, target, power), target)
     return {n: sizes[n] - pruned[n] for n in sizes}
 
 
@@ -439,7 +392,7 @@ class DisparseDynamicCallback(TrainCallback):
             return None
         self._grads = {}
         for task, pool in self.pools.items():
-            grads = _grads(losses[task], [self.params[n] for n in pool], retain_graph=True)
+            grads = weight_grads(losses[task], [self.params[n] for n in pool], retain_graph=True)
             self._grads[task] = {n: g.detach() for n, g in zip(pool, grads, strict=True)}
         return None
 

@@ -84,16 +84,9 @@ from bench.models.mtl import MTLModel
 from bench.registry import METHODS
 from bench.sparsity import Masks, Scope
 from methods.base import MethodParams, PruningMethod
+from methods.scoring import scoring_copy, weight_grads
 
 LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Tensor]
-DROPOUT_TYPES = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
 # Tasks whose head outputs are classification logits (GraSP's temperature applies to them only).
 LOGIT_TASKS: tuple[str, ...] = ("segment_semantic",)
 
@@ -104,16 +97,6 @@ SCOPE_DESCRIPTION = (
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _scoring_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in train mode (BN batch statistics) with dropout off: deterministic, original untouched."""
-    net = copy.deepcopy(model)
-    net.train()
-    for module in net.modules():
-        if isinstance(module, DROPOUT_TYPES):
-            module.eval()
-    return net
 
 
 def _weights(net: nn.Module, names: Sequence[str]) -> list[nn.Parameter]:
@@ -133,14 +116,6 @@ def _prunable_names(model: nn.Module, names: Sequence[str] | None) -> list[str]:
     return list(model.prunable_parameters())
 
 
-def _grads(loss: Tensor, weights: Sequence[Tensor], create_graph: bool = False) -> list[Tensor]:
-    """∂loss/∂w for each weight; zeros for a weight the loss does not depend on."""
-    if not loss.requires_grad:
-        return [torch.zeros_like(w) for w in weights]
-    grads = torch.autograd.grad(loss, list(weights), create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights, strict=True)]
-
-
 # --------------------------------------------------------------------------------------------- SNIP
 
 
@@ -157,13 +132,13 @@ def snip_scores(
     (dividing by the sum changes no ranking). ``names``: the weights to score (default: the prunable set).
     """
     names = _prunable_names(model, names)
-    net = _scoring_copy(model)
+    net = scoring_copy(model)
     weights = _weights(net, names)
     total = [torch.zeros_like(w) for w in weights]
     seen = 0
     for batch in batches:
         loss = loss_fn(net(batch["input"]), batch)
-        for acc, g in zip(total, _grads(loss, weights), strict=True):
+        for acc, g in zip(total, weight_grads(loss, weights), strict=True):
             acc.add_(g)
         seen += 1
     if seen == 0:
@@ -200,7 +175,7 @@ def grasp_scores(
     batches = list(batches)
     if not batches:
         raise ValueError("grasp_scores needs at least one batch")
-    net = _scoring_copy(model)
+    net = scoring_copy(model)
     weights = _weights(net, names)
 
     def loss_of(batch: Mapping[str, Any]) -> Tensor:
@@ -208,13 +183,13 @@ def grasp_scores(
 
     g = [torch.zeros_like(w) for w in weights]
     for batch in batches:
-        for acc, grad in zip(g, _grads(loss_of(batch), weights), strict=True):
+        for acc, grad in zip(g, weight_grads(loss_of(batch), weights), strict=True):
             acc.add_(grad)
     hg = [torch.zeros_like(w) for w in weights]
     for batch in batches:
-        grads = _grads(loss_of(batch), weights, create_graph=True)
+        grads = weight_grads(loss_of(batch), weights, create_graph=True)
         z = sum((gi.detach() * fi).sum() for gi, fi in zip(g, grads, strict=True))
-        for acc, h in zip(hg, _grads(z, weights), strict=True):
+        for acc, h in zip(hg, weight_grads(z, weights), strict=True):
             acc.add_(h.detach())
     return {n: -(w.detach() * h) for n, w, h in zip(names, weights, hg, strict=True)}
 
@@ -269,7 +244,7 @@ def synflow_pass(
             f"SynFlow: R = {value} is not finite in float64 (the all-ones forward pass of the linearised "
             "network overflowed); the weights are too large for a data-free SynFlow score"
         )
-    grads = _grads(r, weights)
+    grads = weight_grads(r, weights)
     scores = {n: (w.detach() * g).detach() for n, w, g in zip(names, weights, grads, strict=True)}
     return scores, value
 

@@ -35,7 +35,6 @@ from methods.disparse import (
     disentangled_masks,
     disparse_layer_update,
     erk_keep_counts,
-    erk_power_densities,
     gradient_scores,
     random_masks,
     static_scores,
@@ -350,19 +349,18 @@ def test_static_method_uses_the_static_scores_and_trains_on_the_at_init_budget()
 # ----------------------------------------------------------------------------------------- (3) ERK
 
 
-def test_erk_power_one_is_the_shared_erk_and_power_changes_the_allocation():
+def test_erk_power_keeps_one_epsilon_and_flattens_the_allocation():
     shapes = {"a": (4, 2, 3, 3), "b": (64, 64, 3, 3), "c": (32, 64, 3, 3), "d": (3, 64, 1, 1)}
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     for target in (0.5, 0.9):
-        assert erk_power_densities(shapes, target, 1.0) == erk_densities(shapes, target)
-        dens = erk_power_densities(shapes, target, 0.9)
+        dens = erk_densities(shapes, target, 0.9)
         assert sum(dens[n] * sizes[n] for n in shapes) == pytest.approx((1 - target) * sum(sizes.values()))
         free = [n for n in shapes if dens[n] < 1.0]
         # One ε for every uncapped layer: d_l / (Σ dims / Π dims)^0.9 is the same.
         eps = {n: dens[n] / (sum(shapes[n]) / sizes[n]) ** 0.9 for n in free}
         assert max(eps.values()) == pytest.approx(min(eps.values()), rel=1e-12)
     # A power below 1 flattens the allocation: the big layer b gets more than under plain ERK.
-    assert erk_power_densities(shapes, 0.9, 0.9)["b"] > erk_densities(shapes, 0.9)["b"]
+    assert erk_densities(shapes, 0.9, 0.9)["b"] > erk_densities(shapes, 0.9)["b"]
 
 
 def test_erk_counts_are_exact_and_the_random_mask_matches_the_shared_erk_scope_at_power_one():
