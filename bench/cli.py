@@ -1,4 +1,4 @@
-"""`python -m bench ...`: run, plan, status, methods, archs, datasets, data synth."""
+"""`python -m bench ...`: run, plan, status, report, methods, archs, datasets, data synth/verify."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import inspect
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from bench.registry import ARCHS, DATASETS, METHODS, load_plugins
 from bench.spec import ArchSpec, ConfigError, MatrixSpec, load_matrix
 
 DEFAULT_STORE = Path("results")
+EXECUTORS = ("local", "slurm", "submitit-local")  # bench.executors.EXECUTORS, without importing it
 console = Console(soft_wrap=False, width=160)
 
 
@@ -68,7 +70,8 @@ def _load(path: str) -> MatrixSpec:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bench.runner import plan, requirements
+    from bench.estimate import estimate_costs
+    from bench.runner import plan, requirements, stage_keys
     from bench.store import Store
 
     matrix = _load(args.config)
@@ -90,40 +93,135 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console.print("[bold]What the run needs[/bold]")
     for line in requirements(matrix):
         console.print(f"  {line}", markup=False, highlight=False)
+    estimate = estimate_costs(store.root, stage_keys(the_plan))
+    for line in [estimate.line, *estimate.notes]:
+        console.print(f"  {line}", markup=False, highlight=False)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.runner import plan
+    from bench.scheduler import lock_summary, stages_of
     from bench.store import Store
 
     matrix = _load(args.config)
     store = Store(args.store)
-    the_plan = plan(matrix)
+    now = time.time()
     counts: dict[str, int] = {}
+    failures: list[str] = []
+    holders: list[str] = []
     table = Table(title=f"{matrix.name} in {store.root}")
-    for column in ("stage", "run_id", "what", "status", "error"):
+    for column in ("stage", "run_id", "what", "status"):
         table.add_column(column)
-    stages = [("dense", d, f"{d.data.dataset} {d.arch.name} seed {d.seed}") for d in the_plan.dense]
-    stages += [("cell", c, f"{c.method.label} @ {c.target_sparsity:g} seed {c.seed}") for c in the_plan.cells]
-    for kind, stage, what in stages:
-        status = store.status(stage.run_id)
+    for stage in stages_of(matrix):
+        run_id = stage.run_id
+        status = store.status(run_id)
+        shown = status
+        if status == "failed":
+            record = store.status_record(run_id)
+            kind = record.get("kind", "error")
+            shown = f"failed ({kind})"
+            failures.append(f"  {run_id} {stage.label}: [{kind}] {record.get('error', '?')}")
+            failures += [f"      log: {_clip(line)}" for line in record.get("log_tail", [])[-2:]]
+        elif status != "done":
+            held = lock_summary(store.run_dir(run_id), now)
+            if held is not None:
+                info, stale = held
+                status = shown = "running" if stale is None else "interrupted"
+                flag = f"  STALE: {stale}; the next run takes it over" if stale else ""
+                holders.append(
+                    f"  {run_id} {stage.label}: held by {info.describe(now)}, "
+                    f"heartbeat {info.age(now):.0f} s ago{flag}"
+                )
+            elif status == "running":  # killed without a trace of its lock: resumes on the next run
+                status = shown = "interrupted"
         counts[status] = counts.get(status, 0) + 1
-        error = store.status_record(stage.run_id).get("error", "") if status == "failed" else ""
-        table.add_row(kind, stage.run_id, what, status, error)
+        table.add_row(stage.kind, run_id, stage.label, shown)
     console.print(table)
+    for title, lines in (("failed", failures), ("locked", holders)):
+        if lines:
+            console.print(f"[bold]{title}:[/bold]")
+            for line in lines:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
 
+def _clip(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+SLURM_FLAGS = {  # command-line flag -> SlurmSpec field it overrides
+    "partition": "partition",
+    "time": "time",
+    "gpus": "gpus_per_task",
+    "cpus": "cpus_per_task",
+    "mem": "mem",
+    "max_parallel": "max_parallel",
+}
+
+
+def _slurm_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        field: getattr(args, flag) for flag, field in SLURM_FLAGS.items() if getattr(args, flag) is not None
+    }
+
+
+def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
+    """The config's runtime.slurm with the command-line flags applied (validated like the config)."""
+    from pydantic import ValidationError
+
+    from bench.spec.models import SlurmSpec
+
+    try:
+        return SlurmSpec.model_validate({**matrix.runtime.slurm.model_dump(), **overrides})
+    except ValidationError as exc:
+        flags = {field: f"--{flag.replace('_', '-')}" for flag, field in SLURM_FLAGS.items()}
+        problems = [
+            f"{flags.get(str(e['loc'][0]), 'runtime.slurm.' + str(e['loc'][0]))}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise ValueError("bad Slurm resources: " + "; ".join(problems)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.manifest import write_manifest
     from bench.report import write_run_report
-    from bench.runner import run_matrix
+    from bench.scheduler import run_matrix
     from bench.store import Store
 
     matrix = _load(args.config)
     store = Store(args.store)
-    outcome = run_matrix(matrix, store, show_progress=not args.no_progress)
+    plugins = [*args.plugin, *args.sub_plugin]
+    overrides = _slurm_overrides(args)
+    if args.executor == "local":
+        if overrides:
+            named = ", ".join(f"--{f.replace('_', '-')}" for f in SLURM_FLAGS if getattr(args, f) is not None)
+            raise ValueError(f"{named}: Slurm resources apply to --executor slurm or submitit-local only")
+        write_manifest(matrix, store)  # what `bench report CONFIG` reads, torch-free
+        outcome = run_matrix(
+            matrix, store, show_progress=not args.no_progress, workers=args.workers,
+            retry_failed=args.retry_failed, plugins=plugins,
+        )  # fmt: skip
+    else:
+        from bench.executors import submit_matrix
+
+        if args.workers not in (None, 1):
+            raise ValueError(
+                "--workers is for --executor local; Slurm runs one task per stage (--max-parallel)"
+            )
+
+        def echo(text: str) -> None:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+        slurm = _slurm_spec(matrix, overrides)  # validated before anything is written
+        write_manifest(matrix, store)
+        submission = submit_matrix(
+            matrix, store, executor=args.executor, slurm=slurm,
+            retry_failed=args.retry_failed, plugins=plugins, echo=echo,
+        )  # fmt: skip
+        if submission.outcome is None:  # queued on Slurm: results come later
+            return 0
+        outcome = submission.outcome
     write_run_report(matrix, store, console)
     if outcome.failed:
         console.print(
@@ -131,6 +229,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
+    p.add_argument(
+        "--workers", type=positive_int, default=None,
+        help="local worker processes (default: the config's runtime.workers, 1 unless set); CPU threads are "
+        "split between them and each gets its own GPU where several are visible",
+    )  # fmt: skip
+    p.add_argument(
+        "--executor", choices=EXECUTORS, default="local",
+        help="local: this machine (default); slurm: job arrays through submitit (docs/slurm.md); "
+        "submitit-local: the Slurm code path as local submitit jobs (CI)",
+    )  # fmt: skip
+    p.add_argument("--retry-failed", action="store_true", help="run stages that failed before once more")
+    group = p.add_argument_group("Slurm resources (override the config's runtime.slurm)")
+    group.add_argument("--partition", help="sbatch --partition")
+    group.add_argument("--time", help="time limit per stage task: minutes, H:MM:SS or D-H[:MM[:SS]]")
+    group.add_argument("--gpus", type=int, help="GPUs per task")
+    group.add_argument("--cpus", type=int, help="CPU cores per task")
+    group.add_argument("--mem", help="memory per task, e.g. 32G")
+    group.add_argument(
+        "--max-parallel", type=int, help="array tasks running at once (slurm_array_parallelism)"
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -187,6 +319,34 @@ def _plugin_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Figures, tables and one HTML page from stored results; never imports torch or the plugins."""
+    from bench.report import build_report
+
+    outcome = build_report(args.source, store=args.store, out=args.out, style=args.style)
+    counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items())
+    console.print(f"cells: {counts}", markup=False, highlight=False)
+    for note in outcome.notes:
+        console.print(f"  left out: {note}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"report: {outcome.html} ({len(outcome.figures)} figure files, {len(outcome.tables)} table files)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="figures, tables and an HTML page from stored results (no torch)")
+    p.add_argument("source", metavar="CONFIG_OR_STORE", help="a matrix YAML (its manifest) or a store folder")
+    p.add_argument("--store", default=None, help="result store root for a CONFIG (default: results)")
+    p.add_argument("--out", default=None, help="output folder (default: <store>/<matrix>/report)")
+    p.add_argument(
+        "--style", choices=("paper", "screen"), default="paper", help="figure sizes (default paper)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -203,9 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("--store", default=str(DEFAULT_STORE), help="result store root (default: results)")
         if name == "run":
-            p.add_argument("--no-progress", action="store_true", help="no progress bar")
+            _run_options(p)
     for name in ("methods", "archs", "datasets"):
         _plugin_option(sub.add_parser(name, help=f"list registered {name}"))
+    _report_parser(sub)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="render synthetic frames in a dataset's on-disk format")
     synth.add_argument("--format", default="nyuv2", help="dataset format (default nyuv2)")
@@ -223,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "report":  # from stored results alone: the plugins import torch
+            return cmd_report(args)
         load_plugins([*args.plugin, *getattr(args, "sub_plugin", [])])
         if args.command in ("methods", "archs", "datasets"):
             return cmd_list(args.command)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.checkpoint import StageCheckpoint
 from bench.data import batch_stream
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, Scope, apply_masks, select_masks
@@ -41,6 +42,9 @@ class MethodContext:
     dense_dir: Path | None = None  # the dense stage's run directory (init, final and rewind weights)
     recorded: dict[str, Any] = field(default_factory=dict)  # result.json "method_state"
     task_masks: dict[str, Masks] = field(default_factory=dict)  # task → its own keep-masks (task_masks.npz)
+    checkpoint: StageCheckpoint | None = None  # the cell's in-stage checkpoint (resume after a kill)
+    channels_last: bool = False
+    pin_memory: bool = False
     _phase: str = field(default="prune", repr=False)
     _calls: int = field(default=0, repr=False)
 
@@ -150,6 +154,17 @@ class MethodContext:
         """
         spec = spec or self.spec.finetune
         self._calls += 1
+        stage = self.checkpoint
+        if stage is not None and stage.skips(self._calls):
+            # Resuming: this call finished before the checkpoint; its effects come back with it.
+            return spec.steps
+        call_checkpoint = None
+        if stage is not None:
+            call_checkpoint = stage.for_call(self._calls, self._owner_state)
+            payload = stage.take(self._calls)
+            if payload is not None:
+                self._load_owner_state(payload["owner"])
+                call_checkpoint.resume = payload
 
         def on_step(step: int, scalars: dict[str, float]) -> None:
             self.logger({"phase": phase, "step": step, **scalars})
@@ -171,12 +186,34 @@ class MethodContext:
             callbacks=callbacks,
             step_offset=step_offset,
             schedule=schedule,
+            checkpoint=call_checkpoint,
+            channels_last=self.channels_last,
+            pin_memory=self.pin_memory,
         )
         if outcome.masks is not None:
             self.masks = outcome.masks
         self.steps_used += outcome.steps
         self.selected_step = self.steps_used - outcome.steps + outcome.selected_step
         return outcome.steps
+
+    def _owner_state(self) -> dict[str, Any]:
+        """The context's part of a checkpoint: what the method has pruned, spent and recorded so far."""
+        return {
+            "calls": self._calls,
+            "phase": self._phase,
+            "masks": self.masks,
+            "steps_used": self.steps_used,
+            "selected_step": self.selected_step,
+            "recorded": dict(self.recorded),
+            "task_masks": self.task_masks,
+        }
+
+    def _load_owner_state(self, state: Mapping[str, Any]) -> None:
+        self._calls, self._phase = int(state["calls"]), str(state["phase"])
+        self.masks = state["masks"]
+        self.steps_used, self.selected_step = int(state["steps_used"]), state["selected_step"]
+        self.recorded = dict(state["recorded"])
+        self.task_masks = dict(state["task_masks"])
 
     def finetune(self, spec: TrainSpec | None = None) -> int:
         """Train with the current masks held fixed, on the cell's finetune budget unless ``spec`` is given."""

@@ -139,20 +139,35 @@ class _StepBatches(Dataset):
 
 
 def batch_stream(
-    dataset: Any, batch_size: int, seed: int, start: int = 0, steps: int | None = None, num_workers: int = 0
+    dataset: Any,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    steps: int | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Batches of steps start, start+1, ...; identical with any number of loader worker processes."""
+    """Batches of steps start, start+1, ...; identical with any number of loader worker processes.
+
+    ``pin_memory`` (CUDA only) puts batches in page-locked memory so host→device copies can be asynchronous.
+    """
+    pin = pin_memory and torch.cuda.is_available()
     if num_workers == 0 or steps is None:
         step = start
         while steps is None or step < start + steps:
-            yield batch_at(dataset, batch_size, seed, step)
+            batch = batch_at(dataset, batch_size, seed, step)
+            yield (
+                {k: v.pin_memory() if pin and torch.is_tensor(v) else v for k, v in batch.items()}
+                if pin
+                else batch
+            )
             step += 1
         return
     loader = DataLoader(
         _StepBatches(dataset, batch_size, seed, start, steps),
         batch_size=None,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin,
         prefetch_factor=2,
     )
     yield from loader

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -19,20 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from bench.checkpoint import CHECKPOINT, StageCheckpoint
 from bench.context import MethodContext
 from bench.costs import count_flops, measure_latency
 from bench.data import build_dataset
+from bench.estimate import StageKey
 from bench.evaluate import evaluate
 from bench.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
 from bench.models.mtl import MTLModel
 from bench.models.pretrained import load_backbone_weights
+from bench.provenance import device_name, provenance, timing
 from bench.registry import ARCHS, DATASETS, METHODS
 from bench.sparsity import sparsity_report
 from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
 from bench.store import SPEC, Store, atomic_write_bytes, atomic_write_json
-from bench.train import train
+from bench.train import Divergence, train
 
 Progress = Callable[[int, dict[str, float]], None]
 
@@ -94,6 +97,20 @@ def requirements(matrix: MatrixSpec) -> list[str]:
     return lines
 
 
+def stage_keys(the_plan: Plan) -> list[StageKey]:
+    """Each stage with what its wall time depends on, for the cost estimate of ``bench plan``."""
+    keys = [
+        StageKey(
+            d.run_id, "dense", (d.data.dataset, d.arch.name, d.arch.width, d.arch.head_width, d.train.steps)
+        )
+        for d in the_plan.dense
+    ]
+    for c in the_plan.cells:
+        key = (c.data.dataset, c.arch.name, c.arch.width, c.method.label, c.train.steps, c.finetune.steps)
+        keys.append(StageKey(c.run_id, "cell", key))
+    return keys
+
+
 def resolve_device(runtime: RuntimeSpec) -> torch.device:
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
@@ -136,11 +153,34 @@ class JsonlLogger:
         self.path, self.every, self.progress = path, every, progress
         self.fh = path.open("a", encoding="utf-8")
         self.writer: Any = None
+        self.tensorboard = tensorboard
         self.global_step = 0
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked
+            self.writer = self._writer(purge_step=None)
 
-            self.writer = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
+    def _writer(self, purge_step: int | None) -> Any:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked
+
+        return SummaryWriter(log_dir=str(self.path.parent / "tensorboard"), purge_step=purge_step)
+
+    def position(self) -> dict[str, int]:
+        """Where the log is now (a checkpoint stores it; resuming rewinds to it)."""
+        self.fh.flush()
+        return {"bytes": self.fh.tell(), "global_step": self.global_step}
+
+    def rewind(self, position: dict[str, int]) -> None:
+        """Drop everything logged after ``position``: a resumed stage logs those steps again.
+
+        TensorBoard events are append-only; a new writer with ``purge_step`` makes TensorBoard discard the
+        superseded events at and after that step when it reads the directory.
+        """
+        self.fh.flush()
+        self.fh.truncate(position["bytes"])
+        self.fh.seek(position["bytes"])
+        self.global_step = position["global_step"]
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = self._writer(purge_step=self.global_step)
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = record.get("step")
@@ -206,7 +246,10 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     if spec.arch.pretrained is not None:
         load_backbone_weights(model.backbone, spec.arch.pretrained)
     save_state(run_dir / "init.pt", model.state_dict())
-    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress, runtime.tensorboard)
+    logger, checkpoint = _open_log(run_dir, runtime, progress)
+    resume = checkpoint.take(1)
+    call = checkpoint.for_call(1, dict)
+    call.resume = resume
     rewind_at = spec.train.rewind_at
     if rewind_at == 0:
         save_state(run_dir / "rewind.pt", model.state_dict())
@@ -230,6 +273,9 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
             val_every=spec.eval.val_every,
             num_workers=runtime.num_workers,
             protocol=spec.eval.protocol,
+            checkpoint=call,
+            channels_last=runtime.channels_last,
+            pin_memory=_pin_memory(runtime, device),
         )
     finally:
         logger.close()
@@ -244,12 +290,53 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
         "rewind_step": rewind_at,
         "selection": {"rule": spec.eval.selection, "selected_step": outcome.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
-        "wall_s": time.time() - start,
-        "device": str(device),
+        **_provenance(start, device, resume),
     }
-    atomic_write_json(run_dir / "result.json", result)
-    store.write_status(run_id, status="done", finished=time.time())
+    _finish(store, run_id, result, checkpoint)
     return result
+
+
+def _open_log(
+    run_dir: Path, runtime: RuntimeSpec, progress: Progress | None
+) -> tuple[JsonlLogger, StageCheckpoint]:
+    """The stage's log and checkpoint; without a checkpoint the stage starts over with a fresh log."""
+    if not (run_dir / CHECKPOINT).is_file():
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress, runtime.tensorboard)
+    try:
+        return logger, StageCheckpoint(run_dir, runtime.checkpoint_every, logger)
+    except Exception:
+        logger.close()
+        raise
+
+
+def _pin_memory(runtime: RuntimeSpec, device: torch.device) -> bool:
+    return device.type == "cuda" if runtime.pin_memory is None else runtime.pin_memory
+
+
+def _provenance(start: float, device: torch.device, resume: dict[str, Any] | None) -> dict[str, Any]:
+    """Where, when and with what the result was produced (bench.provenance), and whether it resumed."""
+    end = time.time()
+    return {
+        "wall_s": end - start,
+        "device": str(device),
+        "provenance": {**provenance(device_name(str(device))), **timing(start, end)},
+        "resumed_from": None if resume is None else {"call": resume["call"], "step": resume["step"]},
+    }
+
+
+def _finish(store: Store, run_id: str, result: dict[str, Any], checkpoint: StageCheckpoint) -> None:
+    """Write the result, mark the stage done, and drop its checkpoint (in that order: a kill in between
+    leaves a finished stage with a stale checkpoint, never a lost result)."""
+    if checkpoint.loaded is not None:
+        raise RuntimeError(
+            f"{checkpoint.path} belongs to train() call {checkpoint.resume_call}, which this stage never "
+            "made: the method's code changed since the checkpoint; delete it to restart the stage"
+        )
+    atomic_write_json(store.run_dir(run_id) / "result.json", result)
+    store.write_status(run_id, status="done", finished=time.time())
+    checkpoint.remove()
 
 
 def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
@@ -270,7 +357,8 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
     checkpoint = "model.pt" if method.start == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
     model.to(device)
-    logger = JsonlLogger(run_dir / "log.jsonl", runtime.log_every, progress, runtime.tensorboard)
+    logger, checkpoint = _open_log(run_dir, runtime, progress)
+    resume = checkpoint.loaded
     ctx = MethodContext(
         model=model,
         spec=spec,
@@ -280,6 +368,9 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         val_set=val_set,
         num_workers=runtime.num_workers,
         dense_dir=store.run_dir(dense_id),
+        checkpoint=checkpoint,
+        channels_last=runtime.channels_last,
+        pin_memory=_pin_memory(runtime, device),
     )
     try:
         method.run(ctx)
@@ -307,11 +398,9 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         "method_state": ctx.recorded,
         "selection": {"rule": spec.eval.selection, "selected_step": ctx.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
-        "wall_s": time.time() - start,
-        "device": str(device),
+        **_provenance(start, device, resume),
     }
-    atomic_write_json(run_dir / "result.json", result)
-    store.write_status(run_id, status="done", finished=time.time())
+    _finish(store, run_id, result, checkpoint)
     return result
 
 
@@ -362,69 +451,85 @@ def _check_sparsity(spec: RunSpec, method: Any, achieved: float, ctx: MethodCont
         )
 
 
-def _fail(store: Store, run_id: str, exc: BaseException) -> None:
-    store.write_status(
-        run_id,
-        status="failed",
-        error=f"{type(exc).__name__}: {exc}",
-        traceback=traceback.format_exc(),
-        finished=time.time(),
-    )
+FAILURE_KINDS = ("error", "diverged", "oom", "blocked")
+LOG_TAIL_LINES = 20
 
 
-@dataclass
-class MatrixOutcome:
-    done: list[str]
-    failed: dict[str, str]
-    skipped: list[str]
+def failure_kind(exc: BaseException) -> str:
+    """``diverged`` for a non-finite loss, ``oom`` for an out-of-memory error, ``error`` otherwise."""
+    if isinstance(exc, Divergence):
+        return "diverged"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        return "oom"  # allocator errors of other backends (MPS, CPU allocators) say so in the message
+    return "error"
 
 
-def run_matrix(matrix: MatrixSpec, store: Store, show_progress: bool = True) -> MatrixOutcome:
-    """Run every pending stage: dense stages first, then cells. Failures are recorded, not fatal."""
-    runtime = matrix.runtime
-    if runtime.num_threads:
-        torch.set_num_threads(runtime.num_threads)
-    the_plan = plan(matrix)
-    outcome = MatrixOutcome(done=[], failed={}, skipped=[])
-    stages: list[tuple[str, DenseSpec | RunSpec]] = [("dense", d) for d in the_plan.dense]
-    stages += [(f"{c.method.label}@{c.target_sparsity:g}", c) for c in the_plan.cells]
-    pending = [(label, s) for label, s in stages if not store.is_done(s.run_id)]
-    outcome.skipped = [s.run_id for _, s in stages if store.is_done(s.run_id)]
-    bar = tqdm(
-        total=len(pending),
-        desc="stages",
-        unit="stage",
-        disable=not show_progress,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-    for label, stage in pending:
-        run_id = stage.run_id
-        steps = stage.train.steps if isinstance(stage, DenseSpec) else None
-        bar.set_description(f"{label} {run_id[:8]}")
+def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a stage's log.jsonl (empty when it has none)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 64 * 1024))
+        text = fh.read().decode("utf-8", errors="replace")
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
-        def progress(step: int, record: dict[str, Any], steps: int | None = steps) -> None:
-            if step % 10 == 0:
-                total = steps if steps is not None else "?"
-                loss = record.get("loss", float("nan"))
-                bar.set_postfix_str(
-                    f"{record.get('phase', '')} step {step + 1}/{total} loss {loss:.3f}", refresh=False
-                )
-                bar.refresh()
 
-        try:
-            if isinstance(stage, DenseSpec):
-                run_dense(stage, store, runtime, progress)
-            else:
-                dense_id = stage.dense().run_id
-                if dense_id in outcome.failed:
-                    raise RuntimeError(f"its dense stage {dense_id} failed: {outcome.failed[dense_id]}")
-                run_cell(stage, store, runtime, progress)
-            outcome.done.append(run_id)
-        except Exception as exc:  # one broken stage must not stop the matrix
-            _fail(store, run_id, exc)
-            outcome.failed[run_id] = f"{type(exc).__name__}: {exc}"
-            bar.write(f"FAILED {label} {run_id}: {type(exc).__name__}: {exc}")
-        bar.update(1)
-    bar.close()
-    return outcome
+def record_failure(store: Store, run_id: str, exc: BaseException, kind: str | None = None) -> dict[str, Any]:
+    """Mark a stage failed in its status.json: kind, error, traceback, the last log lines; returns it."""
+    kind = kind or failure_kind(exc)
+    record = {
+        "status": "failed",
+        "kind": kind,
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(exc)),
+        "log_tail": log_tail(store.run_dir(run_id)),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "finished": time.time(),
+    }
+    store.write_status(run_id, **record)
+    return record
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    run_id: str
+    status: str  # done | failed
+    kind: str | None = None  # for a failure: one of FAILURE_KINDS
+    error: str | None = None
+
+
+def run_stage(
+    stage: DenseSpec | RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None
+) -> StageOutcome:
+    """Run one stage (resuming from its checkpoint when it has one); a failure is recorded, not raised.
+
+    A cell whose dense stage has no result is ``blocked`` (with the dense stage's error when it failed).
+    The caller holds the stage's lock (bench.locks); this function does no locking.
+    """
+    run_id = stage.run_id
+    if store.is_done(run_id):
+        return StageOutcome(run_id, "done")
+    try:
+        if isinstance(stage, RunSpec):
+            dense_id = stage.dense().run_id
+            if not store.is_done(dense_id):
+                why = store.status_record(dense_id).get("error") or f"status {store.status(dense_id)}"
+                raise StageBlocked(f"its dense stage {dense_id} has no result ({why})")
+            run_cell(stage, store, runtime, progress)
+        else:
+            run_dense(stage, store, runtime, progress)
+        return StageOutcome(run_id, "done")
+    except Exception as exc:  # one broken stage must not stop the matrix
+        kind = "blocked" if isinstance(exc, StageBlocked) else None
+        record = record_failure(store, run_id, exc, kind)
+        return StageOutcome(run_id, "failed", record["kind"], record["error"])
+
+
+class StageBlocked(RuntimeError):
+    """A cell cannot start: the dense stage it needs has no result."""

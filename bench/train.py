@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.checkpoint import CallCheckpoint, set_rng_state
 from bench.data import batch_stream, eval_batches
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, apply_masks
@@ -22,6 +23,10 @@ from bench.spec import TrainSpec
 from bench.tasks import LossFn, make_losses
 
 StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class Divergence(RuntimeError):
+    """A non-finite training loss: the run diverged (the runner reports it as such, not as a crash)."""
 
 
 def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -65,6 +70,17 @@ class TrainCallback:
     def after_step(self, step: int, runner: StepRunner) -> Mapping[str, float] | None:
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The callback's own state that later steps depend on (schedules, windows, counters, ...).
+
+        Saved in every in-stage checkpoint and restored on resume (bench/checkpoint.py): a stateful callback
+        must return everything its future behaviour depends on, as tensors and plain containers.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
 
 class StepRunner:
     """One optimizer step of the weighted multi-task loss, with masks held fixed (or changed by callbacks).
@@ -85,8 +101,16 @@ class StepRunner:
         callbacks: Sequence[TrainCallback] = (),
         step_offset: int = 0,
         schedule: TrainSpec | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Mixed precision: autocast the forward pass and the losses; fp16 also scales the loss so that small
+        # gradients survive (bf16 has fp32's range and needs no scaler). Masks and the update stay in fp32.
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.amp]
+        self.scaler = torch.amp.GradScaler(device.type) if spec.amp == "fp16" else None
         self.device, self.callbacks, self.step_offset = device, tuple(callbacks), step_offset
         # The LR schedule (base LR, shape, horizon) comes from `schedule`, by default the spec trained with;
         # rewinding methods replay a longer recipe's schedule from `step_offset`.
@@ -119,26 +143,45 @@ class StepRunner:
     def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr * lr_factor(self.schedule, step + self.step_offset)
-        outputs = self.model(batch["input"])
-        losses = {t: self.losses[t](outputs[t], batch[t]) for t in self.model.tasks}
+        inputs = batch["input"]
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.model(inputs)
+            losses = {t: self.losses[t](outputs[t], batch[t]).float() for t in self.model.tasks}
         weights = self.weights
         for callback in self.callbacks:
             weights = callback.loss_weights(step, losses) or weights
         total = sum(weights[t] * losses[t] for t in self.model.tasks)
+        loss_value = float(total.detach())
+        if not math.isfinite(loss_value):
+            bad = {t: float(v.detach()) for t, v in losses.items() if not math.isfinite(float(v.detach()))}
+            raise Divergence(
+                f"non-finite loss {loss_value} at step {step}"
+                + (f" (task losses {bad})" if bad else " (weighted sum of finite task losses)")
+            )
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)  # callbacks and masking see true gradients
+        else:
+            total.backward()
         for callback in self.callbacks:
             callback.after_backward(step, self)
         if self.masked:
             with torch.no_grad():  # fused multi-tensor multiplies: one dispatch for all masked tensors
                 with_grad = [(p.grad, m) for p, m in self.masked if p.grad is not None]
                 torch._foreach_mul_([g for g, _ in with_grad], [m for _, m in with_grad])
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed; the scale then drops
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         if self.masked:
             with torch.no_grad():
                 torch._foreach_mul_(self.masked_params, self.masked_masks)
         scalars = {
-            "loss": float(total.detach()),
+            "loss": loss_value,
             **{f"loss.{t}": float(v.detach()) for t, v in losses.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
@@ -147,6 +190,29 @@ class StepRunner:
         for callback in self.callbacks:
             scalars.update(callback.after_step(step, self) or {})
         return scalars
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, gradient scaler, held masks and callbacks: the runner's part of a checkpoint."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "masks": self.masks,
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["masks"] is not None:
+            self.set_masks(state["masks"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if len(state["callbacks"]) != len(self.callbacks):
+            raise ValueError(
+                f"checkpoint holds the state of {len(state['callbacks'])} callback(s), the run has "
+                f"{len(self.callbacks)}: the method's code changed since the checkpoint; delete it to restart"
+            )
+        for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
+            callback.load_state_dict(callback_state)
 
 
 @dataclass(frozen=True)
@@ -206,6 +272,9 @@ def train(
     callbacks: Sequence[TrainCallback] = (),
     step_offset: int = 0,
     schedule: TrainSpec | None = None,
+    checkpoint: CallCheckpoint | None = None,
+    channels_last: bool = False,
+    pin_memory: bool = False,
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
     the lowest validation loss (evaluated every `val_every` steps and after the last one).
@@ -213,7 +282,8 @@ def train(
     ``step_offset`` starts the LR schedule at that step, and ``schedule`` (default ``spec``) is the recipe
     whose LR schedule is followed: learning-rate rewinding trains ``spec.steps`` steps on the dense recipe's
     schedule replayed from an early step. The masks held at the end (callbacks may change them) are in
-    ``TrainResult.masks``.
+    ``TrainResult.masks``. With ``checkpoint`` the state is saved at the start, every ``checkpoint.every``
+    steps and at the end, and a loaded checkpoint (``checkpoint.resume``) is continued from its step.
     """
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
@@ -229,11 +299,39 @@ def train(
         callbacks=callbacks,
         step_offset=step_offset,
         schedule=schedule,
+        channels_last=channels_last,
     )
     torch.manual_seed(seed)  # dropout draws
-    stream = batch_stream(train_set, spec.batch_size, seed, steps=spec.steps, num_workers=num_workers)
     best: tuple[float, int, dict[str, Tensor], Masks | None] | None = None
-    for step, batch in zip(range(spec.steps), stream, strict=False):
+    start = 0
+    resume = None if checkpoint is None else checkpoint.resume
+    if resume is not None:
+        start, best = _restore(resume, model, step_runner, spec.steps)
+
+    def save(step: int) -> None:
+        assert checkpoint is not None
+        checkpoint.save(
+            step,
+            {
+                "model": model.state_dict(),
+                "runner": step_runner.state_dict(),
+                "best": None if best is None else list(best),
+            },
+        )
+
+    stream = batch_stream(
+        train_set,
+        spec.batch_size,
+        seed,
+        start=start,
+        steps=spec.steps - start,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+    resumed_at = start if resume is not None else None  # that state is the checkpoint itself
+    for step, batch in zip(range(start, spec.steps), stream, strict=False):
+        if checkpoint is not None and step != resumed_at and checkpoint.due(step, spec.steps):
+            save(step)
         scalars = step_runner(to_device(batch, device), step)
         if selection == "best_val" and ((step + 1) % val_every == 0 or step + 1 == spec.steps):
             loss = validation_loss(
@@ -251,8 +349,25 @@ def train(
                 best = (loss, step, state, step_runner.masks)
         if on_step is not None:
             on_step(step, scalars)
+    if checkpoint is not None and resumed_at != spec.steps:
+        save(spec.steps)  # the phase boundary: a stage killed after this call does not train it again
     if best is None:
         return TrainResult(steps=spec.steps, selected_step=spec.steps - 1, masks=step_runner.masks)
     model.load_state_dict(best[2])
     # The masks of the selected step: a callback may have changed them after it.
     return TrainResult(steps=spec.steps, selected_step=best[1], val_loss=best[0], masks=best[3])
+
+
+def _restore(
+    payload: Mapping[str, Any], model: MTLModel, runner: StepRunner, steps: int
+) -> tuple[int, tuple[float, int, dict[str, Tensor], Masks | None] | None]:
+    """Put model, optimizer, masks, callbacks and RNGs back as they were at the checkpoint's step."""
+    step = int(payload["step"])
+    if not 0 <= step <= steps:
+        raise ValueError(f"checkpoint is at step {step} of a call of {steps} steps: the recipe changed")
+    state = payload["train"]
+    model.load_state_dict(state["model"])
+    runner.load_state_dict(state["runner"])
+    set_rng_state(payload["rng"])
+    best = None if state["best"] is None else tuple(state["best"])
+    return step, best  # type: ignore[return-value]

@@ -434,6 +434,18 @@ class AdaptiveWeighting:
             return {t: self.k / len(self.tasks) for t in self.tasks}
         return {t: self.k * self.m[t] / total for t in self.tasks}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "m": dict(self.m),
+            "previous": None if self.previous is None else dict(self.previous),
+            "fifo": {t: list(q) for t, q in self.fifo.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.m = {t: float(state["m"][t]) for t in self.tasks}
+        self.previous = None if state["previous"] is None else dict(state["previous"])
+        self.fifo = {t: deque(float(v) for v in state["fifo"][t]) for t in self.tasks}
+
 
 # --------------------------------------------------------------------------------------- callback
 
@@ -516,6 +528,25 @@ class AdapMTLCallback(TrainCallback):
             scalars["adapmtl.offset"] = self.bank.offset
             scalars["adapmtl.scheduled"] = self.scheduled
         return scalars
+
+    def state_dict(self) -> dict[str, Any]:
+        """The controller and the weighting; the thresholds themselves are model parameters."""
+        return {
+            "offset": self.bank.offset,
+            "weights": dict(self.weights),
+            "frozen": self.frozen,
+            "scheduled": self.scheduled,
+            "solves": self.solves,
+            "weighting": None if self.weighting is None else self.weighting.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.bank.offset = float(state["offset"])
+        self.weights = {t: float(w) for t, w in state["weights"].items()}
+        self.frozen, self.scheduled = bool(state["frozen"]), float(state["scheduled"])
+        self.solves = int(state["solves"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])
 
 
 def _key(name: str) -> str:

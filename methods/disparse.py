@@ -430,6 +430,12 @@ class DisparseDynamicCallback(TrainCallback):
         scalars, self._pending = self._pending, None
         return scalars
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": [dict(u) for u in self.updates]}  # the masks are the runner's, in its state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.updates = [dict(u) for u in state["updates"]]
+
 
 # ------------------------------------------------------------------------------------------ methods
 

@@ -44,6 +44,7 @@ Deviations and choices (everything else follows the paper and the official googl
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -154,6 +155,12 @@ class RigLCallback(TrainCallback):
     def after_step(self, step: int, runner: StepRunner) -> dict[str, float] | None:
         scalars, self._pending = self._pending, None
         return scalars
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": [dict(u) for u in self.updates]}  # the masks are the runner's, in its state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.updates = [dict(u) for u in state["updates"]]
 
 
 class RigLParams(MethodParams):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.runner import run_matrix
+from bench.scheduler import run_matrix
 from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
@@ -51,7 +51,8 @@ def test_plan_lists_dense_stages_and_cells_without_running(tmp_path, capsys):
     assert "1 dense stage(s), 4 cell(s)" in out
     for cell in matrix.expand():
         assert cell.run_id in out
-    assert out.count("pending") == 5
+    assert out.count("pending │") == 5  # the status column of each stage
+    assert "estimate: 5 pending stage(s), no finished stage to estimate from yet (0 done)" in out
     assert not store.exists()  # nothing ran, nothing was written
 
 
@@ -122,3 +123,25 @@ def test_plugin_flag_registers_an_outside_method(tmp_path, monkeypatch, capsys):
         assert "cannot import plugin module 'no_such_plugin_module'" in capsys.readouterr().err
     finally:
         METHODS._items.pop("outside-method", None)
+        from bench import registry
+
+        registry._loaded.discard("my_prune_plugin")  # the module is gone with tmp_path
+
+
+def test_run_writes_the_manifest_that_report_reads_and_extending_shows_missing_cells(tmp_path, capsys):
+    store = tmp_path / "store"
+    config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5])
+    assert main(["run", str(config), "--store", str(store), "--no-progress"]) == 0
+    manifest = json.loads((store / "tiny" / "matrix.json").read_text())
+    assert len(manifest["cells"]) == 1 and len(manifest["dense"]) == 1
+    # the config grows by a sparsity level and is run only in part (its new cell never starts)
+    config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9])
+    from bench.manifest import write_manifest
+    from bench.spec import load_matrix
+
+    write_manifest(load_matrix(config), Store(store))
+    capsys.readouterr()
+    assert main(["report", str(config), "--store", str(store), "--out", str(tmp_path / "report")]) == 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    new_cell = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9]).expand()[1]
+    assert new_cell.run_id[:12] in html and "missing" in html

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench.data import batch_stream, build_dataset, carve_validation
-from bench.runner import run_matrix
+from bench.scheduler import run_matrix
 from bench.store import Store
 from tests.helpers import tiny_matrix
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.analysis import load_results, summary_table
-from bench.runner import run_matrix
+from bench.scheduler import run_matrix
 from bench.spec import load_matrix
 from bench.store import Store
 

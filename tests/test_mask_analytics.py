@@ -156,7 +156,7 @@ def tiny_store(tmp_path_factory) -> Path:
     """A real store: one tiny dense stage, magnitude and random at 70% (about 10 s on a CPU)."""
     import torch
 
-    from bench.runner import run_matrix
+    from bench.scheduler import run_matrix
     from bench.store import Store
     from tests.helpers import tiny_matrix
 

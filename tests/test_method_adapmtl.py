@@ -17,7 +17,7 @@ from torch import nn
 import methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
 from bench.models.mtl import MTLModel
 from bench.registry import ARCHS, METHODS
-from bench.runner import run_matrix
+from bench.scheduler import run_matrix
 from bench.spec import TrainSpec
 from bench.store import Store
 from bench.train import StepRunner

@@ -5,7 +5,9 @@ One tiny matrix runs every method at 70% sparsity, twice in two stores; each met
 - leave every pruned weight exactly zero, with stored masks that match the weights;
 - give identical masks and metrics for the same seed;
 - record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense);
-- evaluate and land in ``load_results()`` with finite metrics and ΔT.
+- evaluate and land in ``load_results()`` with finite metrics and ΔT;
+- killed in the middle of its training, resume from its checkpoint to exactly the same end (its callbacks'
+  state must be in their ``state_dict``; bench/checkpoint.py).
 Methods declare small ``contract_params`` for this run (fewer rounds, shorter intervals).
 
 The documented example plugin (tests/plugins/taylor_example.py, docs/adding_a_method.md) always runs too;
@@ -18,15 +20,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
 
 from bench.analysis import load_results
 from bench.registry import METHODS, load_plugins
-from bench.runner import run_matrix
+from bench.runner import run_stage
+from bench.scheduler import run_matrix
 from bench.store import Store
 from tests.helpers import load_masks, tiny_matrix
+from tests.test_resume import Killed, _fingerprint, _kill_at
 
 EXTRA = [m for m in os.environ.get("MTLPRUNE_CONTRACT_PLUGINS", "").split(",") if m]
 load_plugins(["tests.plugins.taylor_example", *EXTRA])
@@ -39,7 +44,7 @@ def _matrix():
     return tiny_matrix(
         methods=methods,
         sparsities=[TARGET],
-        runtime={"device": "cpu", "log_every": 1, "save_cell_models": True},
+        runtime={"device": "cpu", "log_every": 1, "save_cell_models": True, "checkpoint_every": 2},
     )
 
 
@@ -117,3 +122,21 @@ def test_every_method_lands_in_load_results(runs):
         assert math.isfinite(row["segment_semantic.pixel_acc"]) and math.isfinite(
             row["depth_zbuffer.abs_err"]
         )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_cell_killed_mid_training_resumes_to_the_same_end(runs, name, tmp_path):
+    matrix, (store, _), cells = runs
+    cell = cells[name]
+    records = [json.loads(line) for line in (store.run_dir(cell.run_id) / "log.jsonl").open()]
+    steps = sum(1 for r in records if "step" in r)
+    resumed = Store(tmp_path)
+    dense_id = cell.dense().run_id
+    shutil.copytree(store.run_dir(dense_id), resumed.run_dir(dense_id))
+    shutil.copytree(store.root / "data", resumed.root / "data")
+    progress, _ = _kill_at(max(1, steps // 2 + 1))
+    with pytest.raises(Killed):
+        run_stage(cell, resumed, matrix.runtime, progress)
+    outcome = run_stage(cell, resumed, matrix.runtime)
+    assert outcome.status == "done", outcome.error
+    assert _fingerprint(resumed, cell.run_id) == _fingerprint(store, cell.run_id)

@@ -21,7 +21,8 @@ from bench.data import build_dataset
 from bench.maskio import TASK_MASKS, read_task_masks
 from bench.models.mtl import MTLModel
 from bench.registry import METHODS
-from bench.runner import build_model, run_matrix
+from bench.runner import build_model
+from bench.scheduler import run_matrix
 from bench.sparsity import apply_masks, erk_densities, select_masks
 from bench.store import Store
 from bench.train import StepRunner

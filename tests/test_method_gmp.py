@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 import methods.gmp  # noqa: F401  (registers "gmp")
-from bench.runner import run_matrix
+from bench.scheduler import run_matrix
 from bench.sparsity import select_masks
 from bench.store import Store
 from methods.gmp import GMP, GMPCallback, GMPParams, gmp_pruning_steps, gmp_sparsity, gmp_steps

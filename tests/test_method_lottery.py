@@ -19,7 +19,8 @@ import torch
 import methods.magnitude  # noqa: F401  (registers magnitude; importing methods.lottery registers lth, imp)
 from bench.context import MethodContext
 from bench.registry import ARCHS, METHODS
-from bench.runner import build_model, run_matrix
+from bench.runner import build_model
+from bench.scheduler import run_matrix
 from bench.sparsity import select_masks
 from bench.spec import TrainSpec
 from bench.store import Store

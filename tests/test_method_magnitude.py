@@ -103,7 +103,7 @@ def test_iterative_selection_keeps_pruned_weights_pruned():
 
 
 def test_magnitude_component_scope_end_to_end(tmp_path):
-    from bench.runner import run_matrix
+    from bench.scheduler import run_matrix
     from bench.store import Store
     from tests.helpers import tiny_matrix
 

@@ -10,7 +10,8 @@ import torch
 
 import methods.random_pruning  # noqa: F401  (registers "random")
 from bench.context import MethodContext
-from bench.runner import build_model, load_state, run_matrix
+from bench.runner import build_model, load_state
+from bench.scheduler import run_matrix
 from bench.sparsity import erk_densities, select_masks
 from bench.store import Store
 from methods.random_pruning import RandomPruning

@@ -14,7 +14,8 @@ from torch import nn
 
 import methods.rigl  # noqa: F401  (registers "rigl")
 from bench.context import MethodContext
-from bench.runner import build_model, run_matrix
+from bench.runner import build_model
+from bench.scheduler import run_matrix
 from bench.sparsity import apply_masks, erk_densities, select_masks
 from bench.store import Store
 from methods.rigl import RigL, RigLCallback, reset_optimizer_state, rigl_drop_fraction, rigl_update

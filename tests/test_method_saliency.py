@@ -20,7 +20,8 @@ from bench.context import MethodContext
 from bench.data import build_dataset
 from bench.models.mtl import MTLModel
 from bench.registry import METHODS
-from bench.runner import build_model, run_matrix
+from bench.runner import build_model
+from bench.scheduler import run_matrix
 from bench.sparsity import apply_masks, select_masks
 from bench.store import Store
 from methods.saliency import (

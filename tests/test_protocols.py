@@ -296,7 +296,8 @@ def test_adapmtl_run_end_to_end_matches_compute_on_resized_batches(tmp_path) -> 
     """An `adapmtl` run is its own stage; stored dense metrics = compute() on 321×321 batches of 16."""
     from bench.analysis import load_results
     from bench.data import build_dataset, eval_batches
-    from bench.runner import build_model, run_matrix
+    from bench.runner import build_model
+    from bench.scheduler import run_matrix
     from bench.store import Store
     from tests.helpers import tiny_matrix
 

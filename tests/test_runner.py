@@ -13,7 +13,7 @@ from bench.aggregate import delta_m, delta_t
 from bench.analysis import load_results
 from bench.context import MethodContext
 from bench.registry import METHODS
-from bench.runner import run_matrix
+from bench.scheduler import run_matrix
 from bench.store import Store
 from methods.base import PruningMethod
 from tests.helpers import TASKS3, load_masks, tiny_matrix, tiny_matrix_dict

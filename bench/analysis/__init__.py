@@ -1,5 +1,7 @@
 """Analysis from stored results alone (pandas/matplotlib; never imports torch or model code)."""
 
+from bench.analysis.curves import load_log, read_log
+from bench.analysis.dense import load_dense
 from bench.analysis.load import load_results
 from bench.analysis.masks import (
     component_of,
@@ -12,18 +14,40 @@ from bench.analysis.masks import (
 )
 from bench.analysis.published import load_published
 from bench.analysis.seeds import aggregate
+from bench.analysis.summaries import bootstrap_ci, delta_t_auc, pareto_dominated, with_bootstrap
 from bench.analysis.summary import summary_table
+from bench.analysis.tables import (
+    comparison_table,
+    table2_latex,
+    table2_layout,
+    table2_markdown,
+    to_latex,
+    to_markdown,
+)
 
 __all__ = [
     "aggregate",
+    "bootstrap_ci",
+    "comparison_table",
     "component_of",
+    "delta_t_auc",
     "layer_sparsity",
+    "load_dense",
+    "load_log",
     "load_masks",
     "load_published",
     "load_results",
     "load_task_masks",
     "mask_overlap",
     "overlap_matrix",
+    "pareto_dominated",
+    "read_log",
     "summary_table",
+    "table2_latex",
+    "table2_layout",
+    "table2_markdown",
     "task_iou",
+    "to_latex",
+    "to_markdown",
+    "with_bootstrap",
 ]

@@ -1,52 +1,636 @@
-"""Figures from stored results: ΔT vs achieved sparsity per method (PNG and PDF)."""
+"""Paper figures from stored results: metrics and ΔT/Δm vs sparsity, per-component allocation, curves.
+
+Every plot function takes :func:`bench.analysis.load_results`-shaped frames (or a training log) and returns
+a :class:`matplotlib.figure.Figure` built with the object-oriented API (nothing enters pyplot's global
+state, so a notebook displays it and a long report loop leaks nothing); :func:`save_figure` writes it as
+PDF and PNG, each atomically. Figures share the house style of :mod:`bench.analysis.style`: one colour and
+marker per method (pass the same :class:`StyleMap` to every figure of a set), ``paper`` sizes of one or two
+columns, TrueType text embedded in the PDF.
+
+Facets: one column per *setting* (dataset, arch, and whatever else differs between the frame's cells:
+tasks, widths, protocol), so a frame of several datasets or architectures still gives one figure. Points
+are the mean over seeds of the finished cells at each target sparsity, drawn at their mean *achieved*
+sparsity; the band is ± one sample std over seeds (absent for a single seed). As in
+:func:`bench.analysis.aggregate`, a metric that is NaN in one seed makes that point NaN (a gap), never a
+partial mean.
+"""
 
 from __future__ import annotations
 
 import io
+import math
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
+from bench.analysis.curves import (
+    component_sparsity_columns,
+    loss_columns,
+    overall_sparsity_columns,
+    threshold_columns,
+)
+from bench.analysis.style import (
+    DENSE_COLOR,
+    DENSE_LABEL,
+    FigureStyle,
+    StyleMap,
+    base_name,
+    figure_style,
+    style_context,
+)
 from bench.store import atomic_write_bytes
+from bench.vocabulary import DIRECTIONS, MAIN_METRIC, METRICS, TASKS
 
-matplotlib.rcParams["pdf.fonttype"] = 42  # embed TrueType: editable, searchable text in the PDF
+__all__ = [
+    "DELTA_LABELS",
+    "SPARSITY_X",
+    "delta_t_vs_sparsity",
+    "delta_vs_sparsity",
+    "figure_bytes",
+    "metrics_vs_sparsity",
+    "save_figure",
+    "sparsity_allocation",
+    "training_curves",
+    "training_overview",
+]
+
+SPARSITY_X = "achieved sparsity"
+STEP_X = "optimizer step (all phases)"
+DELTA_LABELS = {"delta_t": "ΔT vs dense (%)", "delta_m": "Δm vs dense (%)"}
+SETTING_KEYS = ("dataset", "tasks", "arch", "width", "head_width", "protocol")
+# Keys a published row is matched on (its widths are unknown and its protocol is the paper's own).
+PUBLISHED_KEYS = ("dataset", "tasks", "arch")
+PUBLISHED_PREFIX = "published: "
+TARGET_LABEL = "target"
+SHORT_TASK = {
+    "segment_semantic": "seg",
+    "normal": "normal",
+    "depth_zbuffer": "depth",
+    "keypoints2d": "keypoints",
+    "edge_texture": "edges",
+}
+# Lines inside one run's curves (tasks, components, threshold groups): not method colours.
+PART_COLORS = tuple(matplotlib.colormaps["Dark2"].colors)
+BAND_ALPHA = 0.18
+
+
+# ------------------------------------------------------------------------------------------- saving
+
+
+def figure_bytes(fig: Figure, fmt: str, style: str | FigureStyle = "paper") -> bytes:
+    """``fig`` encoded as ``fmt`` (png, pdf, svg) at the style's resolution, TrueType text embedded."""
+    resolved = figure_style(style)
+    with style_context(resolved):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=resolved.dpi)
+    return buffer.getvalue()
+
+
+def save_figure(
+    fig: Figure,
+    out_stem: str | Path,
+    style: str | FigureStyle = "paper",
+    formats: Sequence[str] = ("pdf", "png"),
+) -> list[Path]:
+    """``<out_stem>.pdf`` and ``<out_stem>.png`` (or ``formats``), each written atomically; their paths."""
+    out_stem = Path(out_stem)
+    paths = []
+    for fmt in formats:
+        path = out_stem.with_name(f"{out_stem.name}.{fmt}")
+        atomic_write_bytes(path, figure_bytes(fig, fmt, style))
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _done(frame: pd.DataFrame) -> pd.DataFrame:
+    if "status" not in frame:
+        raise KeyError("the frame has no 'status' column; expected load_results() output")
+    return frame[frame["status"] == "done"]
+
+
+def _keys(frame: pd.DataFrame, keys: Sequence[str] = SETTING_KEYS) -> list[str]:
+    return [k for k in keys if k in frame]
+
+
+def _key_series(frame: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """One string per row naming its setting (NaN-safe, float-safe equality of setting keys)."""
+    if frame.empty:
+        return pd.Series([], dtype=str, index=frame.index)
+    return frame[list(keys)].astype(str).agg("|".join, axis=1)
+
+
+def _settings(frame: pd.DataFrame) -> list[tuple[str, dict[str, Any]]]:
+    """(key, values) per distinct setting of the frame, ordered by dataset, tasks, arch, widths."""
+    keys = _keys(frame)
+    unique = frame[keys].drop_duplicates()
+    unique = unique.sort_values(keys, key=lambda s: s.astype(str)).to_dict("records")
+    return [("|".join(str(v) for v in values.values()), values) for values in unique]
+
+
+def _setting_titles(settings: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Panel titles: dataset and arch always, then whatever else varies between the settings shown."""
+    varying = [
+        k
+        for k in ("tasks", "width", "head_width", "protocol")
+        if len({str(values.get(k)) for _, values in settings}) > 1
+    ]
+    titles = {}
+    for key, values in settings:
+        parts = [str(values.get("dataset")), str(values.get("arch"))]
+        for k in varying:
+            value = values.get(k)
+            if k == "tasks":
+                value = "+".join(SHORT_TASK.get(t, t) for t in str(value).split(","))
+            parts.append(f"{k} {value}" if k in ("width", "head_width") else str(value))
+        titles[key] = " · ".join(parts)
+    return titles
+
+
+def _metric_label(metric: str) -> str:
+    arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(metric, 0), "")
+    task, _, name = metric.partition(".")
+    return f"{SHORT_TASK.get(task, task)} {name}{arrow}"
+
+
+def _points(rows: pd.DataFrame, y: str) -> pd.DataFrame:
+    """Per (method, target): x = mean achieved sparsity, y mean and sample std over seeds, n seeds."""
+    x = rows["achieved_sparsity"].astype(float).fillna(rows["target_sparsity"].astype(float))
+    data = pd.DataFrame(
+        {"method": rows["method"], "target": rows["target_sparsity"].astype(float), "x": x}
+    ).assign(y=pd.to_numeric(rows[y], errors="coerce").astype(float))
+    grouped = data.groupby(["method", "target"], sort=True)
+    out = grouped.agg(x=("x", "mean"), y=("y", "mean"), std=("y", "std"), n=("y", "size"))
+    has_nan = data["y"].isna().groupby([data["method"], data["target"]], sort=True).any()
+    out.loc[has_nan, ["y", "std"]] = math.nan
+    return out.reset_index().sort_values(["method", "x"])
+
+
+def _draw_method(ax: Axes, points: pd.DataFrame, label: str, styles: StyleMap) -> None:
+    style = styles[label]
+    ax.plot(points["x"], points["y"], label=label, color=style.color, marker=style.marker, clip_on=False)
+    band = points[points["std"].notna()]
+    if not band.empty:
+        ax.fill_between(
+            band["x"],
+            band["y"] - band["std"],
+            band["y"] + band["std"],
+            color=style.color,
+            alpha=BAND_ALPHA,
+            lw=0,
+        )
+
+
+def _method_handles(labels: Sequence[str], styles: StyleMap) -> list[Line2D]:
+    return [Line2D([], [], label=lab, color=styles[lab].color, marker=styles[lab].marker) for lab in labels]
+
+
+def _dense_handle() -> Line2D:
+    return Line2D([], [], color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
+
+
+def _legend_cols(n_legend: int, n_cols: int) -> int:
+    """Legend columns: up to 4 under a one-column figure, 6 under a two-column one."""
+    return max(1, min(n_legend, 4 if n_cols == 1 else 6))
+
+
+def _figure(
+    n_rows: int, n_cols: int, fs: FigureStyle, n_legend: int, **subplot_kw: Any
+) -> tuple[Figure, Any]:
+    """A constrained-layout grid (two paper columns wide when it has several) with room for a legend."""
+    legend_rows = math.ceil(n_legend / _legend_cols(n_legend, n_cols)) if n_legend else 0
+    height = fs.panel_height * n_rows + legend_rows * fs.font_size * 1.7 / 72 + 0.15
+    fig = Figure(figsize=(fs.width(2 if n_cols > 1 else 1), height), layout="constrained")
+    return fig, fig.subplots(n_rows, n_cols, squeeze=False, **subplot_kw)
+
+
+def _legend(fig: Figure, handles: list[Line2D], n_cols: int) -> None:
+    """One legend for the whole figure, below the panels."""
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=_legend_cols(len(handles), n_cols),
+            frameon=False,
+            handlelength=1.8,
+            columnspacing=1.0,
+        )
+
+
+def _styles_for(frame: pd.DataFrame, styles: StyleMap | None) -> StyleMap:
+    return styles if styles is not None else StyleMap(str(m) for m in frame["method"].dropna().unique())
+
+
+# -------------------------------------------------------------------------------- accuracy figures
+
+
+def _metric_list(done: pd.DataFrame, metrics: Sequence[str] | str | None) -> list[str]:
+    if metrics is None or metrics == "all":
+        out: list[str] = []
+        for dataset, tasks in done[["dataset", "tasks"]].drop_duplicates().itertuples(index=False):
+            for task in str(tasks).split(","):
+                names = (
+                    [MAIN_METRIC[task]] if metrics is None else list(METRICS.get(dataset, {}).get(task, {}))
+                )
+                out += [f"{task}.{n}" for n in names if f"{task}.{n}" not in out]
+        return [m for m in out if m in done and done[m].notna().any()]
+    wanted = [metrics] if isinstance(metrics, str) else list(metrics)
+    absent = [m for m in wanted if m not in done]
+    if absent:
+        known = sorted(c for c in done.columns if c in DIRECTIONS)
+        raise KeyError(f"metric column(s) {absent} not in the frame; its metric columns: {known}")
+    return wanted
+
+
+def metrics_vs_sparsity(
+    frame: pd.DataFrame,
+    dense: pd.DataFrame | None = None,
+    metrics: Sequence[str] | str | None = None,
+    styles: StyleMap | None = None,
+    style: str | FigureStyle = "paper",
+    title: str | None = None,
+) -> Figure:
+    """Each task metric vs achieved sparsity: rows = metrics, columns = settings, one line per method.
+
+    ``metrics``: None = the main metric of each task (``bench.vocabulary.MAIN_METRIC``), ``"all"`` = every
+    metric of the dataset's vocabulary, or a list of columns. ``dense`` (:func:`bench.analysis.dense.
+    load_dense` output) adds the dense model of each setting as a dashed horizontal line (mean over its
+    seeds). The legend lists the methods drawn, then ``dense``.
+    """
+    done = _done(frame)
+    if done.empty:
+        raise ValueError("no finished cell to plot (every cell is failed, pending or missing)")
+    metric_list = _metric_list(done, metrics)
+    if not metric_list:
+        raise ValueError("no metric column with a value in the finished cells")
+    styles = _styles_for(done, styles)
+    settings = _settings(done)
+    titles = _setting_titles(settings)
+    keys = _keys(done)
+    cell_keys = _key_series(done, keys)
+    dense_keys = None
+    if dense is not None and not dense.empty:
+        dense = dense[dense["status"] == "done"]
+        dense_keys = _key_series(dense, keys) if all(k in dense for k in keys) else None
+    drawn: list[str] = []
+    has_dense = False
+    with style_context(style) as fs:
+        methods = sorted(done["method"].astype(str).unique())
+        fig, axes = _figure(len(metric_list), len(settings), fs, len(methods) + 1, sharex=True, sharey="row")
+        for col, (key, _values) in enumerate(settings):
+            rows = done[cell_keys == key]
+            for row, metric in enumerate(metric_list):
+                ax = axes[row][col]
+                all_points = _points(rows, metric)
+                for method in methods:
+                    points = all_points[all_points["method"] == method]
+                    if points["y"].notna().any():
+                        _draw_method(ax, points, method, styles)
+                        drawn.append(method)
+                if dense_keys is not None and metric in dense:
+                    ref = pd.to_numeric(dense.loc[dense_keys == key, metric], errors="coerce").dropna()
+                    if not ref.empty:
+                        ax.axhline(float(ref.mean()), color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
+                        has_dense = True
+                if row == 0:
+                    ax.set_title(titles[key])
+                if col == 0:
+                    ax.set_ylabel(_metric_label(metric))
+                if row == len(metric_list) - 1:
+                    ax.set_xlabel(SPARSITY_X)
+        labels = [m for m in methods if m in drawn]
+        _legend(
+            fig, _method_handles(labels, styles) + ([_dense_handle()] if has_dense else []), len(settings)
+        )
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def _published_rows(
+    published: pd.DataFrame | None, values: Mapping[str, Any], methods: set[str]
+) -> pd.DataFrame:
+    """Published rows of one setting, for methods the frame also has (matched by method name)."""
+    if published is None or published.empty:
+        return pd.DataFrame()
+    mask = pd.Series(True, index=published.index)
+    for key in PUBLISHED_KEYS:
+        mask &= published[key].astype(str) == str(values.get(key))
+    rows = published[mask & (published["method"] != DENSE_LABEL)]
+    bases = {base_name(m) for m in methods}
+    return rows[rows["method"].astype(str).map(base_name).isin(bases)]
+
+
+def delta_vs_sparsity(
+    frame: pd.DataFrame,
+    published: pd.DataFrame | None = None,
+    deltas: Sequence[str] = ("delta_t", "delta_m"),
+    styles: StyleMap | None = None,
+    style: str | FigureStyle = "paper",
+    title: str | None = None,
+) -> Figure:
+    """ΔT (and Δm) vs achieved sparsity per method; dense at 0; published points as hollow markers.
+
+    Rows = ``deltas``, columns = settings. ``published`` (:func:`bench.analysis.load_published` output)
+    adds the papers' points of the same dataset, tasks and architecture, for the methods the frame has,
+    as hollow markers in the method's colour, at the printed sparsity (achieved where printed, else the
+    target); the legend gives one entry per published table. Note that published numbers follow their
+    paper's evaluation protocol (``protocol`` column), which may differ from the runs'.
+    """
+    done = _done(frame)
+    rows_with = [d for d in deltas if d in done and done[d].notna().any()]
+    if done.empty or not rows_with:
+        raise ValueError(f"no finished cell with a value of {list(deltas)} to plot")
+    styles = _styles_for(done, styles)
+    settings = _settings(done)
+    titles = _setting_titles(settings)
+    cell_keys = _key_series(done, _keys(done))
+    methods = sorted(done["method"].astype(str).unique())
+    drawn: list[str] = []
+    tables: list[str] = []
+    with style_context(style) as fs:
+        fig, axes = _figure(len(rows_with), len(settings), fs, len(methods) + 2, sharex=True, sharey="row")
+        for col, (key, values) in enumerate(settings):
+            rows = done[cell_keys == key]
+            pub = _published_rows(published, values, set(methods))
+            for row, delta in enumerate(rows_with):
+                ax = axes[row][col]
+                ax.axhline(0.0, color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
+                all_points = _points(rows, delta)
+                for method in methods:
+                    points = all_points[all_points["method"] == method]
+                    if points["y"].notna().any():
+                        _draw_method(ax, points, method, styles)
+                        drawn.append(method)
+                if not pub.empty and delta in pub:
+                    for _, point in pub[pub[delta].notna()].iterrows():
+                        style_ = styles[str(point["method"])]
+                        x = point["achieved_sparsity"]
+                        x = point["target_sparsity"] if pd.isna(x) else x
+                        ax.plot(
+                            [float(x)],
+                            [float(point[delta])],
+                            linestyle="none",
+                            marker=style_.marker,
+                            markerfacecolor="none",
+                            markeredgecolor=style_.color,
+                            markeredgewidth=1.0,
+                            markersize=fs.marker_size * 1.6,
+                            label=f"{PUBLISHED_PREFIX}{point['source']} {point['table']}",
+                            clip_on=False,
+                        )
+                        name = f"{point['source']} {point['table']}"
+                        if name not in tables:
+                            tables.append(name)
+                if row == 0:
+                    ax.set_title(titles[key])
+                if col == 0:
+                    ax.set_ylabel(DELTA_LABELS.get(delta, delta))
+                if row == len(rows_with) - 1:
+                    ax.set_xlabel(SPARSITY_X)
+        handles = [*_method_handles([m for m in methods if m in drawn], styles), _dense_handle()]
+        handles += [
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor=DENSE_COLOR,
+                label=f"{PUBLISHED_PREFIX}{name}",
+            )
+            for name in tables
+        ]
+        _legend(fig, handles, len(settings))
+        if title:
+            fig.suptitle(title)
+    return fig
 
 
 def delta_t_vs_sparsity(frame: pd.DataFrame, out_stem: Path) -> list[Path]:
-    """ΔT (mean over seeds, band = std) vs achieved sparsity, one line per method; dense at ΔT = 0."""
-    done = (
-        frame[(frame["status"] == "done") & frame["delta_t"].notna()]
-        if "delta_t" in frame
-        else frame.iloc[0:0]
-    )
+    """ΔT vs achieved sparsity (screen style) written as PNG and PDF; the paths (end-of-run summary)."""
+    fig = delta_vs_sparsity(frame, deltas=("delta_t",), style="screen")
+    return save_figure(fig, out_stem, style="screen", formats=("png", "pdf"))
+
+
+# --------------------------------------------------------------------------------- allocation bars
+
+
+def _components(tasks: str, frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, tick label) of the backbone and each head, in task order, where the frame has them."""
+    out = [("sparsity.backbone", "backbone")]
+    out += [(f"sparsity.head.{t}", SHORT_TASK.get(t, t)) for t in str(tasks).split(",")]
+    return [(c, label) for c, label in out if c in frame and frame[c].notna().any()]
+
+
+def sparsity_allocation(
+    frame: pd.DataFrame,
+    styles: StyleMap | None = None,
+    style: str | FigureStyle = "paper",
+    title: str | None = None,
+) -> Figure:
+    """Where each method put its sparsity: bars per component (backbone, each head) and method.
+
+    Rows = settings, columns = target sparsities; bar height = mean over seeds of the component's
+    measured sparsity (``sparsity.backbone``, ``sparsity.head.<task>`` of result.json), error bar = std.
+    A dotted line marks the target. Methods that prune globally leave the small heads nearly dense and
+    the backbone above target; AdapMTL's learned per-component thresholds show here.
+    """
+    done = _done(frame)
     if done.empty:
-        raise ValueError("no finished cell with a ΔT to plot")
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
-    ax.axhline(0.0, color="0.4", linestyle="--", linewidth=1, label="dense")
-    sns.lineplot(
-        data=done.sort_values("achieved_sparsity"),
-        x="achieved_sparsity",
-        y="delta_t",
-        hue="method",
-        style="method",
-        markers=True,
-        dashes=False,
-        errorbar="sd",
-        ax=ax,
-    )
-    title = " / ".join(sorted(set(done["dataset"] + " · " + done["arch"])))
-    ax.set(xlabel="achieved sparsity (prunable weights)", ylabel="ΔT vs dense (%)", title=title)
-    # Outside the axes: with a full roster of methods an inside legend would hide the curves.
-    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for path in paths:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=path.suffix[1:], dpi=200)
-        atomic_write_bytes(path, buffer.getvalue())
-    plt.close(fig)
-    return paths
+        raise ValueError("no finished cell to plot (every cell is failed, pending or missing)")
+    styles = _styles_for(done, styles)
+    settings = _settings(done)
+    titles = _setting_titles(settings)
+    cell_keys = _key_series(done, _keys(done))
+    targets = sorted(done["target_sparsity"].astype(float).unique())
+    methods = sorted(done["method"].astype(str).unique())
+    drawn: list[str] = []
+    with style_context(style) as fs:
+        fig, axes = _figure(len(settings), len(targets), fs, len(methods) + 1, sharey=True)
+        width = 0.8 / len(methods)
+        for row, (key, values) in enumerate(settings):
+            rows = done[cell_keys == key]
+            components = _components(values.get("tasks", ""), rows)
+            if not components:
+                raise ValueError(
+                    f"no per-component sparsity columns (sparsity.backbone, ...) for {titles[key]}"
+                )
+            positions = np.arange(len(components))
+            for col, target in enumerate(targets):
+                ax = axes[row][col]
+                at = rows[np.isclose(rows["target_sparsity"].astype(float), target)]
+                for i, method in enumerate(methods):
+                    cells = at[at["method"] == method]
+                    if cells.empty:
+                        continue
+                    values_ = cells[[c for c, _ in components]].astype(float)
+                    std = values_.std(ddof=1) if len(values_) > 1 else None
+                    style_ = styles[method]
+                    ax.bar(
+                        positions - 0.4 + width * (i + 0.5),
+                        values_.mean().to_numpy(),
+                        width=width,
+                        color=style_.color,
+                        label=method,
+                        yerr=None if std is None else std.to_numpy(),
+                        error_kw={"elinewidth": 0.6, "capsize": 0},
+                    )
+                    drawn.append(method)
+                ax.axhline(target, color=DENSE_COLOR, linestyle=":", label=TARGET_LABEL)
+                ax.set_xticks(positions, [label for _, label in components])
+                ax.set_ylim(0.0, 1.0)
+                ax.grid(axis="x", visible=False)
+                ax.set_title(
+                    f"{titles[key]} · target {target:g}" if len(settings) > 1 else f"target {target:g}"
+                )
+                if row == len(settings) - 1:
+                    ax.set_xlabel("component (backbone, task heads)")
+                if col == 0:
+                    ax.set_ylabel("sparsity of component")
+        handles = _method_handles([m for m in methods if m in drawn], styles)
+        handles.append(Line2D([], [], color=DENSE_COLOR, linestyle=":", label=TARGET_LABEL))
+        _legend(fig, handles, len(targets))
+        fig.suptitle(
+            title
+            or ("per-component sparsity" + (f": {titles[settings[0][0]]}" if len(settings) == 1 else ""))
+        )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ curves
+
+
+def _part_color(part: str) -> Any:
+    """One colour per task (its loss, its head) and one for the backbone, the same in every figure."""
+    task = part.removeprefix("head.").removeprefix("head/").removeprefix("path.")
+    if task in TASKS:
+        return PART_COLORS[1 + TASKS.index(task)]
+    if part == "backbone":
+        return PART_COLORS[0]
+    return PART_COLORS[(len(TASKS) + 1 + zlib.crc32(part.encode())) % len(PART_COLORS)]
+
+
+def _part_label(part: str) -> str:
+    """``head.segment_semantic`` → ``seg head``; other groups (backbone, layer names) as they are."""
+    if part.startswith("head."):
+        task = part.removeprefix("head.")
+        return f"{SHORT_TASK.get(task, task)} head"
+    return part
+
+
+def _phase_marks(ax: Axes, log: pd.DataFrame, label: bool) -> None:
+    """Dotted lines where the phase changes, the phase names written at the top of the first panel."""
+    steps = log[log["step"].notna()] if "step" in log else log.iloc[0:0]
+    if steps.empty:
+        return
+    change = steps["phase"].ne(steps["phase"].shift())
+    starts = steps[change]
+    for i, (x, phase) in enumerate(zip(starts["x"], starts["phase"], strict=True)):
+        if i > 0:
+            ax.axvline(float(x), color="0.6", linestyle=":", linewidth=0.8)
+        if label:
+            ax.annotate(
+                str(phase),
+                (float(x), 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -2),
+                textcoords="offset points",
+                va="top",
+                fontsize="small",
+                color="0.35",
+            )
+
+
+def training_curves(
+    log: pd.DataFrame, style: str | FigureStyle = "paper", title: str | None = None
+) -> Figure:
+    """One run's training: loss per task (and total), overall and per-component sparsity, thresholds.
+
+    ``log`` is :func:`bench.analysis.curves.read_log` output. Panels without data in the log are left out
+    (a one-shot method logs no sparsity while training; only threshold methods log thresholds). Lines are
+    against the cumulative step ``x``; dotted lines mark phase changes.
+    """
+    step_rows = log[log["step"].notna()] if "step" in log else log.iloc[0:0]
+    losses = loss_columns(step_rows)
+    overall = overall_sparsity_columns(log)
+    components = component_sparsity_columns(log)
+    thresholds = threshold_columns(log)
+    panels: list[tuple[str, list[tuple[str, str, Any]]]] = []
+    if losses or "loss" in step_rows:
+        lines = [(c, SHORT_TASK.get(t, t), _part_color(t)) for t, c in losses.items()]
+        if "loss" in step_rows and step_rows["loss"].notna().any():
+            lines.append(("loss", "total", "black"))
+        panels.append(("training loss", lines))
+    if overall or components:
+        lines = [(c, "overall" if i == 0 else c, "black") for i, c in enumerate(overall)]
+        lines += [(c, _part_label(part), _part_color(part)) for part, c in components.items()]
+        panels.append(("sparsity", lines))
+    if thresholds:
+        lines = [(c, _part_label(group), _part_color(group)) for group, c in thresholds.items()]
+        panels.append(("threshold", lines))
+    if not panels:
+        raise ValueError("the log has no loss, sparsity or threshold columns to plot")
+    with style_context(style) as fs:
+        fig = Figure(figsize=(fs.width(1), fs.panel_height * len(panels) + 0.3), layout="constrained")
+        axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+        for i, (ax, (ylabel, lines)) in enumerate(zip(axes, panels, strict=True)):
+            source = step_rows if ylabel == "training loss" else log
+            for column, label, color in lines:
+                data = source[["x", column]].dropna()
+                dashed = ylabel == "training loss" and column == "loss"
+                ax.plot(data["x"], data[column], color=color, label=label, linestyle="--" if dashed else "-")
+            ax.set_ylabel(ylabel)
+            ax.legend(frameon=False, fontsize="small", loc="best")
+            _phase_marks(ax, log, label=i == 0)
+        axes[-1].set_xlabel(STEP_X)
+        fig.suptitle(title or "training curves")
+    return fig
+
+
+def training_overview(
+    logs: Mapping[str, pd.DataFrame],
+    styles: StyleMap | None = None,
+    style: str | FigureStyle = "paper",
+    title: str | None = None,
+) -> Figure:
+    """Several methods' runs side by side: total training loss, and overall sparsity where logged.
+
+    ``logs``: method label → :func:`read_log` frame (one run per method, e.g. one seed at one target).
+    """
+    if not logs:
+        raise ValueError("no log to plot")
+    styles = styles if styles is not None else StyleMap(logs)
+    sparsity = {m: overall_sparsity_columns(log) for m, log in logs.items()}
+    panels = ["loss"] + (["sparsity"] if any(sparsity.values()) else [])
+    drawn: list[str] = []
+    with style_context(style) as fs:
+        fig, axes = _figure(1, len(panels), fs, len(logs), sharex=True)
+        for method in sorted(logs):
+            log, style_ = logs[method], styles[method]
+            steps = log[log["step"].notna()] if "step" in log else log.iloc[0:0]
+            if "loss" in steps and steps["loss"].notna().any():
+                axes[0][0].plot(steps["x"], steps["loss"], color=style_.color, label=method)
+                drawn.append(method)
+            if sparsity[method]:
+                data = log[["x", sparsity[method][0]]].dropna()
+                axes[0][1].plot(data["x"], data[sparsity[method][0]], color=style_.color, label=method)
+                drawn.append(method)
+        axes[0][0].set(ylabel="total training loss", xlabel=STEP_X)
+        if len(panels) > 1:
+            axes[0][1].set(ylabel="sparsity while training", xlabel=STEP_X)
+        labels = [m for m in sorted(logs) if m in drawn]
+        _legend(fig, [Line2D([], [], color=styles[m].color, label=m) for m in labels], len(panels))
+        if title:
+            fig.suptitle(title)
+    return fig

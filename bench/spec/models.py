@@ -189,6 +189,11 @@ class TrainSpec(StrictModel):
     lr_step: int | None = Field(None, ge=1, description="'step' schedule period; default steps // 5 (min 1)")
     lr_gamma: float = Field(0.5, gt=0, le=1, description="'step' schedule factor")
     task_weights: dict[str, float] | None = Field(None, description="fixed loss weight per task; default 1")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="mixed precision of the forward/backward pass (autocast; fp16 adds a gradient scaler); "
+        "part of identity, since it changes the numbers",
+    )
     rewind_step: int | None = not_hashed(
         None,
         ge=0,
@@ -256,10 +261,94 @@ class EvalSpec(StrictModel):
         return ADAPMTL_EVAL_BATCH_SIZE if self.protocol == "adapmtl" else self.batch_size
 
 
+SLURM_TIME = re.compile(  # minutes, MM:SS, H:MM:SS, or D-H, D-H:MM, D-H:MM:SS (sbatch --time)
+    r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"
+)
+SLURM_MANAGED = {"array", "output", "error", "signal", "job-name", "dependency", "open-mode", "wckey"}
+
+
+class SlurmSpec(StrictModel):
+    """Resources of each Slurm array task (one stage per task) for ``bench run --executor slurm``."""
+
+    partition: str | None = Field(None, description="sbatch --partition; default: the cluster's default")
+    time: str = Field(
+        "4:00:00",
+        description="time limit per stage task in Slurm's format (minutes, H:MM:SS, D-H[:MM[:SS]]); a stage "
+        "that needs longer is requeued and resumes from its checkpoint",
+    )
+    gpus_per_task: int = Field(1, ge=0, description="GPUs of each task (0 for a CPU-only cluster)")
+    cpus_per_task: int = Field(8, ge=1, description="CPU cores of each task (loader workers + torch threads)")
+    mem: str | None = Field(
+        None, pattern=r"^\d+[KMGT]?$", description="memory of each task as sbatch --mem takes it, e.g. '32G'"
+    )
+    account: str | None = Field(None, description="sbatch --account (the allocation to charge)")
+    qos: str | None = Field(None, description="sbatch --qos (quality of service)")
+    constraint: str | None = Field(None, description="sbatch --constraint (node features, e.g. 'a100')")
+    max_parallel: int = Field(
+        64, ge=1, description="array tasks running at once per array (slurm_array_parallelism)"
+    )
+    max_requeue: int = Field(
+        3, ge=0, description="requeues after reaching the time limit before a stage is left (preemption free)"
+    )
+    signal_delay_s: int = Field(
+        120, ge=10, description="seconds before the time limit at which a task is signalled to requeue itself"
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines run before each task (module load ..., source .venv/bin/activate)",
+    )
+    extra: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="further sbatch options, name: value (e.g. {mail-type: END})"
+    )
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, value: str) -> str:
+        if not SLURM_TIME.match(value.strip()):
+            raise ValueError(
+                f"time {value!r} is not a Slurm time limit: use minutes ('90'), 'H:MM:SS' ('4:00:00') or "
+                "'D-H[:MM[:SS]]' ('1-12:00:00')"
+            )
+        return value.strip()
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", key):
+                raise ValueError(f"extra sbatch option {key!r} must be a long option name like 'mail-type'")
+            if key.replace("_", "-") in SLURM_MANAGED:
+                raise ValueError(f"extra sbatch option {key!r} is set by the benchmark itself; remove it")
+        return value
+
+    @property
+    def timeout_min(self) -> int:
+        """The time limit in whole minutes (seconds round up), as submitit takes it."""
+        match = SLURM_TIME.match(self.time)
+        assert match is not None  # validated
+        g = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+        if "days" in g:
+            seconds = g["days"] * 86400 + g["dh"] * 3600 + g.get("dm", 0) * 60 + g.get("ds", 0)
+        elif "c" in g:  # H:MM:SS
+            seconds = g["a"] * 3600 + g["b"] * 60 + g["c"]
+        elif "b" in g:  # MM:SS
+            seconds = g["a"] * 60 + g["b"]
+        else:  # minutes
+            seconds = g["a"] * 60
+        return max(1, -(-seconds // 60))
+
+
 class RuntimeSpec(StrictModel):
     """Where and how fast to run; never part of identity."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(
+        1,
+        ge=1,
+        description="local worker processes running stages in parallel (bench run --workers overrides); "
+        "torch threads are divided between them",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
     log_every: int = Field(10, ge=1, description="steps between log.jsonl records")
     measure_latency: bool = Field(False, description="time the dense and the pruned model's forward pass")
@@ -272,6 +361,17 @@ class RuntimeSpec(StrictModel):
     save_cell_models: bool = Field(
         False,
         description="also keep each cell's final weights (model.pt); masks are always kept (masks.npz)",
+    )
+    checkpoint_every: int = Field(
+        100,
+        ge=0,
+        description="optimizer steps between in-stage checkpoints (<run>/checkpoint.pt); 0: only at phase "
+        "boundaries. A killed stage resumes from its last checkpoint",
+    )
+    channels_last: bool = Field(False, description="channels-last memory format for model and inputs (GPU)")
+    pin_memory: bool | None = Field(None, description="pinned host memory for batches; default: on with CUDA")
+    slurm: SlurmSpec = Field(
+        default_factory=SlurmSpec, description="resources of each task under --executor slurm (docs/slurm.md)"
     )
 
 

@@ -1,0 +1,921 @@
+"""Paper tables from a `load_results` frame: mean ± std per cell over seeds, rendered to Markdown and LaTeX.
+
+Two shapes:
+
+* :func:`comparison_table` — one row per benchmark cell (method × setting), ``<col>.mean`` / ``.std`` /
+  ``.n`` over its finished seeds, blocks of rows per (dataset, arch, target) by default. Failed, pending and
+  missing cells stay in the table with their status: a method that crashed at 95% must show up as a
+  "failed" row, not as a method that was never tried.
+* :func:`table2_layout` — AdapMTL's Table 2 at one (dataset, arch, target): every metric of every task,
+  ΔT per task and overall, per-component sparsity, one row per method (means only, as printed there), with
+  the paper rows of that setting appended and marked "(published)".
+
+:func:`to_markdown` and :func:`to_latex` render either shape (the frame's ``attrs["kind"]`` says which).
+Rendering choices, fixed so that two tables of the benchmark always read the same:
+
+* mIoU, pixel accuracy and sparsities are stored as fractions and shown in % (as the papers print them);
+  everything else in its stored unit.
+* Best and second-best values are compared **as displayed** (after rounding), direction-aware from
+  :data:`bench.vocabulary.DIRECTIONS` (ΔT/Δm: higher is better), within a block of rows that share the
+  setting, task set and evaluation protocol. The best distinct value is bold; the second-best distinct value
+  is underlined only when a column has at least three distinct values, so that an underline never marks
+  the worst entry. Columns without a direction (sparsity, costs) are never highlighted; neither are dense
+  reference rows.
+* A cell with no finished seed reads "failed" (at least one seed failed) or "—" (pending, running,
+  missing); a finished cell whose value is undefined (a diverged seed, ΔT without a dense result) reads "–".
+  A cell with fewer finished seeds than planned says so next to its method ("n=1 of 2").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
+from bench.vocabulary import DELTA_METRICS, DIRECTIONS, HIGHER, METRICS
+
+__all__ = [
+    "comparison_table",
+    "table2_latex",
+    "table2_layout",
+    "table2_markdown",
+    "to_latex",
+    "to_markdown",
+]
+
+COMPARISON = "comparison"
+TABLE2 = "table2"
+PUBLISHED = "published"
+DENSE = "dense"
+# Cell status values of a table row beyond the per-run ones of load_results.
+PARTIAL = "partial"
+MISSING = "missing"
+
+# Stored as fractions, shown in %.
+PERCENT_COLUMNS: frozenset[str] = frozenset(
+    {"segment_semantic.miou", "segment_semantic.pixel_acc", "achieved_sparsity"}
+)
+# Decimals per column (default 2): small-valued error metrics need more.
+DIGITS: dict[str, int] = {
+    "depth_zbuffer.abs_err": 3,
+    "depth_zbuffer.rel_err": 3,
+    "segment_semantic.err": 3,
+    "normal.cos_sim": 3,
+    "keypoints2d.err": 4,
+    "edge_texture.err": 4,
+}
+TASK_SHORT: dict[str, str] = {
+    "segment_semantic": "Seg",
+    "normal": "Normal",
+    "depth_zbuffer": "Depth",
+    "keypoints2d": "Keypoint",
+    "edge_texture": "Edge",
+}
+# metric name → (Markdown, LaTeX) header text.
+METRIC_SHORT: dict[str, tuple[str, str]] = {
+    "miou": ("mIoU", "mIoU"),
+    "pixel_acc": ("PixAcc", "PixAcc"),
+    "err": ("Err", "Err"),
+    "cos_sim": ("CosSim", "CosSim"),
+    "mean": ("Mean", "Mean"),
+    "median": ("Median", "Median"),
+    "within_11_25": ("11.25°", r"$11.25^\circ$"),
+    "within_22_5": ("22.5°", r"$22.5^\circ$"),
+    "within_30": ("30°", r"$30^\circ$"),
+    "abs_err": ("Abs", "Abs"),
+    "rel_err": ("Rel", "Rel"),
+    "delta_1_25": ("δ1.25", r"$\delta_{1.25}$"),
+    "delta_1_25_2": ("δ1.25²", r"$\delta_{1.25^2}$"),
+    "delta_1_25_3": ("δ1.25³", r"$\delta_{1.25^3}$"),
+}
+# Header text of the identity columns a table may show.
+KEY_HEADERS: dict[str, str] = {
+    "dataset": "Dataset",
+    "tasks": "Tasks",
+    "arch": "Arch",
+    "width": "Width",
+    "head_width": "Head width",
+    "target_sparsity": "Target",
+    "protocol": "Protocol",
+}
+# Identity columns that a row's label already carries (published rows: "snip (published)").
+LABEL_KEYS: frozenset[str] = frozenset({"method", "source", "table", "paper_label", "starts_from"})
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise KeyError(
+            f"{what} needs the load_results columns {missing}; the frame has {list(frame.columns)}"
+        )
+
+
+def _cell_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns that identify one benchmark cell (as in bench.analysis.seeds.aggregate)."""
+    return list(GROUP_KEYS) + [c for c in OPTIONAL_KEYS if c in frame]
+
+
+def _has_values(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and pd.to_numeric(frame[column], errors="coerce").notna().any()
+
+
+def _default_metrics(frame: pd.DataFrame) -> list[str]:
+    """Every vocabulary metric column with a value, in vocabulary order (datasets of the frame first)."""
+    datasets = [d for d in pd.unique(frame["dataset"].dropna()) if d in METRICS]
+    datasets += [d for d in METRICS if d not in datasets]
+    out: list[str] = []
+    for dataset in datasets:
+        for task, metrics in METRICS[dataset].items():
+            for metric in metrics:
+                column = f"{task}.{metric}"
+                if column not in out and _has_values(frame, column):
+                    out.append(column)
+    if "delta_t" in frame:
+        out.append("delta_t")
+    return out
+
+
+def _check_metrics(frame: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    if isinstance(metrics, str):
+        raise TypeError(f"metrics must be a list of column names, not the string {metrics!r}")
+    unknown = [m for m in metrics if m not in frame]
+    if unknown:
+        raise KeyError(f"metric column(s) {unknown} not in the frame; it has {list(frame.columns)}")
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics {list(metrics)} lists a column more than once")
+    return list(metrics)
+
+
+def _first_line(error: Any) -> str | None:
+    if error is None or (isinstance(error, float) and math.isnan(error)):
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else None
+
+
+def _cell_status(statuses: pd.Series) -> str:
+    """done / published when every seed finished, partial, failed (nothing finished, one failed), else the
+    one shared unfinished status (pending, running, ...) or "missing"."""
+    measured = statuses.isin(MEASURED)
+    if measured.all():
+        return PUBLISHED if (statuses == PUBLISHED).all() else "done"
+    if measured.any():
+        return PARTIAL
+    if (statuses == FAILED).any():
+        return FAILED
+    unique = pd.unique(statuses)
+    return str(unique[0]) if len(unique) == 1 else MISSING
+
+
+def _summarise(keys: dict[str, Any], cell: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
+    """One table row: counts, status, first error line and mean/std/n of every metric over finished seeds.
+
+    As in `aggregate`, a NaN in any finished seed makes the mean NaN (a partial mean would hide a diverged
+    seed); ``.n`` counts the finished seeds that have a value.
+    """
+    statuses = cell["status"].fillna(MISSING).astype(str)
+    measured = cell[statuses.isin(MEASURED)]
+    n_failed = int((statuses == FAILED).sum())
+    errors = [_first_line(e) for e in cell.loc[statuses == FAILED, "error"]] if "error" in cell else []
+    row: dict[str, Any] = dict(keys)
+    row.update(
+        status=_cell_status(statuses),
+        n_seeds=len(measured),
+        n_failed=n_failed,
+        n_missing=len(cell) - len(measured) - n_failed,
+        error=next((e for e in errors if e), None),
+    )
+    for column in metrics:
+        try:
+            values = pd.to_numeric(measured[column]).astype(float)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"column {column!r} holds non-numeric values: {exc}") from None
+        n = int(values.notna().sum())
+        if values.empty or values.isna().any():
+            mean = std = math.nan
+        else:
+            mean = float(values.mean())
+            std = float(values.std(ddof=1)) if n > 1 else math.nan
+        row[f"{column}.mean"], row[f"{column}.std"], row[f"{column}.n"] = mean, std, n
+    return row
+
+
+def _labels(table: pd.DataFrame) -> pd.Series:
+    """Display label: the method, "(published)" for paper rows, plus the start point where a paper table
+    lists a method twice (DiSparse's two Random rows)."""
+    labels = table["method"].astype(str)
+    if "status" not in table or "source" not in table:
+        return labels
+    published = table["status"] == PUBLISHED
+    if not published.any():
+        return labels
+    pub = table[published]
+    suffix = pd.Series("", index=pub.index)
+    if "table" in pub and "starts_from" in pub:
+        ident = [pub[c].astype(str) for c in ("source", "table", "method")]
+        twice = pub.groupby(ident)["starts_from"].transform("nunique") > 1
+        suffix = suffix.where(~twice, ", from " + pub["starts_from"].astype(str))
+    labels.loc[published] = pub["method"].astype(str) + " (published" + suffix + ")"
+    return labels
+
+
+def _sort(table: pd.DataFrame, leading: list[str], then: Sequence[str] = ()) -> pd.DataFrame:
+    """Leading keys ascending, then our rows before published rows, then ``then``, then label (stable)."""
+    table = table.assign(_published=table["status"] == PUBLISHED)
+    return (
+        table.sort_values([*leading, "_published", *then, "label"], kind="stable", na_position="last")
+        .drop(columns="_published")
+        .reset_index(drop=True)
+    )
+
+
+def _cell_rows(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per cell in order of first appearance, labelled, unsorted."""
+    keys = _cell_keys(frame)
+    rows = [
+        _summarise(dict(zip(keys, key, strict=True)), cell, metrics)
+        for key, cell in frame.groupby(keys, sort=False, dropna=False)
+    ]
+    stats = [f"{c}.{s}" for c in metrics for s in ("mean", "std", "n")]
+    counts = ["status", "n_seeds", "n_failed", "n_missing", "error"]
+    table = pd.DataFrame(rows, columns=[*keys, *counts, *stats])
+    table["label"] = _labels(table) if len(table) else pd.Series(dtype=str)
+    return table[[*keys, "label", *counts, *stats]]
+
+
+def comparison_table(
+    frame: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    group: Sequence[str] = ("dataset", "arch", "target_sparsity"),
+) -> pd.DataFrame:
+    """Per cell (method × setting): ``<m>.mean``/``<m>.std``/``<m>.n`` over finished seeds of each metric.
+
+    ``metrics`` defaults to every vocabulary metric column of the frame that has a value, plus ``delta_t``.
+    Rows come in blocks of ``group`` (each must be a cell-identity column), sorted by the block keys, then
+    by method label (published rows last). Columns: the cell keys, ``label``, ``status`` (done, partial,
+    failed, published, or the unfinished status such as pending/missing), ``n_seeds``, ``n_failed``,
+    ``n_missing``, ``error`` (first line of the first failed seed's error), then the statistics. Nothing is
+    dropped: a cell without a finished seed keeps its row, with NaN statistics.
+    """
+    _require(frame, [*GROUP_KEYS, "status"], "comparison_table")
+    keys = _cell_keys(frame)
+    group = list(group)
+    bad = [g for g in group if g not in keys]
+    if bad:
+        raise ValueError(f"group key(s) {bad} are not cell-identity columns; choose from {keys}")
+    columns = _default_metrics(frame) if metrics is None else _check_metrics(frame, metrics)
+    then = [k for k in ("tasks", "protocol") if k not in group]
+    table = _sort(_cell_rows(frame, columns), group, then)
+    table.attrs.update(kind=COMPARISON, metrics=columns, group=group, keys=keys)
+    return table
+
+
+def _table2_columns(dataset: str, tasks: list[str], sources: list[pd.DataFrame]) -> list[str]:
+    """AdapMTL's column order: per task its metrics then ΔT_t, then component sparsities, then ΔT."""
+    vocabulary = METRICS.get(dataset)
+    if vocabulary is None:
+        raise KeyError(f"no metric vocabulary for dataset {dataset!r}; known: {', '.join(METRICS)}")
+    wanted: list[str] = []
+    for task in tasks:
+        if task not in vocabulary:
+            raise KeyError(f"task {task!r} is not in the {dataset!r} vocabulary ({', '.join(vocabulary)})")
+        wanted += [f"{task}.{m}" for m in vocabulary[task]] + [f"delta_t.{task}"]
+    wanted += ["sparsity.backbone", *(f"sparsity.head.{t}" for t in tasks), "achieved_sparsity"]
+    present = [c for c in wanted if any(_has_values(s, c) for s in sources)]
+    return [*present, "delta_t"]
+
+
+def _matching(frame: pd.DataFrame, dataset: str, arch: str, target: float, tasks: str | None) -> pd.DataFrame:
+    targets = pd.to_numeric(frame["target_sparsity"], errors="coerce").to_numpy(dtype=float)
+    keep = (frame["dataset"] == dataset) & (frame["arch"] == arch) & np.isclose(targets, target, atol=1e-9)
+    if tasks is not None:
+        keep &= frame["tasks"] == tasks
+    return frame[keep]
+
+
+def _single_task_set(rows: pd.DataFrame, where: str) -> str | None:
+    task_sets = sorted(set(rows["tasks"].dropna()))
+    if len(task_sets) > 1:
+        raise ValueError(f"{where} has several task sets {task_sets}; pass tasks=... to pick one")
+    return task_sets[0] if task_sets else None
+
+
+def _paper_rows(
+    published: pd.DataFrame, dataset: str, arch: str, target: float, tasks: str | None
+) -> pd.DataFrame:
+    """Published rows of the setting, preceded by the dense row of each paper table they come from."""
+    _require(published, [*GROUP_KEYS, "status", "run_id"], "table2_layout(published=...)")
+    rows = _matching(published, dataset, arch, target, tasks)
+    if rows.empty or "source" not in published:
+        return rows
+    tables = set(zip(rows["source"], rows["table"], strict=True))
+    in_table = np.array(
+        [(s, t) in tables for s, t in zip(published["source"], published["table"], strict=True)], dtype=bool
+    )
+    dense = published[
+        in_table & (published["method"] == DENSE) & (published["tasks"] == rows["tasks"].iloc[0])
+    ]
+    return pd.concat([dense, rows]).drop_duplicates(subset="run_id")
+
+
+def table2_layout(
+    frame: pd.DataFrame,
+    dataset: str,
+    arch: str,
+    target: float,
+    published: pd.DataFrame | None = None,
+    *,
+    tasks: str | None = None,
+) -> pd.DataFrame:
+    """AdapMTL's Table 2 at one setting: one row per method, the mean over seeds of every column.
+
+    Columns: ``label``, ``method``, ``protocol``, ``status``, ``n_seeds``, ``n_failed``, ``n_missing``,
+    ``error``, then per task its metrics and ``delta_t.<task>``, then ``sparsity.backbone``,
+    ``sparsity.head.<task>``, ``achieved_sparsity`` (overall prunable) and ``delta_t``; a column is left out
+    when no row has a value for it (``delta_t`` is always there). Our rows are sorted by label. With
+    ``published`` (from ``load_published``), its rows of the same dataset, arch, task set and target are
+    appended in the paper's order as "<method> (published)", preceded by the dense row of their paper
+    table. ``tasks`` (comma-joined) picks a task set when the setting has several.
+    """
+    _require(frame, [*GROUP_KEYS, "status"], "table2_layout")
+    where = f"dataset {dataset!r}, arch {arch!r}, target {target}"
+    ours = _matching(frame, dataset, arch, target, tasks)
+    tasks = tasks or _single_task_set(ours, where)
+    paper = pd.DataFrame()
+    if published is not None:
+        paper = _paper_rows(published, dataset, arch, target, tasks)
+        tasks = tasks or _single_task_set(paper, f"the published rows of {where}")
+    if tasks is None:
+        raise ValueError(
+            f"no row for {where} in the frame" + (" or the published rows" if published is not None else "")
+        )
+    columns = _table2_columns(dataset, tasks.split(","), [ours, paper])
+    parts = []
+    if not ours.empty:
+        parts.append(_sort(_cell_rows(_with_columns(ours, columns), columns), []))
+    if not paper.empty:
+        parts.append(_cell_rows(_with_columns(paper, columns), columns))
+    head = ["label", "method", "protocol", "status", "n_seeds", "n_failed", "n_missing", "error"]
+    table = pd.concat(parts, ignore_index=True)
+    out = table[head].copy()
+    for column in columns:
+        out[column] = table[f"{column}.mean"].astype(float)
+    out.attrs.update(
+        kind=TABLE2, metrics=columns, dataset=dataset, arch=arch, target=float(target), tasks=tasks
+    )
+    return out
+
+
+def _with_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The frame with every layout column (NaN where it has none: a paper that prints no sparsity)."""
+    absent = {c: math.nan for c in columns if c not in frame}
+    return frame.assign(**absent) if absent else frame
+
+
+# -------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class _Style:
+    """What differs between Markdown and LaTeX output."""
+
+    latex: bool
+
+    def escape(self, text: str) -> str:
+        if not self.latex:
+            return text.replace("|", r"\|")
+        return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+    def number(self, value: float, digits: int) -> str:
+        text = f"{value:.{digits}f}"
+        if text.startswith("-") and float(text) == 0.0:
+            text = text[1:]  # no "-0.00"
+        if self.latex and text.startswith("-"):
+            text = "$-$" + text[1:]
+        return text
+
+    @property
+    def pm(self) -> str:
+        return r"$\pm$" if self.latex else "±"
+
+    def arrow(self, sign: int) -> str:
+        if self.latex:
+            return r"$\uparrow$" if sign == HIGHER else r"$\downarrow$"
+        return "↑" if sign == HIGHER else "↓"
+
+    def bold(self, text: str) -> str:
+        return rf"\textbf{{{text}}}" if self.latex else f"**{text}**"
+
+    def underline(self, text: str) -> str:
+        return rf"\underline{{{text}}}" if self.latex else f"<u>{text}</u>"
+
+    @property
+    def missing(self) -> str:
+        return "---" if self.latex else "—"
+
+    @property
+    def unavailable(self) -> str:
+        return "--" if self.latex else "–"
+
+
+_LATEX_ESCAPES: dict[str, str] = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+MARKDOWN = _Style(latex=False)
+LATEX = _Style(latex=True)
+
+
+def _direction(column: str) -> int | None:
+    """+1/−1 for metrics and ΔT/Δm (higher is better), None for columns without one (sparsity, costs)."""
+    if column in DIRECTIONS:
+        return DIRECTIONS[column]
+    if column in ("delta_t", "delta_m") or column.startswith(("delta_t.", "delta_m.")):
+        return HIGHER
+    return None
+
+
+def _scale(column: str) -> float:
+    return 100.0 if column in PERCENT_COLUMNS or column.startswith("sparsity.") else 1.0
+
+
+def _header(column: str, style: _Style) -> str:
+    """Short column header with its direction arrow (none for columns without a direction)."""
+    delta = r"$\Delta_T$" if style.latex else "ΔT"
+    if column == "delta_t":
+        text = delta
+    elif column.startswith("delta_t.") and column[8:] in TASK_SHORT:
+        text = f"{delta} {TASK_SHORT[column[8:]]}"
+    elif column == "delta_m":
+        text = r"$\Delta_m$" if style.latex else "Δm"
+    elif column == "achieved_sparsity":
+        text = "Sparsity"
+    elif column == "sparsity.backbone":
+        text = "Sp. backbone"
+    elif column.startswith(("sparsity.head.", "sparsity.path.")) and column[14:] in TASK_SHORT:
+        text = f"Sp. {TASK_SHORT[column[14:]]} {column[9:13]}"
+    elif column in DIRECTIONS and column.split(".", 1)[1] in METRIC_SHORT:
+        task, metric = column.split(".", 1)
+        text = f"{TASK_SHORT[task]} {METRIC_SHORT[metric][1 if style.latex else 0]}"
+    else:
+        text = style.escape(column)
+    sign = _direction(column)
+    return text if sign is None else f"{text} {style.arrow(sign)}"
+
+
+def _percent(value: float) -> str:
+    return f"{100.0 * value:g}%"
+
+
+def _key_text(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if column == "target_sparsity":
+        return _percent(float(value))
+    if column in ("width", "head_width"):
+        return f"{float(value):g}"
+    if column == "tasks":
+        return str(value).replace(",", ", ")
+    return str(value)
+
+
+@dataclass
+class _Row:
+    keys: list[str]  # display text of the key columns (unescaped)
+    label: str
+    status: str
+    n_seeds: int
+    planned: int
+    n_failed: int
+    error: str | None
+    means: list[float]
+    stds: list[float]
+    block: Hashable | None  # rows of one block compete for bold/underline; None: never highlighted
+    section: Hashable  # LaTeX draws a rule between sections
+
+
+@dataclass
+class _Layout:
+    kind: str
+    key_columns: list[str]
+    metrics: list[str]
+    rows: list[_Row]
+    with_std: bool
+    setting: list[tuple[str, str]]  # constant keys (column, display text) for the caption
+    protocols: list[str]
+    datasets: list[str]
+    digits: dict[str, int] = field(default_factory=dict)
+
+
+def _varying(table: pd.DataFrame, column: str) -> bool:
+    return column in table and table[column].dropna().nunique() > 1
+
+
+def _constant(table: pd.DataFrame, column: str) -> Any:
+    values = table[column].dropna().unique() if column in table else []
+    return values[0] if len(values) == 1 else None
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _comparison_layout(table: pd.DataFrame) -> _Layout:
+    attrs = table.attrs
+    metrics = list(attrs.get("metrics") or [c[: -len(".mean")] for c in table.columns if c.endswith(".mean")])
+    keys = list(attrs.get("keys") or [c for c in [*GROUP_KEYS, *OPTIONAL_KEYS] if c in table])
+    group = list(attrs.get("group", [k for k in ("dataset", "arch", "target_sparsity") if k in table]))
+    shown = [k for k in keys if k not in LABEL_KEYS and _varying(table, k)]
+    shown = [k for k in group if k in shown] + [k for k in shown if k not in group]
+    block_keys = group + [k for k in ("tasks", "protocol") if k not in group and k in table]
+    setting = [
+        (k, _key_text(k, _constant(table, k)))
+        for k in ("dataset", "tasks", "arch", "width", "head_width", "target_sparsity")
+        if k in table and not _varying(table, k) and _constant(table, k) is not None
+    ]
+    rows = []
+    for record in table.to_dict("records"):
+        block = tuple(str(record.get(k)) for k in block_keys)
+        rows.append(
+            _Row(
+                keys=[_key_text(k, record[k]) for k in shown],
+                label=str(record["label"]),
+                status=str(record["status"]),
+                n_seeds=int(record["n_seeds"]),
+                planned=int(record["n_seeds"] + record["n_failed"] + record["n_missing"]),
+                n_failed=int(record["n_failed"]),
+                error=record.get("error") if isinstance(record.get("error"), str) else None,
+                means=[_float(record.get(f"{m}.mean")) for m in metrics],
+                stds=[_float(record.get(f"{m}.std")) for m in metrics],
+                block=None if record.get("method") == DENSE else block,
+                section=tuple(_key_text(k, record[k]) for k in shown),
+            )
+        )
+    return _Layout(
+        kind=COMPARISON,
+        key_columns=shown,
+        metrics=metrics,
+        rows=rows,
+        with_std=True,
+        setting=setting,
+        protocols=sorted(set(table["protocol"].dropna().astype(str))) if "protocol" in table else [],
+        datasets=sorted(set(table["dataset"].dropna().astype(str))) if "dataset" in table else [],
+    )
+
+
+def _table2_layout_of(table: pd.DataFrame) -> _Layout:
+    attrs = table.attrs
+    head = {"label", "method", "protocol", "status", "n_seeds", "n_failed", "n_missing", "error"}
+    metrics = list(attrs.get("metrics") or [c for c in table.columns if c not in head])
+    shown = ["protocol"] if _varying(table, "protocol") else []
+    setting = [(k, _key_text(k, attrs[a])) for k, a in _TABLE2_SETTING if a in attrs]
+    rows = []
+    for record in table.to_dict("records"):
+        published = record["status"] == PUBLISHED
+        rows.append(
+            _Row(
+                keys=[_key_text(k, record[k]) for k in shown],
+                label=str(record["label"]),
+                status=str(record["status"]),
+                n_seeds=int(record["n_seeds"]),
+                planned=int(record["n_seeds"] + record["n_failed"] + record["n_missing"]),
+                n_failed=int(record["n_failed"]),
+                error=record.get("error") if isinstance(record.get("error"), str) else None,
+                means=[_float(record.get(m)) for m in metrics],
+                stds=[math.nan] * len(metrics),
+                block=None if record["method"] == DENSE else str(record["protocol"]),
+                section=published,
+            )
+        )
+    return _Layout(
+        kind=TABLE2,
+        key_columns=shown,
+        metrics=metrics,
+        rows=rows,
+        with_std=False,
+        setting=setting,
+        protocols=sorted(set(table["protocol"].dropna().astype(str))),
+        datasets=[str(attrs["dataset"])] if "dataset" in attrs else [],
+    )
+
+
+_TABLE2_SETTING: tuple[tuple[str, str], ...] = (
+    ("dataset", "dataset"),
+    ("tasks", "tasks"),
+    ("arch", "arch"),
+    ("target_sparsity", "target"),
+)
+
+
+def _layout(table: pd.DataFrame, digits: Mapping[str, int] | None) -> _Layout:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a DataFrame from comparison_table or table2_layout, got {type(table)}")
+    kind = table.attrs.get("kind")
+    if kind is None:  # attrs lost on the way (e.g. a round trip through a file): recognise the shape
+        kind = COMPARISON if any(c.endswith(".mean") for c in table.columns) else TABLE2
+    needed = ["label", "status", "n_seeds", "n_failed", "n_missing"]
+    if kind == TABLE2:
+        needed += ["method", "protocol"]
+    missing = [c for c in needed if c not in table]
+    if missing:
+        raise KeyError(
+            f"not a {kind} table: columns {missing} are missing "
+            "(build it with comparison_table() or table2_layout())"
+        )
+    layout = _comparison_layout(table) if kind == COMPARISON else _table2_layout_of(table)
+    layout.digits = {**DIGITS, **(digits or {})}
+    return layout
+
+
+def _highlights(layout: _Layout) -> list[list[str | None]]:
+    """Per row and metric: "best", "second" or None, compared on the displayed (rounded) values."""
+    marks: list[list[str | None]] = [[None] * len(layout.metrics) for _ in layout.rows]
+    for j, column in enumerate(layout.metrics):
+        sign = _direction(column)
+        if sign is None:
+            continue
+        digits, scale = layout.digits.get(column, 2), _scale(column)
+        shown: dict[Hashable, list[tuple[int, float]]] = {}
+        for i, row in enumerate(layout.rows):
+            value = row.means[j]
+            if row.block is None or row.n_seeds == 0 or math.isnan(value):
+                continue
+            shown.setdefault(row.block, []).append((i, round(value * scale, digits)))
+        for entries in shown.values():
+            distinct = sorted({v for _, v in entries}, reverse=sign == HIGHER)
+            if len(distinct) < 2:
+                continue
+            for i, v in entries:
+                if v == distinct[0]:
+                    marks[i][j] = "best"
+                elif len(distinct) >= 3 and v == distinct[1]:
+                    marks[i][j] = "second"
+    return marks
+
+
+def _cells(layout: _Layout, style: _Style) -> list[list[str]]:
+    """The formatted metric cells of every row."""
+    marks = _highlights(layout)
+    out = []
+    for row, row_marks in zip(layout.rows, marks, strict=True):
+        cells = []
+        for j, column in enumerate(layout.metrics):
+            if row.n_seeds == 0:
+                cells.append("failed" if row.status == FAILED else style.missing)
+                continue
+            mean, std = row.means[j], row.stds[j]
+            if math.isnan(mean):
+                cells.append(style.unavailable)
+                continue
+            digits, scale = layout.digits.get(column, 2), _scale(column)
+            text = style.number(mean * scale, digits)
+            if layout.with_std and not math.isnan(std):
+                text = f"{text} {style.pm} {style.number(std * scale, digits)}"
+            if row_marks[j] == "best":
+                text = style.bold(text)
+            elif row_marks[j] == "second":
+                text = style.underline(text)
+            cells.append(text)
+        out.append(cells)
+    return out
+
+
+def _label_text(row: _Row, style: _Style) -> str:
+    text = style.escape(row.label)
+    if row.status == PARTIAL:
+        text += f" (n={row.n_seeds} of {row.planned})"
+    return text
+
+
+def _note(row: _Row) -> str | None:
+    """The Markdown note of a row with a failed seed: where, and the first line of its error."""
+    if row.n_failed == 0:
+        return None
+    where = ", ".join([row.label, *(k for k in row.keys if k)])
+    error = row.error or "no error message recorded"
+    if row.status == FAILED:
+        return f"{where}: failed: {error}"
+    return f"{where}: {row.n_failed} of {row.planned} seeds failed: {error}"
+
+
+# ------------------------------------------------------------------------------------------------ caption
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+def _caption(layout: _Layout, caption: str | None, style: _Style) -> str:
+    """The caption: the caller's text, then setting, protocol(s), seeds, units, highlighting, ΔT, legend."""
+    esc = style.escape
+    parts = [_sentence(caption)] if caption else []
+    if layout.kind == TABLE2:
+        parts.append("Layout of AdapMTL's Table 2, one row per method.")
+    if layout.setting:
+        names = {"head_width": "head width", "target_sparsity": "target sparsity"}
+        items = [f"{names.get(k, k)} {esc(v)}" for k, v in layout.setting]
+        parts.append("Setting: " + "; ".join(items) + ".")
+    if len(layout.protocols) == 1:
+        parts.append(f"Evaluation protocol: {esc(layout.protocols[0])}.")
+    elif layout.protocols:
+        listed = ", ".join(esc(p) for p in layout.protocols)
+        parts.append(f"Evaluation protocols: {listed} (compare rows of the same protocol only).")
+    ours = [r for r in layout.rows if r.status != PUBLISHED]
+    seeds = sorted({r.planned for r in ours if r.n_seeds > 0})  # planned: a partial cell is said apart
+    if seeds:
+        dash = "--" if style.latex else "–"
+        count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}{dash}{seeds[-1]}"
+        plural = "seed" if seeds == [1] else "seeds"
+        if layout.with_std and seeds != [1]:
+            parts.append(f"Mean {style.pm} sample std (ddof 1) over {count} {plural} per cell.")
+        else:
+            parts.append(f"Mean over {count} {plural} per cell.")
+    if any(r.status == PARTIAL for r in ours):
+        parts.append("n=k of N: only k of the N planned seeds finished.")
+    if any(r.status == PUBLISHED for r in layout.rows):
+        parts.append(
+            "Rows marked (published): as printed in the paper; their ΔT as printed, else computed against "
+            "the paper's dense row.".replace("ΔT", r"$\Delta_T$" if style.latex else "ΔT")
+        )
+    has_sparsity = any(c == "achieved_sparsity" or c.startswith("sparsity.") for c in layout.metrics)
+    percent = [
+        name
+        for name, present in (
+            ("mIoU", "segment_semantic.miou" in layout.metrics),
+            ("pixel accuracy", "segment_semantic.pixel_acc" in layout.metrics),
+            ("sparsity", has_sparsity),
+        )
+        if present
+    ]
+    if percent:
+        parts.append(f"In {esc('%')}: " + ", ".join(percent) + ".")
+    if has_sparsity:
+        parts.append(
+            "Sparsity: share of zero weights among the prunable weights (overall, of the backbone, of a "
+            "head), counted in the weights."
+        )
+    if any(_direction(c) is not None for c in layout.metrics):
+        scope = (
+            "among rows of the same protocol (dense excluded)"
+            if layout.kind == TABLE2
+            else "among rows of the same setting and protocol"
+        )
+        parts.append(
+            f"{style.arrow(HIGHER)}/{style.arrow(-HIGHER)}: higher/lower is better; the best value of a "
+            f"column {scope} in bold, the second best underlined (compared as displayed)."
+        )
+    if any(c == "delta_t" or c.startswith("delta_t.") for c in layout.metrics):
+        parts.append(_delta_t_text(layout, style))
+    if "delta_m" in layout.metrics:
+        dm = r"$\Delta_m$" if style.latex else "Δm"
+        parts.append(f"{dm} (Maninis et al.): the same with a mean instead of a sum over a task's metrics.")
+    legend = []
+    if any(r.status == FAILED for r in layout.rows):
+        legend.append(
+            "failed: no seed finished" + ("" if style.latex else " (first error line in the notes)")
+        )
+    if any(r.n_seeds == 0 and r.status != FAILED for r in layout.rows):
+        legend.append(f"{style.missing}: not run yet")
+    if any(r.n_seeds > 0 and any(math.isnan(m) for m in r.means) for r in layout.rows):
+        legend.append(f"{style.unavailable}: not available")
+    if legend:
+        parts.append(_sentence("; ".join(legend)))
+    return " ".join(parts)
+
+
+def _delta_t_text(layout: _Layout, style: _Style) -> str:
+    """ΔT exactly as bench.aggregate.delta_t computes it (a sum over a task's metrics, a mean over tasks)."""
+    if style.latex:
+        text = (
+            r"$\Delta_T$ (AdapMTL): per task $t$, $\Delta_T^t = 100 \sum_i s_i (M_i - M_i^{\mathrm{dense}})"
+            r" / M_i^{\mathrm{dense}}$, a sum over the task's $\Delta_T$ metrics $i$ with $s_i = +1$ if "
+            r"higher is better and $-1$ if lower is better; $\Delta_T$ is the mean of $\Delta_T^t$ over the "
+            r"tasks"
+        )
+    else:
+        text = (
+            "ΔT (AdapMTL): per task t, ΔT_t = 100 · Σ_i s_i (M_i − M_i^dense) / M_i^dense, a sum over the "
+            "task's ΔT metrics i with s_i = +1 if higher is better and −1 if lower is better; ΔT is the mean "
+            "of ΔT_t over the tasks"
+        )
+    text += (
+        "; the dense model has the same dataset, tasks, architecture, training, seed and protocol; "
+        "positive is better than dense."
+    )
+    sets = []
+    for dataset in layout.datasets:
+        chosen = DELTA_METRICS.get(dataset)
+        if chosen is None:
+            continue
+        if all(tuple(METRICS[dataset][t]) == ms for t, ms in chosen.items()):
+            sets.append(f"{style.escape(dataset)}: every metric of the task")
+        else:
+            columns = ", ".join(style.escape(f"{t}.{m}") for t, ms in chosen.items() for m in ms)
+            sets.append(f"{style.escape(dataset)}: {columns}")
+    if sets:
+        delta = r"$\Delta_T$" if style.latex else "ΔT"
+        text += f" {delta} metrics: " + "; ".join(sets) + "."
+    return text
+
+
+# ------------------------------------------------------------------------------------------- assembling
+
+
+def to_markdown(
+    table: pd.DataFrame, caption: str | None = None, *, digits: Mapping[str, int] | None = None
+) -> str:
+    """A comparison or Table-2 frame as a Markdown (GFM) table: "Table: caption", the table, notes.
+
+    Failed cells carry a footnote with the first line of the error. ``digits`` overrides the decimals of
+    some columns (defaults: 2, more for small error metrics, see ``DIGITS``).
+    """
+    layout = _layout(table, digits)
+    style = MARKDOWN
+    headers = [KEY_HEADERS.get(k, k) for k in layout.key_columns] + ["Method"]
+    headers += [_header(c, style) for c in layout.metrics]
+    align = [":---"] * (len(layout.key_columns) + 1) + ["---:"] * len(layout.metrics)
+    lines = [f"Table: {_caption(layout, caption, style)}", "", _md_row(headers), _md_row(align)]
+    notes = []
+    for row, cells in zip(layout.rows, _cells(layout, style), strict=True):
+        label = _label_text(row, style)
+        note = _note(row)
+        if note is not None:
+            notes.append(f"[^{len(notes) + 1}]: {note}")
+            label += f"[^{len(notes)}]"
+        lines.append(_md_row([style.escape(k) for k in row.keys] + [label] + cells))
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def to_latex(
+    table: pd.DataFrame,
+    caption: str | None = None,
+    label: str | None = None,
+    *,
+    digits: Mapping[str, int] | None = None,
+) -> str:
+    """A comparison or Table-2 frame as a LaTeX ``table`` with a booktabs ``tabular``.
+
+    Needs ``\\usepackage{booktabs}``. ``caption`` is LaTeX source, used as given; generated text and every
+    value from the frame are escaped. Key columns are printed once per run of equal values, and a
+    ``\\midrule`` separates blocks (our rows from published ones in Table 2).
+    """
+    layout = _layout(table, digits)
+    style = LATEX
+    headers = [KEY_HEADERS.get(k, k) for k in layout.key_columns] + ["Method"]
+    headers += [_header(c, style) for c in layout.metrics]
+    spec = "l" * (len(layout.key_columns) + 1) + "r" * len(layout.metrics)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_caption(layout, caption, style)}}}"]
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+    previous: _Row | None = None
+    for row, cells in zip(layout.rows, _cells(layout, style), strict=True):
+        same = previous is not None and previous.section == row.section
+        if previous is not None and not same:
+            lines.append(r"\midrule")
+        keys = [
+            "" if same and previous is not None and previous.keys[i] == k else style.escape(k)
+            for i, k in enumerate(row.keys)
+        ]
+        lines.append(" & ".join([*keys, _label_text(row, style), *cells]) + r" \\")
+        previous = row
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def table2_markdown(table: pd.DataFrame, caption: str | None = None, **kwargs: Any) -> str:
+    """`to_markdown` of a `table2_layout` frame (named for callers that want to say which table)."""
+    return to_markdown(table, caption, **kwargs)
+
+
+def table2_latex(
+    table: pd.DataFrame, caption: str | None = None, label: str | None = None, **kwargs: Any
+) -> str:
+    """`to_latex` of a `table2_layout` frame."""
+    return to_latex(table, caption, label, **kwargs)

@@ -1,0 +1,158 @@
+"""The torch-free manifest of a matrix: ``<store>/<matrix name>/matrix.json``.
+
+Validating a matrix config needs the method registry, and the registry imports the method plugins (and
+torch). `bench report` must run on a laptop with the results alone, so `bench run` and `bench plan` write
+down what the matrix expands to (the spec dump, the dense stages and the cells with their labels, plus
+where and with what it was planned); the report then reads this file instead of the config, and a cell
+listed here without a result shows as missing rather than vanishing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.provenance import provenance as stage_provenance
+from bench.store import Store, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from bench.spec import MatrixSpec
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "Manifest",
+    "manifest_path",
+    "provenance",
+    "read_manifest",
+    "save_manifest",
+    "write_manifest",
+]
+
+MANIFEST = "matrix.json"
+MANIFEST_FORMAT = 1
+# Keys every entry of `dense` / `cells` must carry (what the report shows for a cell without results).
+DENSE_KEYS = ("run_id", "dataset", "tasks", "arch", "seed")
+CELL_KEYS = ("run_id", "dense_run_id", "dataset", "tasks", "arch", "method", "method_name", "target", "seed")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one matrix expands to, read back from ``matrix.json``."""
+
+    name: str
+    spec: dict[str, Any]
+    dense: list[dict[str, Any]]
+    cells: list[dict[str, Any]]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def cell_ids(self) -> list[str]:
+        return [cell["run_id"] for cell in self.cells]
+
+
+def manifest_path(store_root: str | Path, name: str) -> Path:
+    return Path(store_root) / name / MANIFEST
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a matrix was planned: bench.provenance's record (git commit and dirty flag,
+    package versions, host, Slurm ids) plus the command line and the time it was written."""
+    return {
+        **stage_provenance(),
+        "command": " ".join(sys.argv),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _manifest_payload(matrix: MatrixSpec) -> dict[str, Any]:
+    dense = [
+        {
+            "run_id": d.run_id,
+            "dataset": d.data.dataset,
+            "tasks": list(d.data.tasks),
+            "arch": d.arch.name,
+            "width": d.arch.width,
+            "head_width": d.arch.head_width,
+            "seed": d.seed,
+        }
+        for d in matrix.dense_stages()
+    ]
+    cells = [
+        {
+            "run_id": c.run_id,
+            "dense_run_id": c.dense().run_id,
+            "dataset": c.data.dataset,
+            "tasks": list(c.data.tasks),
+            "arch": c.arch.name,
+            "width": c.arch.width,
+            "head_width": c.arch.head_width,
+            "method": c.method.label,
+            "method_name": c.method.name,
+            "target": c.target_sparsity,
+            "seed": c.seed,
+            "protocol": c.eval.protocol,
+        }
+        for c in matrix.expand()
+    ]
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": matrix.name,
+        "spec": matrix.model_dump(mode="json"),
+        "dense": dense,
+        "cells": cells,
+        "provenance": provenance(),
+    }
+
+
+def save_manifest(store_root: str | Path, payload: dict[str, Any]) -> Path:
+    """Validate and write a manifest payload atomically (also used by tests to fake a planned matrix)."""
+    manifest = _validate(payload, Path("<payload>"))
+    path = manifest_path(store_root, manifest.name)
+    atomic_write_json(path, payload)
+    return path
+
+
+def write_manifest(matrix: MatrixSpec, store: Store | str | Path) -> Path:
+    """``<store>/<matrix.name>/matrix.json``: spec dump, dense stages and cells with labels, provenance."""
+    root = store.root if isinstance(store, Store) else Path(store)
+    return save_manifest(root, _manifest_payload(matrix))
+
+
+def _validate(payload: Any, path: Path) -> Manifest:
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+    if payload.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: manifest format {payload.get('format')!r}, expected {MANIFEST_FORMAT}")
+    for key, kind in (("name", str), ("spec", dict), ("dense", list), ("cells", list)):
+        if not isinstance(payload.get(key), kind):
+            got = type(payload.get(key)).__name__ if key in payload else "nothing"
+            raise ValueError(f"{path}: key {key!r} must be a {kind.__name__}, got {got}")
+    for section, keys in (("dense", DENSE_KEYS), ("cells", CELL_KEYS)):
+        for i, entry in enumerate(payload[section]):
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ValueError(f"{path}: {section}[{i}] lacks {missing} (expected keys {list(keys)})")
+    return Manifest(
+        name=payload["name"],
+        spec=payload["spec"],
+        dense=payload["dense"],
+        cells=payload["cells"],
+        provenance=payload.get("provenance") or {},
+        path=path,
+    )
+
+
+def read_manifest(store_root: str | Path, name: str) -> Manifest:
+    """The manifest of matrix ``name`` in the store; a clear error when it was never planned there."""
+    path = manifest_path(store_root, name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no manifest of matrix {name!r} in store {store_root} "
+            f"(`python -m bench plan CONFIG --store {store_root}` or `bench run` writes it)"
+        )
+    return _validate(read_json(path), path)

@@ -1,0 +1,135 @@
+"""GPU path options: mixed precision (part of identity), channels-last, pinned memory; CUDA when present."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import methods  # noqa: F401  (registers the built-in methods)
+from bench.data import batch_stream
+from bench.registry import ARCHS
+from bench.runner import _pin_memory, plan, run_stage
+from bench.spec import RuntimeSpec, TrainSpec
+from bench.store import Store
+from bench.train import StepRunner
+from tests.helpers import tiny_matrix
+from tests.test_resume import Killed, _fingerprint, _kill_at
+from tools.gpu_check import check, synthetic_batch
+
+TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
+
+
+def _runner(**kwargs) -> StepRunner:
+    torch.manual_seed(0)
+    model = ARCHS.get("deeplab_resnet34")(TASKS, width=0.125, head_width=0.0625)
+    spec = TrainSpec(
+        steps=3, batch_size=2, amp=kwargs.pop("amp", "none"), optimizer=kwargs.pop("optimizer", "adam")
+    )
+    return StepRunner(model, "nyuv2", spec, torch.device("cpu"), **kwargs)
+
+
+def test_mixed_precision_is_part_of_identity_and_the_default_keeps_old_ids():
+    fp32 = tiny_matrix()
+    bf16 = tiny_matrix(train={"steps": 6, "batch_size": 4, "lr": 0.003, "amp": "bf16"})
+    explicit = tiny_matrix(train={"steps": 6, "batch_size": 4, "lr": 0.003, "amp": "none"})
+    assert [c.run_id for c in explicit.expand()] == [c.run_id for c in fp32.expand()]
+    assert not {c.run_id for c in bf16.expand()} & {c.run_id for c in fp32.expand()}
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_a_mixed_precision_step_holds_the_masks_and_stays_close_to_fp32(amp):
+    batch = synthetic_batch(2, 32, torch.device("cpu"), pin=False)
+    reference = _runner()
+    params = reference.params
+    masks = {
+        n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) > 0.5 for n, p in params.items()
+    }
+    reference.set_masks(masks)
+    mixed = _runner(amp=amp)
+    mixed.set_masks(masks)
+    assert (mixed.scaler is not None) == (amp == "fp16")
+    torch.manual_seed(5)  # the same dropout draws
+    exact = reference(batch, 0)["loss"]
+    torch.manual_seed(5)
+    low = mixed(batch, 0)["loss"]
+    assert low == pytest.approx(exact, rel=0.05)  # the same model and batch at lower precision
+    for name, mask in masks.items():
+        assert not mixed.params[name].detach()[~mask].any()  # pruned weights stay exactly zero
+    state = mixed.state_dict()
+    assert (state["scaler"] is not None) == (amp == "fp16")
+
+
+def test_channels_last_gives_the_same_step_on_cpu():
+    batch = synthetic_batch(2, 32, torch.device("cpu"), pin=False)
+    # SGD: Adam's first update is about lr·sign(g), which a last-bit difference of a near-zero g flips
+    plain, last = _runner(optimizer="sgd"), _runner(channels_last=True, optimizer="sgd")
+    for runner in (plain, last):  # dropout draws in memory order, which channels-last permutes
+        for module in runner.model.modules():
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.p = 0.0
+    conv = next(p for p in last.model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    loss_last = last(batch, 0)["loss"]
+    assert loss_last == pytest.approx(plain(batch, 0)["loss"], rel=1e-5)
+    after_plain = {k: v for k, v in plain.model.state_dict().items()}
+    for key, value in last.model.state_dict().items():
+        torch.testing.assert_close(value, after_plain[key], rtol=1e-4, atol=1e-5)
+
+
+def test_pinned_memory_is_used_only_with_cuda():
+    assert _pin_memory(RuntimeSpec(device="cpu"), torch.device("cpu")) is False
+    assert _pin_memory(RuntimeSpec(pin_memory=True), torch.device("cuda")) is True
+    assert _pin_memory(RuntimeSpec(), torch.device("cuda")) is True
+    dataset = [{"input": torch.full((3,), float(i))} for i in range(8)]
+
+    class Items(list):
+        def set_epoch(self, epoch: int) -> None:
+            return None
+
+    items = Items(dataset)
+    pinned = list(batch_stream(items, 2, seed=0, steps=3, pin_memory=True))
+    plain = list(batch_stream(items, 2, seed=0, steps=3))
+    assert all(torch.equal(a["input"], b["input"]) for a, b in zip(pinned, plain, strict=True))
+    assert pinned[0]["input"].is_pinned() == torch.cuda.is_available()
+
+
+def test_a_killed_fp16_cell_resumes_with_its_gradient_scaler(tmp_path):
+    matrix = tiny_matrix(
+        methods=[{"name": "magnitude"}],
+        sparsities=[0.5],
+        train={"steps": 4, "batch_size": 4, "lr": 0.003, "amp": "fp16"},
+        finetune={"steps": 5, "batch_size": 4, "amp": "fp16"},
+        runtime={"device": "cpu", "checkpoint_every": 2, "log_every": 1},
+    )
+    dense, cell = plan(matrix).dense[0], plan(matrix).cells[0]
+    reference = Store(tmp_path / "reference")
+    assert run_stage(dense, reference, matrix.runtime).status == "done"
+    assert run_stage(cell, reference, matrix.runtime).status == "done"
+    store = Store(tmp_path / "killed")
+    shutil.copytree(reference.run_dir(dense.run_id), store.run_dir(dense.run_id))
+    shutil.copytree(reference.root / "data", store.root / "data")
+    progress, _ = _kill_at(4)
+    with pytest.raises(Killed):
+        run_stage(cell, store, matrix.runtime, progress)
+    assert run_stage(cell, store, matrix.runtime).status == "done"
+    assert _fingerprint(store, cell.run_id) == _fingerprint(reference, cell.run_id)
+
+
+def test_gpu_check_reports_each_variant_and_consistent_ratios():
+    out = check(size=32, batch=2, steps=2, warmup=1, width=0.125, head_width=0.0625, device="cpu")
+    assert set(out) >= {"dense", "masked", "adapmtl", "ratio_to_dense", "device", "setting"}
+    for variant in ("masked", "adapmtl"):
+        ms = out[variant]["step_ms"]
+        assert ms > 0 and out[variant]["steps_per_s"] == pytest.approx(1e3 / ms)
+        assert out["ratio_to_dense"][variant] == pytest.approx(ms / out["dense"]["step_ms"])
+    assert out["dense"]["peak_memory_gib"] is None  # no device memory to report on a CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_path_with_bf16_and_channels_last():
+    out = check(
+        size=64, batch=4, steps=3, warmup=2, width=0.25, head_width=0.125, amp="bf16", channels_last=True
+    )
+    assert out["device"] != "cpu" and out["dense"]["peak_memory_gib"] > 0

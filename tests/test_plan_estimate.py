@@ -1,0 +1,48 @@
+"""`bench plan` estimates a matrix's cost from the stage times measured in the store."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from bench.cli import main
+from bench.runner import plan, run_stage, stage_keys
+from bench.store import Store
+from tests.helpers import tiny_matrix, tiny_matrix_dict
+
+
+def test_plan_estimates_new_cells_from_measured_stage_times(tmp_path, capsys):
+    matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
+    store = Store(tmp_path / "store")
+    for stage in [*plan(matrix).dense, *plan(matrix).cells]:
+        assert run_stage(stage, store, matrix.runtime).status == "done"
+    measured = [store.result(s.run_id)["wall_s"] for s in [*plan(matrix).dense, *plan(matrix).cells]]
+    # the same matrix plus a sparsity level and a seed: 1 new cell at seed 0, a dense stage and 2 cells at 1
+    config = tmp_path / "extended.yaml"
+    config.write_text(
+        yaml.safe_dump(tiny_matrix_dict(methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9], seeds=[0, 1]))
+    )
+    assert main(["plan", str(config), "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    dense_s, cell_s = measured
+    expected = dense_s + 3 * cell_s
+    line = next(line.strip() for line in out.splitlines() if "estimate:" in line)
+    assert line.startswith("estimate: 4 pending stage(s) ≈ ")
+    assert "without a measurement" not in line  # every pending stage has a same-key measurement
+    from bench.estimate import estimate_costs
+
+    extended = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9], seeds=[0, 1])
+    estimate = estimate_costs(store.root, stage_keys(plan(extended)))
+    assert estimate.done == 2 and estimate.pending == 4
+    assert abs(estimate.pending_s - expected) < 1e-9
+
+
+def test_stage_keys_separate_methods_and_budgets():
+    matrix = tiny_matrix(sparsities=[0.5])
+    keys = stage_keys(plan(matrix))
+    assert [k.kind for k in keys] == ["dense", "cell", "cell"]
+    dense, random_cell, magnitude_cell = keys
+    assert dense.key[:3] == random_cell.key[:3] == ("nyuv2", "deeplab_resnet34", 0.125)
+    assert random_cell.key != magnitude_cell.key  # the method label is part of the key
+    assert json.dumps([list(k.key) for k in keys])  # plain values only

@@ -1,0 +1,476 @@
+"""Paper figures, `bench report` and its HTML page, on a fake store in the runner's exact layout.
+
+The store (tests/fake_store.py) has 2 architectures × 2 seeds × 6 methods × 2 targets on NYU-v2 with one
+failed, one running and one missing (planned, never started) cell. Figures are checked through
+matplotlib's objects (labels, legend texts, plotted values, marker faces, colours); the report is built
+once through the CLI in a subprocess that must not import torch, then read as files and in Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.analysis import load_published, load_results
+from bench.analysis.curves import load_log, read_log
+from bench.analysis.dense import load_dense
+from bench.analysis.figures import (
+    delta_vs_sparsity,
+    metrics_vs_sparsity,
+    save_figure,
+    sparsity_allocation,
+    training_curves,
+    training_overview,
+)
+from bench.analysis.html import markdown_table_html
+from bench.analysis.style import ROSTER, MethodStyle, StyleMap
+from bench.cli import main
+from bench.manifest import read_manifest, save_manifest, write_manifest
+from bench.report import collect, resolve_source
+from tests.fake_store import DENSE_METRICS, build_fake_store, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("magnitude", "random", "gmp(frequency=10)", "adapmtl", "disparse-static", "snip")
+ARCHS = ("deeplab_resnet34", "mobilenetv2")
+# Cell index = ((arch * 2 + seed) * 6 + method) * 2 + target (runner order).
+FAILED, RUNNING, MISSING = (
+    2,
+    13,
+    30,
+)  # resnet/seed 0/random/0.5, resnet/seed 1/magnitude/0.9, mbv2/0/adapmtl/0.5
+CHROMIUM_SKIP = "chromium not installed (Debian package chromium)"
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report") / "store"
+    return build_fake_store(
+        root,
+        methods=METHODS,
+        targets=(0.5, 0.9),
+        failed=[FAILED],
+        running=[RUNNING],
+        missing=[MISSING],
+        masks=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def frame(fake):
+    return load_results(fake.root)
+
+
+@pytest.fixture(scope="module")
+def dense(fake, frame):
+    return load_dense(fake.root, frame["dense_run_id"])
+
+
+@pytest.fixture(scope="module")
+def report(fake, tmp_path_factory):
+    """`python -m bench report CONFIG --store ... --style screen` in a fresh interpreter, torch-free."""
+    out = tmp_path_factory.mktemp("out") / "report"
+    config = write_config(tmp_path_factory.mktemp("cfg") / "fake.yaml", fake.name)
+    code = (
+        "import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+        "print('TORCH:', sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))); "
+        "sys.exit(rc)"
+    )
+    argv = ["report", str(config), "--store", str(fake.root), "--out", str(out), "--style", "screen"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True)
+    return proc, out
+
+
+# ------------------------------------------------------------------------------------------ styles
+
+
+def test_roster_methods_keep_their_style_whatever_else_is_plotted():
+    alone = StyleMap(["adapmtl"])
+    crowded = StyleMap(["adapmtl", "snip", "random", "my-plugin", "gmp(frequency=10)", "zzz"])
+    assert alone["adapmtl"] == crowded["adapmtl"] == MethodStyle("#d62728", "D")  # roster slot 3
+    assert StyleMap(["magnitude"])["magnitude"] == MethodStyle("#1f77b4", "o")  # roster slot 0
+
+
+def test_styles_are_distinct_within_a_map():
+    labels = [*ROSTER, *(f"gmp(frequency={k})" for k in range(10)), "plugin-a", "plugin-b"]
+    styles = StyleMap(labels)
+    pairs = {(styles[lab].color, styles[lab].marker) for lab in labels}
+    assert len(pairs) == len(labels)
+
+
+def test_a_variant_takes_its_method_slot_and_published_names_fall_back_to_it():
+    styles = StyleMap(["lth(rate=0.9)", "snip"])
+    assert styles["lth(rate=0.9)"] == StyleMap(["lth"])["lth"]
+    assert styles["lth"] == styles["lth(rate=0.9)"]  # a published "lth" row is drawn in the run's colour
+
+
+def test_hashed_slots_do_not_depend_on_the_python_hash_seed():
+    code = (
+        "from bench.analysis.style import StyleMap; "
+        "s = StyleMap(['my-plugin', 'x(a=1)']); print(s['my-plugin'], s['x(a=1)'])"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outs) == 1
+
+
+# ----------------------------------------------------------------------------------------- figures
+
+
+def test_metrics_figure_facets_labels_legend_and_dense_line(frame, dense):
+    fig = metrics_vs_sparsity(frame, dense, style="screen")
+    axes = np.array(fig.axes).reshape(3, 2)
+    assert [ax.get_title() for ax in axes[0]] == ["nyuv2 · deeplab_resnet34", "nyuv2 · mobilenetv2"]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["seg miou ↑", "normal mean ↓", "depth abs_err ↓"]
+    assert [ax.get_xlabel() for ax in axes[-1]] == ["achieved sparsity"] * 2
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*sorted(METHODS), "dense"]
+    for col, arch in enumerate(ARCHS):
+        (line,) = [ln for ln in axes[0][col].get_lines() if ln.get_label() == "dense"]
+        assert list(line.get_ydata()) == [DENSE_METRICS[arch]["segment_semantic.miou"]] * 2
+
+
+def test_metrics_figure_plots_the_mean_of_the_finished_seeds(frame, dense):
+    fig = metrics_vs_sparsity(frame, dense, style="screen")
+    ax = fig.axes[0]  # seg mIoU, deeplab_resnet34
+    done = frame[(frame["status"] == "done") & (frame["arch"] == "deeplab_resnet34")]
+    (adapmtl,) = [ln for ln in ax.get_lines() if ln.get_label() == "adapmtl"]
+    cells = done[done["method"] == "adapmtl"].sort_values("target_sparsity")
+    expected = cells.groupby("target_sparsity")["segment_semantic.miou"].mean()
+    assert list(adapmtl.get_xdata()) == [0.5, 0.9]
+    assert list(adapmtl.get_ydata()) == pytest.approx(list(expected))
+    # random at 0.5 failed in seed 0: its point is seed 1 alone, not a mean with a missing value.
+    (random_line,) = [ln for ln in ax.get_lines() if ln.get_label() == "random"]
+    seed1 = done[(done["method"] == "random") & (done["target_sparsity"] == 0.5)]
+    assert len(seed1) == 1 and random_line.get_ydata()[0] == pytest.approx(
+        seed1["segment_semantic.miou"].iloc[0]
+    )
+
+
+def test_a_seed_with_a_nan_metric_makes_the_point_a_gap_not_a_partial_mean():
+    rows = pd.DataFrame(
+        {
+            "status": "done",
+            "dataset": "nyuv2",
+            "tasks": "segment_semantic",
+            "arch": "a",
+            "method": "m",
+            "target_sparsity": [0.5, 0.5, 0.9, 0.9],
+            "achieved_sparsity": [0.5, 0.5, 0.9, 0.9],
+            "seed": [0, 1, 0, 1],
+            "segment_semantic.miou": [0.2, 0.4, 0.1, math.nan],
+        }
+    )
+    (line,) = [
+        ln for ln in metrics_vs_sparsity(rows, style="screen").axes[0].get_lines() if ln.get_label() == "m"
+    ]
+    assert line.get_ydata()[0] == pytest.approx(0.3) and math.isnan(line.get_ydata()[1])
+
+
+def test_delta_figure_shows_published_points_hollow_in_the_method_colour(frame):
+    styles = StyleMap(frame["method"])
+    fig = delta_vs_sparsity(frame, load_published(), styles=styles, style="screen")
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["ΔT vs dense (%)", "Δm vs dense (%)"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [*sorted(METHODS), "dense", "published: adapmtl table2"]
+    hollow = [ln for ln in axes[0][1].get_lines() if ln.get_markerfacecolor() == "none"]
+    # AdapMTL Table 2 (MobileNetV2, 3 tasks, 90%) prints ΔT for adapmtl (+2.66) and snip (−9.99).
+    points = {(ln.get_markeredgecolor(), float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in hollow}
+    assert points == {(styles["adapmtl"].color, 0.9, 2.66), (styles["snip"].color, 0.9, -9.99)}
+    assert not [
+        ln for ln in axes[0][0].get_lines() if ln.get_markerfacecolor() == "none"
+    ]  # no 3-task ResNet table
+
+
+def test_allocation_bars_are_the_component_sparsities(frame):
+    fig = sparsity_allocation(frame, style="screen")
+    assert len(fig.axes) == 4  # 2 archs × 2 targets
+    ax = fig.axes[1]  # deeplab_resnet34, target 0.9
+    assert ax.get_title() == "nyuv2 · deeplab_resnet34 · target 0.9"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["backbone", "seg", "normal", "depth"]
+    (target,) = [ln for ln in ax.get_lines() if ln.get_label() == "target"]
+    assert list(target.get_ydata()) == [0.9, 0.9]
+    cells = frame[(frame["arch"] == "deeplab_resnet34") & (frame["target_sparsity"] == 0.9)]
+    cells = cells[(cells["method"] == "adapmtl") & (cells["status"] == "done")]
+    columns = [
+        "sparsity.backbone",
+        *(f"sparsity.head.{t}" for t in ("segment_semantic", "normal", "depth_zbuffer")),
+    ]
+    (bars,) = [c for c in ax.containers if c.get_label() == "adapmtl"]
+    assert [b.get_height() for b in bars] == pytest.approx(list(cells[columns].mean()))
+
+
+def test_one_method_has_one_colour_and_marker_in_every_figure(frame, dense, fake):
+    figures = [
+        metrics_vs_sparsity(frame, dense, style="screen"),
+        delta_vs_sparsity(frame, style="screen"),
+        sparsity_allocation(frame, style="screen"),
+    ]
+    for method in METHODS:
+        seen = set()
+        for fig in figures:
+            (handle,) = [h for h in fig.legends[0].legend_handles if h.get_label() == method]
+            seen.add((handle.get_color(), handle.get_marker()))
+        seen.add((StyleMap(METHODS)[method].color, StyleMap(METHODS)[method].marker))
+        assert len(seen) == 1, method
+    logs = {
+        m: load_log(fake.root, frame[(frame.method == m) & (frame.status == "done")].run_id.iloc[0])
+        for m in METHODS
+    }
+    overview = training_overview(logs, style="screen")
+    colours = {h.get_label(): h.get_color() for h in overview.legends[0].legend_handles}
+    assert colours == {m: StyleMap(METHODS)[m].color for m in METHODS}
+
+
+# ------------------------------------------------------------------------------------------ curves
+
+
+def test_read_log_puts_phases_on_one_step_axis_and_names_a_bad_line(tmp_path):
+    records = [
+        {"phase": "train", "step": 0, "loss": 3.0},
+        {"phase": "train", "step": 10, "loss": 2.0},
+        {"phase": "prune", "gmp.sparsity": 0.5},
+        {"phase": "finetune", "step": 0, "loss": 1.5},
+        {"phase": "finetune", "step": 10, "loss": 1.0},
+        {"phase": "train", "step": 0, "loss": 0.9},  # a second round of the same phase
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"phase": "fine')  # live, partial tail
+    log = read_log(path)
+    assert list(log["x"]) == [0, 10, 10, 11, 21, 22]
+    path.write_text(json.dumps(records[0]) + "\nnot json\n" + json.dumps(records[1]) + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:2: not a JSON record"):
+        read_log(path)
+
+
+def test_training_curves_panels_and_task_colours(frame, fake):
+    run_id = frame[(frame["method"] == "adapmtl") & (frame["status"] == "done")]["run_id"].iloc[0]
+    fig = training_curves(load_log(fake.root, run_id), style="screen")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["training loss", "sparsity", "threshold"]
+    assert fig.axes[-1].get_xlabel() == "optimizer step (all phases)"
+    loss, sparsity, threshold = ([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
+    assert loss == ["depth", "normal", "seg", "total"]
+    assert sparsity == ["overall", "backbone", "depth head", "normal head", "seg head"]
+    assert threshold == ["backbone", "depth head", "normal head", "seg head"]
+    colour = {ln.get_label(): ln.get_color() for ax in fig.axes for ln in ax.get_lines()}
+    assert colour["seg"] == colour["seg head"] and colour["depth"] == colour["depth head"]
+    magnitude = frame[(frame["method"] == "magnitude") & (frame["status"] == "done")]["run_id"].iloc[0]
+    assert [ax.get_ylabel() for ax in training_curves(load_log(fake.root, magnitude)).axes] == [
+        "training loss"
+    ]
+
+
+def test_saved_figures_embed_truetype_and_have_paper_widths(frame, fake, tmp_path):
+    run_id = frame[(frame["method"] == "adapmtl") & (frame["status"] == "done")]["run_id"].iloc[0]
+    one = save_figure(training_curves(load_log(fake.root, run_id)), tmp_path / "one")
+    two = save_figure(sparsity_allocation(frame), tmp_path / "two")
+    assert [p.name for p in one] == ["one.pdf", "one.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.pdf",
+        "one.png",
+        "two.pdf",
+        "two.png",
+    ]  # no temp
+    pdf = one[0].read_bytes()
+    assert pdf.startswith(b"%PDF-") and b"/FontFile2" in pdf and b"/Type3" not in pdf
+    assert Image.open(one[1]).size[0] == round(3.3 * 300)  # one column, 300 dpi
+    assert Image.open(two[1]).size[0] == round(6.9 * 300)  # two columns
+
+
+# ---------------------------------------------------------------------------------------- manifest
+
+
+def test_manifest_round_trip_of_a_real_matrix(tmp_path):
+    from tests.helpers import tiny_matrix
+
+    matrix = tiny_matrix()
+    path = write_manifest(matrix, tmp_path)
+    assert path == tmp_path / "tiny" / "matrix.json"
+    manifest = read_manifest(tmp_path, "tiny")
+    cells = matrix.expand()
+    assert manifest.cell_ids == [c.run_id for c in cells]
+    assert [(c["method"], c["target"], c["dense_run_id"]) for c in manifest.cells] == [
+        (c.method.label, c.target_sparsity, c.dense().run_id) for c in cells
+    ]
+    assert [d["run_id"] for d in manifest.dense] == [d.run_id for d in matrix.dense_stages()]
+    assert manifest.spec == matrix.model_dump(mode="json")
+    assert {"commit", "packages", "hostname", "written"} <= set(manifest.provenance)
+
+
+def test_a_damaged_manifest_is_named_with_the_key(tmp_path):
+    payload = {"format": 1, "name": "m", "spec": {}, "dense": [], "cells": [{"run_id": "x"}]}
+    with pytest.raises(ValueError, match=r"cells\[0\] lacks \['dense_run_id'"):
+        save_manifest(tmp_path, payload)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "matrix.json").write_text(json.dumps({**payload, "cells": "oops"}))
+    with pytest.raises(ValueError, match=r"m/matrix\.json: key 'cells' must be a list, got str"):
+        read_manifest(tmp_path, "m")
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def test_report_cli_exits_0_and_never_imports_torch(report):
+    proc, out = report
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH: []" in proc.stdout
+    assert "cells: 45 done, 1 failed, 1 running, 1 missing" in proc.stdout
+    assert (out / "report.html").is_file()
+
+
+def test_report_lists_failed_running_and_missing_cells_with_their_errors(report, fake):
+    _, out = report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    failed, running, missing = (fake.cells[i]["run_id"] for i in (FAILED, RUNNING, MISSING))
+    attention = page[
+        page.index('id="attention-table"') : page.index("</table>", page.index('id="attention-table"'))
+    ]
+    for run_id, status in ((failed, "failed"), (running, "running"), (missing, "missing")):
+        assert re.search(
+            rf'<tr class="{status}"><td class="l">{status}</td><td class="l">{run_id}</td>', attention
+        )
+    assert "fake failure 2" in attention and "never started" in attention
+    assert "Traceback ..." in attention  # the failed cell's traceback, from its status.json
+
+
+def test_report_tables_mark_the_failed_cell_in_markdown_latex_and_html(report):
+    _, out = report
+    markdown = (out / "tables" / "comparison.md").read_text(encoding="utf-8")
+    (row,) = [line for line in markdown.splitlines() if line.startswith("| deeplab_resnet34 | 50% | random")]
+    assert "(n=1 of 2)[^1]" in row
+    assert re.search(
+        r"^\[\^1\]: random, deeplab_resnet34, 50%: 1 of 2 seeds failed: .*fake failure 2", markdown, re.M
+    )
+    assert "random (n=1 of 2)" in (out / "tables" / "comparison.tex").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert '<td class="l">random (n=1 of 2)<sup class="fn">1</sup></td>' in page
+    names = sorted(p.name for p in (out / "tables").iterdir())
+    assert "table2_nyuv2_mobilenetv2_3_tasks_0.9.tex" in names and "comparison_all_metrics.md" in names
+
+
+def test_report_page_is_self_contained_with_spec_and_provenance(report, fake):
+    _, out = report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(list((out / "figures").glob("*.png"))) >= 8
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+    assert not re.search(r'(src|href)="https?://', page)  # nothing fetched from outside
+    assert "0123456789abcdef0123456789abcdef01234567: 49 stage(s)" in page  # 45 done cells + 4 dense stages
+    assert "&quot;sparsities&quot;: [\n    0.5,\n    0.9\n  ]" in page  # the matrix spec
+    assert "cuda:0 (NVIDIA H100 80GB HBM3)" in page
+
+
+def test_a_store_folder_reports_every_run_and_the_planned_missing_ones(fake):
+    root, manifests, name = resolve_source(fake.root)
+    assert (root, name, [m.name for m in manifests]) == (fake.root, None, ["fake"])
+    data = collect(root, manifests, name)
+    counts = data.frame["status"].value_counts().to_dict()
+    assert counts == {"done": 45, "failed": 1, "running": 1, "missing": 1}
+    (missing,) = data.frame[data.frame["status"] == "missing"].itertuples(index=False)
+    assert (missing.run_id, missing.method, missing.target_sparsity, missing.seed) == (
+        fake.cells[MISSING]["run_id"],
+        "adapmtl",
+        0.5,
+        0,
+    )
+    assert sorted(data.dense["run_id"]) == sorted(d["run_id"] for d in fake.dense)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "{tmp}/nowhere"], "{tmp}/nowhere: no such config file or result store"),
+        (["report", "{tmp}"], "{tmp}: not a result store (no runs/ folder in it)"),
+        (["report", "{tmp}/noname.yaml"], "{tmp}/noname.yaml: expected a mapping with a 'name' key"),
+        (
+            ["report", "{tmp}/other.yaml", "--store", "{store}"],
+            "{store}/other/matrix.json: no manifest of matrix 'other'",
+        ),
+        (["report", "{store}", "--store", "{tmp}"], "is a result store, and --store names another one"),
+    ],
+)
+def test_report_errors_exit_2_naming_the_path(argv, message, fake, tmp_path, capsys):
+    (tmp_path / "noname.yaml").write_text("datasets: []\n")
+    write_config(tmp_path / "other.yaml", "other")
+    fill = {"tmp": str(tmp_path), "store": str(fake.root)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(**fill) in err
+
+
+def test_an_unknown_style_is_refused_by_the_parser(fake, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(fake.root), "--style", "poster"])
+    assert exit_info.value.code == 2 and "invalid choice: 'poster'" in capsys.readouterr().err
+
+
+def test_markdown_tables_become_html_with_bold_underline_notes_and_escapes():
+    markdown = (
+        "Table: Caption <x>.\n\n| Arch | Method | Val ↑ |\n| :--- | :--- | ---: |\n"
+        "| a | m\\|1[^1] | **1.00** |\n| a | <script> | <u>0.50</u> |\n\n[^1]: m failed: boom\n"
+    )
+    out = markdown_table_html(markdown, table_id="t")
+    assert "<caption>Caption &lt;x&gt;.</caption>" in out
+    assert '<th class="l">Arch</th><th class="l">Method</th><th>Val ↑</th>' in out
+    assert '<td class="l">m|1<sup class="fn">1</sup></td><td><b>1.00</b></td>' in out
+    assert '<td class="l">&lt;script&gt;</td><td><u>0.50</u></td>' in out
+    assert "<li><sup>1</sup> m failed: boom</li>" in out
+
+
+# ---------------------------------------------------------------------------------------- chromium
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip(CHROMIUM_SKIP)
+    _, out = report
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+    ]
+    url = (out / "report.html").as_uri()
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body is not None, dom[:500]
+    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body[1]))
+    n_png = len(list((out / "figures").glob("*.png")))
+    assert attrs["images-total"] == attrs["images-ok"] == str(n_png)
+    assert int(attrs["table-rows"]) > 48  # the comparison table alone has one row per cell group
+    assert dom.count('<tr class="failed">') == 1
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1200,900", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert Image.open(shot).size == (1200, 900)

@@ -1,0 +1,169 @@
+"""`python -m tools.gpu_check`: step time and memory of a paper-size cell on this machine's accelerator.
+
+Times the trainer's own optimizer step (``bench.train.StepRunner``) three ways on the same model and batch:
+dense, holding 90% global magnitude masks, and AdapMTL's soft thresholds with its controller. Reports steps/s,
+the ratios to the dense step, and peak device memory, as JSON. Defaults are the paper setting
+(Deeplab-ResNet34, NYU-v2's three tasks, 321×321, batch 16); ``--amp`` and ``--channels-last`` exercise the
+GPU path. It runs on a CPU too (small ``--size``/``--width`` for a quick check); the numbers then mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench.registry import ARCHS, load_plugins
+from bench.sparsity import select_masks
+from bench.spec import TrainSpec
+from bench.train import StepRunner, to_device
+
+TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
+
+
+def synthetic_batch(batch: int, size: int, device: torch.device, pin: bool) -> dict[str, torch.Tensor]:
+    """A fixed NYU-v2-shaped batch, pinned in host memory when asked, copied to ``device`` non-blocking."""
+    gen = torch.Generator().manual_seed(0)
+    host = {
+        "input": torch.randn(batch, 3, size, size, generator=gen),
+        "segment_semantic": torch.randint(0, 40, (batch, size, size), generator=gen),
+        "normal": torch.nn.functional.normalize(torch.randn(batch, 3, size, size, generator=gen), dim=1),
+        "depth_zbuffer": torch.rand(batch, 1, size, size, generator=gen) + 0.5,
+    }
+    if pin and device.type == "cuda":
+        host = {k: v.pin_memory() for k, v in host.items()}
+    return to_device(host, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[int], Any], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
+    for i in range(warmup):
+        step(i)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def check(
+    arch: str = "deeplab_resnet34",
+    size: int = 321,
+    batch: int = 16,
+    steps: int = 200,
+    warmup: int = 10,
+    width: float = 1.0,
+    head_width: float = 1.0,
+    amp: str = "none",
+    channels_last: bool = False,
+    device: str = "auto",
+    sparsity: float = 0.9,
+) -> dict[str, Any]:
+    from methods.adapmtl import AdapMTLCallback, AdaptiveWeighting, TargetSchedule, ThresholdBank
+
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+    spec = TrainSpec(steps=steps + warmup, batch_size=batch, lr=1e-4, optimizer="adam", amp=amp)
+    data = synthetic_batch(batch, size, dev, pin=True)
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        return ARCHS.get(arch)(TASK_CHANNELS, width=width, head_width=head_width).to(dev)
+
+    def measure(runner: StepRunner) -> dict[str, float | None]:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        seconds = time_steps(lambda i: runner(data, i), steps, warmup, dev)
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        return {"step_ms": seconds * 1e3, "steps_per_s": 1.0 / seconds, "peak_memory_gib": peak}
+
+    results: dict[str, Any] = {}
+    dense_model = model()
+    results["dense"] = measure(StepRunner(dense_model, "nyuv2", spec, dev, channels_last=channels_last))
+    params = dense_model.prunable_parameters()
+    masks = select_masks({n: p.detach().abs() for n, p in params.items()}, sparsity, "global")
+    del dense_model
+    masked_model = model()
+    results["masked"] = measure(
+        StepRunner(masked_model, "nyuv2", spec, dev, masks, channels_last=channels_last)
+    )
+    del masked_model
+    adap_model = model()
+    bank = ThresholdBank(
+        adap_model, adap_model.prunable_parameters(), adap_model.component_of, adap_model.component_of, -15.0
+    )
+    schedule = TargetSchedule(sparsity, 20_000, 0.125, 0.75, every=40)
+    bank.solve_offset(sparsity / 2, exact=True)
+    tasks = adap_model.tasks
+    callback = AdapMTLCallback(
+        bank, tasks, {}, AdaptiveWeighting(tasks, 0, 2, len(tasks)), schedule, freeze_at=None
+    )
+    bank.install()
+    results["adapmtl"] = measure(
+        StepRunner(adap_model, "nyuv2", spec, dev, callbacks=[callback], channels_last=channels_last)
+    )
+    dense_ms = results["dense"]["step_ms"]
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "setting": {
+            "arch": arch,
+            "size": size,
+            "batch": batch,
+            "width": width,
+            "head_width": head_width,
+            "amp": amp,
+            "channels_last": channels_last,
+            "steps": steps,
+            "warmup": warmup,
+            "sparsity": sparsity,
+        },
+        **results,
+        "ratio_to_dense": {k: results[k]["step_ms"] / dense_ms for k in ("masked", "adapmtl")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="deeplab_resnet34")
+    parser.add_argument("--size", type=int, default=321, help="square input side (paper: 321)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--head-width", type=float, default=1.0)
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    load_plugins([])
+    out = check(
+        arch=args.arch,
+        size=args.size,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        width=args.width,
+        head_width=args.head_width,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        device=args.device,
+    )
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
