@@ -43,9 +43,9 @@ DENSE_METRICS = {
         "normal.within_30": 78.0,
         "depth_zbuffer.abs_err": 0.55,
         "depth_zbuffer.rel_err": 0.21,
-        "depth_zbuffer.delta_1_25": 0.70,
-        "depth_zbuffer.delta_1_25_2": 0.91,
-        "depth_zbuffer.delta_1_25_3": 0.97,
+        "depth_zbuffer.delta_1_25": 70.0,
+        "depth_zbuffer.delta_1_25_2": 91.0,
+        "depth_zbuffer.delta_1_25_3": 97.0,
     },
     "mobilenetv2": {
         "segment_semantic.miou": 0.20,
@@ -57,9 +57,9 @@ DENSE_METRICS = {
         "normal.within_30": 87.0,
         "depth_zbuffer.abs_err": 0.57,
         "depth_zbuffer.rel_err": 0.22,
-        "depth_zbuffer.delta_1_25": 0.62,
-        "depth_zbuffer.delta_1_25_2": 0.89,
-        "depth_zbuffer.delta_1_25_3": 0.97,
+        "depth_zbuffer.delta_1_25": 62.0,
+        "depth_zbuffer.delta_1_25_2": 89.0,
+        "depth_zbuffer.delta_1_25_3": 97.0,
     },
 }
 LOWER_IS_BETTER = {"normal.mean", "normal.median", "depth_zbuffer.abs_err", "depth_zbuffer.rel_err"}
