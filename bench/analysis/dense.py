@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.load import setting_columns
 from bench.store import RESULT, SPEC, STATUS, read_json
 
 __all__ = ["DENSE_COLUMNS", "load_dense"]
@@ -34,19 +35,7 @@ DENSE_COLUMNS = [
 
 
 def _row(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    spec = payload["spec"]
-    row: dict[str, Any] = {
-        "run_id": payload["run_id"],
-        "dataset": spec["data"]["dataset"],
-        "tasks": ",".join(spec["data"]["tasks"]),
-        "arch": spec["arch"]["name"],
-        "width": spec["arch"]["width"],
-        "head_width": spec["arch"]["head_width"],
-        "seed": spec["seed"],
-        "protocol": spec["eval"]["protocol"],
-        "status": "pending",
-        "error": None,
-    }
+    row: dict[str, Any] = {**setting_columns(payload), "status": "pending", "error": None}
     if (run_dir / RESULT).is_file():
         result = read_json(run_dir / RESULT)
         row.update(status="done", steps_total=result.get("steps_total"), wall_s=result.get("wall_s"))

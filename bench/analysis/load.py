@@ -49,6 +49,21 @@ def _scalars(section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def setting_columns(spec_payload: dict[str, Any]) -> dict[str, Any]:
+    """The columns that say which setting a stage (dense or cell) belongs to, from its spec.json."""
+    spec = spec_payload["spec"]
+    return {
+        "run_id": spec_payload["run_id"],
+        "dataset": spec["data"]["dataset"],
+        "tasks": ",".join(spec["data"]["tasks"]),
+        "arch": spec["arch"]["name"],
+        "width": spec["arch"]["width"],
+        "head_width": spec["arch"]["head_width"],
+        "seed": spec["seed"],
+        "protocol": spec["eval"]["protocol"],
+    }
+
+
 def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dict | None]) -> dict[str, Any]:
     spec = spec_payload["spec"]
     method = spec["method"]
@@ -58,17 +73,10 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dic
     )
     status, error = _status(run_dir)
     row: dict[str, Any] = {
-        "run_id": spec_payload["run_id"],
-        "dataset": spec["data"]["dataset"],
-        "tasks": ",".join(spec["data"]["tasks"]),
-        "arch": spec["arch"]["name"],
-        "width": spec["arch"]["width"],
-        "head_width": spec["arch"]["head_width"],
+        **setting_columns(spec_payload),
         "method": label,
         "method_name": method["name"],
         "target_sparsity": spec["target_sparsity"],
-        "seed": spec["seed"],
-        "protocol": spec["eval"]["protocol"],
         "status": status,
         "error": error,
         "dense_run_id": spec_payload.get("dense_run_id"),
