@@ -474,3 +474,29 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         check=True,
     )
     assert Image.open(shot).size == (1200, 900)
+
+
+def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
+    """16 methods with long labels: the legend takes as many columns as fit, and never leaves the figure."""
+    from bench.analysis.figures import _legend_cols, delta_vs_sparsity
+
+    # 7-pt paper text → 6-pt legend: em = 1/12 in; a 30-character label needs (3.6 + 16.5) em = 1.675 in
+    assert _legend_cols(["x" * 30], 3.3, 7.0) == 1
+    assert _legend_cols(["x" * 30] * 5, 6.9, 7.0) == 3  # 0.97 · 6.9 / 1.675 = 3.99… → 3
+    assert _legend_cols(["ab"] * 3, 6.9, 7.0) == 3  # never more columns than entries
+    assert _legend_cols([], 3.3, 7.0) == 1
+    labels = [f"method-{i}(parameter_{i}=value)" for i in range(16)]
+    store = build_fake_store(
+        tmp_path / "store", archs=("deeplab_resnet34",), methods=labels, seeds=(0,), logs=False
+    )
+    fig = delta_vs_sparsity(load_results(store.root), style="paper")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box, (legend,) = fig.get_window_extent(renderer), fig.legends
+    inside = legend.get_window_extent(renderer)
+    assert box.x0 - 1 <= inside.x0 and inside.x1 <= box.x1 + 1
+    assert box.y0 - 1 <= inside.y0
+    assert len(legend.get_texts()) >= 16

@@ -199,28 +199,36 @@ def _dense_handle() -> Line2D:
     return Line2D([], [], color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
 
 
-def _legend_cols(n_legend: int, n_cols: int) -> int:
-    """Legend columns: up to 4 under a one-column figure, 6 under a two-column one."""
-    return max(1, min(n_legend, 4 if n_cols == 1 else 6))
+def _legend_cols(labels: Sequence[str], width_in: float, font_size: float) -> int:
+    """As many legend columns as fit the figure's width with its longest label (never wider than it)."""
+    if not labels:
+        return 1
+    em = (font_size - 1) / 72  # legend.fontsize, in inches
+    # handle (1.8 em) + pad (0.8 em) + column spacing (1.0 em) + the text (about 0.55 em a character)
+    column = em * (3.6 + 0.55 * max(len(str(label)) for label in labels))
+    return max(1, min(len(labels), int(0.97 * width_in // column)))
 
 
 def _figure(
-    n_rows: int, n_cols: int, fs: FigureStyle, n_legend: int, **subplot_kw: Any
+    n_rows: int, n_cols: int, fs: FigureStyle, legend: Sequence[str], **subplot_kw: Any
 ) -> tuple[Figure, Any]:
-    """A constrained-layout grid (two paper columns wide when it has several) with room for a legend."""
-    legend_rows = math.ceil(n_legend / _legend_cols(n_legend, n_cols)) if n_legend else 0
+    """A constrained-layout grid (two paper columns wide when it has several) with room for a legend
+    of the entries ``legend`` below it."""
+    width = fs.width(2 if n_cols > 1 else 1)
+    legend_rows = math.ceil(len(legend) / _legend_cols(legend, width, fs.font_size)) if legend else 0
     height = fs.panel_height * n_rows + legend_rows * fs.font_size * 1.7 / 72 + 0.15
-    fig = Figure(figsize=(fs.width(2 if n_cols > 1 else 1), height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.subplots(n_rows, n_cols, squeeze=False, **subplot_kw)
 
 
 def _legend(fig: Figure, handles: list[Line2D], n_cols: int) -> None:
-    """One legend for the whole figure, below the panels."""
+    """One legend for the whole figure, below the panels, in as many columns as fit its width."""
     if handles:
+        labels = [str(h.get_label()) for h in handles]
         fig.legend(
             handles=handles,
             loc="outside lower center",
-            ncols=_legend_cols(len(handles), n_cols),
+            ncols=_legend_cols(labels, fig.get_figwidth(), matplotlib.rcParams["font.size"]),
             frameon=False,
             handlelength=1.8,
             columnspacing=1.0,
@@ -286,7 +294,9 @@ def metrics_vs_sparsity(
     has_dense = False
     with style_context(style) as fs:
         methods = sorted(done["method"].astype(str).unique())
-        fig, axes = _figure(len(metric_list), len(settings), fs, len(methods) + 1, sharex=True, sharey="row")
+        fig, axes = _figure(
+            len(metric_list), len(settings), fs, [*methods, "dense"], sharex=True, sharey="row"
+        )
         for col, (key, _values) in enumerate(settings):
             rows = done[cell_keys == key]
             for row, metric in enumerate(metric_list):
@@ -359,7 +369,9 @@ def delta_vs_sparsity(
     drawn: list[str] = []
     tables: list[str] = []
     with style_context(style) as fs:
-        fig, axes = _figure(len(rows_with), len(settings), fs, len(methods) + 2, sharex=True, sharey="row")
+        fig, axes = _figure(
+            len(rows_with), len(settings), fs, [*methods, "dense", "published"], sharex=True, sharey="row"
+        )
         for col, (key, values) in enumerate(settings):
             rows = done[cell_keys == key]
             pub = _published_rows(published, values, set(methods))
@@ -457,7 +469,7 @@ def sparsity_allocation(
     methods = sorted(done["method"].astype(str).unique())
     drawn: list[str] = []
     with style_context(style) as fs:
-        fig, axes = _figure(len(settings), len(targets), fs, len(methods) + 1, sharey=True)
+        fig, axes = _figure(len(settings), len(targets), fs, [*methods, "dense"], sharey=True)
         width = 0.8 / len(methods)
         for row, (key, values) in enumerate(settings):
             rows = done[cell_keys == key]
@@ -615,7 +627,7 @@ def training_overview(
     panels = ["loss"] + (["sparsity"] if any(sparsity.values()) else [])
     drawn: list[str] = []
     with style_context(style) as fs:
-        fig, axes = _figure(1, len(panels), fs, len(logs), sharex=True)
+        fig, axes = _figure(1, len(panels), fs, sorted(logs), sharex=True)
         for method in sorted(logs):
             log, style_ = logs[method], styles[method]
             steps = log[log["step"].notna()] if "step" in log else log.iloc[0:0]
