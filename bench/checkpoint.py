@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,9 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from bench.store import atomic_write_bytes
+from bench.store import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_INFO = "checkpoint.json"  # where the checkpoint is (call, step, time), readable without torch
 FORMAT = 1
 
 
@@ -115,12 +117,15 @@ class StageCheckpoint:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
+        info = {"call": payload["call"], "step": payload["step"], "saved": time.time()}
+        atomic_write_json(self.path.with_name(CHECKPOINT_INFO), info)  # for `bench status`
         self.saves += 1
         if self.on_save is not None:
             self.on_save(payload)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.path.with_name(CHECKPOINT_INFO).unlink(missing_ok=True)
 
 
 class CallCheckpoint:

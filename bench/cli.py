@@ -99,6 +99,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
+    """Where a stage's in-stage checkpoint is (bench/checkpoint.py), or None; torch-free."""
+    from bench.checkpoint import CHECKPOINT_INFO
+    from bench.store import read_json
+
+    path = run_dir / CHECKPOINT_INFO
+    return read_json(path) if path.is_file() else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from bench.scheduler import lock_summary, stages_of
     from bench.store import Store
@@ -134,10 +143,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 )
             elif status == "running":  # killed without a trace of its lock: resumes on the next run
                 status = shown = "interrupted"
+            saved = _checkpoint_info(store.run_dir(run_id))
+            if saved is not None:
+                age = now - float(saved["saved"])
+                holders.append(
+                    f"  {run_id} {stage.label}: checkpoint at step {saved['step']} of training call "
+                    f"{saved['call']}, saved {age:.0f} s ago (a run resumes from there)"
+                )
         counts[status] = counts.get(status, 0) + 1
         table.add_row(stage.kind, run_id, stage.label, shown)
     console.print(table)
-    for title, lines in (("failed", failures), ("locked", holders)):
+    for title, lines in (("failed", failures), ("in progress", holders)):
         if lines:
             console.print(f"[bold]{title}:[/bold]")
             for line in lines:
@@ -225,7 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_run_report(matrix, store, console)
     if outcome.failed:
         console.print(
-            f"[red]{len(outcome.failed)} stage(s) failed[/red]; see `python -m bench status {args.config}`"
+            f"[red]{len(outcome.failed)} stage(s) failed[/red]; see `python -m bench status {args.config}"
+            + ("" if Path(args.store) == DEFAULT_STORE else f" --store {args.store}")
+            + "`; `--retry-failed` runs them again"
         )
         return 1
     return 0

@@ -321,7 +321,12 @@ def _provenance(start: float, device: torch.device, resume: dict[str, Any] | Non
     return {
         "wall_s": end - start,
         "device": str(device),
-        "provenance": {**provenance(device_name(str(device))), **timing(start, end)},
+        "provenance": {
+            **provenance(device_name(str(device))),
+            **timing(start, end),
+            # CPU float reductions depend on the thread count: equal counts give bit-identical results
+            "torch_threads": torch.get_num_threads(),
+        },
         "resumed_from": None if resume is None else {"call": resume["call"], "step": resume["step"]},
     }
 

@@ -228,6 +228,7 @@ def test_every_result_carries_its_provenance(tmp_path):
         result = store.result(stage.run_id)
         prov = result["provenance"]
         assert set(prov) >= {"commit", "dirty", "packages", "hostname", "device", "start", "end", "wall_s"}
+        assert prov["torch_threads"] == torch.get_num_threads()
         assert prov["packages"]["torch"] == torch.__version__.split("+")[0]
         assert prov["device"] == "cpu" and result["resumed_from"] is None
         assert prov["start"] < prov["end"] and prov["wall_s"] > 0

@@ -6,6 +6,7 @@ second), and during a method's retraining. Completed cells are neither lost nor 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.checkpoint import CHECKPOINT
+from bench.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
+from bench.cli import main
 from bench.runner import plan
 from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
@@ -55,7 +57,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("where", list(KILLS))
-def test_sigkill_then_rerun_ends_as_an_uninterrupted_run(reference, where, tmp_path):
+def test_sigkill_then_rerun_ends_as_an_uninterrupted_run(reference, where, tmp_path, capsys):
     matrix, ref_store = reference
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
@@ -73,12 +75,20 @@ def test_sigkill_then_rerun_ends_as_an_uninterrupted_run(reference, where, tmp_p
     interrupted = [s.run_id for s in stages if not store.is_done(s.run_id)]
     assert interrupted, "the kill came after the last stage"
     assert (store.run_dir(interrupted[0]) / CHECKPOINT).is_file()
+    saved = json.loads((store.run_dir(interrupted[0]) / CHECKPOINT_INFO).read_text())
+    payload = read_checkpoint(store.run_dir(interrupted[0]) / CHECKPOINT)
+    assert (saved["call"], saved["step"]) == (payload["call"], payload["step"])
+    assert main(["status", str(config), "--store", str(store.root)]) == 0
+    status = capsys.readouterr().out
+    assert "interrupted" in status  # the killed process's lock is stale: its pid is gone
+    assert f"checkpoint at step {saved['step']} of training call {saved['call']}" in status
 
     rerun = _bench(["run", str(config), "--store", str(store.root), "--no-progress"])
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     for stage in stages:
         assert _fingerprint(store, stage.run_id) == _fingerprint(ref_store, stage.run_id), stage.run_id
         assert not (store.run_dir(stage.run_id) / CHECKPOINT).exists()
+        assert not (store.run_dir(stage.run_id) / CHECKPOINT_INFO).exists()
     for run_id, mtime in finished_before.items():  # completed before the kill: kept, not re-run
         assert (store.run_dir(run_id) / "result.json").stat().st_mtime_ns == mtime
     assert store.result(interrupted[0])["resumed_from"] is not None
