@@ -105,9 +105,9 @@ from torch import Tensor, nn
 from bench.context import MethodContext
 from bench.registry import METHODS
 from bench.sparsity import Masks, erk_densities, layer_prune_counts
-from bench.train import StepRunner, TrainCallback
+from bench.train import StepRunner
 from methods.base import MethodParams, PruningMethod
-from methods.rigl import reset_optimizer_state, rigl_drop_fraction
+from methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
 from methods.scoring import scoring_copy, weight_grads
 
 TaskLossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Mapping[str, Tensor]]
@@ -361,7 +361,7 @@ def disparse_layer_update(
     return shaped(new), shaped(new & ~active), [shaped(t) for t in tops]
 
 
-class DisparseDynamicCallback(TrainCallback):
+class DisparseDynamicCallback(MaskUpdateCallback):
     """Every ``delta_t`` steps before ``end_step``: magnitude drop, per-task gradient regrowth (union)."""
 
     def __init__(
@@ -372,12 +372,11 @@ class DisparseDynamicCallback(TrainCallback):
         prune_rate: float,
         end_step: int,
     ) -> None:
+        super().__init__()
         self.params, self.pools = dict(params), {t: list(p) for t, p in pools.items()}
         self.delta_t, self.prune_rate, self.end_step = delta_t, prune_rate, end_step
         self.tasks_of = {n: [t for t, pool in self.pools.items() if n in pool] for n in self.params}
-        self.updates: list[dict[str, float]] = []  # one record per mask update (what after_step logs)
         self._grads: dict[str, dict[str, Tensor]] | None = None
-        self._pending: dict[str, float] | None = None
 
     def is_update_step(self, step: int) -> bool:
         return step % self.delta_t == 0 and step < self.end_step
@@ -418,23 +417,13 @@ class DisparseDynamicCallback(TrainCallback):
             total += new.numel()
         # The gradient is masked with the new masks next: this step already trains the new topology.
         runner.set_masks(new_masks)
-        self._pending = {
+        scalars = {
             "disparse.prune_rate": rate,
             "disparse.changed": float(changed),
             "disparse.sparsity": 1.0 - kept / total,
             "disparse.grow_overlap": inter / union if union else 1.0,
         }
-        self.updates.append({"step": float(step), **self._pending})
-
-    def after_step(self, step: int, runner: StepRunner) -> dict[str, float] | None:
-        scalars, self._pending = self._pending, None
-        return scalars
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": [dict(u) for u in self.updates]}  # the masks are the runner's, in its state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.updates = [dict(u) for u in state["updates"]]
+        self.record_update(step, scalars)
 
 
 # ------------------------------------------------------------------------------------------ methods

@@ -117,14 +117,36 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter,
     return touched
 
 
-class RigLCallback(TrainCallback):
+class MaskUpdateCallback(TrainCallback):
+    """Shared by the drop-and-grow callbacks: one record per mask update, logged with its step and kept
+    (in the checkpoint too) as the update history. The masks themselves are the runner's."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, float]] = []  # one record per mask update (what after_step logs)
+        self._pending: dict[str, float] | None = None
+
+    def record_update(self, step: int, scalars: dict[str, float]) -> None:
+        self._pending = scalars
+        self.updates.append({"step": float(step), **scalars})
+
+    def after_step(self, step: int, runner: StepRunner) -> dict[str, float] | None:
+        scalars, self._pending = self._pending, None
+        return scalars
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": [dict(u) for u in self.updates]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.updates = [dict(u) for u in state["updates"]]
+
+
+class RigLCallback(MaskUpdateCallback):
     """Drop-and-grow every ``delta_t`` steps before ``end_step``, on the step's dense gradient."""
 
     def __init__(self, delta_t: int, alpha: float, end_step: int, regrow_dropped: bool = True) -> None:
+        super().__init__()
         self.delta_t, self.alpha, self.end_step = delta_t, alpha, end_step
         self.regrow_dropped = regrow_dropped
-        self.updates: list[dict[str, float]] = []  # one record per mask update (what after_step logs)
-        self._pending: dict[str, float] | None = None
 
     def is_update_step(self, step: int) -> bool:
         return step % self.delta_t == 0 and step < self.end_step
@@ -149,18 +171,7 @@ class RigLCallback(TrainCallback):
             new_masks[name] = new.cpu()
         # The gradient is masked with the new masks next, so this step already trains the new topology.
         runner.set_masks(new_masks)
-        self._pending = {"rigl.drop_fraction": fraction, "rigl.changed": float(changed)}
-        self.updates.append({"step": float(step), **self._pending})
-
-    def after_step(self, step: int, runner: StepRunner) -> dict[str, float] | None:
-        scalars, self._pending = self._pending, None
-        return scalars
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": [dict(u) for u in self.updates]}  # the masks are the runner's, in its state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.updates = [dict(u) for u in state["updates"]]
+        self.record_update(step, {"rigl.drop_fraction": fraction, "rigl.changed": float(changed)})
 
 
 class RigLParams(MethodParams):

@@ -33,6 +33,17 @@ def tiny_matrix_dict(**overrides: Any) -> dict[str, Any]:
     return data
 
 
+# One dense stage and one cell on a one-task model: the smallest matrix the scheduler and executors run.
+SMALL: dict[str, Any] = {
+    "datasets": [{**tiny_matrix_dict()["datasets"][0], "tasks": ["segment_semantic"]}],
+    "methods": [{"name": "magnitude"}],
+    "sparsities": [0.5],
+    "train": {"steps": 3, "batch_size": 4, "lr": 0.003},
+    "finetune": {"steps": 1, "batch_size": 4},
+    "runtime": {"device": "cpu", "num_threads": 1},
+}
+
+
 def tiny_matrix(**overrides: Any) -> MatrixSpec:
     return parse_matrix(tiny_matrix_dict(**overrides), "<tiny>")
 

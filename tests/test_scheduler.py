@@ -26,18 +26,9 @@ from bench.cli import main
 from bench.registry import METHODS, load_plugins
 from bench.scheduler import read_events, run_matrix, stages_of
 from bench.store import Store
-from tests.helpers import load_masks, tiny_matrix, tiny_matrix_dict
+from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-SEG = {**tiny_matrix_dict()["datasets"][0], "tasks": ["segment_semantic"]}
-SMALL = {
-    "datasets": [SEG],
-    "methods": [{"name": "magnitude"}],
-    "sparsities": [0.5],
-    "train": {"steps": 3, "batch_size": 4, "lr": 0.003},
-    "finetune": {"steps": 1, "batch_size": 4},
-    "runtime": {"device": "cpu", "num_threads": 1},
-}
 
 
 def _dict(**overrides) -> dict:

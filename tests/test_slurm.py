@@ -26,17 +26,7 @@ from bench.scheduler import read_events, run_matrix, stages_of
 from bench.spec import ConfigError
 from bench.spec.models import SlurmSpec
 from bench.store import Store
-from tests.helpers import load_masks, tiny_matrix, tiny_matrix_dict
-
-SEG = {**tiny_matrix_dict()["datasets"][0], "tasks": ["segment_semantic"]}
-SMALL = {
-    "datasets": [SEG],
-    "methods": [{"name": "magnitude"}],
-    "sparsities": [0.5],
-    "train": {"steps": 3, "batch_size": 4, "lr": 0.003},
-    "finetune": {"steps": 1, "batch_size": 4},
-    "runtime": {"device": "cpu", "num_threads": 1},
-}
+from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
 
 def _matrix(**overrides):

@@ -556,14 +556,9 @@ def _comparison_layout(table: pd.DataFrame) -> _Layout:
     for record in table.to_dict("records"):
         block = tuple(str(record.get(k)) for k in block_keys)
         rows.append(
-            _Row(
-                keys=[_key_text(k, record[k]) for k in shown],
-                label=str(record["label"]),
-                status=str(record["status"]),
-                n_seeds=int(record["n_seeds"]),
-                planned=int(record["n_seeds"] + record["n_failed"] + record["n_missing"]),
-                n_failed=int(record["n_failed"]),
-                error=record.get("error") if isinstance(record.get("error"), str) else None,
+            _row_of(
+                record,
+                shown,
                 means=[_float(record.get(f"{m}.mean")) for m in metrics],
                 stds=[_float(record.get(f"{m}.std")) for m in metrics],
                 block=None if record.get("method") == DENSE else block,
@@ -582,6 +577,25 @@ def _comparison_layout(table: pd.DataFrame) -> _Layout:
     )
 
 
+def _row_of(
+    record: dict[str, Any], shown: list[str], means: list[float], stds: list[float], block: Any, section: Any
+) -> _Row:
+    """A table row from one record of comparison_table/table2_layout: its keys, label, status and counts."""
+    return _Row(
+        keys=[_key_text(k, record[k]) for k in shown],
+        label=str(record["label"]),
+        status=str(record["status"]),
+        n_seeds=int(record["n_seeds"]),
+        planned=int(record["n_seeds"] + record["n_failed"] + record["n_missing"]),
+        n_failed=int(record["n_failed"]),
+        error=record.get("error") if isinstance(record.get("error"), str) else None,
+        means=means,
+        stds=stds,
+        block=block,
+        section=section,
+    )
+
+
 def _table2_layout_of(table: pd.DataFrame) -> _Layout:
     attrs = table.attrs
     head = {"label", "method", "protocol", "status", "n_seeds", "n_failed", "n_missing", "error"}
@@ -592,14 +606,9 @@ def _table2_layout_of(table: pd.DataFrame) -> _Layout:
     for record in table.to_dict("records"):
         published = record["status"] == PUBLISHED
         rows.append(
-            _Row(
-                keys=[_key_text(k, record[k]) for k in shown],
-                label=str(record["label"]),
-                status=str(record["status"]),
-                n_seeds=int(record["n_seeds"]),
-                planned=int(record["n_seeds"] + record["n_failed"] + record["n_missing"]),
-                n_failed=int(record["n_failed"]),
-                error=record.get("error") if isinstance(record.get("error"), str) else None,
+            _row_of(
+                record,
+                shown,
                 means=[_float(record.get(m)) for m in metrics],
                 stds=[math.nan] * len(metrics),
                 block=None if record["method"] == DENSE else str(record["protocol"]),
