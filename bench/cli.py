@@ -1,4 +1,4 @@
-"""`python -m bench ...`: run, plan, status, report, methods, archs, datasets, data synth/verify."""
+"""`python -m bench ...`: run, plan, status, report, methods/archs/datasets, data synth/verify/fingerprint."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.registry import ARCHS, DATASETS, METHODS, load_plugins
-from bench.spec import ArchSpec, ConfigError, MatrixSpec, load_matrix
+from bench.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 
 DEFAULT_STORE = Path("results")
 EXECUTORS = ("local", "slurm", "submitit-local")  # bench.executors.EXECUTORS, without importing it
@@ -69,32 +69,62 @@ def _load(path: str) -> MatrixSpec:
     return load_matrix(path)
 
 
+UNKNOWN_ID = "(unknown)"  # a stage whose run id depends on a data fingerprint that cannot be computed
+
+
+def _unknown_data(matrix: MatrixSpec, unknown: dict[int, str]) -> list[str]:
+    """Why the run ids of some datasets are unknown, and how to make them known."""
+    return [
+        f"run ids of datasets[{i}] ({matrix.datasets[i].dataset}) are unknown: they follow the content "
+        f"fingerprint of its data, which cannot be computed now ({why}); make the data readable, or pin "
+        f"datasets[{i}].fingerprint (python -m bench data fingerprint --dataset {matrix.datasets[i].dataset} "
+        f"--root {matrix.datasets[i].root})"
+        for i, why in unknown.items()
+    ]
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from bench.estimate import estimate_costs
+    from bench.fingerprint import identity_known, resolve_data_lenient
     from bench.runner import plan, requirements, stage_keys
     from bench.store import Store
 
-    matrix = _load(args.config)
     store = Store(args.store)
+    matrix, unknown = resolve_data_lenient(_load(args.config), store.root)
     the_plan = plan(matrix)
+
+    def shown(run_id: str, known: bool) -> tuple[str, str]:
+        return (run_id, store.status(run_id)) if known else (UNKNOWN_ID, "unknown")
+
     table = Table(title=f"{matrix.name}: {len(the_plan.dense)} dense stage(s), {len(the_plan.cells)} cell(s)")
     for column in ("stage", "run_id", "dataset/tasks", "arch", "method", "target", "seed", "needs", "status"):
         table.add_column(column)
     for d in the_plan.dense:
         arch = f"{d.arch.name} w{d.arch.width:g}/h{d.arch.head_width:g}"
         data = f"{d.data.dataset}:{','.join(d.data.tasks)}"
-        table.add_row("dense", d.run_id, data, arch, "—", "—", str(d.seed), "—", store.status(d.run_id))
+        run_id, status = shown(d.run_id, identity_known(d.data))
+        table.add_row("dense", run_id, data, arch, "—", "—", str(d.seed), "—", status)
     for c in the_plan.cells:
         arch = f"{c.arch.name} w{c.arch.width:g}/h{c.arch.head_width:g}"
         data = f"{c.data.dataset}:{','.join(c.data.tasks)}"
-        row = ("cell", c.run_id, data, arch, c.method.label, f"{c.target_sparsity:g}", str(c.seed))
-        table.add_row(*row, c.dense().run_id, store.status(c.run_id))
+        run_id, status = shown(c.run_id, identity_known(c.data))
+        row = ("cell", run_id, data, arch, c.method.label, f"{c.target_sparsity:g}", str(c.seed))
+        table.add_row(*row, shown(c.dense().run_id, identity_known(c.data))[0], status)
     console.print(table)
+    for line in _unknown_data(matrix, unknown):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print("[bold]What the run needs[/bold]")
     for line in requirements(matrix):
         console.print(f"  {line}", markup=False, highlight=False)
-    estimate = estimate_costs(store.root, stage_keys(the_plan))
-    for line in [estimate.line, *estimate.notes]:
+    known = {s.run_id for s in [*the_plan.dense, *the_plan.cells] if identity_known(s.data)}
+    keys = [
+        k if k.run_id in known else replace(k, run_id=f"unknown-{k.run_id}") for k in stage_keys(the_plan)
+    ]
+    estimate = estimate_costs(store.root, keys)  # a stage of unknown id counts as pending
+    wall = estimate.wall_line(matrix.runtime.workers)
+    for line in [estimate.line, *([wall] if wall else []), *estimate.notes]:
         console.print(f"  {line}", markup=False, highlight=False)
     return 0
 
@@ -109,11 +139,14 @@ def _checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bench.fingerprint import DataFingerprintError, resolve_data_lenient
     from bench.scheduler import lock_summary, stages_of
     from bench.store import Store
 
-    matrix = _load(args.config)
     store = Store(args.store)
+    matrix, unknown = resolve_data_lenient(_load(args.config), store.root)
+    if unknown:
+        raise DataFingerprintError("; ".join(_unknown_data(matrix, unknown)))
     now = time.time()
     counts: dict[str, int] = {}
     failures: list[str] = []
@@ -153,13 +186,56 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts[status] = counts.get(status, 0) + 1
         table.add_row(stage.kind, run_id, stage.label, shown)
     console.print(table)
-    for title, lines in (("failed", failures), ("in progress", holders)):
+    warnings = _convergence_warnings(stages_of(matrix), store)
+    for title, lines in (("failed", failures), ("in progress", holders), ("warning", warnings)):
         if lines:
             console.print(f"[bold]{title}:[/bold]")
             for line in lines:
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
+
+
+def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
+    """One line per finished dense stage that has not converged (bench.convergence): its training loss was
+    still falling at the end, or its control row gained more than the tolerance from the finetune budget."""
+    from bench.aggregate import delta_t
+    from bench.convergence import CONTROL_TOLERANCE, control_converged
+
+    lines = []
+    controls = {
+        s.spec.dense().run_id: s for s in stages if s.kind == "cell" and s.spec.method.name == CONTROL_METHOD
+    }
+    for stage in stages:
+        if stage.kind != "dense" or not store.is_done(stage.run_id):
+            continue
+        dense = store.result(stage.run_id)
+        convergence = dense.get("convergence") or {}
+        if convergence.get("converged") is False:
+            lines.append(
+                f"  {stage.run_id} {stage.label}: NOT CONVERGED: its loss fell by "
+                f"{100 * convergence['rel_drop']:.1f}% within the last 20% of training (tolerance "
+                f"{100 * convergence['tolerance']:g}%); train.steps is too small for a comparison to mean "
+                "much"
+            )
+        control = controls.get(stage.run_id)
+        if control is None or not store.is_done(control.run_id):
+            continue
+        data = stage.spec.data
+        try:
+            gain = delta_t(
+                store.result(control.run_id)["metrics"], dense["metrics"], data.tasks, dataset=data.dataset
+            )
+        except (KeyError, ValueError):  # a dense metric of 0: no ΔT, no verdict
+            continue
+        if not control_converged(gain["delta_t"]):
+            lines.append(
+                f"  {stage.run_id} {stage.label}: NOT CONVERGED: the control row ({CONTROL_METHOD}) moves ΔT "
+                f"by {gain['delta_t']:+.1f} from the finetune budget alone (tolerance "
+                f"±{CONTROL_TOLERANCE:g}); compare methods against the control (delta_t_control), or train "
+                "the dense stage longer"
+            )
+    return lines
 
 
 def _clip(text: str, limit: int = 240) -> str:
@@ -200,15 +276,18 @@ def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.fingerprint import resolve_data
     from bench.manifest import write_manifest
     from bench.report import write_run_report
-    from bench.scheduler import run_matrix
+    from bench.scheduler import check_changed_code, run_matrix, stages_of
     from bench.store import Store
 
-    matrix = _load(args.config)
     store = Store(args.store)
+    matrix = resolve_data(_load(args.config), store.root)  # before any run id: disk data ids follow content
     plugins = [*args.plugin, *args.sub_plugin]
     overrides = _slurm_overrides(args)
+    for cell in check_changed_code(stages_of(matrix), store, args.recompute_changed):
+        console.print(f"recomputing {cell.run_id} ({cell.method}): its plugin code changed", markup=False)
     if args.executor == "local":
         if overrides:
             named = ", ".join(f"--{f.replace('_', '-')}" for f in SLURM_FLAGS if getattr(args, f) is not None)
@@ -239,6 +318,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         outcome = submission.outcome
     write_run_report(matrix, store, console)
+    for line in _convergence_warnings(stages_of(matrix), store):
+        console.print(f"[yellow]warning:[/yellow]{line}", highlight=False, soft_wrap=True)
     if outcome.failed:
         console.print(
             f"[red]{len(outcome.failed)} stage(s) failed[/red]; see `python -m bench status {args.config}"
@@ -272,6 +353,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "submitit-local: the Slurm code path as local submitit jobs (CI)",
     )  # fmt: skip
     p.add_argument("--retry-failed", action="store_true", help="run stages that failed before once more")
+    p.add_argument(
+        "--recompute-changed", action="store_true",
+        help="compute again the finished cells of plugin methods whose code changed since they ran (the "
+        "old result is kept as result.superseded-<sha>.json); without it such cells stop the run",
+    )  # fmt: skip
     group = p.add_argument_group("Slurm resources (override the config's runtime.slurm)")
     group.add_argument("--partition", help="sbatch --partition")
     group.add_argument("--time", help="time limit per stage task: minutes, H:MM:SS or D-H[:MM[:SS]]")
@@ -314,6 +400,16 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         console.print(f"  {problem}", markup=False, highlight=False)
     return 1
+
+
+def cmd_data_fingerprint(args: argparse.Namespace) -> int:
+    """The digest alone on stdout (for scripts and for pinning it in a config); the summary on stderr."""
+    from bench.fingerprint import data_fingerprint
+
+    fingerprint = data_fingerprint(args.dataset, args.root, args.store)
+    print(fingerprint.digest)
+    print(f"{args.dataset} at {fingerprint.root}: {fingerprint.summary()}", file=sys.stderr)
+    return 0
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -396,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("verify", help="check every file of a dataset root against its format")
     check.add_argument("--dataset", required=True, help="registered dataset name (nyuv2, ...)")
     check.add_argument("--root", required=True, help="dataset root directory")
+    fingerprint = data.add_parser(
+        "fingerprint", help="print the content fingerprint that identifies a dataset root in run ids"
+    )
+    fingerprint.add_argument("--dataset", required=True, help="registered dataset name (nyuv2, ...)")
+    fingerprint.add_argument("--root", required=True, help="dataset root directory")
+    fingerprint.add_argument(
+        "--store", default=str(DEFAULT_STORE), help="result store holding the digest cache (default: results)"
+    )
     return parser
 
 
@@ -408,7 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("methods", "archs", "datasets"):
             return cmd_list(args.command)
         if args.command == "data":
-            return cmd_data_verify(args) if args.data_command == "verify" else cmd_data_synth(args)
+            commands = {
+                "verify": cmd_data_verify,
+                "fingerprint": cmd_data_fingerprint,
+                "synth": cmd_data_synth,
+            }
+            return commands[args.data_command](args)
         return {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}[args.command](args)
     except (ConfigError, ImportError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

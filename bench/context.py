@@ -8,6 +8,7 @@ goes through :meth:`MethodContext.train`, which counts it, so budgets are record
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from bench.checkpoint import StageCheckpoint
 from bench.data import batch_stream
+from bench.divergence import DivergenceGuard
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, Scope, apply_masks, select_masks
 from bench.spec import RunSpec, TrainSpec
@@ -25,6 +27,30 @@ from bench.tasks import make_losses
 from bench.train import TrainCallback, to_device, train
 
 Logger = Callable[[dict[str, Any]], None]
+
+DROPOUT_TYPES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def scoring_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in train mode (BN batch statistics) with dropout off: deterministic, original untouched.
+
+    Scoring passes (saliency, Taylor, per-task gradients) must not draw dropout masks (the score would be
+    a random draw) nor update the model's BN running statistics (the pruned model would start from other
+    weights than the dense one); a copy with dropout off does neither.
+    """
+    net = copy.deepcopy(model)
+    net.train()
+    for module in net.modules():
+        if isinstance(module, DROPOUT_TYPES):
+            module.eval()
+    return net
 
 
 @dataclass
@@ -45,6 +71,9 @@ class MethodContext:
     checkpoint: StageCheckpoint | None = None  # the cell's in-stage checkpoint (resume after a kill)
     channels_last: bool = False
     pin_memory: bool = False
+    # The untrained network's task losses (the dense stage's step 0): every ctx.train call fails as
+    # diverged when a task loss stays above 10x its value (bench.divergence); None: no loss bound.
+    initial_losses: dict[str, float] | None = None
     _phase: str = field(default="prune", repr=False)
     _calls: int = field(default=0, repr=False)
 
@@ -73,6 +102,14 @@ class MethodContext:
     def component_of(self, name: str) -> str:
         """``backbone`` or ``head/<task>`` for a prunable parameter name."""
         return self.model.component_of(name)
+
+    def scoring_copy(self) -> MTLModel:
+        """The model to score on: a copy with dropout off and BN on batch statistics (:func:`scoring_copy`).
+
+        Compute scores from its parameters (``copy.prunable_parameters()``, same names as ``prunable()``);
+        the cell's model stays exactly as it was.
+        """
+        return scoring_copy(self.model)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------- masks
 
@@ -189,6 +226,7 @@ class MethodContext:
             checkpoint=call_checkpoint,
             channels_last=self.channels_last,
             pin_memory=self.pin_memory,
+            guard=None if self.initial_losses is None else DivergenceGuard(self.initial_losses),
         )
         if outcome.masks is not None:
             self.masks = outcome.masks

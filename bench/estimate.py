@@ -84,6 +84,16 @@ class CostEstimate:
             text += f" ({self.unmeasured} without a measurement)"
         return text
 
+    def wall_line(self, workers: int) -> str | None:
+        """With ``workers`` stages side by side: the wall time, stage time / workers (a lower bound: dense
+        stages come first, and the last stages may leave workers idle). None when there is nothing to say."""
+        if workers <= 1 or self.pending == 0 or self.unmeasured == self.pending:
+            return None
+        return (
+            f"with {workers} workers ≈ {format_duration(self.pending_s / workers)} of wall time "
+            "(stage time / workers)"
+        )
+
 
 def format_duration(seconds: float) -> str:
     """Human duration: ``42 s``, ``12 min``, ``1 h 12 min``, ``2 d 3 h`` (rounded to the shown unit)."""

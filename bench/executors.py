@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
+from bench.fingerprint import resolve_data
 from bench.locks import current_job
 from bench.progress import make_reporter
 from bench.scheduler import (
@@ -212,6 +213,8 @@ def submit_matrix(
         raise ValueError(f"unknown submitit executor {executor!r}; expected one of {SUBMITIT_EXECUTORS}")
     spec = slurm or matrix.runtime.slurm
     started_at = time.time()
+    if any(d.source == "disk" and d.fingerprint is None for d in matrix.datasets):
+        matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content (bench.fingerprint)
     stages = stages_of(matrix)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
     board = Board(stages, store, retry_failed, started_at)

@@ -9,7 +9,9 @@ provenance is incomplete; the gap is recorded under ``notes`` instead.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
+import inspect
 import math
 import os
 import platform
@@ -156,3 +158,34 @@ def timing(start: float, end: float) -> dict[str, Any]:
     if end < start:
         raise ValueError(f"timing: end ({end!r}) is before start ({start!r})")
     return {"start": _iso_utc(start), "end": _iso_utc(end), "wall_s": float(end - start)}
+
+
+BUILTIN_CODE = ("bench", "methods", "datasets")
+"""Top-level packages of this repository: their code is identified by the git commit (and, for results,
+by SCHEMA_VERSION bumps when behaviour changes), not by a per-plugin source hash."""
+
+
+def code_identity(cls: type) -> dict[str, Any]:
+    """Where a plugin class's code lives and a sha256 over its source files.
+
+    Hashed: the source file of every class in ``cls``'s MRO that belongs to the same top-level package as
+    ``cls`` (a plugin's own base classes included; the benchmark's base classes and third-party libraries
+    not). ``builtin`` says whether the class is part of this repository.
+    """
+    package = cls.__module__.split(".")[0]
+    files: list[Path] = []
+    for klass in cls.__mro__:
+        if klass.__module__.split(".")[0] != package:
+            continue
+        source = inspect.getsourcefile(klass)
+        if source is not None and Path(source) not in files:
+            files.append(Path(source))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "builtin": package in BUILTIN_CODE,
+        "sha256": digest.hexdigest(),
+        "files": [p.name for p in files],
+    }

@@ -9,6 +9,9 @@ it lists without a run). Output, under ``--out`` (default ``<store>/<name>/repor
 - ``figures/*.pdf|png``: metrics and ΔT/Δm vs sparsity, per-component allocation, training curves, mask
   analytics where masks are stored;
 - ``tables/*.md|tex``: the comparison of all cells and AdapMTL's Table 2 layout per setting and target;
+- statistics over seeds (:mod:`bench.analysis.stats`): ΔT intervals, average ranks with the Friedman test
+  and a critical-difference diagram, Holm-adjusted pairwise tests; with one seed per cell, only the
+  statement that no significance statement is possible;
 - ``report.html``: one self-contained page with all of it, the failed and missing cells with their errors,
   the matrix spec and the provenance of the runs.
 
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.console import Console
 
+    from bench.analysis.html import Figure as HtmlFigure
+    from bench.analysis.html import Section
     from bench.spec import MatrixSpec
 
 __all__ = ["ReportOutcome", "build_report", "collect", "matrix_name", "resolve_source", "write_run_report"]
@@ -62,6 +67,7 @@ SHORT_HEADERS = {
     "edge_texture.err": "edges err ↓",
     "delta_t": "ΔT ↑",
     "delta_m": "Δm ↑",
+    "delta_t_control": "ΔT vs control ↑",
 }
 
 
@@ -97,6 +103,8 @@ def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path
     for _, row in table.iterrows():
         printed.add_row(*(_fmt(v) for v in row))
     console.print(printed)
+    for line in collapse_lines(frame):
+        console.print(f"warning: {line}")
     if "delta_t" not in frame or frame["delta_t"].notna().sum() == 0:
         notes = sorted(set(frame.get("delta_note", frame.iloc[0:0]).dropna()))
         why = f" ({notes[0]})" if notes else ""
@@ -240,7 +248,11 @@ class _Builder:
         self.notes: list[str] = []
         self.embedded: dict[str, list[Any]] = {}
 
-    def figure(self, group: str, name: str, caption: str, draw: Callable[[], Figure]) -> None:
+    def figure(
+        self, group: str | None, name: str, caption: str, draw: Callable[[], Figure]
+    ) -> HtmlFigure | None:
+        """Draws and writes one figure; it joins the Figures section under ``group`` (None: the caller
+        places the returned figure itself). None, with a note, when it cannot be drawn."""
         from bench.analysis.figures import save_figure
         from bench.analysis.html import Figure as HtmlFigure
 
@@ -248,12 +260,15 @@ class _Builder:
             fig = draw()
         except SKIPPABLE as exc:
             self.notes.append(f"figure {name} not drawn: {_reason(exc)}")
-            return
+            return None
         paths = save_figure(fig, self.out / "figures" / name, style=self.style)
         self.figures += paths
         png = next(p for p in paths if p.suffix == ".png").read_bytes()
         files = [str(p.relative_to(self.out)) for p in paths]
-        self.embedded.setdefault(group, []).append(HtmlFigure(name, png, caption, files))
+        embedded = HtmlFigure(name, png, caption, files)
+        if group is not None:
+            self.embedded.setdefault(group, []).append(embedded)
+        return embedded
 
     def table(self, name: str, markdown: str, latex: str) -> None:
         for suffix, text in ((".md", markdown), (".tex", latex)):
@@ -308,7 +323,9 @@ def _figures(data: ReportData, builder: _Builder) -> None:
         builder.figure(
             group,
             f"delta_{slug}",
-            f"ΔT and Δm vs achieved sparsity; hollow markers: published numbers of the same setting, {where}",
+            "ΔT and Δm vs achieved sparsity against the dense model and ΔT against the control (the dense "
+            "model finetuned on the same budget, unpruned, at sparsity 0); hollow markers: published "
+            f"numbers of the same setting where there are any, {where}",
             lambda part=part: F.delta_vs_sparsity(part, data.published, styles=styles, style=style),
         )
         builder.figure(
@@ -416,7 +433,8 @@ def _main_metrics(frame: pd.DataFrame) -> list[str]:
             column = f"{task}.{MAIN_METRIC[task]}"
             if column in frame and column not in out:
                 out.append(column)
-    return out + [c for c in ("achieved_sparsity", "delta_t", "delta_m") if c in frame]
+    deltas = ("achieved_sparsity", "delta_t", "delta_m", "delta_t_control")
+    return out + [c for c in deltas if c in frame and frame[c].notna().any()]
 
 
 def _tables(data: ReportData, builder: _Builder) -> dict[str, str]:
@@ -459,6 +477,45 @@ def _tables(data: ReportData, builder: _Builder) -> dict[str, str]:
     return shown
 
 
+def _headroom(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
+    """The dense model against the trivial predictor (best constant prediction), with its convergence: its
+    own loss curve, and what the control row gained from the finetune budget (bench.convergence)."""
+    from bench.analysis.dense import dense_vs_trivial
+    from bench.analysis.html import frame_html
+    from bench.convergence import CONTROL_TOLERANCE
+
+    if dense.empty or not any(str(c).startswith("trivial.") for c in dense.columns):
+        notes.append("dense vs trivial predictor not shown: the dense results record no trivial predictor")
+        return {}
+    table = dense_vs_trivial(dense)
+    keep = [c for c in table.columns if c not in ("tasks", "protocol", "width", "head_width")]
+    unconverged = table[table["converged"].map(lambda v: v is False)]
+    warning = (
+        "<p class='note'>A dense model has not converged (its training loss still fell by more than 5% "
+        "within the last 20% of training): methods that train longer can beat it for reasons that are "
+        "not pruning.</p>"
+        if not unconverged.empty
+        else ""
+    )
+    controls = frame[(frame["method_name"] == "dense-finetune") & (frame["status"] == "done")]
+    gains = pd.to_numeric(controls["delta_t"], errors="coerce").dropna() if "delta_t" in controls else []
+    if len(gains):
+        mean = float(gains.mean())
+        verdict = (
+            f"more than ±{CONTROL_TOLERANCE:g}: the dense model had not converged, so read the methods "
+            "against the control (ΔT vs control)"
+            if (gains.abs() > CONTROL_TOLERANCE).any()
+            else f"within ±{CONTROL_TOLERANCE:g} for every seed"
+        )
+        warning += (
+            f"<p>The control row (the dense model finetuned on the finetune budget, unpruned) moves ΔT by "
+            f"{mean:+.1f} on average over {len(gains)} seed(s) (min {float(gains.min()):+.1f}, max "
+            f"{float(gains.max()):+.1f}): {html.escape(verdict)}.</p>"
+        )
+    title = "Dense model against the trivial predictor (main metric per task, mean over seeds)"
+    return {title: warning + frame_html(table[keep], digits=4, table_id="headroom")}
+
+
 def _summaries(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
     from bench.analysis.html import frame_html
     from bench.analysis.summaries import delta_t_auc, pareto_dominated
@@ -497,6 +554,155 @@ def _summaries(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
     return out
 
 
+STATS_METRIC = "delta_t"
+ONE_SEED = (
+    "One seed per cell: no significance statement is possible. Confidence intervals, paired tests and the "
+    "critical-difference diagram need at least two seeds per cell (seeds are what they resample and pair), "
+    "so none are drawn; run more seeds for them."
+)
+
+
+def _compared_methods(frame: pd.DataFrame, metric: str) -> tuple[list[str], list[str]]:
+    """(pruning methods with a finished finite value somewhere, the others): a method that never
+    finished would make every block incomplete, so it is named and left out of ranks and tests."""
+    from bench.analysis.stats import is_control
+
+    runs = frame[~is_control(frame) & (frame["status"] != "published")]
+    done = runs[runs["status"] == "done"]
+    finite = done[pd.to_numeric(done[metric], errors="coerce").notna()]
+    ranked = sorted(set(finite["method"].astype(str)))
+    return ranked, sorted(set(runs["method"].astype(str)) - set(ranked))
+
+
+def _statistics(data: ReportData, builder: _Builder) -> Section:
+    """The Statistics section: seed intervals, Friedman ranks with the CD diagram, pairwise Holm-adjusted
+    tests, paired differences to the best method, rank stability; with one seed, the reason why not."""
+    from bench.analysis import stats as S
+    from bench.analysis.html import Section, frame_html, markdown_table_html
+    from bench.analysis.stats_figures import cd_diagram, interval_plot
+    from bench.analysis.stats_tables import (
+        intervals_latex,
+        intervals_markdown,
+        pairwise_latex,
+        pairwise_markdown,
+        ranks_latex,
+        ranks_markdown,
+    )
+    from bench.analysis.style import StyleMap
+
+    frame, metric, style = data.frame, STATS_METRIC, builder.style
+    name = data.title.removeprefix("Report: ")
+    if metric not in frame or pd.to_numeric(frame[metric], errors="coerce").notna().sum() == 0:
+        return Section("statistics", "Statistics", "<p>No finished cell has a ΔT: no statistics.</p>")
+    methods, without = _compared_methods(frame, metric)
+    intro = (
+        f"<p>On ΔT of the runs (published rows have no seeds). Seeds are the resampling unit, and cells of "
+        f"one setting and seed share a dense model, so every comparison pairs the same seeds. The "
+        f"<code>{S.CONTROL_METHOD}</code> control is shown in the intervals, never ranked or tested.</p>"
+    )
+    if without:
+        intro += f"<p>No finished ΔT, so not ranked or tested: {html.escape(', '.join(without))}.</p>"
+    if S.max_seeds_per_cell(frame) < 2:
+        body = f'<p class="note" id="stats-one-seed">{html.escape(ONE_SEED)}</p>' + intro
+        try:
+            ranks = S.average_ranks(frame, metric, methods=methods)
+            n_blocks = int(ranks["n_blocks"].iloc[0]) if len(ranks) else 0
+            body += (
+                f"<p>Average ranks over {n_blocks} complete blocks (setting, target, seed), descriptive "
+                "only:</p>"
+            ) + frame_html(ranks, digits=2, table_id="stats-ranks-descriptive")
+        except SKIPPABLE as exc:
+            builder.notes.append(f"average ranks not computed: {_reason(exc)}")
+        return Section("statistics", "Statistics", body)
+    styles = StyleMap(str(m) for m in frame["method"].dropna().unique())
+    children: list[Section] = []
+    try:
+        intervals = S.seed_intervals(frame, metric)
+        figure = builder.figure(
+            None,
+            "stats_intervals",
+            "mean ΔT over seeds with its 95% percentile-bootstrap interval, per method and target; "
+            "dashed: the dense-finetune control; dotted: dense",
+            lambda: interval_plot(intervals, styles=styles, style=style),
+        )
+        caption = f"Mean ΔT and 95% interval over seeds, {name}"
+        markdown = intervals_markdown(intervals, caption=caption)
+        builder.table("stats_intervals", markdown, intervals_latex(intervals, caption, "tab:stats_intervals"))
+        body = (figure.html() if figure else "") + markdown_table_html(markdown, table_id="stats_intervals")
+        children.append(Section("stats-intervals", "Mean ΔT and 95% interval over seeds", body))
+    except SKIPPABLE as exc:
+        builder.notes.append(f"seed intervals not computed: {_reason(exc)}")
+    best: str | None = None
+    try:
+        result = S.friedman_test(frame, metric, methods=methods)
+    except SKIPPABLE as exc:
+        builder.notes.append(f"Friedman test and CD diagram not computed: {_reason(exc)}")
+    else:
+        best = str(result.ranks["method"].iloc[0])
+        figure = builder.figure(
+            None,
+            "stats_cd",
+            f"critical-difference diagram: mean rank of ΔT over {result.n_blocks} complete blocks "
+            f"(setting, target, seed); bars join methods closer than CD = {result.cd:.2f} (Nemenyi, "
+            f"α = {result.alpha:g})",
+            lambda: cd_diagram(result, styles=styles, style=style),
+        )
+        caption = f"Average ranks of the methods, {name}"
+        markdown = ranks_markdown(result, caption=caption)
+        builder.table("stats_ranks", markdown, ranks_latex(result, caption, "tab:stats_ranks"))
+        body = (figure.html() if figure else "") + markdown_table_html(markdown, table_id="stats_ranks")
+        if result.n_dropped:
+            reasons = Counter(str(r) for r in result.dropped["reason"])
+            items = "".join(f"<li>{n} × {html.escape(r)}</li>" for r, n in reasons.most_common())
+            body += f"<p>{result.n_dropped} incomplete block(s) left out:</p><ul>{items}</ul>"
+        children.append(Section("stats-ranks", "Average ranks, Friedman test, critical difference", body))
+    try:
+        tests = S.pairwise_tests(frame, metric, methods=methods)
+        if tests.empty:
+            raise ValueError("fewer than two methods to compare")
+        caption = f"Pairwise comparison of the methods, {name}"
+        markdown = pairwise_markdown(tests, caption=caption)
+        builder.table("stats_pairwise", markdown, pairwise_latex(tests, caption, "tab:stats_pairwise"))
+        children.append(
+            Section(
+                "stats-pairwise",
+                "Pairwise Wilcoxon tests, Holm-adjusted",
+                markdown_table_html(markdown, table_id="stats_pairwise"),
+            )
+        )
+    except SKIPPABLE as exc:
+        builder.notes.append(f"pairwise tests not computed: {_reason(exc)}")
+    if best is not None and len(methods) > 1:
+        diffs = S.paired_differences(frame, metric, baseline=best, methods=methods)
+        keep = [c for c in diffs.columns if c not in ("tasks", "protocol", "width", "head_width", "method_b")]
+        children.append(
+            Section(
+                "stats-differences",
+                f"Paired difference to the best-ranked method ({best})",
+                f"<p>ΔT of each method minus {html.escape(best)}'s, per setting and target, over the seeds "
+                "both finished, with its 95% paired-bootstrap interval.</p>"
+                + frame_html(diffs[keep], digits=2, table_id="stats-differences"),
+            )
+        )
+    try:
+        stability = S.rank_stability(frame, metric, methods=methods)
+        text = (
+            f"<p>Kendall's τ between the method rankings of every two seeds ({stability.n_seeds} seeds): "
+            f"mean {stability.mean_tau:.2f}, min {stability.min_tau:.2f}.</p>"
+        )
+        children.append(
+            Section(
+                "stats-stability",
+                "Rank stability across seeds",
+                text + frame_html(stability.pairs, digits=3, table_id="stats-stability"),
+            )
+        )
+    except SKIPPABLE as exc:
+        builder.notes.append(f"rank stability not computed: {_reason(exc)}")
+    intro += "<p>Also written as Markdown and LaTeX under <code>tables/</code> (<code>stats_*</code>).</p>"
+    return Section("statistics", "Statistics", intro, children)
+
+
 def _failure_details(store: Path, run_id: str) -> str:
     path = store / "runs" / run_id / STATUS
     record = read_json(path) if path.is_file() else {}
@@ -516,13 +722,56 @@ def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
+def _collapsed_groups(frame: pd.DataFrame) -> list[tuple[str, float, int, int, int, list[str]]]:
+    """(method, target, seeds, min layers, max layers, components) per method and target whose finished
+    cells pruned whole layers to zero density (load.collapsed)."""
+    if "collapsed_layers" not in frame:
+        return []
+    counts = pd.to_numeric(frame["collapsed_layers"], errors="coerce").fillna(0)
+    hit = frame[(frame["status"] == "done") & (counts > 0)]
+    groups = []
+    for (method, target), rows in hit.groupby(["method", "target_sparsity"], sort=True):
+        parts = sorted({c for value in rows["collapsed_components"] for c in str(value).split(",") if c})
+        layers = pd.to_numeric(rows["collapsed_layers"], errors="coerce")
+        groups.append((str(method), float(target), len(rows), int(layers.min()), int(layers.max()), parts))
+    return groups
+
+
+def collapse_lines(frame: pd.DataFrame) -> list[str]:
+    """One printed line per collapsed method and target (see :func:`_collapse_note`)."""
+    return [
+        f"{method} at {target:g}: {lo}–{hi} layers pruned to zero density in {', '.join(parts)} "
+        f"({seeds} seed(s)); a head with a fully pruned layer predicts a constant"
+        for method, target, seeds, lo, hi, parts in _collapsed_groups(frame)
+    ]
+
+
+def _collapse_note(frame: pd.DataFrame) -> str:
+    """Finished cells with layers pruned to zero density (layer collapse), grouped by method and target:
+    their metrics for a disconnected head are a constant prediction, which the tables cannot show."""
+    groups = _collapsed_groups(frame)
+    if not groups:
+        return ""
+    items = [
+        f"<li>{html.escape(method)} at {target:g}: {seeds} seed(s), {lo}–{hi} layers at zero density in "
+        f"{html.escape(', '.join(parts))}</li>"
+        for method, target, seeds, lo, hi, parts in groups
+    ]
+    return (
+        "<p class='note'>Layer collapse: these cells pruned whole layers to zero density. A head with a "
+        "fully pruned layer predicts a constant (its task's metrics are those of the trivial predictor), "
+        "so their rows measure the collapse, not a sparsity trade-off:</p><ul>" + "".join(items) + "</ul>"
+    )
+
+
 def _attention(data: ReportData) -> str:
-    """Failed, running/pending and missing cells and dense stages, each with its error: never dropped."""
+    """Failed, running/pending and missing cells and dense stages, each with its error: never dropped;
+    then finished cells whose masks collapsed whole layers."""
     frame = data.frame
     unfinished = frame[frame["status"] != "done"]
     dense_bad = data.dense[data.dense["status"] != "done"] if not data.dense.empty else data.dense
     if unfinished.empty and dense_bad.empty:
-        return f"<p>All {len(frame)} cells finished.</p>"
+        return f"<p>All {len(frame)} cells finished.</p>" + _collapse_note(frame)
     order = {"failed": 0, "running": 1, "pending": 2, MISSING: 3}
     ranked = unfinished.assign(_o=unfinished["status"].map(order).fillna(9))
     ranked = ranked.sort_values(["_o", "dataset", "arch", "method", "target_sparsity", "seed"])
@@ -545,7 +794,7 @@ def _attention(data: ReportData) -> str:
         f"<p>{len(unfinished)} of {len(frame)} cells have no result; they are left out of the figures and "
         "marked in the tables.</p>"
         f'<div class="scroll"><table id="attention-table"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>" + _collapse_note(frame)
     )
 
 
@@ -614,7 +863,7 @@ def build_report(
     builder.notes += data.notes
     _figures(data, builder)
     tables = _tables(data, builder)
-    summaries = _summaries(data.frame, builder.notes)
+    summaries = {**_headroom(data.dense, data.frame, builder.notes), **_summaries(data.frame, builder.notes)}
     counts = dict(Counter(str(s) for s in data.frame["status"]).most_common())
 
     sections = [Section("attention", "Cells without a result", _attention(data))]
@@ -635,6 +884,7 @@ def build_report(
             table_sections,
         )
     )
+    sections.append(_statistics(data, builder))
     if summaries:
         sections.append(
             Section(

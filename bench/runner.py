@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -23,19 +24,24 @@ import torch
 
 from bench.checkpoint import CHECKPOINT, StageCheckpoint
 from bench.context import MethodContext
+from bench.convergence import convergence_window, loss_convergence
 from bench.costs import count_flops, measure_latency
 from bench.data import build_dataset
+from bench.determinism import seed_everything, stage_environment, stage_seed
+from bench.divergence import Divergence, DivergenceGuard, check_final_metrics
 from bench.estimate import StageKey
 from bench.evaluate import evaluate
 from bench.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
 from bench.models.mtl import MTLModel
 from bench.models.pretrained import load_backbone_weights
-from bench.provenance import device_name, provenance, timing
+from bench.provenance import code_identity, device_name, provenance, timing
 from bench.registry import ARCHS, DATASETS, METHODS
 from bench.sparsity import sparsity_report
 from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
 from bench.store import SPEC, Store, atomic_write_bytes, atomic_write_json
-from bench.train import Divergence, train
+from bench.train import train
+from bench.trivial import fit_trivial
+from bench.vocabulary import direction
 
 Progress = Callable[[int, dict[str, float]], None]
 
@@ -204,6 +210,12 @@ class JsonlLogger:
 
 
 def _begin(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str, Any]) -> Path:
+    if spec.data.source == "disk" and spec.data.fingerprint is None:
+        raise ValueError(
+            f"data.fingerprint is not set for the {spec.data.dataset} data at {spec.data.root}: the run id "
+            "would not follow the data's content; fill it in with bench.fingerprint.resolve_data(matrix, "
+            "store root) first (bench run does)"
+        )
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -234,21 +246,39 @@ def _evaluate(model: Any, test_set: Any, spec: DenseSpec | RunSpec, device: torc
 
 
 def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
+    """Train the dense stage (or resume it), evaluate it and its trivial predictor, write result.json."""
+    if store.is_done(spec.run_id):
+        return store.result(spec.run_id)
+    device = resolve_device(runtime)
+    with stage_environment(device, runtime.num_threads) as determinism:
+        return _run_dense(spec, store, runtime, device, determinism, progress)
+
+
+def _run_dense(
+    spec: DenseSpec,
+    store: Store,
+    runtime: RuntimeSpec,
+    device: torch.device,
+    determinism: dict[str, Any],
+    progress: Progress | None,
+) -> dict:
     run_id = spec.run_id
-    if store.is_done(run_id):
-        return store.result(run_id)
     run_dir = _begin(store, run_id, spec, {})
     start = time.time()
-    device = resolve_device(runtime)
     train_set, val_set, test_set = _splits(spec, store)
-    torch.manual_seed(spec.seed)
+    seed_everything(stage_seed(run_id))
+    torch.manual_seed(spec.seed)  # the initialisation: a function of the seed alone, shared by every cell
     model = build_model(spec)
     if spec.arch.pretrained is not None:
         load_backbone_weights(model.backbone, spec.arch.pretrained)
     save_state(run_dir / "init.pt", model.state_dict())
     logger, checkpoint = _open_log(run_dir, runtime, progress)
     resume = checkpoint.take(1)
-    call = checkpoint.for_call(1, dict)
+    # The training loss of every step in the convergence window (bench.convergence), checkpointed with the
+    # stage so that a resumed stage measures exactly what an uninterrupted one would.
+    window = convergence_window(spec.train.steps)
+    tail: list[tuple[int, float]] = [] if resume is None else [tuple(p) for p in resume["owner"]["tail"]]
+    call = checkpoint.for_call(1, lambda: {"tail": [list(p) for p in tail]})
     call.resume = resume
     rewind_at = spec.train.rewind_at
     if rewind_at == 0:
@@ -257,8 +287,11 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
     def on_step(step: int, scalars: dict[str, float]) -> None:
         if step + 1 == rewind_at:  # the weights after `rewind_at` optimizer steps, for rewinding methods
             save_state(run_dir / "rewind.pt", model.state_dict())
+        if step >= window:
+            tail.append((step, scalars["loss"]))
         logger({"phase": "dense", "step": step, **scalars})
 
+    guard = DivergenceGuard()  # its reference: this stage's own step-0 task losses (checkpointed)
     try:
         outcome = train(
             model,
@@ -276,24 +309,59 @@ def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Pro
             checkpoint=call,
             channels_last=runtime.channels_last,
             pin_memory=_pin_memory(runtime, device),
+            guard=guard,
         )
     finally:
         logger.close()
     save_state(run_dir / "model.pt", model.state_dict())
+    channels = DATASETS.get(spec.data.dataset).task_channels
+    # Fitted on the training split before the test split is read (the test split is read last).
+    constant = fit_trivial(
+        spec.data.dataset, {t: channels[t] for t in spec.data.tasks}, train_set, spec.eval.protocol
+    )
+    metrics = _evaluate(model, test_set, spec, device)
+    trivial = _evaluate(constant, test_set, spec, torch.device("cpu"))
+    check_final_metrics(metrics, trivial, direction)
+    convergence = loss_convergence(tail, spec.train.steps)
     result = {
         "run_id": run_id,
         "stage": "dense",
-        "metrics": _evaluate(model, test_set, spec, device),
+        "metrics": metrics,
+        "trivial_metrics": trivial,
+        "initial_losses": guard.reference,
+        "convergence": convergence,
         "sparsity": sparsity_report(model),
         **measure_costs(model, test_set, runtime, device),
         "steps_total": outcome.steps,
         "rewind_step": rewind_at,
         "selection": {"rule": spec.eval.selection, "selected_step": outcome.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
-        **_provenance(start, device, resume),
+        **_provenance(start, device, resume, determinism),
     }
     _finish(store, run_id, result, checkpoint)
     return result
+
+
+def _log_records(run_dir: Path, phase: str) -> list[dict[str, Any]]:
+    """The step records of one phase in a stage's log.jsonl (what the convergence measure reads)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return [r for r in records if r.get("phase") == phase and "step" in r]
+
+
+def dense_initial_losses(store: Store, dense_id: str) -> dict[str, float] | None:
+    """The untrained network's task losses of a dense stage (its result, else its log's step-0 record)."""
+    losses = store.result(dense_id).get("initial_losses")
+    if losses:
+        return {t: float(v) for t, v in losses.items()}
+    for record in _log_records(store.run_dir(dense_id), "dense"):
+        if record["step"] == 0:
+            found = {k.removeprefix("loss."): float(v) for k, v in record.items() if k.startswith("loss.")}
+            return found or None
+    return None
 
 
 def _open_log(
@@ -315,17 +383,26 @@ def _pin_memory(runtime: RuntimeSpec, device: torch.device) -> bool:
     return device.type == "cuda" if runtime.pin_memory is None else runtime.pin_memory
 
 
-def _provenance(start: float, device: torch.device, resume: dict[str, Any] | None) -> dict[str, Any]:
+def _provenance(
+    start: float,
+    device: torch.device,
+    resume: dict[str, Any] | None,
+    determinism: dict[str, Any],
+    method_code: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Where, when and with what the result was produced (bench.provenance), and whether it resumed."""
     end = time.time()
+    extra = {} if method_code is None else {"method_code": method_code}
     return {
         "wall_s": end - start,
         "device": str(device),
+        "determinism": determinism,
         "provenance": {
             **provenance(device_name(str(device))),
             **timing(start, end),
-            # CPU float reductions depend on the thread count: equal counts give bit-identical results
+            # CPU float reductions depend on the thread count: bench.determinism fixes it per stage
             "torch_threads": torch.get_num_threads(),
+            **extra,
         },
         "resumed_from": None if resume is None else {"call": resume["call"], "step": resume["step"]},
     }
@@ -345,17 +422,31 @@ def _finish(store: Store, run_id: str, result: dict[str, Any], checkpoint: Stage
 
 
 def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
+    """Run one cell's method on its dense stage's checkpoint (or resume it), evaluate, write result.json."""
+    if store.is_done(spec.run_id):
+        return store.result(spec.run_id)
+    device = resolve_device(runtime)
+    with stage_environment(device, runtime.num_threads) as determinism:
+        return _run_cell(spec, store, runtime, device, determinism, progress)
+
+
+def _run_cell(
+    spec: RunSpec,
+    store: Store,
+    runtime: RuntimeSpec,
+    device: torch.device,
+    determinism: dict[str, Any],
+    progress: Progress | None,
+) -> dict:
     run_id = spec.run_id
-    if store.is_done(run_id):
-        return store.result(run_id)
     dense_spec = spec.dense()
     dense_id = dense_spec.run_id
     if not store.is_done(dense_id):
         raise RuntimeError(f"dense stage {dense_id} has no result; it must finish before cell {run_id}")
     method_cls = METHODS.get(spec.method.name)
-    run_dir = _begin(store, run_id, spec, {"dense_run_id": dense_id})
+    extra = {"dense_run_id": dense_id, "control_run_id": spec.control().run_id}
+    run_dir = _begin(store, run_id, spec, extra)
     start = time.time()
-    device = resolve_device(runtime)
     train_set, val_set, test_set = _splits(spec, store)
     model = build_model(spec)
     method = method_cls(spec.method.parsed_params())
@@ -376,7 +467,9 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         checkpoint=checkpoint,
         channels_last=runtime.channels_last,
         pin_memory=_pin_memory(runtime, device),
+        initial_losses=dense_initial_losses(store, dense_id),
     )
+    seed_everything(stage_seed(run_id))  # whatever ran before in this process, the method sees one world
     try:
         method.run(ctx)
     finally:
@@ -389,21 +482,25 @@ def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progre
         write_task_masks(run_dir / TASK_MASKS, ctx.task_masks)
     if runtime.save_cell_models:
         save_state(run_dir / "model.pt", model.state_dict())
-    dense_steps = store.result(dense_id)["steps_total"] if method.start == "dense" else 0
+    dense_result = store.result(dense_id)
+    dense_steps = dense_result["steps_total"] if method.start == "dense" else 0
+    metrics = _evaluate(model, test_set, spec, device)
+    check_final_metrics(metrics, dense_result.get("trivial_metrics"), direction)
     result = {
         "run_id": run_id,
         "stage": "cell",
         "dense_run_id": dense_id,
-        "metrics": _evaluate(model, test_set, spec, device),
+        "control_run_id": extra["control_run_id"],
+        "metrics": metrics,
         "sparsity": report,
-        **measure_costs(model, test_set, runtime, device, dense_result=store.result(dense_id)),
+        **measure_costs(model, test_set, runtime, device, dense_result=dense_result),
         "steps_total": dense_steps + ctx.steps_used,
         "steps_method": ctx.steps_used,
         "starts_from": method.start,
         "method_state": ctx.recorded,
         "selection": {"rule": spec.eval.selection, "selected_step": ctx.selected_step},
         "splits": _split_sizes(train_set, val_set, test_set),
-        **_provenance(start, device, resume),
+        **_provenance(start, device, resume, determinism, code_identity(method_cls)),
     }
     _finish(store, run_id, result, checkpoint)
     return result
@@ -471,6 +568,17 @@ def failure_kind(exc: BaseException) -> str:
     return "error"
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings ("inf", "nan"): status.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last ``lines`` lines of a stage's log.jsonl (empty when it has none)."""
     path = run_dir / "log.jsonl"
@@ -490,6 +598,7 @@ def record_failure(store: Store, run_id: str, exc: BaseException, kind: str | No
     record = {
         "status": "failed",
         "kind": kind,
+        **({"divergence": json_safe(exc.details)} if isinstance(exc, Divergence) else {}),
         "error": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(exc)),
         "log_tail": log_tail(store.run_dir(run_id)),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
+from bench.fingerprint import resolve_data
 from bench.locks import HEARTBEAT_S, HOST, LOCK, STALE_AFTER_S, LockInfo, StageLock, read_lock, stale_reason
 from bench.progress import KINDS, EtaModel, Reporter, make_reporter
 from bench.runner import StageOutcome, plan, record_failure, run_stage
@@ -297,6 +298,72 @@ def run_one(
     return store.status(run_id)
 
 
+# ------------------------------------------------------------------------------------- changed plugins
+
+
+class CodeChanged(ValueError):
+    """Finished cells were made by other code of a plugin method than the code loaded now."""
+
+
+@dataclass(frozen=True)
+class ChangedCell:
+    run_id: str
+    method: str
+    stored: str | None  # sha256 of the plugin's source when the cell ran (None: not recorded)
+    current: str
+
+
+def changed_cells(stages: list[Stage], store: Store) -> list[ChangedCell]:
+    """Finished cells of plugin methods whose source changed since they ran (built-ins are identified by
+    the commit and SCHEMA_VERSION instead)."""
+    from bench.provenance import code_identity
+
+    current: dict[str, dict[str, Any]] = {}
+    changed = []
+    for stage in stages:
+        spec = stage.spec
+        if not isinstance(spec, RunSpec) or not store.is_done(stage.run_id):
+            continue
+        name = spec.method.name
+        if name not in current:
+            current[name] = code_identity(registry.METHODS.get(name))
+        if current[name]["builtin"]:
+            continue
+        result = read_json(store.run_dir(stage.run_id) / "result.json")
+        stored = (result.get("provenance") or {}).get("method_code", {}).get("sha256")
+        if stored != current[name]["sha256"]:
+            changed.append(ChangedCell(stage.run_id, name, stored, current[name]["sha256"]))
+    return changed
+
+
+SUPERSEDED = "result.superseded-{}.json"
+
+
+def check_changed_code(stages: list[Stage], store: Store, recompute: bool = False) -> list[ChangedCell]:
+    """Refuse to reuse cells made by other plugin code (:class:`CodeChanged`), or, with ``recompute``, set
+    their results aside (``result.superseded-<old sha>.json``) so that this run computes them again."""
+    changed = changed_cells(stages, store)
+    if not changed:
+        return []
+    if not recompute:
+        lines = [
+            f"  {c.run_id}: method {c.method!r} ran with code {(c.stored or 'unrecorded')[:12]}, "
+            f"the code is now {c.current[:12]}"
+            for c in changed
+        ]
+        raise CodeChanged(
+            f"{len(changed)} finished cell(s) were made by different code of their plugin method:\n"
+            + "\n".join(lines)
+            + "\nrun again with --recompute-changed to compute them with the current code (the old results "
+            "are kept as result.superseded-<sha>.json), or restore the plugin's code"
+        )
+    for cell in changed:
+        run_dir = store.run_dir(cell.run_id)
+        (run_dir / "result.json").replace(run_dir / SUPERSEDED.format((cell.stored or "unrecorded")[:12]))
+        store.write_status(cell.run_id, status="pending", superseded=cell.stored, finished=time.time())
+    return changed
+
+
 # ------------------------------------------------------------------------------------------ run_matrix
 
 
@@ -343,19 +410,25 @@ def run_matrix(
     plugins: list[str] | None = None,
     poll_s: float = POLL_S,
     reporter: Reporter | None = None,
+    recompute_changed: bool = False,
 ) -> MatrixOutcome:
     """Run every pending stage of ``matrix`` into ``store``; failures are recorded, never fatal.
 
     ``workers`` (default ``runtime.workers``) > 1 runs a local pool of that many processes (multiprocessing
-    "spawn"), each with its share of the CPU threads and, where several GPUs are visible, one GPU. Other
-    ``bench run`` processes may work on the same store at the same time. ``plugins``: modules the pool's
-    workers import (default: those this process loaded).
+    "spawn"), each running one stage at a time (a CPU stage always on one thread: bench.determinism) and,
+    where several GPUs are visible, on its own GPU. Other ``bench run`` processes may work on the same store
+    at the same time. ``plugins``: modules the pool's workers import (default: those this process loaded).
+    Finished cells of a plugin method whose code changed since are refused (:class:`CodeChanged`) unless
+    ``recompute_changed`` sets them aside to be computed again.
     """
     workers = matrix.runtime.workers if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started_at = time.time()
+    if any(d.source == "disk" and d.fingerprint is None for d in matrix.datasets):
+        matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content (bench.fingerprint)
     stages = stages_of(matrix)
+    check_changed_code(stages, store, recompute_changed)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
     board = Board(stages, store, retry_failed, started_at)
     runnable = [s for s in stages if board.state(s) not in ("done", "settled")]

@@ -17,16 +17,13 @@ from torch import Tensor, nn
 
 from bench.checkpoint import CallCheckpoint, set_rng_state
 from bench.data import batch_stream, eval_batches
+from bench.divergence import Divergence, DivergenceGuard
 from bench.models.mtl import MTLModel
 from bench.sparsity import Masks, apply_masks
 from bench.spec import TrainSpec
 from bench.tasks import LossFn, make_losses
 
 StepCallback = Callable[[int, dict[str, float]], None]
-
-
-class Divergence(RuntimeError):
-    """A non-finite training loss: the run diverged (the runner reports it as such, not as a crash)."""
 
 
 def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -102,8 +99,10 @@ class StepRunner:
         step_offset: int = 0,
         schedule: TrainSpec | None = None,
         channels_last: bool = False,
+        guard: DivergenceGuard | None = None,
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
+        self.guard = guard
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -154,12 +153,17 @@ class StepRunner:
             weights = callback.loss_weights(step, losses) or weights
         total = sum(weights[t] * losses[t] for t in self.model.tasks)
         loss_value = float(total.detach())
+        task_values = {t: float(v.detach()) for t, v in losses.items()}
         if not math.isfinite(loss_value):
-            bad = {t: float(v.detach()) for t, v in losses.items() if not math.isfinite(float(v.detach()))}
+            bad = {t: v for t, v in task_values.items() if not math.isfinite(v)}
             raise Divergence(
                 f"non-finite loss {loss_value} at step {step}"
-                + (f" (task losses {bad})" if bad else " (weighted sum of finite task losses)")
+                + (f" (task losses {bad})" if bad else " (weighted sum of finite task losses)"),
+                step=step,
+                losses=task_values,
             )
+        if self.guard is not None:
+            self.guard.check(step, task_values, last=step + 1 == self.spec.steps)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -182,7 +186,7 @@ class StepRunner:
                 torch._foreach_mul_(self.masked_params, self.masked_masks)
         scalars = {
             "loss": loss_value,
-            **{f"loss.{t}": float(v.detach()) for t, v in losses.items()},
+            **{f"loss.{t}": v for t, v in task_values.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if weights is not self.weights:
@@ -198,6 +202,7 @@ class StepRunner:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "masks": self.masks,
             "callbacks": [callback.state_dict() for callback in self.callbacks],
+            "guard": None if self.guard is None else self.guard.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -213,6 +218,8 @@ class StepRunner:
             )
         for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
             callback.load_state_dict(callback_state)
+        if self.guard is not None and state.get("guard") is not None:
+            self.guard.load_state_dict(state["guard"])
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,7 @@ def train(
     checkpoint: CallCheckpoint | None = None,
     channels_last: bool = False,
     pin_memory: bool = False,
+    guard: DivergenceGuard | None = None,
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
     the lowest validation loss (evaluated every `val_every` steps and after the last one).
@@ -284,6 +292,8 @@ def train(
     schedule replayed from an early step. The masks held at the end (callbacks may change them) are in
     ``TrainResult.masks``. With ``checkpoint`` the state is saved at the start, every ``checkpoint.every``
     steps and at the end, and a loaded checkpoint (``checkpoint.resume``) is continued from its step.
+    ``guard`` raises :class:`Divergence` when a task loss stays far above its untrained level
+    (bench.divergence).
     """
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
@@ -300,6 +310,7 @@ def train(
         step_offset=step_offset,
         schedule=schedule,
         channels_last=channels_last,
+        guard=guard,
     )
     torch.manual_seed(seed)  # dropout draws
     best: tuple[float, int, dict[str, Tensor], Masks | None] | None = None

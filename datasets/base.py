@@ -9,6 +9,7 @@ function of (seed, epoch, index), so a resumed run and any number of loader work
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,6 +63,25 @@ def read_listing(
                 f"[{', '.join(fields)}], got {entry!r}"
             )
     return entries
+
+
+# The listing splits a run reads (bench.data: `val` is carved from `train`); other keys are never read.
+RUN_SPLITS = ("train", "test")
+
+
+def listed_files(
+    root: Path, listing_name: str, split_dirs: dict[str, str], fields: Sequence[str], layout: str
+) -> list[str]:
+    """The listing and every file of the ``split_dirs`` splits, as sorted unique POSIX paths under ``root``.
+
+    ``split_dirs`` maps a listing key to the folder its entries are relative to (``""``: the root). This is
+    what a dataset's content fingerprint hashes (bench/fingerprint.py); listing errors name the listing.
+    """
+    files = {listing_name}
+    for split, folder in split_dirs.items():
+        for entry in read_listing(root, listing_name, split, fields, layout):
+            files.update(posixpath.normpath(posixpath.join(folder, p)) for p in entry)
+    return sorted(files)
 
 
 class AugmentedDataset(Dataset):

@@ -24,7 +24,14 @@ from PIL import Image
 from torch import Tensor
 
 from bench.registry import DATASETS
-from datasets.base import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, DataFormatError
+from datasets.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RUN_SPLITS,
+    AugmentedDataset,
+    DataFormatError,
+    listed_files,
+)
 from datasets.base import read_listing as read_json_listing
 
 __all__ = [
@@ -125,6 +132,13 @@ class NYUv2(AugmentedDataset):
         self.root = Path(root)
         self.split = split
         self.entries = read_listing(self.root, split)
+
+    @staticmethod
+    def data_files(root: str | Path) -> list[str]:
+        """Every file a run reads, relative to ``root``: the listing and the files of its train and test
+        entries (what the data's content fingerprint hashes)."""
+        split_dirs = dict.fromkeys(RUN_SPLITS, "")
+        return listed_files(Path(root), LISTING, split_dirs, ENTRY_FIELDS, "AdaShare NYU-v2")
 
     @staticmethod
     def synthesize(out: Path, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:

@@ -45,7 +45,7 @@ from PIL import Image
 from torch import Tensor
 
 from bench.registry import DATASETS
-from datasets.base import AugmentedDataset, DataFormatError
+from datasets.base import RUN_SPLITS, AugmentedDataset, DataFormatError, listed_files
 from datasets.base import read_listing as read_json_listing
 
 LISTING = "taskonomy.json"
@@ -191,6 +191,14 @@ class Taskonomy(AugmentedDataset):
         self.split_root = self.root / SPLIT_DIRS[split]
         self.entries = read_listing(self.root, split)
         self.class_weights: Tensor = read_prior_factor(self.root)
+
+    @staticmethod
+    def data_files(root: str | Path) -> list[str]:
+        """Every file a run reads, relative to ``root``: the listing, the prior factors, and the files of
+        the train and test entries under ``train/`` and ``test/`` (what the content fingerprint hashes)."""
+        split_dirs = {split: SPLIT_DIRS[split] for split in RUN_SPLITS}
+        files = listed_files(Path(root), LISTING, split_dirs, ENTRY_FIELDS, "AdaShare Tiny-Taskonomy")
+        return sorted({*files, PRIOR_FACTOR})
 
     @staticmethod
     def synthesize(out: Path, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:

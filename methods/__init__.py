@@ -1,6 +1,16 @@
 """Pruning-method plugins; importing this package registers the built-in ones in `bench.registry.METHODS`."""
 
-from methods import adapmtl, disparse, gmp, lottery, magnitude, random_pruning, rigl, saliency
+from methods import (
+    adapmtl,
+    dense_finetune,
+    disparse,
+    gmp,
+    lottery,
+    magnitude,
+    random_pruning,
+    rigl,
+    saliency,
+)
 from methods.base import MethodParams, NoParams, PruningMethod
 
 __all__ = [
@@ -8,6 +18,7 @@ __all__ = [
     "NoParams",
     "PruningMethod",
     "adapmtl",
+    "dense_finetune",
     "disparse",
     "gmp",
     "lottery",

@@ -3,8 +3,8 @@ building block STR.
 
 Papers:
 - Xiang, Tang, Yang, Guan & Liu, "AdapMTL: Adaptive Pruning Framework for Multitask Learning Model",
-  ACM Multimedia 2024, arXiv 2408.03913 (reference code MitchellX/AdapMTL, read at 29ce7ba; the benchmark's
-  notes are ../shared/reference/adapmtl.md).
+  ACM Multimedia 2024, arXiv 2408.03913 (reference code MitchellX/AdapMTL, read at 29ce7ba; what the
+  benchmark follows is in docs/methods.md and docs/protocols.md).
 - Kusupati, Ramanujan, Somani, Wortsman, Jain, Kakade & Farhadi, "Soft Threshold Weight Reparameterization
   for Learnable Sparsity" (STR), ICML 2020, arXiv 2002.03231.
 

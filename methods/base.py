@@ -34,6 +34,9 @@ class PruningMethod:
     # Params for the contract test suite's tiny run (tests/test_method_contract.py): shrink what is slow
     # (rounds, update intervals) so every registered method runs in seconds on a CPU.
     contract_params: ClassVar[dict[str, Any]] = {}
+    # A control row (the dense model finetuned, unpruned) runs at target 0 and is added by the planner once
+    # per setting and seed (MatrixSpec.controls); it is never listed as a method of a matrix.
+    control: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

@@ -2,8 +2,7 @@
 
 Paper: Sun, Hassani, Wang, Huang, Shi, "DiSparse: Disentangled Sparsification for Multitask Model
 Compression", CVPR 2022, arXiv 2206.04662. Reference code: SHI-Labs/DiSparse-Multitask-Model-Compression
-(read through the notes in ``../shared/reference/disparse.md``; no code copied, the repository has no
-licence).
+(read, never copied: the repository has no licence; what the benchmark follows is in docs/methods.md).
 
 Each task t has a pool: every backbone weight plus its own head's weights (``ctx.component_of``). Each task
 ranks its pool by its own score and keeps its top fraction r under one global threshold per task (across
@@ -102,13 +101,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from bench.context import MethodContext
+from bench.context import MethodContext, scoring_copy
 from bench.registry import METHODS
 from bench.sparsity import Masks, erk_densities, layer_prune_counts
 from bench.train import StepRunner
 from methods.base import MethodParams, PruningMethod
 from methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
-from methods.scoring import scoring_copy, weight_grads
+from methods.scoring import weight_grads
 
 TaskLossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Mapping[str, Tensor]]
 TaskMasks = dict[str, Masks]

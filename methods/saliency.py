@@ -79,12 +79,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from bench.context import MethodContext
+from bench.context import MethodContext, scoring_copy
 from bench.models.mtl import MTLModel
 from bench.registry import METHODS
 from bench.sparsity import Masks, Scope
 from methods.base import MethodParams, PruningMethod
-from methods.scoring import scoring_copy, weight_grads
+from methods.scoring import weight_grads
 
 LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Tensor]
 # Tasks whose head outputs are classification logits (GraSP's temperature applies to them only).

@@ -1,31 +1,14 @@
-"""Helpers shared by methods that score weights with gradients (SNIP, GraSP, SynFlow, DiSparse)."""
+"""Helpers shared by methods that score weights with gradients (SNIP, GraSP, SynFlow, DiSparse).
+
+The scoring model itself comes from ``bench.context.scoring_copy`` (``ctx.scoring_copy()``).
+"""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-
-DROPOUT_TYPES = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-
-
-def scoring_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in train mode (BN batch statistics) with dropout off: deterministic, original untouched."""
-    net = copy.deepcopy(model)
-    net.train()
-    for module in net.modules():
-        if isinstance(module, DROPOUT_TYPES):
-            module.eval()
-    return net
+from torch import Tensor
 
 
 def weight_grads(

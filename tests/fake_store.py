@@ -30,6 +30,8 @@ from bench.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
 from bench.store import RESULT, SPEC, STATUS, atomic_write_json
 
 TASKS3 = ("segment_semantic", "normal", "depth_zbuffer")
+# The dense-finetune control: the dense model finetuned for the cells' budget, unpruned (target 0.0).
+CONTROL = "dense-finetune"
 DEFAULT_METHODS = ("magnitude", "random", "gmp(frequency=10)", "snip", "adapmtl", "disparse-static")
 # Dense metrics per architecture (NYU-v2 vocabulary; mIoU/pixel accuracy as fractions).
 DENSE_METRICS = {
@@ -290,24 +292,30 @@ def build_fake_store(
     logs: bool = True,
     masks: bool = False,
     manifest: bool = True,
+    control: bool = False,
 ) -> FakeStore:
     """Write a store of archs × seeds × methods × targets cells (runner order) on NYU-v2.
 
     ``failed`` / ``running`` / ``missing`` are cell indices (in that order) whose stage failed with an
     error, is still running, or was planned (in the manifest) but never started. ``masks`` writes
-    ``masks.npz`` for every done cell (and ``task_masks.npz`` for ``disparse-*``).
+    ``masks.npz`` for every done cell (and ``task_masks.npz`` for ``disparse-*``). ``control`` adds, per
+    (arch, seed), a cell of the ``dense-finetune`` control at target 0.0, indexed after all the other
+    cells (so their indices keep their meaning), and writes ``"control_run_id"`` (that control cell's
+    run id) at the top level of every other cell's spec.json, as the runner does.
     """
     root = Path(root)
     store = FakeStore(root=root, name=name)
     dataset = "nyuv2"
     spec_cells = []
     train, finetune = _train(200, 0.003), _train(100)
+    controls: dict[tuple[str, int], str] = {}
+    control_cells: list[tuple[dict[str, Any], str, str, int, str, float]] = []
     for arch, seed in product(archs, seeds):
         dense_spec = {
             "arch": _arch(arch),
             "data": _data(dataset, tasks),
             "eval": EVAL,
-            "schema_version": 1,
+            "schema_version": 2,
             "seed": seed,
             "stage": "dense",
             "train": train,
@@ -346,6 +354,11 @@ def build_fake_store(
                 "target_sparsity": target,
             }
             spec_cells.append((cell_spec, dense_id, arch, seed, method, target))
+        if control:
+            control_spec = {**spec_cells[-1][0], "method": _method(CONTROL), "target_sparsity": 0.0}
+            controls[(arch, seed)] = _run_id(control_spec)
+            control_cells.append((control_spec, dense_id, arch, seed, CONTROL, 0.0))
+    spec_cells += control_cells
     for index, (cell_spec, dense_id, arch, seed, method, target) in enumerate(spec_cells):
         run_id = _run_id(cell_spec)
         status = (
@@ -377,10 +390,15 @@ def build_fake_store(
         if status == "missing":
             continue
         run_dir = root / "runs" / run_id
-        atomic_write_json(
-            run_dir / SPEC,
-            {"run_id": run_id, "spec": cell_spec, "identity": cell_spec, "dense_run_id": dense_id},
-        )
+        payload: dict[str, Any] = {
+            "run_id": run_id,
+            "spec": cell_spec,
+            "identity": cell_spec,
+            "dense_run_id": dense_id,
+        }
+        if controls and method != CONTROL:
+            payload["control_run_id"] = controls[(arch, seed)]
+        atomic_write_json(run_dir / SPEC, payload)
         sparsity = _sparsity(method, target, tasks, seed)
         if logs:
             (run_dir / "log.jsonl").write_text(_log(method, target, tasks, sparsity, seed), encoding="utf-8")

@@ -27,6 +27,9 @@ def tiny_matrix_dict(**overrides: Any) -> dict[str, Any]:
         "train": {"steps": 6, "batch_size": 4, "lr": 0.003},
         "finetune": {"steps": 2, "batch_size": 4},
         "eval": {"batch_size": 4},
+        # The control row (dense-finetune per setting and seed) is off here so that each test counts only
+        # the cells it lists; tests/test_control.py covers it.
+        "controls": False,
         "runtime": {"device": "cpu"},
     }
     data.update(overrides)
@@ -40,7 +43,7 @@ SMALL: dict[str, Any] = {
     "sparsities": [0.5],
     "train": {"steps": 3, "batch_size": 4, "lr": 0.003},
     "finetune": {"steps": 1, "batch_size": 4},
-    "runtime": {"device": "cpu", "num_threads": 1},
+    "runtime": {"device": "cpu"},
 }
 
 

@@ -85,7 +85,8 @@ def test_errors_name_the_column() -> None:
 
 
 # AdapMTL Table 2 (NYU-v2, MobileNetV2, ~90 % sparsity), metrics as printed (2 decimals, %), and the
-# published ΔT1 (seg), ΔT2 (normal), ΔT3 (depth), ΔT. Source: ../shared/reference/adapmtl.md §6.1.
+# published ΔT1 (seg), ΔT2 (normal), ΔT3 (depth), ΔT. Source: the paper (arXiv 2408.03913), Table 2, as
+# transcribed in results/published/adapmtl_table2.csv.
 COLS = [
     f"{SEG}.miou",
     f"{SEG}.pixel_acc",

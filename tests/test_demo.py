@@ -20,12 +20,16 @@ def test_demo_matrix_magnitude_beats_random_at_90_percent(tmp_path):
     store = Store(tmp_path)
     outcome = run_matrix(matrix, store, show_progress=False)
     assert outcome.failed == {}
-    frame = load_results(store.root, [c.run_id for c in matrix.expand()])
+    everything = load_results(store.root, [c.run_id for c in matrix.expand()])
     roster = {"random", "magnitude", "imp", "lth", "gmp", "snip", "grasp", "synflow", "rigl"}
     roster |= {"disparse-static", "disparse-pretrained", "disparse-dynamic"}
     roster |= {"adapmtl", "adapmtl-single-threshold", "adapmtl-fixed-weights", "str"}
+    assert set(everything["status"]) == {"done"}
+    control = everything[everything["method_name"] == "dense-finetune"]
+    assert len(control) == 1 and control["target_sparsity"].iloc[0] == 0.0  # the control row
+    assert control["delta_t_control"].iloc[0] == 0.0
+    frame = everything[everything["method_name"] != "dense-finetune"]
     assert set(frame["method_name"]) == roster and len(frame) == 3 * len(roster)
-    assert set(frame["status"]) == {"done"}
     gap = (frame["achieved_sparsity"] - frame["target_sparsity"]).abs()
     learned = frame["method_name"].isin(
         ["adapmtl", "adapmtl-single-threshold", "adapmtl-fixed-weights", "str"]
@@ -45,4 +49,4 @@ def test_demo_matrix_magnitude_beats_random_at_90_percent(tmp_path):
     assert {steps[m, t] for m in fixed for t in (0.5, 0.7, 0.9)} == {budget}
     # Running the same config again trains nothing.
     again = run_matrix(matrix, store, show_progress=False)
-    assert again.done == [] and len(again.skipped) == 1 + 3 * len(roster)
+    assert again.done == [] and len(again.skipped) == 1 + 3 * len(roster) + 1

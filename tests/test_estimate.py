@@ -118,6 +118,13 @@ def test_kinds_do_not_mix(tmp_path: Path) -> None:
     assert (est.unmeasured, est.fallback, est.per_stage) == (1, 0, {"c1": None})
 
 
+def test_wall_line_divides_stage_time_by_the_workers() -> None:
+    est = CostEstimate(done=3, pending=37, pending_s=4320.0, unmeasured=5, fallback=0)
+    assert est.wall_line(2) == "with 2 workers ≈ 36 min of wall time (stage time / workers)"
+    assert est.wall_line(1) is None
+    assert CostEstimate(done=0, pending=4, pending_s=0.0, unmeasured=4, fallback=0).wall_line(2) is None
+
+
 def test_line_matches_the_documented_example() -> None:
     est = CostEstimate(done=3, pending=37, pending_s=4320.0, unmeasured=5, fallback=0)
     assert est.line == (

@@ -16,7 +16,7 @@ from bench.store import Store
 from bench.train import StepRunner
 from tests.helpers import tiny_matrix
 from tests.test_resume import Killed, _fingerprint, _kill_at
-from tools.gpu_check import check, synthetic_batch
+from tools.gpu_check import check, repeatability, synthetic_batch
 
 TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 
@@ -125,6 +125,11 @@ def test_gpu_check_reports_each_variant_and_consistent_ratios():
         assert ms > 0 and out[variant]["steps_per_s"] == pytest.approx(1e3 / ms)
         assert out["ratio_to_dense"][variant] == pytest.approx(ms / out["dense"]["step_ms"])
     assert out["dense"]["peak_memory_gib"] is None  # no device memory to report on a CPU
+
+
+def test_repeated_trainings_are_bit_identical_on_a_cpu():
+    out = repeatability(repeat=2, size=32, batch=2, steps=3, width=0.125, head_width=0.0625, device="cpu")
+    assert out["max_loss_difference"] == 0.0 and out["max_weight_difference"] == 0.0 and out["bit_identical"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,9 +1,11 @@
 """The plugin contract, checked for every registered method (built-in and any loaded plugin).
 
-One tiny matrix runs every method at 70% sparsity, twice in two stores; each method must then:
+One tiny matrix runs every method at 70% sparsity (and the control row at 0), twice in two stores, the
+second time each cell after a different predecessor and different draws from the global RNGs; each method
+must then:
 - reach the target, counted from its final weights, within its declared ``sparsity_tolerance``;
 - leave every pruned weight exactly zero, with stored masks that match the weights;
-- give identical masks and metrics for the same seed;
+- give identical masks and metrics for the same seed, whatever ran before it in the process;
 - record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense);
 - evaluate and land in ``load_results()`` with finite metrics and ΔT;
 - killed in the middle of its training, resume from its checkpoint to exactly the same end (its callbacks'
@@ -20,14 +22,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from bench.analysis import load_results
 from bench.registry import METHODS, load_plugins
-from bench.runner import run_stage
+from bench.runner import plan, run_stage
 from bench.scheduler import run_matrix
 from bench.store import Store
 from tests.helpers import load_masks, tiny_matrix
@@ -36,25 +40,41 @@ from tests.test_resume import Killed, _fingerprint, _kill_at
 EXTRA = [m for m in os.environ.get("MTLPRUNE_CONTRACT_PLUGINS", "").split(",") if m]
 load_plugins(["tests.plugins.taylor_example", *EXTRA])
 NAMES = sorted(METHODS.names())
+CONTROLS = [n for n in NAMES if METHODS.get(n).control]  # planned by the matrix, never listed as methods
 TARGET = 0.7
 
 
 def _matrix():
-    methods = [{"name": n, "params": dict(METHODS.get(n).contract_params)} for n in NAMES]
+    methods = [
+        {"name": n, "params": dict(METHODS.get(n).contract_params)} for n in NAMES if n not in CONTROLS
+    ]
     return tiny_matrix(
         methods=methods,
         sparsities=[TARGET],
+        controls=True,
         runtime={"device": "cpu", "log_every": 1, "save_cell_models": True, "checkpoint_every": 2},
     )
 
 
+def _rng_noise(n: int) -> None:
+    """Draw from every global RNG, as earlier work in a worker process would have."""
+    torch.rand(n), np.random.rand(n), [random.random() for _ in range(n)]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The matrix on two stores: in plan order, then each cell after a different predecessor (reversed
+    order) and different draws from the global RNGs, so no method's result can depend on what ran before."""
     matrix = _matrix()
     stores = [Store(tmp_path_factory.mktemp(f"contract{i}")) for i in range(2)]
-    for store in stores:
-        outcome = run_matrix(matrix, store, show_progress=False)
-        assert outcome.failed == {}, {k: store.status_record(k).get("error") for k in outcome.failed}
+    outcome = run_matrix(matrix, stores[0], show_progress=False)
+    assert outcome.failed == {}, {k: stores[0].status_record(k).get("error") for k in outcome.failed}
+    the_plan = plan(matrix)
+    assert run_stage(the_plan.dense[0], stores[1], matrix.runtime).status == "done"
+    for i, cell in enumerate(reversed(the_plan.cells)):
+        _rng_noise(i + 1)
+        outcome = run_stage(cell, stores[1], matrix.runtime)
+        assert outcome.status == "done", (cell.method.name, outcome.error)
     cells = {c.method.name: c for c in matrix.expand()}
     return matrix, stores, cells
 
@@ -73,11 +93,12 @@ def test_achieved_sparsity_from_the_weights_meets_the_target(runs, name):
     _, (store, _), cells = runs
     cell = cells[name]
     model = _load(store, cell.run_id, "model.pt")
-    masks = load_masks(store.run_dir(cell.run_id))
-    zeros = sum(int((model[n] == 0).sum()) for n in masks)
-    total = sum(m.numel() for m in masks.values())
+    masks = load_masks(store.run_dir(cell.run_id)) if name not in CONTROLS else {}
+    prunable = masks or store.result(cell.run_id)["sparsity"]["layers"]  # a control stores no masks
+    zeros = sum(int((model[n] == 0).sum()) for n in prunable)
+    total = sum(model[n].numel() for n in prunable)
     tolerance = METHODS.get(name).sparsity_tolerance
-    assert abs(zeros / total - TARGET) <= tolerance
+    assert abs(zeros / total - cell.target_sparsity) <= tolerance
     assert store.result(cell.run_id)["sparsity"]["achieved_sparsity"] == pytest.approx(zeros / total)
 
 
@@ -85,6 +106,9 @@ def test_achieved_sparsity_from_the_weights_meets_the_target(runs, name):
 def test_pruned_weights_are_exactly_zero_and_masks_match(runs, name):
     _, (store, _), cells = runs
     run_id = cells[name].run_id
+    if name in CONTROLS:  # nothing pruned, nothing stored
+        assert not (store.run_dir(run_id) / "masks.npz").exists()
+        return
     model = _load(store, run_id, "model.pt")
     masks = load_masks(store.run_dir(run_id))
     for param, mask in masks.items():
@@ -96,8 +120,9 @@ def test_pruned_weights_are_exactly_zero_and_masks_match(runs, name):
 def test_same_seed_gives_the_same_masks_and_metrics(runs, name):
     _, (first, second), cells = runs
     run_id = cells[name].run_id
-    a, b = load_masks(first.run_dir(run_id)), load_masks(second.run_dir(run_id))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if name not in CONTROLS:
+        a, b = load_masks(first.run_dir(run_id)), load_masks(second.run_dir(run_id))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first.result(run_id)["metrics"] == second.result(run_id)["metrics"]
 
 
@@ -118,7 +143,7 @@ def test_every_method_lands_in_load_results(runs):
     for name in NAMES:
         row = frame.loc[name]
         assert row["status"] == "done" and row["run_id"] == cells[name].run_id
-        assert row["target_sparsity"] == TARGET
+        assert row["target_sparsity"] == (0.0 if name in CONTROLS else TARGET)
         assert math.isfinite(row["segment_semantic.pixel_acc"]) and math.isfinite(
             row["depth_zbuffer.abs_err"]
         )
@@ -137,6 +162,7 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_end(runs, name, tmp_path
     progress, _ = _kill_at(max(1, steps // 2 + 1))
     with pytest.raises(Killed):
         run_stage(cell, resumed, matrix.runtime, progress)
+    _rng_noise(5)  # the resuming process has a history of its own
     outcome = run_stage(cell, resumed, matrix.runtime)
     assert outcome.status == "done", outcome.error
     assert _fingerprint(resumed, cell.run_id) == _fingerprint(store, cell.run_id)

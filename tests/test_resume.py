@@ -49,6 +49,8 @@ def _fingerprint(store: Store, run_id: str) -> dict:
         "sparsity": result["sparsity"]["achieved_sparsity"],
         "steps": result["steps_total"],
         "method_state": result.get("method_state"),
+        # a dense stage's convergence measure, divergence reference and trivial predictor
+        "dense": [result.get(k) for k in ("convergence", "initial_losses", "trivial_metrics")],
         "log": (run_dir / "log.jsonl").read_text(),
     }
     if (run_dir / "masks.npz").is_file():
@@ -158,7 +160,10 @@ def test_a_checkpoint_holds_every_piece_of_state_and_loads_weights_only(tmp_path
     assert payload["call"] == 1 and payload["step"] == 0  # the start of the method's training call
     assert set(payload["rng"]) >= {"python", "numpy", "torch"}
     train_state = payload["train"]
-    assert set(train_state["runner"]) == {"optimizer", "scaler", "masks", "callbacks"}
+    assert set(train_state["runner"]) == {"optimizer", "scaler", "masks", "callbacks", "guard"}
+    assert train_state["runner"]["guard"]["above"] == 0 and set(
+        train_state["runner"]["guard"]["reference"]
+    ) == set(matrix.datasets[0].tasks)  # the divergence guard's reference: the dense stage's step-0 losses
     (callback,) = train_state["runner"]["callbacks"]
     assert {"offset", "weights", "solves", "weighting"} <= set(callback)  # the AdapMTL controller's state
     assert any(".threshold" in key for key in train_state["model"])  # the learnable thresholds
@@ -228,7 +233,7 @@ def test_every_result_carries_its_provenance(tmp_path):
         result = store.result(stage.run_id)
         prov = result["provenance"]
         assert set(prov) >= {"commit", "dirty", "packages", "hostname", "device", "start", "end", "wall_s"}
-        assert prov["torch_threads"] == torch.get_num_threads()
+        assert prov["torch_threads"] == result["determinism"]["cpu_threads"] == 1  # bench.determinism
         assert prov["packages"]["torch"] == torch.__version__.split("+")[0]
         assert prov["device"] == "cpu" and result["resumed_from"] is None
         assert prov["start"] < prov["end"] and prov["wall_s"] > 0

@@ -46,18 +46,20 @@ def test_canonical_form_of_a_cell_is_exactly_the_non_default_semantic_fields():
     cell = _cell()
     assert canonical_json(semantic_dump(cell)) == (
         '{"data":{"tasks":["segment_semantic","normal","depth_zbuffer"]},"finetune":{"steps":10},'
-        '"method":{"name":"magnitude"},"schema_version":1,"seed":0,"stage":"cell",'
+        '"method":{"name":"magnitude"},"schema_version":2,"seed":0,"stage":"cell",'
         '"target_sparsity":0.9,"train":{"steps":100}}'
     )
 
 
 def test_pinned_hashes():
     # Changing any of these invalidates every stored result: do it only with a SCHEMA_VERSION bump.
-    assert _cell().run_id == "aad16f2352701cf1"
-    assert _cell(target_sparsity=0.5).run_id == "e4b3dd70de411d39"
-    assert _cell(method=MethodSpec(name="magnitude", params={"scope": "layer"})).run_id == "0c7dc6b4d0ab6204"
-    assert _cell().dense().run_id == "d5bd576980282adb"
-    assert tiny_matrix().expand()[0].run_id == "e50b8a37dbe31493"
+    # Version 2 (one CPU thread, flushed denormals, seeded RNGs, divergence rules) replaced the version-1
+    # hashes aad16f2352701cf1, e4b3dd70de411d39, 0c7dc6b4d0ab6204, d5bd576980282adb, e50b8a37dbe31493.
+    assert _cell().run_id == "64f28b95f8ee4078"
+    assert _cell(target_sparsity=0.5).run_id == "07d4324f59038a5b"
+    assert _cell(method=MethodSpec(name="magnitude", params={"scope": "layer"})).run_id == "071fecd7ad0f7433"
+    assert _cell().dense().run_id == "18ee35c323aa9ebf"
+    assert tiny_matrix().expand()[0].run_id == "e29b2dd407e6a45c"
 
 
 def test_hash_is_sha256_prefix_of_canonical_json():
@@ -207,7 +209,9 @@ def test_demo_config_is_valid():
     matrix = load_matrix(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert isinstance(matrix, MatrixSpec)
     assert [m.name for m in matrix.methods][:2] == ["random", "magnitude"]
-    assert matrix.sparsities == [0.5, 0.7, 0.9] and len(matrix.expand()) == 3 * len(matrix.methods)
+    cells = matrix.expand()
+    assert matrix.sparsities == [0.5, 0.7, 0.9] and len(cells) == 3 * len(matrix.methods) + 1
+    assert (cells[-1].method.name, cells[-1].target_sparsity) == ("dense-finetune", 0.0)  # the control row
     assert isinstance(matrix.dense_stages()[0], DenseSpec)
 
 
@@ -242,4 +246,4 @@ def test_pretrained_file_must_exist_and_match_its_digest(tmp_path):
 def test_taskonomy_demo_config_is_valid():
     matrix = load_matrix(Path(__file__).parents[1] / "configs" / "demo_taskonomy.yaml")
     assert matrix.datasets[0].dataset == "taskonomy" and len(matrix.datasets[0].tasks) == 5
-    assert len(matrix.expand()) == 6
+    assert len(matrix.expand()) == 6 + 1  # the methods × sparsities, then the control row

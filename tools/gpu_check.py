@@ -5,6 +5,8 @@ dense, holding 90% global magnitude masks, and AdapMTL's soft thresholds with it
 the ratios to the dense step, and peak device memory, as JSON. Defaults are the paper setting
 (Deeplab-ResNet34, NYU-v2's three tasks, 321×321, batch 16); ``--amp`` and ``--channels-last`` exercise the
 GPU path. It runs on a CPU too (small ``--size``/``--width`` for a quick check); the numbers then mean little.
+``--repeat N`` instead trains N identical short runs and reports how far they differ: the determinism
+tolerance of the device (exactly 0 on a CPU).
 """
 
 from __future__ import annotations
@@ -134,6 +136,54 @@ def check(
     }
 
 
+def repeatability(
+    repeat: int = 2,
+    arch: str = "deeplab_resnet34",
+    size: int = 321,
+    batch: int = 16,
+    steps: int = 20,
+    width: float = 1.0,
+    head_width: float = 1.0,
+    amp: str = "none",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """``repeat`` identical short trainings under the stage's determinism settings (bench.determinism);
+    the largest difference of each run's per-step losses and final weights from the first run's.
+
+    On a CPU both are exactly 0 (one thread per stage); on CUDA they measure the tolerance that the kernels
+    without a deterministic implementation leave (docs/design.md, Determinism).
+    """
+    from bench.determinism import seed_everything, stage_environment
+
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+    spec = TrainSpec(steps=steps, batch_size=batch, lr=1e-4, optimizer="adam", amp=amp)
+    batches = [synthetic_batch(batch, size, dev, pin=True) for _ in range(2)]
+    runs: list[tuple[list[float], dict[str, torch.Tensor]]] = []
+    with stage_environment(dev):
+        for _ in range(repeat):
+            seed_everything(0)
+            model = ARCHS.get(arch)(TASK_CHANNELS, width=width, head_width=head_width).to(dev)
+            runner = StepRunner(model, "nyuv2", spec, dev)
+            losses = [runner(batches[i % 2], i)["loss"] for i in range(steps)]
+            weights = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+            runs.append((losses, weights))
+    first_losses, first_weights = runs[0]
+    loss_diff = max(abs(a - b) for losses, _ in runs[1:] for a, b in zip(losses, first_losses, strict=True))
+    weight_diff = max(
+        float((w[k] - first_weights[k]).abs().max()) for _, w in runs[1:] for k in w if w[k].numel()
+    )
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "repeat": repeat,
+        "steps": steps,
+        "max_loss_difference": loss_diff,
+        "max_weight_difference": weight_diff,
+        "bit_identical": loss_diff == 0.0 and weight_diff == 0.0,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="deeplab_resnet34")
@@ -146,8 +196,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="instead of timing: train this many identical short runs (--steps, default 20 here) and report "
+        "how far they differ (the determinism tolerance of this device)",
+    )
     args = parser.parse_args(argv)
     load_plugins([])
+    if args.repeat:
+        if args.repeat < 2:
+            parser.error("--repeat needs at least 2 runs to compare")
+        steps = args.steps if "--steps" in (argv if argv is not None else sys.argv) else 20
+        out = repeatability(
+            repeat=args.repeat,
+            arch=args.arch,
+            size=args.size,
+            batch=args.batch,
+            steps=steps,
+            width=args.width,
+            head_width=args.head_width,
+            amp=args.amp,
+            device=args.device,
+        )
+        json.dump(out, sys.stdout, indent=2)
+        print()
+        return 0
     out = check(
         arch=args.arch,
         size=args.size,

@@ -25,7 +25,16 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
-from bench.analysis import load_masks, load_published, load_results, load_task_masks, overlap_matrix, task_iou  # noqa: E402
+from bench.analysis import (  # noqa: E402
+    friedman_test,
+    load_masks,
+    load_published,
+    load_results,
+    load_task_masks,
+    overlap_matrix,
+    seed_intervals,
+    task_iou,
+)
 from bench.analysis.curves import load_log  # noqa: E402
 from bench.analysis.dense import load_dense  # noqa: E402
 from bench.analysis.figures import (  # noqa: E402
@@ -37,6 +46,7 @@ from bench.analysis.figures import (  # noqa: E402
     training_overview,
 )
 from bench.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve  # noqa: E402
+from bench.analysis.stats_figures import cd_diagram, interval_plot  # noqa: E402
 from bench.analysis.style import STYLES, StyleMap  # noqa: E402
 from bench.report import build_report  # noqa: E402
 from tests.fake_store import build_fake_store, write_config  # noqa: E402
@@ -118,6 +128,8 @@ def main() -> int:
             ),
             "task_iou_curve": task_iou_curve(task_iou(load_task_masks(root, run["disparse-static"]))),
             "overlap_heatmap": overlap_heatmap(overlap_matrix(root, top, 0.9)),
+            "cd_diagram": cd_diagram(friedman_test(frame), styles=styles, style=DOCS_STYLE),
+            "seed_intervals": interval_plot(seed_intervals(frame), styles=styles, style=DOCS_STYLE),
         }
         for name, fig in figures.items():
             write_png(figure_bytes(fig, "png", DOCS_STYLE), args.out / f"{name}.png")

@@ -1,7 +1,7 @@
 """Analysis from stored results alone (pandas/matplotlib; never imports torch or model code)."""
 
 from bench.analysis.curves import load_log, read_log
-from bench.analysis.dense import load_dense
+from bench.analysis.dense import dense_vs_trivial, load_dense
 from bench.analysis.load import load_results
 from bench.analysis.masks import (
     component_of,
@@ -14,6 +14,22 @@ from bench.analysis.masks import (
 )
 from bench.analysis.published import load_published
 from bench.analysis.seeds import aggregate
+from bench.analysis.stats import (
+    CONTROL_METHOD,
+    FriedmanResult,
+    RankStability,
+    average_ranks,
+    block_values,
+    friedman_test,
+    holm,
+    max_seeds_per_cell,
+    nemenyi_cd,
+    nemenyi_q,
+    paired_differences,
+    pairwise_tests,
+    rank_stability,
+    seed_intervals,
+)
 from bench.analysis.summaries import bootstrap_ci, delta_t_auc, pareto_dominated, with_bootstrap
 from bench.analysis.summary import summary_table
 from bench.analysis.tables import (
@@ -26,11 +42,19 @@ from bench.analysis.tables import (
 )
 
 __all__ = [
+    "CONTROL_METHOD",
+    "FriedmanResult",
+    "RankStability",
     "aggregate",
+    "average_ranks",
+    "block_values",
     "bootstrap_ci",
     "comparison_table",
     "component_of",
     "delta_t_auc",
+    "dense_vs_trivial",
+    "friedman_test",
+    "holm",
     "layer_sparsity",
     "load_dense",
     "load_log",
@@ -39,9 +63,16 @@ __all__ = [
     "load_results",
     "load_task_masks",
     "mask_overlap",
+    "max_seeds_per_cell",
+    "nemenyi_cd",
+    "nemenyi_q",
     "overlap_matrix",
+    "paired_differences",
+    "pairwise_tests",
     "pareto_dominated",
+    "rank_stability",
     "read_log",
+    "seed_intervals",
     "summary_table",
     "table2_latex",
     "table2_layout",

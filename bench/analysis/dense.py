@@ -2,7 +2,9 @@
 
 `load_results` keeps one row per cell and turns the dense stage into ΔT/Δm; a figure of raw metrics needs
 the dense numbers themselves. They are read from each dense stage's ``result.json`` (the stage a cell names
-in ``dense_run_id``), keyed like the cells (dataset, tasks, arch, widths, seed, protocol).
+in ``dense_run_id``), keyed like the cells (dataset, tasks, arch, widths, seed, protocol), with the trivial
+predictor's metrics (``trivial.<task>.<metric>``: the best constant prediction, bench.trivial) and the
+convergence measure (``convergence_drop``: relative loss drop over the last 20% of training; ``converged``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pandas as pd
 from bench.analysis.load import setting_columns
 from bench.store import RESULT, SPEC, STATUS, read_json
 
-__all__ = ["DENSE_COLUMNS", "load_dense"]
+__all__ = ["DENSE_COLUMNS", "TRIVIAL", "dense_vs_trivial", "load_dense"]
 
 DENSE_COLUMNS = [
     "run_id",
@@ -31,7 +33,10 @@ DENSE_COLUMNS = [
     "error",
     "steps_total",
     "wall_s",
+    "converged",
+    "convergence_drop",
 ]
+TRIVIAL = "trivial."  # prefix of the trivial predictor's metric columns (bench.trivial)
 
 
 def _row(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +45,9 @@ def _row(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
         result = read_json(run_dir / RESULT)
         row.update(status="done", steps_total=result.get("steps_total"), wall_s=result.get("wall_s"))
         row.update(result["metrics"])
+        row.update({f"{TRIVIAL}{k}": v for k, v in (result.get("trivial_metrics") or {}).items()})
+        convergence = result.get("convergence") or {}
+        row.update(converged=convergence.get("converged"), convergence_drop=convergence.get("rel_drop"))
     elif (run_dir / STATUS).is_file():
         record = read_json(run_dir / STATUS)
         row.update(status=str(record.get("status", "pending")), error=record.get("error"))
@@ -70,3 +78,39 @@ def load_dense(store: str | Path, run_ids: Iterable[str] | None = None) -> pd.Da
             frame[column] = None
     metrics = sorted(c for c in frame.columns if c not in DENSE_COLUMNS)
     return frame[DENSE_COLUMNS + metrics]
+
+
+def dense_vs_trivial(dense: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: each main metric of the dense model (mean over seeds) beside the trivial predictor's,
+    and whether every seed's dense stage converged: the headroom a comparison of pruning methods has.
+
+    Columns: dataset, tasks, arch, width, head_width, protocol, ``metric``, ``dense`` (mean over finished
+    seeds), ``trivial`` (mean over seeds), ``n_seeds``, ``converged`` (True/False when every seed says so,
+    None when unknown), ``convergence_drop`` (the largest over seeds).
+    """
+    from bench.vocabulary import MAIN_METRIC
+
+    done = dense[dense["status"] == "done"] if "status" in dense else dense
+    keys = ["dataset", "tasks", "arch", "width", "head_width", "protocol"]
+    rows = []
+    for key, group in done.groupby(keys, sort=True, dropna=False):
+        flags = [v for v in group["converged"] if v is not None and not pd.isna(v)]
+        converged = None if len(flags) < len(group) else all(bool(v) for v in flags)
+        drops = pd.to_numeric(group["convergence_drop"], errors="coerce")
+        for task in str(key[1]).split(","):
+            metric = f"{task}.{MAIN_METRIC[task]}"
+            if metric not in group or f"{TRIVIAL}{metric}" not in group:
+                continue
+            rows.append(
+                {
+                    **dict(zip(keys, key, strict=True)),
+                    "metric": metric,
+                    "dense": float(pd.to_numeric(group[metric]).mean()),
+                    "trivial": float(pd.to_numeric(group[f"{TRIVIAL}{metric}"]).mean()),
+                    "n_seeds": len(group),
+                    "converged": converged,
+                    "convergence_drop": float(drops.max()) if drops.notna().any() else None,
+                }
+            )
+    columns = [*keys, "metric", "dense", "trivial", "n_seeds", "converged", "convergence_drop"]
+    return pd.DataFrame(rows, columns=columns)

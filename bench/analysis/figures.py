@@ -64,7 +64,12 @@ __all__ = [
 
 SPARSITY_X = "achieved sparsity"
 STEP_X = "optimizer step (all phases)"
-DELTA_LABELS = {"delta_t": "ΔT vs dense (%)", "delta_m": "Δm vs dense (%)"}
+DELTA_LABELS = {
+    "delta_t": "ΔT vs dense (%)",
+    "delta_m": "Δm vs dense (%)",
+    "delta_t_control": "ΔT vs control (%)",
+    "delta_m_control": "Δm vs control (%)",
+}
 SETTING_KEYS = ("dataset", "tasks", "arch", "width", "head_width", "protocol")
 # Keys a published row is matched on (its widths are unknown and its protocol is the paper's own).
 PUBLISHED_KEYS = ("dataset", "tasks", "arch")
@@ -344,18 +349,21 @@ def _published_rows(
 def delta_vs_sparsity(
     frame: pd.DataFrame,
     published: pd.DataFrame | None = None,
-    deltas: Sequence[str] = ("delta_t", "delta_m"),
+    deltas: Sequence[str] = ("delta_t", "delta_m", "delta_t_control"),
     styles: StyleMap | None = None,
     style: str | FigureStyle = "paper",
     title: str | None = None,
 ) -> Figure:
     """ΔT (and Δm) vs achieved sparsity per method; dense at 0; published points as hollow markers.
 
-    Rows = ``deltas``, columns = settings. ``published`` (:func:`bench.analysis.load_published` output)
-    adds the papers' points of the same dataset, tasks and architecture, for the methods the frame has,
-    as hollow markers in the method's colour, at the printed sparsity (achieved where printed, else the
-    target); the legend gives one entry per published table. Note that published numbers follow their
-    paper's evaluation protocol (``protocol`` column), which may differ from the runs'.
+    Rows = ``deltas`` that have values (``delta_t_control``: against the setting's control cell, the dense
+    model finetuned unpruned, whose own point sits at sparsity 0 in the rows against dense; in that row the
+    dashed zero line is the control), columns = settings. ``published``
+    (:func:`bench.analysis.load_published` output) adds the papers' points of the same dataset, tasks and
+    architecture, for the methods the frame has, as hollow markers in the method's colour, at the printed
+    sparsity (achieved where printed, else the target); the legend gives one entry per published table.
+    Note that published numbers follow their paper's evaluation protocol (``protocol`` column), which may
+    differ from the runs'.
     """
     done = _done(frame)
     rows_with = [d for d in deltas if d in done and done[d].notna().any()]
@@ -430,8 +438,9 @@ def delta_vs_sparsity(
 
 
 def delta_t_vs_sparsity(frame: pd.DataFrame, out_stem: Path) -> list[Path]:
-    """ΔT vs achieved sparsity (screen style) written as PNG and PDF; the paths (end-of-run summary)."""
-    fig = delta_vs_sparsity(frame, deltas=("delta_t",), style="screen")
+    """ΔT vs achieved sparsity, against dense and against the control (screen style), written as PNG and
+    PDF; the paths (end-of-run summary)."""
+    fig = delta_vs_sparsity(frame, deltas=("delta_t", "delta_t_control"), style="screen")
     return save_figure(fig, out_stem, style="screen", formats=("png", "pdf"))
 
 

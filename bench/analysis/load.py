@@ -1,4 +1,9 @@
-"""`load_results(store)`: one tidy row per cell, with ΔT/Δm against the dense stage of the same seed."""
+"""`load_results(store)`: one tidy row per cell, with ΔT/Δm against the dense stage of the same seed.
+
+``delta_t``/``delta_m`` compare a cell with its dense model (the papers' number); ``delta_t_control`` /
+``delta_m_control`` compare it with its setting's control cell (``dense-finetune``: the dense model
+finetuned on the same budget, unpruned), which separates the effect of pruning from that of extra training.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ BASE_COLUMNS = [
     "delta_t",
     "delta_m",
     "delta_note",
+    "control_run_id",
+    "delta_t_control",
+    "delta_m_control",
+    "collapsed_layers",
+    "collapsed_components",
 ]
 
 
@@ -49,6 +59,16 @@ def _scalars(section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def collapsed(sparsity: dict[str, Any]) -> tuple[int, str]:
+    """Layer collapse in a result's sparsity section: how many prunable tensors were pruned to zero
+    density, and the components that hold them (comma-joined, sorted; "" when none). A head with a fully
+    pruned layer is disconnected: it predicts a constant, so the cell's metrics for that task are the
+    trivial predictor's, not a pruning trade-off."""
+    layers = sparsity.get("layers") or {}
+    dead = [info for info in layers.values() if info.get("params") and info.get("sparsity") == 1.0]
+    return len(dead), ",".join(sorted({str(info.get("component", "?")) for info in dead}))
+
+
 def setting_columns(spec_payload: dict[str, Any]) -> dict[str, Any]:
     """The columns that say which setting a stage (dense or cell) belongs to, from its spec.json."""
     spec = spec_payload["spec"]
@@ -64,7 +84,8 @@ def setting_columns(spec_payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dict | None]) -> dict[str, Any]:
+def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, dict | None]) -> dict[str, Any]:
+    """One cell's row; ``cache`` holds the dense and control results already read (run id → result)."""
     spec = spec_payload["spec"]
     method = spec["method"]
     params = method.get("params") or {}
@@ -80,6 +101,7 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dic
         "status": status,
         "error": error,
         "dense_run_id": spec_payload.get("dense_run_id"),
+        "control_run_id": spec_payload.get("control_run_id"),
     }
     if status != "done":
         return row
@@ -88,22 +110,36 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], dense_cache: dict[str, dic
     row["steps_total"] = result["steps_total"]
     row["wall_s"] = result["wall_s"]
     row.update(_scalars(result["sparsity"]))
+    row["collapsed_layers"], row["collapsed_components"] = collapsed(result["sparsity"])
     row.update(_scalars(result.get("costs", {})))
     row.update({f"latency.{k}": v for k, v in _scalars(result.get("latency", {})).items()})
-    dense_id = result["dense_run_id"]
-    if dense_id not in dense_cache:
-        dense_path = run_dir.parent / dense_id / RESULT
-        dense_cache[dense_id] = read_json(dense_path) if dense_path.is_file() else None
-    dense = dense_cache[dense_id]
-    if dense is None:
-        row["delta_note"] = f"dense stage {dense_id} has no result"
-        return row
-    tasks = spec["data"]["tasks"]
-    try:
-        row.update(delta_t(result["metrics"], dense["metrics"], tasks, dataset=spec["data"]["dataset"]))
-        row["delta_m"] = delta_m(result["metrics"], dense["metrics"], tasks, dataset=spec["data"]["dataset"])
-    except (KeyError, ValueError) as exc:  # e.g. a dense metric of 0: ΔT undefined, said so in the row
-        row["delta_note"] = str(exc).strip("'\"")
+    tasks, dataset = spec["data"]["tasks"], spec["data"]["dataset"]
+    notes = []
+    for suffix, reference_id, what in (
+        ("", result["dense_run_id"], "dense stage"),
+        ("_control", spec_payload.get("control_run_id"), "control cell"),
+    ):
+        if reference_id is None:  # results written before the control row existed
+            continue
+        if reference_id not in cache:
+            path = run_dir.parent / reference_id / RESULT
+            cache[reference_id] = read_json(path) if path.is_file() else None
+        reference = cache[reference_id]
+        if reference is None:
+            if suffix and not (run_dir.parent / reference_id).is_dir():
+                continue  # a matrix without the control row (controls: false): nothing to say
+            notes.append(f"{what} {reference_id} has no result")
+            continue
+        try:
+            changes = delta_t(result["metrics"], reference["metrics"], tasks, dataset=dataset)
+            row[f"delta_t{suffix}"] = changes["delta_t"]
+            if not suffix:
+                row.update(changes)  # the per-task ΔT columns, against the dense model (the papers' number)
+            row[f"delta_m{suffix}"] = delta_m(result["metrics"], reference["metrics"], tasks, dataset=dataset)
+        except (KeyError, ValueError) as exc:  # e.g. a reference metric of 0: undefined, said so in the row
+            notes.append(("against the control: " if suffix else "") + str(exc).strip("'\""))
+    if notes:
+        row["delta_note"] = "; ".join(notes)
     return row
 
 
@@ -111,7 +147,7 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
     """Cells of the store (or just `run_ids`) as a DataFrame; pending and failed cells have no metrics."""
     runs = Path(store) / "runs"
     wanted = None if run_ids is None else set(run_ids)
-    dense_cache: dict[str, dict | None] = {}
+    cache: dict[str, dict | None] = {}
     rows = []
     for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
         if wanted is not None and spec_path.parent.name not in wanted:
@@ -119,11 +155,12 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
         payload = read_json(spec_path)
         if payload["spec"].get("stage") != "cell":
             continue
-        rows.append(_row(spec_path.parent, payload, dense_cache))
+        rows.append(_row(spec_path.parent, payload, cache))
     frame = pd.DataFrame(rows)
     for column in BASE_COLUMNS:
         if column not in frame:
-            frame[column] = None if column in ("status", "error", "delta_note") else math.nan
+            text = column in ("status", "error", "delta_note", "control_run_id")
+            frame[column] = None if text else math.nan
     metric_columns = sorted(c for c in frame.columns if c not in BASE_COLUMNS)
     frame = frame[BASE_COLUMNS + metric_columns]
     if run_ids is not None:

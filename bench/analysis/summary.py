@@ -15,7 +15,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     main = [
         f"{t}.{MAIN_METRIC[t]}" for t in done["tasks"].iloc[0].split(",") if f"{t}.{MAIN_METRIC[t]}" in done
     ]
-    deltas = [c for c in ("delta_t", "delta_m") if c in done]
+    deltas = [c for c in ("delta_t", "delta_m", "delta_t_control") if c in done and done[c].notna().any()]
     columns = ["achieved_sparsity", *main, *deltas]
     keys = ["dataset", "arch", "method", "target_sparsity"]
     table = done.groupby(keys, sort=False)[columns].mean()

@@ -446,7 +446,9 @@ def _direction(column: str) -> int | None:
     """+1/−1 for metrics and ΔT/Δm (higher is better), None for columns without one (sparsity, costs)."""
     if column in DIRECTIONS:
         return DIRECTIONS[column]
-    if column in ("delta_t", "delta_m") or column.startswith(("delta_t.", "delta_m.")):
+    if column in ("delta_t", "delta_m", "delta_t_control", "delta_m_control") or column.startswith(
+        ("delta_t.", "delta_m.")
+    ):
         return HIGHER
     return None
 
@@ -464,6 +466,10 @@ def _header(column: str, style: _Style) -> str:
         text = f"{delta} {TASK_SHORT[column[8:]]}"
     elif column == "delta_m":
         text = r"$\Delta_m$" if style.latex else "Δm"
+    elif column == "delta_t_control":
+        text = f"{delta} vs control"
+    elif column == "delta_m_control":
+        text = (r"$\Delta_m$" if style.latex else "Δm") + " vs control"
     elif column == "achieved_sparsity":
         text = "Sparsity"
     elif column == "sparsity.backbone":

@@ -3,6 +3,7 @@
 from bench.spec.identity import canonical_json, semantic_dump, spec_hash
 from bench.spec.load import ConfigError, load_matrix, parse_matrix
 from bench.spec.models import (
+    CONTROL_METHOD,
     SCHEMA_VERSION,
     ArchSpec,
     DataSpec,
@@ -18,6 +19,7 @@ from bench.spec.models import (
 )
 
 __all__ = [
+    "CONTROL_METHOD",
     "SCHEMA_VERSION",
     "ArchSpec",
     "ConfigError",

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench.registry import ARCHS, DATASETS, METHODS, suggest
 from bench.spec.identity import spec_hash
 
-SCHEMA_VERSION = 1
+# 2: CPU stages run on one thread with denormals flushed to zero, every RNG seeded from the run id, the
+# divergence rules (bench.determinism, bench.divergence); results of version 1 are not reused.
+SCHEMA_VERSION = 2
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
@@ -78,6 +80,11 @@ class DataSpec(StrictModel):
     root: str | None = not_hashed(
         None, description="dataset root on disk (source: disk); ~ and $VARS / ${VARS} are expanded when run"
     )
+    fingerprint: str | None = Field(
+        None,
+        description="source: disk: sha256 of the data's content (`bench data fingerprint`); identity follows "
+        "it instead of the root. Filled in from the files when run; pinned here, it must match them",
+    )
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     crop: tuple[int, int] = Field((64, 64), description="training crop (H, W)")
     scale: tuple[float, float] = Field((0.5, 1.5), description="random scale range [lo, hi) for training")
@@ -122,6 +129,23 @@ class DataSpec(StrictModel):
             raise ValueError(f"tasks must be unique, got {list(self.tasks)}")
         if self.source == "disk" and not self.root:
             raise ValueError("source 'disk' needs root: the directory that holds the dataset listing")
+        return self
+
+    @model_validator(mode="after")
+    def _fingerprint_format(self) -> DataSpec:
+        """Only checked here: computing it reads the data, which bench.fingerprint does once, with a cache."""
+        if self.fingerprint is None:
+            return self
+        if self.source != "disk":
+            raise ValueError(
+                f"fingerprint is for source 'disk' (the content of root); source {self.source!r} is "
+                "identified by its synthetic section"
+            )
+        if not re.fullmatch(r"[0-9a-f]{64}", self.fingerprint):
+            raise ValueError(
+                f"fingerprint must be 64 lowercase hex digits (a sha256, as `python -m bench data "
+                f"fingerprint` prints it), got {self.fingerprint!r}"
+            )
         return self
 
     def resolved_root(self) -> Path:
@@ -349,7 +373,12 @@ class RuntimeSpec(StrictModel):
         description="local worker processes running stages in parallel (bench run --workers overrides); "
         "torch threads are divided between them",
     )
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads for the host-side work of a CUDA stage; a CPU stage always runs on one "
+        "thread, so that its numbers do not depend on the machine (docs/design.md, Determinism)",
+    )
     log_every: int = Field(10, ge=1, description="steps between log.jsonl records")
     measure_latency: bool = Field(False, description="time the dense and the pruned model's forward pass")
     num_workers: int = Field(
@@ -373,6 +402,19 @@ class RuntimeSpec(StrictModel):
     slurm: SlurmSpec = Field(
         default_factory=SlurmSpec, description="resources of each task under --executor slurm (docs/slurm.md)"
     )
+
+
+CONTROL_METHOD = "dense-finetune"
+
+
+def is_control(method_name: str) -> bool:
+    """Whether a registered method is a control row (``control = True``: no pruning, target 0)."""
+    return bool(getattr(METHODS.get(method_name), "control", False))
+
+
+def starts_from_dense(method: MethodSpec) -> bool:
+    """Whether a configured method starts from the dense checkpoint (its params may choose)."""
+    return METHODS.get(method.name)(method.parsed_params()).start == "dense"
 
 
 class MethodSpec(StrictModel):
@@ -437,8 +479,22 @@ class RunSpec(StrictModel):
     finetune: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
     method: MethodSpec
-    target_sparsity: Fraction
+    target_sparsity: float = Field(
+        ge=0.0, lt=1.0, description="fraction of prunable weights to remove; 0 only for the control row"
+    )
     seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _control_at_zero(self) -> RunSpec:
+        control = is_control(self.method.name)
+        if control and self.target_sparsity != 0.0:
+            raise ValueError(
+                f"method {self.method.name!r} is the unpruned control: its target_sparsity must be 0, "
+                f"got {self.target_sparsity}"
+            )
+        if not control and self.target_sparsity == 0.0:
+            raise ValueError(f"target_sparsity must be > 0 for method {self.method.name!r}")
+        return self
 
     @property
     def run_id(self) -> str:
@@ -446,6 +502,10 @@ class RunSpec(StrictModel):
 
     def dense(self) -> DenseSpec:
         return DenseSpec(data=self.data, arch=self.arch, train=self.train, eval=self.eval, seed=self.seed)
+
+    def control(self) -> RunSpec:
+        """The control cell of this cell's setting: the dense model finetuned on the same budget, unpruned."""
+        return self.model_copy(update={"method": MethodSpec(name=CONTROL_METHOD), "target_sparsity": 0.0})
 
 
 class MatrixSpec(StrictModel):
@@ -460,7 +520,23 @@ class MatrixSpec(StrictModel):
     train: TrainSpec
     finetune: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    controls: bool = Field(
+        True,
+        description=f"add the control row ({CONTROL_METHOD!r}: the dense model finetuned on the finetune "
+        "budget, unpruned) once per setting and seed when a method starts from the dense model",
+    )
     runtime: RuntimeSpec = not_hashed(RuntimeSpec())
+
+    @field_validator("methods")
+    @classmethod
+    def _no_explicit_control(cls, methods: list[MethodSpec]) -> list[MethodSpec]:
+        for i, method in enumerate(methods):
+            if is_control(method.name):
+                raise ValueError(
+                    f"methods[{i}]: {method.name!r} is the control row; it is added once per setting and "
+                    "seed by `controls: true` (the default), not listed as a method"
+                )
+        return methods
 
     @field_validator("sparsities", "seeds")
     @classmethod
@@ -491,22 +567,27 @@ class MatrixSpec(StrictModel):
         return self
 
     def expand(self) -> list[RunSpec]:
-        """Cells in a deterministic order: datasets, archs, seeds, methods, sparsities (as written)."""
-        return [
-            RunSpec(
-                data=data,
-                arch=arch,
-                train=self.train,
-                finetune=self.finetune,
-                eval=self.eval,
-                method=method,
-                target_sparsity=sparsity,
-                seed=seed,
-            )
-            for data, arch, seed, method, sparsity in itertools.product(
-                self.datasets, self.archs, self.seeds, self.methods, self.sparsities
-            )
-        ]
+        """Cells in a deterministic order: datasets, archs, seeds, methods, sparsities (as written); with
+        ``controls``, each (dataset, arch, seed) block ends with its control cell when a method of the matrix
+        starts from the dense model."""
+        control = self.controls and any(starts_from_dense(m) for m in self.methods)
+        cells = []
+        for data, arch, seed in itertools.product(self.datasets, self.archs, self.seeds):
+            block = [
+                RunSpec(
+                    data=data,
+                    arch=arch,
+                    train=self.train,
+                    finetune=self.finetune,
+                    eval=self.eval,
+                    method=method,
+                    target_sparsity=sparsity,
+                    seed=seed,
+                )
+                for method, sparsity in itertools.product(self.methods, self.sparsities)
+            ]
+            cells += block + ([block[0].control()] if control else [])
+        return cells
 
     def dense_stages(self) -> list[DenseSpec]:
         """The distinct dense stages the cells need, in first-use order."""

@@ -31,13 +31,13 @@ class TaylorExample(PruningMethod):
     contract_params: ClassVar[dict[str, Any]] = {"batches": 1}  # keeps the contract test fast
 
     def run(self, ctx: MethodContext) -> None:
-        params = ctx.prunable()
+        net = ctx.scoring_copy()  # dropout off, BN on batch statistics; ctx.model stays untouched
+        params = net.prunable_parameters()  # the same names as ctx.prunable()
         scores = {name: torch.zeros_like(p) for name, p in params.items()}
         for batch in ctx.batches(self.params.batches):
-            ctx.model.zero_grad(set_to_none=True)
-            ctx.total_loss(ctx.task_losses(ctx.model(batch["input"]), batch)).backward()
+            net.zero_grad(set_to_none=True)
+            ctx.total_loss(ctx.task_losses(net(batch["input"]), batch)).backward()
             for name, p in params.items():
                 scores[name] += (p.grad * p).detach().abs()
-        ctx.model.zero_grad(set_to_none=True)
         ctx.apply_masks(ctx.select_masks(scores, scope=self.params.scope))
         ctx.finetune()
