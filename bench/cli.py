@@ -65,8 +65,14 @@ def cmd_list(kind: str) -> int:
     return 0
 
 
-def _load(path: str) -> MatrixSpec:
-    return load_matrix(path)
+def _load(args: argparse.Namespace) -> MatrixSpec:
+    return load_matrix(args.config, args.overrides)
+
+
+def _only(args: argparse.Namespace) -> Any:
+    from bench.spec.select import Selection
+
+    return Selection.parse(args.only)
 
 
 UNKNOWN_ID = "(unknown)"  # a stage whose run id depends on a data fingerprint that cannot be computed
@@ -92,8 +98,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bench.store import Store
 
     store = Store(args.store)
-    matrix, unknown = resolve_data_lenient(_load(args.config), store.root)
-    the_plan = plan(matrix)
+    matrix, unknown = resolve_data_lenient(_load(args), store.root)
+    only = _only(args)
+    the_plan = plan(matrix, only)
 
     def shown(run_id: str, known: bool) -> tuple[str, str]:
         return (run_id, store.status(run_id)) if known else (UNKNOWN_ID, "unknown")
@@ -116,7 +123,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for line in _unknown_data(matrix, unknown):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print("[bold]What the run needs[/bold]")
-    for line in requirements(matrix):
+    for line in requirements(matrix):  # of the whole matrix, also with --only
         console.print(f"  {line}", markup=False, highlight=False)
     known = {s.run_id for s in [*the_plan.dense, *the_plan.cells] if identity_known(s.data)}
     keys = [
@@ -144,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bench.store import Store
 
     store = Store(args.store)
-    matrix, unknown = resolve_data_lenient(_load(args.config), store.root)
+    matrix, unknown = resolve_data_lenient(_load(args), store.root)
     if unknown:
         raise DataFingerprintError("; ".join(_unknown_data(matrix, unknown)))
     now = time.time()
@@ -154,7 +161,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table(title=f"{matrix.name} in {store.root}")
     for column in ("stage", "run_id", "what", "status"):
         table.add_column(column)
-    for stage in stages_of(matrix):
+    stages = stages_of(matrix, _only(args))
+    for stage in stages:
         run_id = stage.run_id
         status = store.status(run_id)
         shown = status
@@ -186,7 +194,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts[status] = counts.get(status, 0) + 1
         table.add_row(stage.kind, run_id, stage.label, shown)
     console.print(table)
-    warnings = _convergence_warnings(stages_of(matrix), store)
+    warnings = _convergence_warnings(stages, store)
     for title, lines in (("failed", failures), ("in progress", holders), ("warning", warnings)):
         if lines:
             console.print(f"[bold]{title}:[/bold]")
@@ -283,19 +291,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.store import Store
 
     store = Store(args.store)
-    matrix = resolve_data(_load(args.config), store.root)  # before any run id: disk data ids follow content
+    matrix = resolve_data(_load(args), store.root)  # before any run id: disk data ids follow content
     plugins = [*args.plugin, *args.sub_plugin]
     overrides = _slurm_overrides(args)
-    for cell in check_changed_code(stages_of(matrix), store, args.recompute_changed):
+    only = _only(args)
+    for cell in check_changed_code(stages_of(matrix, only), store, args.recompute_changed):
         console.print(f"recomputing {cell.run_id} ({cell.method}): its plugin code changed", markup=False)
     if args.executor == "local":
         if overrides:
             named = ", ".join(f"--{f.replace('_', '-')}" for f in SLURM_FLAGS if getattr(args, f) is not None)
             raise ValueError(f"{named}: Slurm resources apply to --executor slurm or submitit-local only")
-        write_manifest(matrix, store)  # what `bench report CONFIG` reads, torch-free
+        write_manifest(matrix, store, args.overrides)  # what `bench report CONFIG` reads, torch-free
         outcome = run_matrix(
             matrix, store, show_progress=not args.no_progress, workers=args.workers,
-            retry_failed=args.retry_failed, plugins=plugins,
+            retry_failed=args.retry_failed, plugins=plugins, only=only,
         )  # fmt: skip
     else:
         from bench.executors import submit_matrix
@@ -309,16 +318,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(text, markup=False, highlight=False, soft_wrap=True)
 
         slurm = _slurm_spec(matrix, overrides)  # validated before anything is written
-        write_manifest(matrix, store)
+        write_manifest(matrix, store, args.overrides)
         submission = submit_matrix(
             matrix, store, executor=args.executor, slurm=slurm,
-            retry_failed=args.retry_failed, plugins=plugins, echo=echo,
+            retry_failed=args.retry_failed, plugins=plugins, echo=echo, only=only,
         )  # fmt: skip
         if submission.outcome is None:  # queued on Slurm: results come later
             return 0
         outcome = submission.outcome
     write_run_report(matrix, store, console)
-    for line in _convergence_warnings(stages_of(matrix), store):
+    for line in _convergence_warnings(stages_of(matrix, only), store):
         console.print(f"[yellow]warning:[/yellow]{line}", highlight=False, soft_wrap=True)
     if outcome.failed:
         console.print(
@@ -437,7 +446,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Figures, tables and one HTML page from stored results; never imports torch or the plugins."""
     from bench.report import build_report
 
-    outcome = build_report(args.source, store=args.store, out=args.out, style=args.style)
+    outcome = build_report(args.source, store=args.store, out=args.out, style=args.style, only=args.only)
     counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items())
     console.print(f"cells: {counts}", markup=False, highlight=False)
     for note in outcome.notes:
@@ -459,6 +468,18 @@ def _report_parser(sub: Any) -> None:
     p.add_argument(
         "--style", choices=("paper", "screen"), default="paper", help="figure sizes (default paper)"
     )
+    _only_option(p)
+
+
+def _only_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="work on the selected stages only: short keys (method, sparsity, seed, arch, dataset, tasks, "
+        "width, protocol) or spec paths (finetune.lr); same key = any of, different keys = all of",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -475,7 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _plugin_option(p)
         p.add_argument("config")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY.PATH=VALUE",
+            help="override config values before validation, e.g. train.steps=200 datasets[0].root=/data",
+        )
         p.add_argument("--store", default=str(DEFAULT_STORE), help="result store root (default: results)")
+        _only_option(p)
         if name == "run":
             _run_options(p)
     for name in ("methods", "archs", "datasets"):

@@ -45,6 +45,7 @@ from bench.scheduler import (
 )
 from bench.spec import MatrixSpec
 from bench.spec.models import SlurmSpec
+from bench.spec.select import Selection
 from bench.store import Store
 
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -207,6 +208,7 @@ def submit_matrix(
     plugins: list[str] | None = None,
     poll_s: float = POLL_S,
     echo: Any = print,
+    only: Selection | None = None,
 ) -> Submission:
     """Submit the pending stages as one array per level; with ``submitit-local`` also wait for them."""
     if executor not in SUBMITIT_EXECUTORS:
@@ -215,7 +217,7 @@ def submit_matrix(
     started_at = time.time()
     if any(d.source == "disk" and d.fingerprint is None for d in matrix.datasets):
         matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content (bench.fingerprint)
-    stages = stages_of(matrix)
+    stages = stages_of(matrix, only)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
     board = Board(stages, store, retry_failed, started_at)
     submit, blocked = pending_for_submission(stages, store, board)

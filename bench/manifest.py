@@ -48,6 +48,7 @@ class Manifest:
     dense: list[dict[str, Any]]
     cells: list[dict[str, Any]]
     provenance: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
     path: Path | None = None
 
     @property
@@ -69,7 +70,7 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def _manifest_payload(matrix: MatrixSpec) -> dict[str, Any]:
+def _manifest_payload(matrix: MatrixSpec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     dense = [
         {
             "run_id": d.run_id,
@@ -105,6 +106,7 @@ def _manifest_payload(matrix: MatrixSpec) -> dict[str, Any]:
         "spec": matrix.model_dump(mode="json"),
         "dense": dense,
         "cells": cells,
+        "overrides": list(overrides),
         "provenance": provenance(),
     }
 
@@ -117,10 +119,13 @@ def save_manifest(store_root: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def write_manifest(matrix: MatrixSpec, store: Store | str | Path) -> Path:
-    """``<store>/<matrix.name>/matrix.json``: spec dump, dense stages and cells with labels, provenance."""
+def write_manifest(
+    matrix: MatrixSpec, store: Store | str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> Path:
+    """``<store>/<matrix.name>/matrix.json``: spec dump (overrides applied), dense stages and cells with
+    labels, the command-line overrides, provenance."""
     root = store.root if isinstance(store, Store) else Path(store)
-    return save_manifest(root, _manifest_payload(matrix))
+    return save_manifest(root, _manifest_payload(matrix, overrides))
 
 
 def _validate(payload: Any, path: Path) -> Manifest:
@@ -143,6 +148,7 @@ def _validate(payload: Any, path: Path) -> Manifest:
         dense=payload["dense"],
         cells=payload["cells"],
         provenance=payload.get("provenance") or {},
+        overrides=list(payload.get("overrides") or []),
         path=path,
     )
 

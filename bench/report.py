@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ import yaml
 from bench.analysis import load_results, summary_table
 from bench.analysis.load import BASE_COLUMNS
 from bench.manifest import MANIFEST, Manifest, read_manifest
+from bench.spec.select import Selection
 from bench.store import RESULT, STATUS, Store, atomic_write_bytes, read_json
 
 if TYPE_CHECKING:
@@ -197,8 +199,11 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-def collect(root: Path, manifests: list[Manifest], name: str | None) -> ReportData:
-    """Cells (with missing ones added), dense stages and published numbers for a report."""
+def collect(
+    root: Path, manifests: list[Manifest], name: str | None, only: Selection | None = None
+) -> ReportData:
+    """Cells (with missing ones added), dense stages and published numbers for a report; ``only`` keeps
+    the selected cells (and their dense stages)."""
     from bench.analysis import load_published
     from bench.analysis.dense import load_dense
 
@@ -212,7 +217,13 @@ def collect(root: Path, manifests: list[Manifest], name: str | None) -> ReportDa
         raise ValueError(
             f"{root}: no cell to report (no run with a spec.json, nothing planned in a manifest)"
         )
-    dense_ids = set(frame["dense_run_id"].dropna()) | {d["run_id"] for m in manifests for d in m.dense}
+    planned_dense = {d["run_id"] for m in manifests for d in m.dense}
+    if only:
+        frame = frame[[only.matches_record(row) for row in frame.to_dict("records")]].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError(f"--only {only.describe()} selects no cell of {name or root}")
+        planned_dense = set()  # only the selected cells' dense stages
+    dense_ids = set(frame["dense_run_id"].dropna()) | planned_dense
     dense = load_dense(root, dense_ids)
     try:
         published: pd.DataFrame | None = load_published()
@@ -850,15 +861,21 @@ def build_report(
     store: str | Path | None = None,
     out: str | Path | None = None,
     style: str = "paper",
+    only: Selection | list[str] | None = None,
 ) -> ReportOutcome:
-    """Figures, tables and ``report.html`` for a config (via its manifest) or a whole store folder."""
+    """Figures, tables and ``report.html`` for a config (via its manifest) or a whole store folder;
+    ``only`` (``--only`` clauses) reports the selected cells, by default into ``report-<selection>``."""
     from bench.analysis.html import Section, key_value_html, pre_json, render_page
     from bench.analysis.style import figure_style
 
     figure_style(style)  # an unknown style fails before any work
+    if not isinstance(only, Selection):
+        only = Selection.parse(only)
+    only.check_record_keys()
     root, manifests, name = resolve_source(source, store)
-    data = collect(root, manifests, name)
-    out_dir = Path(out) if out is not None else (root / name / "report" if name else root / "report")
+    data = collect(root, manifests, name, only)
+    folder = "report" + (f"-{re.sub(r'[^A-Za-z0-9._=-]+', '_', only.describe())}" if only else "")
+    out_dir = Path(out) if out is not None else (root / name / folder if name else root / folder)
     builder = _Builder(out_dir, style)
     builder.notes += data.notes
     _figures(data, builder)

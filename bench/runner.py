@@ -38,6 +38,7 @@ from bench.provenance import code_identity, device_name, provenance, timing
 from bench.registry import ARCHS, DATASETS, METHODS
 from bench.sparsity import sparsity_report
 from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
+from bench.spec.select import Selection
 from bench.store import SPEC, Store, atomic_write_bytes, atomic_write_json
 from bench.train import train
 from bench.trivial import fit_trivial
@@ -52,8 +53,12 @@ class Plan:
     cells: list[RunSpec]
 
 
-def plan(matrix: MatrixSpec) -> Plan:
-    return Plan(dense=matrix.dense_stages(), cells=matrix.expand())
+def plan(matrix: MatrixSpec, only: Selection | None = None) -> Plan:
+    """The matrix's dense stages and cells, in plan order; ``only`` keeps the selected ones (``--only``)."""
+    dense, cells = matrix.dense_stages(), matrix.expand()
+    if only:
+        dense, cells = only.select(dense, cells, f"matrix {matrix.name!r}")
+    return Plan(dense=dense, cells=cells)
 
 
 def requirements(matrix: MatrixSpec) -> list[str]:

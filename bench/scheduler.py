@@ -33,6 +33,7 @@ from bench.locks import HEARTBEAT_S, HOST, LOCK, STALE_AFTER_S, LockInfo, StageL
 from bench.progress import KINDS, EtaModel, Reporter, make_reporter
 from bench.runner import StageOutcome, plan, record_failure, run_stage
 from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec
+from bench.spec.select import Selection
 from bench.store import Store, read_json
 
 EVENTS = "events.jsonl"
@@ -64,9 +65,9 @@ class Stage:
         return self.spec.train.steps if isinstance(self.spec, DenseSpec) else None
 
 
-def stages_of(matrix: MatrixSpec) -> list[Stage]:
-    """Dense stages first, then cells, each in plan order."""
-    the_plan = plan(matrix)
+def stages_of(matrix: MatrixSpec, only: Selection | None = None) -> list[Stage]:
+    """Dense stages first, then cells, each in plan order (the ``only`` selection of them)."""
+    the_plan = plan(matrix, only)
     stages = [
         Stage(d, "dense", f"{d.data.dataset} {d.arch.name} seed {d.seed}") for d in the_plan.dense
     ]  # fmt: skip
@@ -411,6 +412,7 @@ def run_matrix(
     poll_s: float = POLL_S,
     reporter: Reporter | None = None,
     recompute_changed: bool = False,
+    only: Selection | None = None,
 ) -> MatrixOutcome:
     """Run every pending stage of ``matrix`` into ``store``; failures are recorded, never fatal.
 
@@ -419,7 +421,7 @@ def run_matrix(
     where several GPUs are visible, on its own GPU. Other ``bench run`` processes may work on the same store
     at the same time. ``plugins``: modules the pool's workers import (default: those this process loaded).
     Finished cells of a plugin method whose code changed since are refused (:class:`CodeChanged`) unless
-    ``recompute_changed`` sets them aside to be computed again.
+    ``recompute_changed`` sets them aside to be computed again. ``only`` runs the selected stages alone.
     """
     workers = matrix.runtime.workers if workers is None else workers
     if workers < 1:
@@ -427,7 +429,7 @@ def run_matrix(
     started_at = time.time()
     if any(d.source == "disk" and d.fingerprint is None for d in matrix.datasets):
         matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content (bench.fingerprint)
-    stages = stages_of(matrix)
+    stages = stages_of(matrix, only)
     check_changed_code(stages, store, recompute_changed)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
     board = Board(stages, store, retry_failed, started_at)

@@ -4,7 +4,7 @@
 32 for MobileNetV2); they are upsampled bilinearly to the label size before the loss, so losses and
 metrics see the same pixels.
 
-``adapmtl`` trains as the AdapMTL reference does (adapmtl.md §4.1), because its evaluation is only
+``adapmtl`` trains as the AdapMTL reference does (``pixel2pixel_loss.py``), because its evaluation is only
 meaningful for a model trained that way: every loss is computed at the head's output resolution against
 labels downsampled with nearest neighbour; NYU-v2 normals are compared in their raw uint8 encoding
 (L2-normalised as is, valid where no channel is 255), so the model learns to predict encoded directions;

@@ -1,4 +1,4 @@
-"""The fixed names of tasks and metrics (DESIGN "Metric vocabulary"), torch-free so analysis can use them.
+"""The fixed names of tasks and metrics (docs/protocols.md), torch-free so analysis can use them.
 
 Every metric column is ``<task>.<metric>``; its direction is +1 when higher is better and -1 when lower is
 better. ΔT/Δm and every table read directions from here and nowhere else.

@@ -1,10 +1,10 @@
-"""NYU-v2 in the AdaShare/AdapMTL on-disk format (adapmtl.md §3.1), read from any root.
+"""NYU-v2 in the AdaShare/AdapMTL on-disk format (see docs/datasets.md), read from any root.
 
 Layout: ``nyu_v2_3task.json`` with ``train``/``test`` lists of ``[img png, seg png, normal png, depth npy]``
 paths relative to the root; RGB PNG; seg uint8 0..39 with 255 = ignore; normals uint8 (n+1)·127.5 with
 (255,255,255) invalid; depth float32 metres (0 = invalid).
 
-Deliberate deviations from the reference loader, all in favour of correctness (DESIGN `standard` protocol):
+Deliberate deviations from the reference loader, for correctness (`standard` protocol, docs/protocols.md):
 - the horizontal flip negates the normal x component (v → 255 − v on valid pixels); the reference does not
   (``protocol="adapmtl"`` keeps the reference's un-negated flip);
 - the test split is returned at its native resolution, unchanged; the reference resizes it to 321×321;

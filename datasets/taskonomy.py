@@ -1,4 +1,4 @@
-"""Tiny-Taskonomy in the AdaShare/AdapMTL on-disk format (adapmtl.md §3.2, disparse.md §4.3), from any root.
+"""Tiny-Taskonomy in the AdaShare/AdapMTL on-disk format (see docs/datasets.md), from any root.
 
 Layout: ``taskonomy.json`` with ``train``/``test`` lists of six relative paths
 ``[rgb, segment_semantic, normal, depth_zbuffer, keypoints2d, edge_texture]``; train entries are joined under
@@ -19,9 +19,9 @@ Decoding (the reference's formulas) and the target encoding contract every consu
 
 So: segmentation is int64 with 255 = ignore, and every float target uses NaN for invalid or padded pixels.
 
-Deliberate deviations from the reference loader, all in favour of correctness (DESIGN `standard` protocol):
+Deliberate deviations from the reference loader, for correctness (`standard` protocol, docs/protocols.md):
 - unlabeled segmentation pixels (file value 0) are ignored (255); the reference merges them into class 0
-  ("background", adapmtl.md §3.2 and §7.16), which trains and scores the model on pixels nobody labelled;
+  ("background"), which trains and scores the model on pixels nobody labelled;
 - maps are kept at their native resolution; the reference resizes everything, the RGB input included, to
   256×256 with nearest neighbour, and its test split further to 224×224;
 - the input is RGB in [0, 1] normalised with the ImageNet mean/std instead of BGR 0–255 minus the Caffe mean;

@@ -30,7 +30,7 @@ weight decay is that of the unweighted recipe for any T (``K`` overrides either)
 Reaching the target. ``control: faithful`` is the reference rule: thresholds start at ``s_init`` and are
 frozen (no update, no decay: their gradient is dropped) on every step whose forward pass was at or above the
 target sparsity; sparsity is steered only by ``s_init`` and ``weight_decay`` (the reference swept weight decay
-per target, adapmtl.md §1.4) and can miss the target by far; the cell then reports what it achieved (such an
+per target) and can miss the target by far; the cell then reports what it achieved (such an
 instance accepts any sparsity). ``control: target`` (the default) is the benchmark's controller: the learned
 logits s_g keep the split between groups, and one global, non-learned logit offset b is added to all of them,
 so the thresholds are g(s_g + b). b is solved, not learned: a weight w of group g is pruned iff
@@ -85,7 +85,7 @@ Deliberate deviations from the reference code / papers:
   ``weight_decay`` (default the recipe's) applied to every parameter, thresholds included; a recipe with SGD
   is used as given (STR's setting). STR's separate threshold decay (``st_decay``) is not offered.
 - Faithful freeze: the reference freezes and counts only the backbone and the segment/normal/depth heads (a
-  bug on Taskonomy, adapmtl.md §7.4); here every threshold is frozen and every component counted. The
+  bug on Taskonomy); here every threshold is frozen and every component counted. The
   reference's ratio is the cell's target.
 - The final model is the last step's (``eval.selection: last``, the benchmark default; the reference picks
   its checkpoint on the test split). With ``best_val`` the controller solves b once more on the selected
@@ -401,7 +401,7 @@ def _between(lo: float, hi: float) -> float:
 
 
 class AdaptiveWeighting:
-    """The reference's adaptive task weights (adapmtl.md §1.6), exactly, as a function of step and losses.
+    """The reference trainer's adaptive task weights, exactly, as a function of step and losses.
 
     From ``start`` (0-based step) on, each call appends d_t = |L_t(i−1) − L_t(i)| / L_t(i) to a FIFO per task
     (from the second call on) and remembers L_t(i); once a FIFO holds more than ``window`` entries the oldest

@@ -39,7 +39,7 @@ Deliberate deviations from the paper and the reference code, all of them:
   the same r. Selection is an exact top-k with ties broken by position, not "score ≥ the k-th largest"
   (which keeps every tie, and a whole layer when the threshold is 0).
 - Static scoring: the weights scored are the initialisation that is trained (no Xavier re-initialised
-  scoring copy, disparse.md §9.5: true connection sensitivity of the trained network). The scoring copy is
+  scoring copy: true connection sensitivity of the trained network). The scoring copy is
   in train mode (BN with batch statistics, as the reference) with dropout OFF (the reference keeps it on):
   the ASPP heads' Dropout(0.5) would make the score a draw from the global RNG; with it off the selection
   is deterministic and the copy, discarded afterwards, leaves the model and its BN statistics untouched.

@@ -16,6 +16,44 @@ REAL_SAMPLES_VAR = "MTLPRUNE_NYUV2_SAMPLES"
 torch.set_num_threads(2)
 
 
+# ------------------------------------------------------------------------------------ the inner loop
+# `pytest -m "not slow"` is the inner loop (docs/testing.md): a test that trains a dense stage or a cell
+# must be marked slow. Enforced here for stages run in this process: outside a slow test, the stage
+# entry points raise and name the marker.
+_IN_FAST_TEST = {"active": False}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _IN_FAST_TEST["active"] = item.get_closest_marker("slow") is None
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _IN_FAST_TEST["active"] = False
+
+
+def _guard(stage_entry):
+    def guarded(*args, **kwargs):
+        if _IN_FAST_TEST["active"]:
+            raise RuntimeError(
+                "this test trains a stage: mark it (or its module) @pytest.mark.slow so that "
+                '`pytest -m "not slow"` stays the fast inner loop'
+            )
+        return stage_entry(*args, **kwargs)
+
+    return guarded
+
+
+def _install_stage_guard() -> None:
+    import bench.runner
+
+    for name in ("_run_dense", "_run_cell"):
+        setattr(bench.runner, name, _guard(getattr(bench.runner, name)))
+
+
+_install_stage_guard()
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     from datasets.synthetic import write_nyuv2

@@ -1,4 +1,4 @@
-"""The two AdapMTL architectures (adapmtl.md §2.1–2.4): weight counts, strides, topology, init, pretrained.
+"""The two AdapMTL architectures (reference, logs): weight counts, strides, topology, init, pretrained.
 
 Full-width models are built on the meta device (no memory, no init cost); only the backbones that must hold
 real values (init statistics, pretrained loading) are built on the CPU.
@@ -26,8 +26,9 @@ NYU = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 TASKONOMY = {"segment_semantic": 17, "normal": 3, "depth_zbuffer": 1, "keypoints2d": 1, "edge_texture": 1}
 ARCH_NAMES = ("deeplab_resnet34", "mobilenetv2")
 
-# adapmtl.md §2.4, millions of pruned conv weights as printed there: compared after rounding to the printed
-# digits (156,510,656 is "156.5", 0.0107M off, so a flat ±0.01M would fail on the table's own rounding).
+# The AdapMTL reference's millions of pruned conv weights as printed in its documentation, compared after
+# rounding to the printed digits (156,510,656 is "156.5", 0.0107M off, so a flat ±0.01M would fail on the
+# table's own rounding).
 REFERENCE_COUNTS = {
     "deeplab_resnet34": {
         "backbone": "21.27",
@@ -46,7 +47,7 @@ REFERENCE_COUNTS = {
         "total_taskonomy": "259.2",
     },
 }
-# adapmtl.md §1.3 (exact backbone counts and layer counts, cross-checked there against the authors' logs),
+# Exact backbone counts and layer counts of the reference code (cross-checked against the authors' logs),
 # and the exact totals this implementation gives (pinned so that any change is noticed).
 EXACT_BACKBONE = {"deeplab_resnet34": 21_267_648, "mobilenetv2": 2_189_760}
 EXACT_TOTAL = {
@@ -57,7 +58,7 @@ EXACT_TOTAL = {
 }
 BACKBONE_LAYERS = {"deeplab_resnet34": 36, "mobilenetv2": 52}
 FEATURE_CHANNELS = {"deeplab_resnet34": 512, "mobilenetv2": 1280}
-# adapmtl.md §2.1–2.2: stride 8 (ceil-mode max-pool, so 224 → 29) and stride 32.
+# The reference backbones: stride 8 (ceil-mode max-pool, so 224 → 29) and stride 32.
 FEATURE_SIDE = {
     ("deeplab_resnet34", 321): 41,
     ("deeplab_resnet34", 224): 29,

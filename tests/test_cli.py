@@ -56,6 +56,7 @@ def test_plan_lists_dense_stages_and_cells_without_running(tmp_path, capsys):
     assert not store.exists()  # nothing ran, nothing was written
 
 
+@pytest.mark.slow
 def test_status_reports_done_pending_and_failed(tmp_path, capsys):
     config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5])
     store = Store(tmp_path / "store")
@@ -128,6 +129,7 @@ def test_plugin_flag_registers_an_outside_method(tmp_path, monkeypatch, capsys):
         registry._loaded.discard("my_prune_plugin")  # the module is gone with tmp_path
 
 
+@pytest.mark.slow
 def test_run_writes_the_manifest_that_report_reads_and_extending_shows_missing_cells(tmp_path, capsys):
     store = tmp_path / "store"
     config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5])

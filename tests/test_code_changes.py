@@ -69,6 +69,7 @@ def test_code_identity_hashes_the_plugin_file_and_marks_builtins(plugin_dir):
     assert code_identity(registry.METHODS.get("magnitude"))["builtin"] is True
 
 
+@pytest.mark.slow
 def test_changed_plugin_code_is_refused_then_recomputed_on_request(plugin_dir, tmp_path):
     old = code_identity(_load(plugin_dir, SOURCE))["sha256"]
     matrix = tiny_matrix(methods=[{"name": "test-editable"}, {"name": "magnitude"}], sparsities=[0.5])
@@ -96,6 +97,7 @@ def test_changed_plugin_code_is_refused_then_recomputed_on_request(plugin_dir, t
     assert superseded.is_file()
 
 
+@pytest.mark.slow
 def test_bench_run_reports_changed_code_and_exits_2(plugin_dir, tmp_path, capsys):
     config = tmp_path / "m.yaml"
     _load(plugin_dir, SOURCE)

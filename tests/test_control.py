@@ -58,6 +58,7 @@ def ran(tmp_path_factory):
     return matrix, store
 
 
+@pytest.mark.slow
 def test_the_control_finetunes_the_dense_model_unpruned(ran):
     matrix, store = ran
     control = matrix.expand()[-1]
@@ -68,6 +69,7 @@ def test_the_control_finetunes_the_dense_model_unpruned(ran):
     assert result["starts_from"] == "dense"
 
 
+@pytest.mark.slow
 def test_load_results_gives_delta_t_against_the_dense_model_and_against_the_control(ran):
     matrix, store = ran
     frame = load_results(store.root).set_index("method_name")
@@ -96,6 +98,7 @@ def _delta(metrics: dict, reference: dict, tasks: list[str]) -> float:
         return math.nan
 
 
+@pytest.mark.slow
 def test_status_warns_when_the_dense_stage_has_not_converged(ran, tmp_path, capsys):
     """Two verdicts: the dense loss still falling at the end, and the control gaining > 5 ΔT points."""
     import shutil

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.data import batch_stream, build_dataset, carve_validation
@@ -51,6 +52,7 @@ def test_batch_stream_is_the_same_with_loader_workers(tmp_path):
             assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
     """Within every stage, no test sample is read before the stage's last training batch."""
     import bench.data
@@ -81,6 +83,7 @@ def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
         assert "read-train" in reads[:first_test]
 
 
+@pytest.mark.slow
 def test_best_val_selection_ends_on_the_lowest_validation_loss(tmp_path):
     """The selected step is the argmin of the logged validation losses; the test split plays no part."""
     import json

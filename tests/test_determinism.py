@@ -60,6 +60,7 @@ def test_workers_1_and_workers_2_give_bit_identical_numbers(tmp_path):
     assert torch.get_num_threads() == 2  # the stage's thread count does not leak out of it
 
 
+@pytest.mark.slow
 def test_a_process_with_more_threads_gives_the_same_stage(tmp_path):
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
     dense = matrix.dense_stages()[0]
@@ -109,6 +110,7 @@ def global_rng_method():
     sys.modules.pop(module, None)
 
 
+@pytest.mark.slow
 def test_a_method_that_draws_from_the_global_rng_ignores_what_ran_before(tmp_path, global_rng_method):
     """A method masking with torch.rand, np.random and random (the global RNGs) after different noise."""
     matrix = tiny_matrix(methods=[{"name": "test-global-rng"}], sparsities=[0.5])

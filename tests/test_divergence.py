@@ -92,6 +92,7 @@ def _failure(store: Store, run_id: str) -> dict:
     return json.loads((store.run_dir(run_id) / "status.json").read_text())
 
 
+@pytest.mark.slow
 def test_lr_1e6_in_dense_training_is_diverged_never_done(tmp_path):
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5], train={"steps": 6, "lr": 1e6})
     store = Store(tmp_path)
@@ -106,6 +107,7 @@ def test_lr_1e6_in_dense_training_is_diverged_never_done(tmp_path):
     assert _failure(store, matrix.expand()[0].run_id)["kind"] == "blocked"
 
 
+@pytest.mark.slow
 def test_lr_1e6_in_finetuning_is_diverged_never_done(tmp_path):
     matrix = tiny_matrix(
         methods=[{"name": "magnitude"}], sparsities=[0.5], finetune={"steps": 4, "batch_size": 4, "lr": 1e6}
@@ -122,6 +124,7 @@ def test_lr_1e6_in_finetuning_is_diverged_never_done(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_dense_result_records_initial_losses_convergence_and_trivial_metrics(tmp_path):
     matrix = tiny_matrix(
         methods=[{"name": "magnitude"}], sparsities=[0.5], runtime={"device": "cpu", "log_every": 1}

@@ -77,6 +77,7 @@ def outcomes(tmp_path_factory):
             METHODS._items.pop(name)
 
 
+@pytest.mark.slow
 def test_a_divergence_is_reported_as_such_with_its_step(outcomes):
     store, _, results = outcomes
     outcome = results["test-diverging"]
@@ -89,6 +90,7 @@ def test_a_divergence_is_reported_as_such_with_its_step(outcomes):
     assert steps == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_out_of_memory_and_exceptions_are_told_apart(outcomes):
     store, _, results = outcomes
     oom, raising = results["test-oom"], results["test-raising"]
@@ -100,12 +102,14 @@ def test_out_of_memory_and_exceptions_are_told_apart(outcomes):
     assert "raise KeyError" in record["traceback"] and record["pid"] > 0 and record["host"]
 
 
+@pytest.mark.slow
 def test_the_rest_of_the_matrix_goes_on(outcomes):
     store, _, results = outcomes
     assert results["dense"].status == "done" and results["magnitude"].status == "done"
     assert store.is_done(results["magnitude"].run_id)
 
 
+@pytest.mark.slow
 def test_a_cell_whose_dense_stage_failed_is_blocked(tmp_path):
     matrix = tiny_matrix(
         methods=[{"name": "magnitude"}], sparsities=[0.5], train={"steps": 6, "lr": 1.0e-3, "batch_size": 64}

@@ -362,6 +362,7 @@ def test_status_and_run_without_the_data_fail_clearly(tmp_path, capsys):
     assert "datasets[0] (nyuv2): cannot fingerprint the data" in err and "missing is not a directory" in err
 
 
+@pytest.mark.slow
 def test_run_records_fingerprint_and_root_in_spec_json(synthetic_root, tmp_path, capsys):
     root = _copy(synthetic_root, tmp_path / "nyu")
     disk = {

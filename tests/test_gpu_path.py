@@ -95,6 +95,7 @@ def test_pinned_memory_is_used_only_with_cuda():
     assert pinned[0]["input"].is_pinned() == torch.cuda.is_available()
 
 
+@pytest.mark.slow
 def test_a_killed_fp16_cell_resumes_with_its_gradient_scaler(tmp_path):
     matrix = tiny_matrix(
         methods=[{"name": "magnitude"}],

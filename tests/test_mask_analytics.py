@@ -176,6 +176,7 @@ def tiny_store(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_overlap_matrix_on_a_real_store(tiny_store):
     frame = load_results(tiny_store)
     matrix = overlap_matrix(tiny_store, frame, 0.7)
@@ -206,6 +207,7 @@ def test_overlap_matrix_on_a_real_store(tiny_store):
         overlap_matrix(tiny_store, frame, 0.7, seed=1)
 
 
+@pytest.mark.slow
 def test_figures_from_a_real_store(tiny_store, tmp_path):
     frame = load_results(tiny_store)
     ids = frame.set_index("method")["run_id"]
@@ -236,6 +238,7 @@ def test_figures_from_a_real_store(tiny_store, tmp_path):
     _assert_figure(fig, "method", "method", tmp_path / "overlap")
 
 
+@pytest.mark.slow
 def test_mask_analytics_never_import_torch(tiny_store):
     run_id = load_results(tiny_store)["run_id"].iloc[0]
     code = (

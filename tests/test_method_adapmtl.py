@@ -390,6 +390,7 @@ def _records(store, run_id):
     return [json.loads(line) for line in (store.run_dir(run_id) / "log.jsonl").open()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_target_control_hits_the_target_from_the_weights(cells, target):
     store, by_label = cells
@@ -418,6 +419,7 @@ def test_target_control_hits_the_target_from_the_weights(cells, target):
     assert result["steps_method"] == 2 and result["starts_from"] == "dense"
 
 
+@pytest.mark.slow
 def test_every_step_logs_thresholds_sparsity_weights_and_losses(cells):
     store, by_label = cells
     run_id = by_label[("adapmtl", 0.9)].run_id
@@ -453,6 +455,7 @@ def test_every_step_logs_thresholds_sparsity_weights_and_losses(cells):
     )
 
 
+@pytest.mark.slow
 def test_str_and_start_from_init(cells):
     store, by_label = cells
     str_cell = store.result(by_label[("str", 0.8)].run_id)
@@ -467,6 +470,7 @@ def test_str_and_start_from_init(cells):
     assert abs(init["sparsity"]["achieved_sparsity"] - 0.8) <= 0.001
 
 
+@pytest.mark.slow
 def test_best_val_selection_is_retargeted_on_the_selected_weights(tmp_path):
     """The trainer reloads the selected step's state dict (weights and thresholds, parametrized keys); the
     controller then solves b once more on those weights, so the target still holds."""

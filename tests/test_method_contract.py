@@ -37,6 +37,8 @@ from bench.store import Store
 from tests.helpers import load_masks, tiny_matrix
 from tests.test_resume import Killed, _fingerprint, _kill_at
 
+pytestmark = pytest.mark.slow  # every test here trains stages end to end
+
 EXTRA = [m for m in os.environ.get("MTLPRUNE_CONTRACT_PLUGINS", "").split(",") if m]
 load_plugins(["tests.plugins.taylor_example", *EXTRA])
 NAMES = sorted(METHODS.names())

@@ -575,6 +575,7 @@ def _load(store: Store, run_id: str, name: str) -> dict[str, torch.Tensor]:
     return torch.load(store.run_dir(run_id) / name, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", NAMES)
 def test_cell_hits_the_target_counted_from_the_weights(finished, name, target):
@@ -594,6 +595,7 @@ def test_cell_hits_the_target_counted_from_the_weights(finished, name, target):
     assert result["steps_method"] == steps and result["starts_from"] == METHODS.get(name).starts_from
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["disparse-static", "disparse-pretrained"])
 def test_task_masks_are_stored_and_their_union_is_the_final_mask(finished, name, target):
@@ -620,6 +622,7 @@ def test_task_masks_are_stored_and_their_union_is_the_final_mask(finished, name,
     assert 0.0 < result["method_state"]["keep_ratio"] < 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_pretrained_backbone_is_magnitude_above_the_smallest_task_threshold(finished, target):
     _, store, cells, _ = finished
@@ -636,6 +639,7 @@ def test_pretrained_backbone_is_magnitude_above_the_smallest_task_threshold(fini
             assert torch.equal(m, dense[n].abs() >= min(tau.values())), n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_dynamic_keeps_the_exact_erk_counts_after_every_update(finished, target):
     _, store, cells, captured = finished
@@ -681,6 +685,7 @@ def _fresh_ctx(store: Store, cell) -> MethodContext:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["disparse-static", "disparse-pretrained"])
 def test_same_seed_gives_the_same_selection(finished, name):
     _, store, cells, _ = finished
@@ -694,6 +699,7 @@ def test_same_seed_gives_the_same_selection(finished, name):
         assert all(torch.equal(m, torch.from_numpy(stored_tasks[task][n])) for n, m in masks.items())
 
 
+@pytest.mark.slow
 def test_dynamic_same_seed_gives_identical_masks_and_metrics(finished, tmp_path):
     matrix, store, cells, _ = finished
     cell = cells[("disparse-dynamic", 0.7)]

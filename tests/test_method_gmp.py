@@ -200,6 +200,7 @@ def _cell_id(matrix):
     return spec.run_id
 
 
+@pytest.mark.slow
 def test_cell_hits_the_target_on_the_full_budget(cell):
     matrix, store, _, _ = cell
     result = store.result(_cell_id(matrix))
@@ -213,6 +214,7 @@ def test_cell_hits_the_target_on_the_full_budget(cell):
     assert result["sparsity"]["prunable_nonzero"] <= sum(int(m.sum()) for m in masks.values())
 
 
+@pytest.mark.slow
 def test_log_shows_the_cubic_schedule_at_the_pruning_steps(cell):
     matrix, store, _, _ = cell
     records = [
@@ -234,6 +236,7 @@ def test_log_shows_the_cubic_schedule_at_the_pruning_steps(cell):
     assert [steps[s]["gmp.sparsity"] for s in PRUNING_STEPS] == pytest.approx(SCHEDULE, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_masks_only_grow_and_stay_fixed_after_t_end(cell):
     matrix, store, _, snapshots = cell
     assert [s["step"] for s in snapshots] == PRUNING_STEPS
@@ -248,6 +251,7 @@ def test_masks_only_grow_and_stay_fixed_after_t_end(cell):
     assert all(torch.equal(final[n], held[-1][n]) for n in final)  # unchanged from t_end to T
 
 
+@pytest.mark.slow
 def test_layer_scope_puts_every_layer_at_the_target(cell):
     matrix, store, _, _ = cell
     layers = store.result(_cell_id(matrix))["sparsity"]["layers"]
@@ -256,6 +260,7 @@ def test_layer_scope_puts_every_layer_at_the_target(cell):
         assert abs(layer["zeros"] - TARGET * layer["params"]) <= 1, name
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_masks(cell):
     matrix, store, store_b, _ = cell
     a = load_masks(store.run_dir(_cell_id(matrix)))

@@ -106,7 +106,10 @@ def test_round_targets_golden_values():
     assert round_targets(0.5, 0.5) == [0.5]
     assert round_targets(0.7, 0.5) == [0.5, 0.7]
     assert round_targets(0.36, 0.2) == [0.2, 0.36]  # float 1 − 0.8² = 0.35999… still reaches 0.36 in 2
-    assert [len(round_targets(t, 0.2)) for t in (0.95, 0.98)] == [14, 18]  # methods.md §B.3
+    assert [len(round_targets(t, 0.2)) for t in (0.95, 0.98)] == [
+        14,
+        18,
+    ]  # 20% of the remaining weights per round
     assert round_targets(0.7, 0.9) == [0.7]  # one round: one-shot pruning
     with pytest.raises(ValueError, match="rate"):
         round_targets(0.5, 1.0)
@@ -144,6 +147,7 @@ def test_replay_spec_and_the_trainer_replay_the_dense_schedule():
 # ------------------------------------------------------------------------------------------ dense stage
 
 
+@pytest.mark.slow
 def test_dense_stage_saves_a_rewind_snapshot_between_init_and_final(runs):
     matrix, store, cells, _, dense_dir = runs
     dense = store.result(matrix.dense_stages()[0].run_id)
@@ -170,6 +174,7 @@ def test_dense_stage_saves_a_rewind_snapshot_between_init_and_final(runs):
 LOTTERY = ("lth", "lth_init", "imp", "imp_lrr")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", LOTTERY)
 def test_target_and_steps_total(runs, key):
     _, store, cells, captured, _ = runs
@@ -190,6 +195,7 @@ def test_target_and_steps_total(runs, key):
     assert dense_steps == 6 and result["steps_total"] == dense_steps + rounds * ROUND_STEPS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", LOTTERY)
 def test_one_log_record_per_round(runs, key):
     _, store, cells, _, _ = runs
@@ -201,6 +207,7 @@ def test_one_log_record_per_round(runs, key):
     assert [r["achieved"] for r in records] == pytest.approx([0.5, 0.7], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", LOTTERY)
 def test_masks_only_grow_and_pruned_weights_stay_zero(runs, key):
     _, store, cells, captured, dense_dir = runs
@@ -222,6 +229,7 @@ def test_masks_only_grow_and_pruned_weights_stay_zero(runs, key):
     assert all(torch.equal(expected[n], second[n]) for n in first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("key", "snapshot", "offset"), [("lth", "rewind.pt", 1), ("lth_init", "init.pt", 0)])
 def test_lth_rewinds_survivors_to_the_snapshot(runs, key, snapshot, offset):
     _, _, cells, captured, dense_dir = runs
@@ -236,6 +244,7 @@ def test_lth_rewinds_survivors_to_the_snapshot(runs, key, snapshot, offset):
                 assert torch.equal(before[name], value), name
 
 
+@pytest.mark.slow
 def test_imp_finetunes_the_pruned_weights_without_rewinding(runs):
     _, _, cells, captured, dense_dir = runs
     dense = _load(dense_dir / "model.pt")
@@ -258,6 +267,7 @@ REPLAYS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("key", "phase", "offset"), REPLAYS)
 def test_learning_rate_replays_the_right_schedule(runs, key, phase, offset):
     matrix, store, cells, _, _ = runs
@@ -273,6 +283,7 @@ def test_learning_rate_replays_the_right_schedule(runs, key, phase, offset):
         assert lrs == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_one_round_imp_equals_one_shot_magnitude(runs):
     _, store, cells, _, _ = runs
     one, magnitude = (store.run_dir(cells[k].run_id) for k in ("imp_one", "magnitude"))
@@ -284,6 +295,7 @@ def test_one_round_imp_equals_one_shot_magnitude(runs):
     assert a["metrics"] == b["metrics"] and a["steps_total"] == b["steps_total"] == 6 + 2
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_masks(runs, tmp_path):
     """The lth cell rerun on a copy of the store (same dense stage, its own result removed) is identical."""
     _, store, cells, _, _ = runs

@@ -102,6 +102,7 @@ def test_iterative_selection_keeps_pruned_weights_pruned():
     assert second["a"].tolist() == [True, False, False, False, True]
 
 
+@pytest.mark.slow
 def test_magnitude_component_scope_end_to_end(tmp_path):
     from bench.scheduler import run_matrix
     from bench.store import Store

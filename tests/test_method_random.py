@@ -117,6 +117,7 @@ def tiny_runs(tmp_path_factory):
     return matrix, store, outcome, dense, at_init, starts
 
 
+@pytest.mark.slow
 def test_each_start_trains_from_its_own_snapshot_and_budget(tiny_runs):
     matrix, store, outcome, dense, at_init, starts = tiny_runs
     assert outcome.failed == {}

@@ -206,6 +206,7 @@ def _initial_masks(cell) -> dict[str, torch.Tensor]:
     return RigL(cell.method.parsed_params()).initial_masks(ctx)
 
 
+@pytest.mark.slow
 def test_tiny_run_keeps_the_exact_erk_layer_counts_and_the_target(tiny_rigl):
     _, store, outcome, cell = tiny_rigl
     assert outcome.failed == {}
@@ -227,6 +228,7 @@ def test_tiny_run_keeps_the_exact_erk_layer_counts_and_the_target(tiny_rigl):
     assert any(not torch.equal(final[n], initial[n]) for n in final)
 
 
+@pytest.mark.slow
 def test_tiny_run_logs_each_update_and_spends_the_at_init_budget(tiny_rigl):
     matrix, store, _, cell = tiny_rigl
     log = store.run_dir(cell.run_id) / "log.jsonl"
@@ -245,6 +247,7 @@ def test_tiny_run_logs_each_update_and_spends_the_at_init_budget(tiny_rigl):
     assert result["steps_method"] == 8 and result["starts_from"] == "init"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_masks(tiny_rigl, tmp_path):
     matrix, store, _, cell = tiny_rigl
     copy = Store(tmp_path / "copy")

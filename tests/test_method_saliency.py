@@ -431,6 +431,7 @@ def _load(store: Store, run_id: str, name: str) -> dict[str, torch.Tensor]:
     return torch.load(store.run_dir(run_id) / name, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["snip", "grasp", "synflow"])
 def test_cell_reaches_the_target_with_zero_pruned_weights_and_at_init_budget(finished, name):
     matrix, store, cells, _ = finished
@@ -448,6 +449,7 @@ def test_cell_reaches_the_target_with_zero_pruned_weights_and_at_init_budget(fin
     assert result["starts_from"] == "init"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["snip", "grasp", "synflow"])
 def test_sparse_training_starts_from_the_dense_init_times_the_mask(finished, name):
     _, store, cells, starts = finished
@@ -461,6 +463,7 @@ def test_sparse_training_starts_from_the_dense_init_times_the_mask(finished, nam
         assert torch.equal(start[key], expected), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["snip", "grasp", "synflow"])
 def test_same_seed_gives_the_same_masks(finished, name):
     _, store, cells, _ = finished

@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize(
     ("config", "arch", "params", "prunable"),
     [
-        # Parameter counts of the full-width models (adapmtl.md §2.4: 156.5M and 90.65M pruned weights).
+        # Full-width parameter counts (the AdapMTL reference's: 156.5M and 90.65M pruned weights).
         ("adapmtl_nyuv2_mobilenetv2.yaml", "mobilenetv2", "156.57M", "156.51M"),
         ("adapmtl_nyuv2_resnet34.yaml", "deeplab_resnet34", "90.70M", "90.65M"),
     ],

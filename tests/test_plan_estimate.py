@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from bench.cli import main
@@ -12,6 +13,7 @@ from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 
+@pytest.mark.slow
 def test_plan_estimates_new_cells_from_measured_stage_times(tmp_path, capsys):
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
     store = Store(tmp_path / "store")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bench.analysis import load_results
@@ -19,6 +20,7 @@ def test_docs_print_the_example_plugin_verbatim():
     assert f"```python\n{code}```" in doc
 
 
+@pytest.mark.slow
 def test_example_plugin_runs_from_yaml_with_params_through_the_cli(tmp_path, capsys):
     config = tiny_matrix_dict(
         methods=[{"name": "taylor-example", "params": {"batches": 3, "scope": "component"}}], sparsities=[0.6]

@@ -292,6 +292,7 @@ def test_compute_rejects_bad_calls() -> None:
 # ------------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_adapmtl_run_end_to_end_matches_compute_on_resized_batches(tmp_path) -> None:
     """An `adapmtl` run is its own stage; stored dense metrics = compute() on 321×321 batches of 16."""
     from bench.analysis import load_results

@@ -99,6 +99,7 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS_UNDER_TEST, ids=lambda m: m["name"])
 def test_a_cell_killed_at_any_step_resumes_to_the_same_end(reference, method, tmp_path):
     matrix, ref_store = reference[method["name"]]
@@ -127,6 +128,7 @@ def test_a_cell_killed_at_any_step_resumes_to_the_same_end(reference, method, tm
         assert result["resumed_from"] is not None
 
 
+@pytest.mark.slow
 def test_the_dense_stage_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     matrix = _matrix({"name": "magnitude"}, runtime={**RUNTIME, "log_every": 1})
     dense = plan(matrix).dense[0]
@@ -148,6 +150,7 @@ def test_the_dense_stage_killed_mid_training_resumes_to_the_same_weights(tmp_pat
             assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holds_every_piece_of_state_and_loads_weights_only(tmp_path):
     matrix = _matrix({"name": "adapmtl"})
     store = Store(tmp_path)
@@ -171,6 +174,7 @@ def test_a_checkpoint_holds_every_piece_of_state_and_loads_weights_only(tmp_path
     assert payload["log"]["bytes"] >= 0
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     matrix = _matrix({"name": "magnitude"})
     store = Store(tmp_path)
@@ -183,6 +187,7 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     assert "checkpoint.pt: unreadable checkpoint" in outcome.error and "delete it" in outcome.error
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_code_never_reaches_fails_loudly(tmp_path):
     """A checkpoint of a later train() call than the method makes (its code changed) is not ignored."""
     matrix = _matrix({"name": "magnitude"})
@@ -200,6 +205,7 @@ def test_a_checkpoint_the_code_never_reaches_fails_loudly(tmp_path):
     assert outcome.status == "failed" and "never made" in outcome.error
 
 
+@pytest.mark.slow
 def test_checkpoint_every_zero_saves_only_at_phase_boundaries(tmp_path):
     matrix = _matrix({"name": "magnitude"}, runtime={"device": "cpu", "checkpoint_every": 0})
     store = Store(tmp_path)
@@ -225,6 +231,7 @@ def test_path_helpers_are_plain():
     assert CHECKPOINT == "checkpoint.pt" and Path(CHECKPOINT).suffix == ".pt"
 
 
+@pytest.mark.slow
 def test_every_result_carries_its_provenance(tmp_path):
     matrix = _matrix({"name": "magnitude"})
     store = Store(tmp_path)

@@ -24,6 +24,8 @@ from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 from tests.test_resume import _fingerprint, _run_all
 
+pytestmark = pytest.mark.slow  # every test here trains stages end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = tiny_matrix_dict(
     methods=[{"name": "magnitude"}, {"name": "imp", "params": {"rate": 0.5, "round_steps": 3}}],

@@ -30,6 +30,7 @@ def finished(tmp_path_factory):
     return matrix, store, outcome
 
 
+@pytest.mark.slow
 def test_every_stage_finishes_and_writes_the_store_layout(finished):
     matrix, store, outcome = finished
     assert outcome.failed == {} and len(outcome.done) == 1 + 4
@@ -48,6 +49,7 @@ def test_every_stage_finishes_and_writes_the_store_layout(finished):
         assert spec["run_id"] == cell.run_id and spec["dense_run_id"] == dense_id
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing(finished):
     matrix, store, _ = finished
     before = {p: p.stat().st_mtime_ns for p in store.runs.glob("*/result.json")}
@@ -56,6 +58,7 @@ def test_rerun_trains_nothing(finished):
     assert {p: p.stat().st_mtime_ns for p in store.runs.glob("*/result.json")} == before
 
 
+@pytest.mark.slow
 def test_achieved_sparsity_and_masks_match_the_target(finished):
     matrix, store, _ = finished
     for cell in matrix.expand():
@@ -69,6 +72,7 @@ def test_achieved_sparsity_and_masks_match_the_target(finished):
         assert abs((1 - kept / total) - cell.target_sparsity) < 0.001
 
 
+@pytest.mark.slow
 def test_steps_total_counts_the_dense_share(finished):
     matrix, store, _ = finished
     for cell in matrix.expand():
@@ -77,6 +81,7 @@ def test_steps_total_counts_the_dense_share(finished):
         assert result["steps_method"] == matrix.finetune.steps
 
 
+@pytest.mark.slow
 def test_load_results_one_row_per_cell_with_delta_t_against_dense(finished):
     matrix, store, _ = finished
     frame = load_results(store.root)
@@ -109,6 +114,7 @@ def test_load_results_one_row_per_cell_with_delta_t_against_dense(finished):
     ]
 
 
+@pytest.mark.slow
 def test_same_spec_gives_the_same_metrics(finished, tmp_path):
     _, store, _ = finished
     small = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.9])
@@ -145,6 +151,7 @@ def test_methods():
         METHODS._items.pop(name)
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_and_the_rest_goes_on(test_methods, tmp_path):
     matrix = tiny_matrix(methods=[{"name": "test-broken"}, {"name": "test-leaky"}, {"name": "random"}],
                          sparsities=[0.5])  # fmt: skip
@@ -161,6 +168,7 @@ def test_failures_are_recorded_and_the_rest_goes_on(test_methods, tmp_path):
     assert not (Path(store.run_dir(broken.run_id)) / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_weights_are_loaded_into_the_dense_stage(tmp_path):
     from bench.runner import build_model
 
@@ -178,6 +186,7 @@ def test_pretrained_backbone_weights_are_loaded_into_the_dense_stage(tmp_path):
         assert torch.equal(init[f"backbone.{key}"], value), key
 
 
+@pytest.mark.slow
 def test_mobilenetv2_cell_runs_end_to_end(tmp_path):
     matrix = tiny_matrix(
         archs=[{"name": "mobilenetv2", "width": 0.25, "head_width": 0.03125}],
@@ -193,6 +202,7 @@ def test_mobilenetv2_cell_runs_end_to_end(tmp_path):
     assert result["costs"]["flops_sparse"] < result["costs"]["flops_dense"]
 
 
+@pytest.mark.slow
 def test_each_seed_is_compared_with_its_own_dense_stage_and_aggregated(tmp_path):
     from bench.analysis import aggregate
 
@@ -218,6 +228,7 @@ def test_each_seed_is_compared_with_its_own_dense_stage_and_aggregated(tmp_path)
     assert agg["delta_t.std"] == pytest.approx(frame["delta_t"].std(ddof=1))
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_mirror_the_log(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -72,6 +72,7 @@ def finished(tmp_path_factory):
     return _config(root / "small.yaml"), store
 
 
+@pytest.mark.slow
 def test_two_concurrent_bench_runs_run_each_stage_once_and_cells_after_their_dense(tmp_path, finished):
     config = _config(tmp_path / "two.yaml", seeds=[0, 1])
     store = Store(tmp_path / "store")
@@ -102,6 +103,7 @@ def test_two_concurrent_bench_runs_run_each_stage_once_and_cells_after_their_den
         assert len(lines) == len((reference.run_dir(stage.run_id) / "log.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_matrix_builds_no_model(finished, monkeypatch, capsys):
     config, store = finished
 
@@ -119,6 +121,7 @@ def test_rerun_of_a_finished_matrix_builds_no_model(finished, monkeypatch, capsy
     assert "magnitude" in capsys.readouterr().out  # the summary table is still printed
 
 
+@pytest.mark.slow
 def test_extending_a_finished_matrix_runs_only_the_new_stages(finished, tmp_path):
     _, reference = finished
     store = Store(tmp_path / "store")
@@ -135,6 +138,7 @@ def test_extending_a_finished_matrix_runs_only_the_new_stages(finished, tmp_path
     assert _claims(store) - before == Counter({run_id: 1 for run_id in everything - old})
 
 
+@pytest.mark.slow
 def test_a_failing_cell_does_not_stop_the_matrix_and_retry_failed_runs_it_once_more(
     tmp_path, capsys, test_plugin
 ):
@@ -168,6 +172,7 @@ def stages_of_config(config: Path):
     return stages_of(load_matrix(config))
 
 
+@pytest.mark.slow
 def test_cells_of_a_failed_dense_stage_are_blocked_not_waited_for(tmp_path, monkeypatch):
     matrix = _matrix(sparsities=[0.5, 0.7])
     store = Store(tmp_path)
@@ -192,6 +197,7 @@ def test_cells_of_a_failed_dense_stage_are_blocked_not_waited_for(tmp_path, monk
     assert retried.failed == {} and retried.done == [dense.run_id, *(c.run_id for c in cells)]
 
 
+@pytest.mark.slow
 def test_a_pool_of_two_workers_gives_the_results_of_one_and_survives_a_crash(finished, tmp_path, test_plugin):
     _, reference = finished  # SMALL run by one in-process worker
     methods = [{"name": "magnitude"}, {"name": "random"}, {"name": "test-crash-worker"}]

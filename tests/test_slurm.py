@@ -60,6 +60,7 @@ def plain(tmp_path_factory):
 # ---------------------------------------------------------------------------------------- local executor
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_every_stage_like_a_plain_run(tmp_path, plain, capsys):
     config = _config(tmp_path / "small.yaml")
     store = Store(tmp_path / "store")
@@ -85,6 +86,7 @@ def test_submitit_local_executor_runs_every_stage_like_a_plain_run(tmp_path, pla
     assert len(read_events(store)) == len(events)
 
 
+@pytest.mark.slow
 def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     # Long enough to be caught mid-training; a checkpoint every 2 steps.
     train = {"steps": 40, "batch_size": 4, "lr": 0.003}

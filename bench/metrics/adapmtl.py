@@ -1,6 +1,6 @@
 """Metric accumulators of the ``adapmtl`` protocol: the AdapMTL reference evaluation, quirks included.
 
-They reproduce ``data/pixel2pixel_metrics.py`` of the AdapMTL code (adapmtl.md §4.2–4.3) so that our
+They reproduce ``data/pixel2pixel_metrics.py`` of the AdapMTL code (NYU and Taskonomy classes) so that our
 numbers sit on the same scale as its published tables. Every quirk is deliberate here and listed in
 docs/protocols.md beside the ``standard`` choice:
 

@@ -1,4 +1,4 @@
-"""DeepLab-v2 ASPP task head as used by AdaShare, DiSparse and AdapMTL (adapmtl.md §2.3).
+"""DeepLab-v2 ASPP task head as used by AdaShare, DiSparse and AdapMTL (reference ``main/head.py``).
 
 Four parallel branches with dilation = padding 6/12/18/24, each 3×3 C→1024 (bias), ReLU, Dropout(0.5),
 1×1 1024→1024, ReLU, Dropout(0.5), 1×1 1024→n_out; the branch outputs are summed, not concatenated.

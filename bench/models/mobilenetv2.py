@@ -1,10 +1,10 @@
-"""MobileNetV2: the light backbone of AdapMTL (adapmtl.md §2.2), output stride 32, with ASPP heads.
+"""MobileNetV2: the light backbone of AdapMTL (``models/mobilenetv2.py``), output stride 32, ASPP heads.
 
 Standard width-1.0 inverted-residual table; first conv 3×3/2 (32) + BN + ReLU6; final 1×1 to 1280 + BN +
 ReLU6; no classifier, no pooling, no dilation, so a 321×321 input gives 1280×11×11 (224 → 7×7).
 Module names reproduce the state-dict keys of torchvision's ``mobilenet_v2().features`` so that a user's
 torchvision checkpoint loads (see `bench.models.pretrained`); the classes are our own.
-Initialisation follows the reference (adapmtl.md §1.4): conv He-normal with std sqrt(2/(k·k·C_out)),
+Initialisation follows the reference: conv He-normal with std sqrt(2/(k·k·C_out)),
 BN 1/0; the ASPP heads keep PyTorch's default.
 """
 

@@ -1,8 +1,8 @@
 """Backbone weights from a local checkpoint the user names; nothing is ever downloaded.
 
-The references train from scratch (adapmtl.md §1.4); this is an opt-in for users who have a torchvision
+The references train from scratch; this is an opt-in for users who have a torchvision
 ImageNet checkpoint on disk. Our backbones use torchvision's key names (ResNet: ``conv1``, ``layer1.0``, …;
-MobileNetV2: ``features.<i>...``, adapmtl.md §2.1–2.2), so such a file loads after its classifier is dropped.
+MobileNetV2: ``features.<i>...``, as the references do), so such a file loads once its classifier is dropped.
 Loading is strict: any missing, unexpected or mis-shaped key is an error, never a silent partial load.
 """
 

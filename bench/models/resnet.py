@@ -1,4 +1,4 @@
-"""Deeplab-ResNet34: the dilated ResNet-34 backbone of AdaShare/AdapMTL (adapmtl.md §2.1), output stride 8.
+"""Deeplab-ResNet34: the dilated ResNet-34 of AdaShare/AdapMTL (``Deeplab_ResNet34.py``), output stride 8.
 
 Stem 7×7/2 (64) + BN + ReLU + 3×3/2 max-pool (padding 1, ceil mode); BasicBlocks [3,4,6,3] with widths
 [64,128,256,512], strides [1,2,1,1], dilations [1,1,2,4] (both 3×3 convs, padding = dilation); a 1×1

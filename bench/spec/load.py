@@ -46,7 +46,10 @@ def parse_matrix(data: Any, source: str = "<config>") -> MatrixSpec:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_matrix(path: str | Path) -> MatrixSpec:
+def load_matrix(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> MatrixSpec:
+    """The matrix of a YAML file, with ``key.path=value`` overrides (bench.spec.overrides) applied first."""
+    from bench.spec.overrides import apply_overrides
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -54,4 +57,8 @@ def load_matrix(path: str | Path) -> MatrixSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_matrix(data, str(path))
+    if not overrides:
+        return parse_matrix(data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_matrix(apply_overrides(data, overrides), f"{path} with overrides {' '.join(overrides)}")
