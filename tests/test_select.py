@@ -96,7 +96,9 @@ def test_run_status_and_report_work_on_the_selection_only(tmp_path, capsys):
     config.write_text(yaml.safe_dump(tiny_matrix_dict()))
     store = tmp_path / "store"
     args = ["--store", str(store), "--no-progress"]
-    assert main(["run", str(config), "finetune.steps=1", "--only", "method=magnitude,sparsity=0.9", *args]) == 0
+    assert (
+        main(["run", str(config), "finetune.steps=1", "--only", "method=magnitude,sparsity=0.9", *args]) == 0
+    )
     matrix = tiny_matrix(finetune={"steps": 1, "batch_size": 4})
     selected = [c for c in matrix.expand() if c.method.name == "magnitude" and c.target_sparsity == 0.9]
     others = [c for c in matrix.expand() if c not in selected]
@@ -107,7 +109,10 @@ def test_run_status_and_report_work_on_the_selection_only(tmp_path, capsys):
     manifest = read_manifest(store, "tiny")
     assert manifest.overrides == ["finetune.steps=1"] and len(manifest.cells) == 4
     capsys.readouterr()
-    assert main(["status", str(config), "finetune.steps=1", "--store", str(store), "--only", "method=random"]) == 0
+    assert (
+        main(["status", str(config), "finetune.steps=1", "--store", str(store), "--only", "method=random"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2 pending" in out and "1 done" in out  # the dense stage and random's two cells
     assert main(["report", str(config), "--store", str(store), "--only", "method=magnitude"]) == 0
