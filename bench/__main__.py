@@ -1,3 +1,3 @@
-from bench.cli import main
+from mtlprune.cli import main
 
 raise SystemExit(main())

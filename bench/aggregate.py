@@ -2,7 +2,7 @@
 
 Both scores compare each metric M_i with the dense model's M_i^dense as a signed relative change
 s_i · (M_i − M_i^dense) / M_i^dense, with s_i = +1 for higher-is-better and −1 for lower-is-better metrics
-(directions from :mod:`bench.vocabulary`), so positive always means "better than dense". They differ in
+(directions from :mod:`mtlprune.vocabulary`), so positive always means "better than dense". They differ in
 how a task's metrics are combined:
 
 * ``delta_t`` (AdapMTL's ΔT): per task a **sum** over its metrics, ×100, then the mean over tasks. This is
@@ -12,7 +12,7 @@ how a task's metrics are combined:
 A task with k metrics therefore has ΔT_t = k · Δm_t; the two are not interchangeable.
 
 Which metrics count: for each task, the columns ``<task>.<metric>`` of the dataset's ΔT metric set
-(``bench.vocabulary.DELTA_METRICS[dataset]``, ``dataset="nyuv2"`` by default: all twelve NYU-v2 metrics;
+(``mtlprune.vocabulary.DELTA_METRICS[dataset]``, ``dataset="nyuv2"`` by default: all twelve NYU-v2 metrics;
 one per task on Tiny-Taskonomy) that are present in ``dense``.
 Other keys (costs, sparsity, another dataset's columns such as Taskonomy's ``segment_semantic.err`` in an
 NYU run) are ignored, which is why the dataset is a parameter rather than guessed from the keys. The
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from bench.vocabulary import delta_metrics, direction
+from mtlprune.vocabulary import delta_metrics, direction
 
 __all__ = ["delta_m", "delta_t"]
 

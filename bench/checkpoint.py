@@ -26,8 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-
-from bench.store import atomic_write_bytes, atomic_write_json
+from mtlprune.store import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_INFO = "checkpoint.json"  # where the checkpoint is (call, step, time), readable without torch
@@ -118,7 +117,7 @@ class StageCheckpoint:
         torch.save(payload, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
         info = {"call": payload["call"], "step": payload["step"], "saved": time.time()}
-        atomic_write_json(self.path.with_name(CHECKPOINT_INFO), info)  # for `bench status`
+        atomic_write_json(self.path.with_name(CHECKPOINT_INFO), info)  # for `mtlprune status`
         self.saves += 1
         if self.on_save is not None:
             self.on_save(payload)

@@ -1,4 +1,4 @@
-"""`python -m bench ...`: run, plan, status, report, methods/archs/datasets, data synth/verify/fingerprint."""
+"""`mtlprune ...`: run, plan, status, report, methods/archs/datasets, data synth/verify/fingerprint."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
+from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 from rich.console import Console
 from rich.table import Table
 
-from bench.registry import ARCHS, DATASETS, METHODS, load_plugins
-from bench.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
-
 DEFAULT_STORE = Path("results")
-EXECUTORS = ("local", "slurm", "submitit-local")  # bench.executors.EXECUTORS, without importing it
+EXECUTORS = ("local", "slurm", "submitit-local")  # mtlprune.executors.EXECUTORS, without importing it
 console = Console(soft_wrap=False, width=160)
 
 
@@ -70,7 +69,7 @@ def _load(args: argparse.Namespace) -> MatrixSpec:
 
 
 def _only(args: argparse.Namespace) -> Any:
-    from bench.spec.select import Selection
+    from mtlprune.spec.select import Selection
 
     return Selection.parse(args.only)
 
@@ -83,7 +82,7 @@ def _unknown_data(matrix: MatrixSpec, unknown: dict[int, str]) -> list[str]:
     return [
         f"run ids of datasets[{i}] ({matrix.datasets[i].dataset}) are unknown: they follow the content "
         f"fingerprint of its data, which cannot be computed now ({why}); make the data readable, or pin "
-        f"datasets[{i}].fingerprint (python -m bench data fingerprint --dataset {matrix.datasets[i].dataset} "
+        f"datasets[{i}].fingerprint (mtlprune data fingerprint --dataset {matrix.datasets[i].dataset} "
         f"--root {matrix.datasets[i].root})"
         for i, why in unknown.items()
     ]
@@ -92,10 +91,10 @@ def _unknown_data(matrix: MatrixSpec, unknown: dict[int, str]) -> list[str]:
 def cmd_plan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from bench.estimate import estimate_costs
-    from bench.fingerprint import identity_known, resolve_data_lenient
-    from bench.runner import plan, requirements, stage_keys
-    from bench.store import Store
+    from mtlprune.estimate import estimate_costs
+    from mtlprune.fingerprint import identity_known, resolve_data_lenient
+    from mtlprune.runner import plan, requirements, stage_keys
+    from mtlprune.store import Store
 
     store = Store(args.store)
     matrix, unknown = resolve_data_lenient(_load(args), store.root)
@@ -138,17 +137,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
     """Where a stage's in-stage checkpoint is (bench/checkpoint.py), or None; torch-free."""
-    from bench.checkpoint import CHECKPOINT_INFO
-    from bench.store import read_json
+    from mtlprune.checkpoint import CHECKPOINT_INFO
+    from mtlprune.store import read_json
 
     path = run_dir / CHECKPOINT_INFO
     return read_json(path) if path.is_file() else None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.fingerprint import DataFingerprintError, resolve_data_lenient
-    from bench.scheduler import lock_summary, stages_of
-    from bench.store import Store
+    from mtlprune.fingerprint import DataFingerprintError, resolve_data_lenient
+    from mtlprune.scheduler import lock_summary, stages_of
+    from mtlprune.store import Store
 
     store = Store(args.store)
     matrix, unknown = resolve_data_lenient(_load(args), store.root)
@@ -205,10 +204,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
-    """One line per finished dense stage that has not converged (bench.convergence): its training loss was
+    """One line per finished dense stage that has not converged (mtlprune.convergence): its training loss was
     still falling at the end, or its control row gained more than the tolerance from the finetune budget."""
-    from bench.aggregate import delta_t
-    from bench.convergence import CONTROL_TOLERANCE, control_converged
+    from mtlprune.aggregate import delta_t
+    from mtlprune.convergence import CONTROL_TOLERANCE, control_converged
 
     lines = []
     controls = {
@@ -268,9 +267,8 @@ def _slurm_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
     """The config's runtime.slurm with the command-line flags applied (validated like the config)."""
+    from mtlprune.spec.models import SlurmSpec
     from pydantic import ValidationError
-
-    from bench.spec.models import SlurmSpec
 
     try:
         return SlurmSpec.model_validate({**matrix.runtime.slurm.model_dump(), **overrides})
@@ -284,11 +282,11 @@ def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.fingerprint import resolve_data
-    from bench.manifest import write_manifest
-    from bench.report import write_run_report
-    from bench.scheduler import check_changed_code, run_matrix, stages_of
-    from bench.store import Store
+    from mtlprune.fingerprint import resolve_data
+    from mtlprune.manifest import write_manifest
+    from mtlprune.report import write_run_report
+    from mtlprune.scheduler import check_changed_code, run_matrix, stages_of
+    from mtlprune.store import Store
 
     store = Store(args.store)
     matrix = resolve_data(_load(args), store.root)  # before any run id: disk data ids follow content
@@ -301,13 +299,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if overrides:
             named = ", ".join(f"--{f.replace('_', '-')}" for f in SLURM_FLAGS if getattr(args, f) is not None)
             raise ValueError(f"{named}: Slurm resources apply to --executor slurm or submitit-local only")
-        write_manifest(matrix, store, args.overrides)  # what `bench report CONFIG` reads, torch-free
+        write_manifest(matrix, store, args.overrides)  # what `mtlprune report CONFIG` reads, torch-free
         outcome = run_matrix(
             matrix, store, show_progress=not args.no_progress, workers=args.workers,
             retry_failed=args.retry_failed, plugins=plugins, only=only,
         )  # fmt: skip
     else:
-        from bench.executors import submit_matrix
+        from mtlprune.executors import submit_matrix
 
         if args.workers not in (None, 1):
             raise ValueError(
@@ -331,7 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]warning:[/yellow]{line}", highlight=False, soft_wrap=True)
     if outcome.failed:
         console.print(
-            f"[red]{len(outcome.failed)} stage(s) failed[/red]; see `python -m bench status {args.config}"
+            f"[red]{len(outcome.failed)} stage(s) failed[/red]; see `mtlprune status {args.config}"
             + ("" if Path(args.store) == DEFAULT_STORE else f" --store {args.store}")
             + "`; `--retry-failed` runs them again"
         )
@@ -386,7 +384,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
-    from datasets.verify import verify
+    from mtlprune.datasets.verify import verify
 
     report = verify(args.dataset, args.root)
     counts = ", ".join(f"{n} {split}" for split, n in report.counts.items()) or "no samples"
@@ -413,7 +411,7 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def cmd_data_fingerprint(args: argparse.Namespace) -> int:
     """The digest alone on stdout (for scripts and for pinning it in a config); the summary on stderr."""
-    from bench.fingerprint import data_fingerprint
+    from mtlprune.fingerprint import data_fingerprint
 
     fingerprint = data_fingerprint(args.dataset, args.root, args.store)
     print(fingerprint.digest)
@@ -436,7 +434,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def _plugin_option(parser: argparse.ArgumentParser) -> None:
-    """``--plugin MODULE`` after the subcommand too (``bench run x.yaml --plugin my.method``)."""
+    """``--plugin MODULE`` after the subcommand too (``mtlprune run x.yaml --plugin my.method``)."""
     parser.add_argument(
         "--plugin", dest="sub_plugin", action="append", default=[], metavar="MODULE", help="import a plugin"
     )
@@ -444,7 +442,7 @@ def _plugin_option(parser: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Figures, tables and one HTML page from stored results; never imports torch or the plugins."""
-    from bench.report import build_report
+    from mtlprune.report import build_report
 
     outcome = build_report(args.source, store=args.store, out=args.out, style=args.style, only=args.only)
     counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items())
@@ -483,7 +481,7 @@ def _only_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mtlprune", description=__doc__)
     parser.add_argument(
         "--plugin", action="append", default=[], metavar="MODULE", help="import a plugin module"
     )

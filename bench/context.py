@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mtlprune.checkpoint import StageCheckpoint
+from mtlprune.data import batch_stream
+from mtlprune.divergence import DivergenceGuard
+from mtlprune.models.mtl import MTLModel
+from mtlprune.sparsity import Masks, Scope, apply_masks, select_masks
+from mtlprune.spec import RunSpec, TrainSpec
+from mtlprune.tasks import make_losses
+from mtlprune.train import TrainCallback, to_device, train
 from torch import Tensor, nn
-
-from bench.checkpoint import StageCheckpoint
-from bench.data import batch_stream
-from bench.divergence import DivergenceGuard
-from bench.models.mtl import MTLModel
-from bench.sparsity import Masks, Scope, apply_masks, select_masks
-from bench.spec import RunSpec, TrainSpec
-from bench.tasks import make_losses
-from bench.train import TrainCallback, to_device, train
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -72,7 +71,7 @@ class MethodContext:
     channels_last: bool = False
     pin_memory: bool = False
     # The untrained network's task losses (the dense stage's step 0): every ctx.train call fails as
-    # diverged when a task loss stays above 10x its value (bench.divergence); None: no loss bound.
+    # diverged when a task loss stays above 10x its value (mtlprune.divergence); None: no loss bound.
     initial_losses: dict[str, float] | None = None
     _phase: str = field(default="prune", repr=False)
     _calls: int = field(default=0, repr=False)

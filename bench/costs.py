@@ -35,7 +35,7 @@ The forward is shape-only: inside the mode every activation op runs on meta copi
 the weight's nnz is read from the real tensor), so counting a full-width model costs no compute on any
 device and never touches BN statistics. Should an op lack a meta kernel, the pass is repeated for real on
 the model's device with a zeros input. The head outputs are then upsampled bilinearly to `output_hw` with
-`bench.tasks.upsample_to`, exactly as evaluation does, and that upsampling is charged to the task's head.
+`mtlprune.tasks.upsample_to`, exactly as evaluation does, and that upsampling is charged to the task's head.
 """
 
 from __future__ import annotations
@@ -50,13 +50,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from mtlprune.models.mtl import MTLModel
+from mtlprune.tasks import upsample_to
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
-
-from bench.models.mtl import MTLModel
-from bench.tasks import upsample_to
 
 aten = torch.ops.aten
 
@@ -352,7 +351,7 @@ def flop_breakdown(
             breakdown = _run_counted(model, input_hw, output_hw, in_channels, to_meta=False)
     if breakdown.uncounted:
         warnings.warn(
-            f"FLOPs not counted for ops with no formula in bench.costs: {breakdown.uncounted}",
+            f"FLOPs not counted for ops with no formula in mtlprune.costs: {breakdown.uncounted}",
             stacklevel=2,
         )
     return breakdown

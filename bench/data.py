@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from mtlprune.registry import DATASETS
+from mtlprune.spec import DataSpec, spec_hash
 from torch.utils.data import DataLoader, Dataset, default_collate
-
-from bench.registry import DATASETS
-from bench.spec import DataSpec, spec_hash
 
 
 def dataset_root(data: DataSpec, store: Path) -> Path:

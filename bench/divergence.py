@@ -10,7 +10,7 @@ Three rules, each recorded as ``failed (diverged)``:
    rate of 1e6 drives it to 1e29 while staying finite), whereas pruning a trained network, even to 99%,
    leaves it near chance at worst. A transient spike shorter than the patience is not divergence;
 3. final test metrics that are non-finite, or an error metric (lower is better) above ``ABSURD_FACTOR`` ×
-   the trivial predictor's (bench.trivial: the best constant prediction) on the same test split.
+   the trivial predictor's (mtlprune.trivial: the best constant prediction) on the same test split.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def check_final_metrics(
     """Rule 3: raise :class:`Divergence` for a non-finite metric or an absurd error metric.
 
     ``direction(column)`` is +1 for higher-is-better and −1 for lower-is-better metrics
-    (:func:`bench.vocabulary.direction`); ``trivial`` holds the trivial predictor's metrics (None: only the
+    (:func:`mtlprune.vocabulary.direction`); ``trivial`` holds the trivial predictor's metrics (None: only the
     finiteness check).
     """
     bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}

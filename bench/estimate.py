@@ -1,6 +1,6 @@
 """How long the pending stages of a plan will take, from the wall times of stages already finished.
 
-`bench plan` prints this so a user can decide between a laptop, one GPU box and a Slurm array before
+`mtlprune plan` prints this so a user can decide between a laptop, one GPU box and a Slurm array before
 starting. A pending stage is estimated by the mean ``wall_s`` of finished stages with the same key (same
 kind, dataset, arch, width and budget/method); without one, by the mean of finished stages of the same
 kind on the same (dataset, arch, width), with a note; otherwise it has no measurement and is counted as
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
-from bench.store import RESULT, Store, read_json
+from mtlprune.store import RESULT, Store, read_json
 
 KINDS = ("dense", "cell")
 COARSE_LEN = 3
@@ -70,7 +70,7 @@ class CostEstimate:
 
     @property
     def line(self) -> str:
-        """The one-line summary `bench plan` prints."""
+        """The one-line summary `mtlprune plan` prints."""
         if self.pending == 0:
             return f"estimate: nothing pending ({self.done} stage(s) done)"
         if self.unmeasured == self.pending:

@@ -4,7 +4,7 @@
 pooled metrics. ``adapmtl``: as the AdapMTL reference evaluates — test inputs and labels resized straight to
 the dataset's ``reference_eval_size`` (NYU-v2 321×321, Taskonomy 224×224; the input bilinearly, every label
 map with nearest neighbour), batches of 16, predictions upsampled with nearest neighbour, and the
-reference's metric quirks (:mod:`bench.metrics.adapmtl`).
+reference's metric quirks (:mod:`mtlprune.metrics.adapmtl`).
 
 The dataset's metric set is chosen by its registry name (``nyuv2``, ``taskonomy``), read from the test set
 unless given; Taskonomy's segmentation ``err`` takes the test set's ``class_weights``.
@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from bench.data import eval_batches
-from bench.metrics import make_metric, resize_prediction
-from bench.models.mtl import MTLModel
-from bench.tasks import resize_label
-from bench.train import to_device
+from mtlprune.data import eval_batches
+from mtlprune.metrics import make_metric, resize_prediction
+from mtlprune.models.mtl import MTLModel
+from mtlprune.tasks import resize_label
+from mtlprune.train import to_device
 
 
 def resize_batch(batch: dict[str, Any], tasks: tuple[str, ...], size: tuple[int, int]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ``submit_matrix`` sends one job array per level of the stage graph: the pending dense stages, then the
 pending cells, whose array waits for the dense array with ``afterany`` (a failed dense stage then marks its
 cells ``blocked`` instead of leaving them queued forever). Each array task runs ``StageTask(run_id)``: it
-claims the stage's lock like any local worker (so submitting twice, or next to a local ``bench run``, never
+claims the stage's lock like any local worker (so submitting twice, or next to a local ``mtlprune run``, never
 runs a stage twice) and runs it through ``run_stage``, which resumes from the stage's checkpoint.
 
 ``StageTask`` is checkpointable: when Slurm signals a task before its time limit, or preempts it, submitit
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import registry
-from bench.fingerprint import resolve_data
-from bench.locks import current_job
-from bench.progress import make_reporter
-from bench.scheduler import (
+from mtlprune import registry
+from mtlprune.fingerprint import resolve_data
+from mtlprune.locks import current_job
+from mtlprune.progress import make_reporter
+from mtlprune.scheduler import (
     POLL_S,
     Board,
     LockOptions,
@@ -43,10 +43,10 @@ from bench.scheduler import (
     run_one,
     stages_of,
 )
-from bench.spec import MatrixSpec
-from bench.spec.models import SlurmSpec
-from bench.spec.select import Selection
-from bench.store import Store
+from mtlprune.spec import MatrixSpec
+from mtlprune.spec.models import SlurmSpec
+from mtlprune.spec.select import Selection
+from mtlprune.store import Store
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUBMITIT_EXECUTORS = ("slurm", "submitit-local")
@@ -216,7 +216,7 @@ def submit_matrix(
     spec = slurm or matrix.runtime.slurm
     started_at = time.time()
     if any(d.source == "disk" and d.fingerprint is None for d in matrix.datasets):
-        matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content (bench.fingerprint)
+        matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content
     stages = stages_of(matrix, only)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
     board = Board(stages, store, retry_failed, started_at)
@@ -225,7 +225,7 @@ def submit_matrix(
     if blocked:  # their dense stage failed for good: record that here instead of queueing a job for it
         claim_loop(blocked, store, matrix.runtime, retry_failed=retry_failed, started_at=started_at)
         submission.blocked = [s.run_id for s in blocked]
-        echo(f"{len(blocked)} cell(s) blocked: their dense stage failed (see `bench status`)")
+        echo(f"{len(blocked)} cell(s) blocked: their dense stage failed (see `mtlprune status`)")
     task = StageTask(
         matrix.model_dump(mode="json"), str(store.root.resolve()),
         loaded_plugins() if plugins is None else plugins, retry_failed, started_at, poll_s,
@@ -256,7 +256,7 @@ def submit_matrix(
     if not submission.jobs:
         echo("nothing to submit: every stage is done, failed (use --retry-failed) or running elsewhere")
     elif executor == "slurm":
-        echo(f"logs: {folder}/<job>_<task>/<job>_<task>_0_log.out; watch with `python -m bench status`")
+        echo(f"logs: {folder}/<job>_<task>/<job>_<task>_0_log.out; watch with `mtlprune status`")
     with contextlib.suppress(OSError):
         (folder / "%j").rmdir()  # submitit creates the pattern folder itself, empty
     if executor == "submitit-local":

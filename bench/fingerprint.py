@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.registry import DATASETS
-from bench.spec import DataSpec, MatrixSpec, canonical_json
-from bench.store import atomic_write_json
+from mtlprune.registry import DATASETS
+from mtlprune.spec import DataSpec, MatrixSpec, canonical_json
+from mtlprune.store import atomic_write_json
 
 FINGERPRINT_FORMAT = "mtl-prunebench data fingerprint 1"
 CACHE_FORMAT = 1

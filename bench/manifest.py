@@ -1,7 +1,7 @@
 """The torch-free manifest of a matrix: ``<store>/<matrix name>/matrix.json``.
 
 Validating a matrix config needs the method registry, and the registry imports the method plugins (and
-torch). `bench report` must run on a laptop with the results alone, so `bench run` and `bench plan` write
+torch). `mtlprune report` must run on a laptop with the results alone, so `mtlprune run` writes
 down what the matrix expands to (the spec dump, the dense stages and the cells with their labels, plus
 where and with what it was planned); the report then reads this file instead of the config, and a cell
 listed here without a result shows as missing rather than vanishing.
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.provenance import provenance as stage_provenance
-from bench.store import Store, atomic_write_json, read_json
+from mtlprune.provenance import provenance as stage_provenance
+from mtlprune.store import Store, atomic_write_json, read_json
 
 if TYPE_CHECKING:
-    from bench.spec import MatrixSpec
+    from mtlprune.spec import MatrixSpec
 
 __all__ = [
     "MANIFEST",
@@ -61,7 +61,7 @@ def manifest_path(store_root: str | Path, name: str) -> Path:
 
 
 def provenance() -> dict[str, Any]:
-    """Where and with what a matrix was planned: bench.provenance's record (git commit and dirty flag,
+    """Where and with what a matrix was planned: mtlprune.provenance's record (git commit and dirty flag,
     package versions, host, Slurm ids) plus the command line and the time it was written."""
     return {
         **stage_provenance(),
@@ -159,6 +159,6 @@ def read_manifest(store_root: str | Path, name: str) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no manifest of matrix {name!r} in store {store_root} "
-            f"(`python -m bench plan CONFIG --store {store_root}` or `bench run` writes it)"
+            f"(`mtlprune plan CONFIG --store {store_root}` or `mtlprune run` writes it)"
         )
     return _validate(read_json(path), path)

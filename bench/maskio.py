@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bench.store import atomic_write_bytes
+from mtlprune.store import atomic_write_bytes
 
 MASKS = "masks.npz"
 TASK_MASKS = "task_masks.npz"

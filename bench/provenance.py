@@ -160,7 +160,7 @@ def timing(start: float, end: float) -> dict[str, Any]:
     return {"start": _iso_utc(start), "end": _iso_utc(end), "wall_s": float(end - start)}
 
 
-BUILTIN_CODE = ("bench", "methods", "datasets")
+BUILTIN_CODE = ("mtlprune",)
 """Top-level packages of this repository: their code is identified by the git commit (and, for results,
 by SCHEMA_VERSION bumps when behaviour changes), not by a per-plugin source hash."""
 

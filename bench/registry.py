@@ -1,8 +1,8 @@
 """Name → class registries for methods, architectures and datasets (timm-style decorators).
 
 The core never imports a concrete plugin: `load_plugins()` imports the built-in plugin packages by name
-(``methods``, ``datasets``, ``bench.models``), then any module named by the ``mtlprune.methods`` entry-point
-group or by ``--plugin``. Registration happens as a side effect of those imports.
+(``mtlprune.methods``, ``mtlprune.datasets``, ``mtlprune.models``), then any module named by the
+``mtlprune.methods`` entry-point group or by ``--plugin``. Registration is a side effect of the imports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "mtlprune.methods"
-BUILTIN_PLUGIN_PACKAGES = ("bench.models", "datasets", "methods")
+BUILTIN_PLUGIN_PACKAGES = ("mtlprune.models", "mtlprune.datasets", "mtlprune.methods")
 
 
 class UnknownNameError(KeyError):

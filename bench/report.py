@@ -1,15 +1,15 @@
-"""Reports from stored results: the end-of-run summary of `bench run`, and `bench report`'s full report.
+"""Reports from stored results: the end-of-run summary of `mtlprune run`, and `mtlprune report`'s full report.
 
-`bench report` works from the store alone and never imports torch (nor the method plugins, which do):
+`mtlprune report` works from the store alone and never imports torch (nor the method plugins, which do):
 given a config it reads only the YAML ``name`` key and then the matrix's manifest
-(``<store>/<name>/matrix.json``, see :mod:`bench.manifest`), so cells that were planned but never started
+(``<store>/<name>/matrix.json``, see :mod:`mtlprune.manifest`), so cells that were planned but never started
 are listed as missing; given a store folder it reports every run in it (and the cells that any manifest in
 it lists without a run). Output, under ``--out`` (default ``<store>/<name>/report`` or ``<store>/report``):
 
 - ``figures/*.pdf|png``: metrics and ΔT/Δm vs sparsity, per-component allocation, training curves, mask
   analytics where masks are stored;
 - ``tables/*.md|tex``: the comparison of all cells and AdapMTL's Table 2 layout per setting and target;
-- statistics over seeds (:mod:`bench.analysis.stats`): ΔT intervals, average ranks with the Friedman test
+- statistics over seeds (:mod:`mtlprune.analysis.stats`): ΔT intervals, average ranks with the Friedman test
   and a critical-difference diagram, Holm-adjusted pairwise tests; with one seed per cell, only the
   statement that no significance statement is possible;
 - ``report.html``: one self-contained page with all of it, the failed and missing cells with their errors,
@@ -33,20 +33,18 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
-
-from bench.analysis import load_results, summary_table
-from bench.analysis.load import BASE_COLUMNS
-from bench.manifest import MANIFEST, Manifest, read_manifest
-from bench.spec.select import Selection
-from bench.store import RESULT, STATUS, Store, atomic_write_bytes, read_json
+from mtlprune.analysis import load_results, summary_table
+from mtlprune.analysis.load import BASE_COLUMNS
+from mtlprune.manifest import MANIFEST, Manifest, read_manifest
+from mtlprune.spec.select import Selection
+from mtlprune.store import RESULT, STATUS, Store, atomic_write_bytes, read_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from mtlprune.analysis.html import Figure as HtmlFigure
+    from mtlprune.analysis.html import Section
+    from mtlprune.spec import MatrixSpec
     from rich.console import Console
-
-    from bench.analysis.html import Figure as HtmlFigure
-    from bench.analysis.html import Section
-    from bench.spec import MatrixSpec
 
 __all__ = ["ReportOutcome", "build_report", "collect", "matrix_name", "resolve_source", "write_run_report"]
 
@@ -84,9 +82,8 @@ def _fmt(value: object) -> str:
 
 def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path:
     """``<store>/<matrix name>/results.parquet`` + ΔT figure (PNG, PDF) + the printed summary."""
+    from mtlprune.analysis.figures import delta_t_vs_sparsity
     from rich.table import Table
-
-    from bench.analysis.figures import delta_t_vs_sparsity
 
     out = store.root / matrix.name
     run_ids = [cell.run_id for cell in matrix.expand()]
@@ -204,8 +201,8 @@ def collect(
 ) -> ReportData:
     """Cells (with missing ones added), dense stages and published numbers for a report; ``only`` keeps
     the selected cells (and their dense stages)."""
-    from bench.analysis import load_published
-    from bench.analysis.dense import load_dense
+    from mtlprune.analysis import load_published
+    from mtlprune.analysis.dense import load_dense
 
     notes: list[str] = []
     frame = load_results(root, manifests[0].cell_ids) if name is not None else load_results(root)
@@ -264,8 +261,8 @@ class _Builder:
     ) -> HtmlFigure | None:
         """Draws and writes one figure; it joins the Figures section under ``group`` (None: the caller
         places the returned figure itself). None, with a note, when it cannot be drawn."""
-        from bench.analysis.figures import save_figure
-        from bench.analysis.html import Figure as HtmlFigure
+        from mtlprune.analysis.figures import save_figure
+        from mtlprune.analysis.html import Figure as HtmlFigure
 
         try:
             fig = draw()
@@ -313,9 +310,9 @@ def _pick_runs(done: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figures(data: ReportData, builder: _Builder) -> None:
-    from bench.analysis import figures as F
-    from bench.analysis.curves import component_sparsity_columns, load_log, threshold_columns
-    from bench.analysis.style import StyleMap
+    from mtlprune.analysis import figures as F
+    from mtlprune.analysis.curves import component_sparsity_columns, load_log, threshold_columns
+    from mtlprune.analysis.style import StyleMap
 
     frame, style = data.frame, builder.style
     styles = StyleMap(str(m) for m in frame["method"].dropna().unique())
@@ -388,8 +385,8 @@ def _figures(data: ReportData, builder: _Builder) -> None:
 
 def _mask_figures(data: ReportData, builder: _Builder, picked: pd.DataFrame, setting: str) -> None:
     """Per-layer sparsity, method overlap and cross-task IoU, where the illustrated runs stored masks."""
-    from bench.analysis import load_masks, load_task_masks, overlap_matrix, task_iou
-    from bench.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
+    from mtlprune.analysis import load_masks, load_task_masks, overlap_matrix, task_iou
+    from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
 
     runs = data.store / "runs"
     with_masks = picked[[(runs / r / "masks.npz").is_file() for r in picked["run_id"]]]
@@ -436,7 +433,7 @@ def _mask_figures(data: ReportData, builder: _Builder, picked: pd.DataFrame, set
 
 
 def _main_metrics(frame: pd.DataFrame) -> list[str]:
-    from bench.vocabulary import MAIN_METRIC
+    from mtlprune.vocabulary import MAIN_METRIC
 
     out: list[str] = []
     for tasks in frame["tasks"].dropna().unique():
@@ -450,8 +447,8 @@ def _main_metrics(frame: pd.DataFrame) -> list[str]:
 
 def _tables(data: ReportData, builder: _Builder) -> dict[str, str]:
     """Writes the .md/.tex tables; returns title → HTML of each, in page order."""
-    from bench.analysis.html import markdown_table_html
-    from bench.analysis.tables import comparison_table, table2_layout, to_latex, to_markdown
+    from mtlprune.analysis.html import markdown_table_html
+    from mtlprune.analysis.tables import comparison_table, table2_layout, to_latex, to_markdown
 
     frame = data.frame
     name = data.title.removeprefix("Report: ")
@@ -490,10 +487,10 @@ def _tables(data: ReportData, builder: _Builder) -> dict[str, str]:
 
 def _headroom(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
     """The dense model against the trivial predictor (best constant prediction), with its convergence: its
-    own loss curve, and what the control row gained from the finetune budget (bench.convergence)."""
-    from bench.analysis.dense import dense_vs_trivial
-    from bench.analysis.html import frame_html
-    from bench.convergence import CONTROL_TOLERANCE
+    own loss curve, and what the control row gained from the finetune budget (mtlprune.convergence)."""
+    from mtlprune.analysis.dense import dense_vs_trivial
+    from mtlprune.analysis.html import frame_html
+    from mtlprune.convergence import CONTROL_TOLERANCE
 
     if dense.empty or not any(str(c).startswith("trivial.") for c in dense.columns):
         notes.append("dense vs trivial predictor not shown: the dense results record no trivial predictor")
@@ -528,8 +525,8 @@ def _headroom(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) -> dic
 
 
 def _summaries(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
-    from bench.analysis.html import frame_html
-    from bench.analysis.summaries import delta_t_auc, pareto_dominated
+    from mtlprune.analysis.html import frame_html
+    from mtlprune.analysis.summaries import delta_t_auc, pareto_dominated
 
     out: dict[str, str] = {}
     try:
@@ -576,7 +573,7 @@ ONE_SEED = (
 def _compared_methods(frame: pd.DataFrame, metric: str) -> tuple[list[str], list[str]]:
     """(pruning methods with a finished finite value somewhere, the others): a method that never
     finished would make every block incomplete, so it is named and left out of ranks and tests."""
-    from bench.analysis.stats import is_control
+    from mtlprune.analysis.stats import is_control
 
     runs = frame[~is_control(frame) & (frame["status"] != "published")]
     done = runs[runs["status"] == "done"]
@@ -588,10 +585,10 @@ def _compared_methods(frame: pd.DataFrame, metric: str) -> tuple[list[str], list
 def _statistics(data: ReportData, builder: _Builder) -> Section:
     """The Statistics section: seed intervals, Friedman ranks with the CD diagram, pairwise Holm-adjusted
     tests, paired differences to the best method, rank stability; with one seed, the reason why not."""
-    from bench.analysis import stats as S
-    from bench.analysis.html import Section, frame_html, markdown_table_html
-    from bench.analysis.stats_figures import cd_diagram, interval_plot
-    from bench.analysis.stats_tables import (
+    from mtlprune.analysis import stats as S
+    from mtlprune.analysis.html import Section, frame_html, markdown_table_html
+    from mtlprune.analysis.stats_figures import cd_diagram, interval_plot
+    from mtlprune.analysis.stats_tables import (
         intervals_latex,
         intervals_markdown,
         pairwise_latex,
@@ -599,7 +596,7 @@ def _statistics(data: ReportData, builder: _Builder) -> Section:
         ranks_latex,
         ranks_markdown,
     )
-    from bench.analysis.style import StyleMap
+    from mtlprune.analysis.style import StyleMap
 
     frame, metric, style = data.frame, STATS_METRIC, builder.style
     name = data.title.removeprefix("Report: ")
@@ -865,8 +862,8 @@ def build_report(
 ) -> ReportOutcome:
     """Figures, tables and ``report.html`` for a config (via its manifest) or a whole store folder;
     ``only`` (``--only`` clauses) reports the selected cells, by default into ``report-<selection>``."""
-    from bench.analysis.html import Section, key_value_html, pre_json, render_page
-    from bench.analysis.style import figure_style
+    from mtlprune.analysis.html import Section, key_value_html, pre_json, render_page
+    from mtlprune.analysis.style import figure_style
 
     figure_style(style)  # an unknown style fails before any work
     if not isinstance(only, Selection):

@@ -21,28 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench.checkpoint import CHECKPOINT, StageCheckpoint
-from bench.context import MethodContext
-from bench.convergence import convergence_window, loss_convergence
-from bench.costs import count_flops, measure_latency
-from bench.data import build_dataset
-from bench.determinism import seed_everything, stage_environment, stage_seed
-from bench.divergence import Divergence, DivergenceGuard, check_final_metrics
-from bench.estimate import StageKey
-from bench.evaluate import evaluate
-from bench.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
-from bench.models.mtl import MTLModel
-from bench.models.pretrained import load_backbone_weights
-from bench.provenance import code_identity, device_name, provenance, timing
-from bench.registry import ARCHS, DATASETS, METHODS
-from bench.sparsity import sparsity_report
-from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
-from bench.spec.select import Selection
-from bench.store import SPEC, Store, atomic_write_bytes, atomic_write_json
-from bench.train import train
-from bench.trivial import fit_trivial
-from bench.vocabulary import direction
+from mtlprune.checkpoint import CHECKPOINT, StageCheckpoint
+from mtlprune.context import MethodContext
+from mtlprune.convergence import convergence_window, loss_convergence
+from mtlprune.costs import count_flops, measure_latency
+from mtlprune.data import build_dataset
+from mtlprune.determinism import seed_everything, stage_environment, stage_seed
+from mtlprune.divergence import Divergence, DivergenceGuard, check_final_metrics
+from mtlprune.estimate import StageKey
+from mtlprune.evaluate import evaluate
+from mtlprune.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
+from mtlprune.models.mtl import MTLModel
+from mtlprune.models.pretrained import load_backbone_weights
+from mtlprune.provenance import code_identity, device_name, provenance, timing
+from mtlprune.registry import ARCHS, DATASETS, METHODS
+from mtlprune.sparsity import sparsity_report
+from mtlprune.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
+from mtlprune.spec.select import Selection
+from mtlprune.store import SPEC, Store, atomic_write_bytes, atomic_write_json
+from mtlprune.train import train
+from mtlprune.trivial import fit_trivial
+from mtlprune.vocabulary import direction
 
 Progress = Callable[[int, dict[str, float]], None]
 
@@ -87,7 +86,7 @@ def requirements(matrix: MatrixSpec) -> list[str]:
         else:
             lines.append(
                 f"data {data.dataset}: MISSING: {root / listing} does not exist; see docs/datasets.md, then "
-                f"check it with: python -m bench data verify --dataset {data.dataset} --root {root}"
+                f"check it with: mtlprune data verify --dataset {data.dataset} --root {root}"
             )
     dense = matrix.dense_stages()
     for stage in {(d.arch.name, d.arch.width, d.arch.head_width, d.data.tasks): d for d in dense}.values():
@@ -109,7 +108,7 @@ def requirements(matrix: MatrixSpec) -> list[str]:
 
 
 def stage_keys(the_plan: Plan) -> list[StageKey]:
-    """Each stage with what its wall time depends on, for the cost estimate of ``bench plan``."""
+    """Each stage with what its wall time depends on, for the cost estimate of ``mtlprune plan``."""
     keys = [
         StageKey(
             d.run_id, "dense", (d.data.dataset, d.arch.name, d.arch.width, d.arch.head_width, d.train.steps)
@@ -218,8 +217,8 @@ def _begin(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str
     if spec.data.source == "disk" and spec.data.fingerprint is None:
         raise ValueError(
             f"data.fingerprint is not set for the {spec.data.dataset} data at {spec.data.root}: the run id "
-            "would not follow the data's content; fill it in with bench.fingerprint.resolve_data(matrix, "
-            "store root) first (bench run does)"
+            "would not follow the data's content; fill it in with mtlprune.fingerprint.resolve_data(matrix, "
+            "store root) first (mtlprune run does)"
         )
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +278,7 @@ def _run_dense(
     save_state(run_dir / "init.pt", model.state_dict())
     logger, checkpoint = _open_log(run_dir, runtime, progress)
     resume = checkpoint.take(1)
-    # The training loss of every step in the convergence window (bench.convergence), checkpointed with the
+    # The training loss of every step in the convergence window (mtlprune.convergence), checkpointed with the
     # stage so that a resumed stage measures exactly what an uninterrupted one would.
     window = convergence_window(spec.train.steps)
     tail: list[tuple[int, float]] = [] if resume is None else [tuple(p) for p in resume["owner"]["tail"]]
@@ -395,7 +394,7 @@ def _provenance(
     determinism: dict[str, Any],
     method_code: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Where, when and with what the result was produced (bench.provenance), and whether it resumed."""
+    """Where, when and with what the result was produced (mtlprune.provenance), and whether it resumed."""
     end = time.time()
     extra = {} if method_code is None else {"method_code": method_code}
     return {
@@ -405,7 +404,7 @@ def _provenance(
         "provenance": {
             **provenance(device_name(str(device))),
             **timing(start, end),
-            # CPU float reductions depend on the thread count: bench.determinism fixes it per stage
+            # CPU float reductions depend on the thread count: mtlprune.determinism fixes it per stage
             "torch_threads": torch.get_num_threads(),
             **extra,
         },
@@ -629,7 +628,7 @@ def run_stage(
     """Run one stage (resuming from its checkpoint when it has one); a failure is recorded, not raised.
 
     A cell whose dense stage has no result is ``blocked`` (with the dense stage's error when it failed).
-    The caller holds the stage's lock (bench.locks); this function does no locking.
+    The caller holds the stage's lock (mtlprune.locks); this function does no locking.
     """
     run_id = stage.run_id
     if store.is_done(run_id):

@@ -1,11 +1,11 @@
 """Run a matrix to completion from any number of processes, hosts or Slurm tasks at once.
 
 Every worker runs the same claim loop over the stage graph: pick a stage that is not done, whose dense stage
-is done (for a cell) and that no live worker holds; claim its lock (bench.locks); run it
-(bench.runner.run_stage resumes from the stage's checkpoint and records a failure instead of raising);
+is done (for a cell) and that no live worker holds; claim its lock (mtlprune.locks); run it
+(mtlprune.runner.run_stage resumes from the stage's checkpoint and records a failure instead of raising);
 release; repeat. When only stages held by others remain, wait until they finish or their lock goes stale.
-So a killed run, a lost node or a second ``bench run`` on the same store never repeats finished work, and an
-interrupted stage resumes where its checkpoint left it.
+So a killed run, a lost node or a second ``mtlprune run`` on the same store never repeats finished work,
+and an interrupted stage resumes where its checkpoint left it.
 
 Failed stages are left alone unless ``retry_failed``: then each stage that had failed *before this run
 started* is run once more. A cell whose dense stage failed for good is marked ``blocked`` rather than
@@ -27,14 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import registry
-from bench.fingerprint import resolve_data
-from bench.locks import HEARTBEAT_S, HOST, LOCK, STALE_AFTER_S, LockInfo, StageLock, read_lock, stale_reason
-from bench.progress import KINDS, EtaModel, Reporter, make_reporter
-from bench.runner import StageOutcome, plan, record_failure, run_stage
-from bench.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec
-from bench.spec.select import Selection
-from bench.store import Store, read_json
+from mtlprune import registry
+from mtlprune.fingerprint import resolve_data
+from mtlprune.locks import (
+    HEARTBEAT_S,
+    HOST,
+    LOCK,
+    STALE_AFTER_S,
+    LockInfo,
+    StageLock,
+    read_lock,
+    stale_reason,
+)
+from mtlprune.progress import KINDS, EtaModel, Reporter, make_reporter
+from mtlprune.runner import StageOutcome, plan, record_failure, run_stage
+from mtlprune.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec
+from mtlprune.spec.select import Selection
+from mtlprune.store import Store, read_json
 
 EVENTS = "events.jsonl"
 POLL_S = 1.0
@@ -317,7 +326,7 @@ class ChangedCell:
 def changed_cells(stages: list[Stage], store: Store) -> list[ChangedCell]:
     """Finished cells of plugin methods whose source changed since they ran (built-ins are identified by
     the commit and SCHEMA_VERSION instead)."""
-    from bench.provenance import code_identity
+    from mtlprune.provenance import code_identity
 
     current: dict[str, dict[str, Any]] = {}
     changed = []
@@ -417,9 +426,9 @@ def run_matrix(
     """Run every pending stage of ``matrix`` into ``store``; failures are recorded, never fatal.
 
     ``workers`` (default ``runtime.workers``) > 1 runs a local pool of that many processes (multiprocessing
-    "spawn"), each running one stage at a time (a CPU stage always on one thread: bench.determinism) and,
-    where several GPUs are visible, on its own GPU. Other ``bench run`` processes may work on the same store
-    at the same time. ``plugins``: modules the pool's workers import (default: those this process loaded).
+    "spawn"), each running one stage at a time (a CPU stage always on one thread: mtlprune.determinism) and,
+    where several GPUs are visible, on its own GPU. Other ``mtlprune run`` processes may work on the same
+    store at the same time. ``plugins``: modules the pool's workers import (default: those loaded here).
     Finished cells of a plugin method whose code changed since are refused (:class:`CodeChanged`) unless
     ``recompute_changed`` sets them aside to be computed again. ``only`` runs the selected stages alone.
     """
@@ -428,7 +437,7 @@ def run_matrix(
         raise ValueError(f"workers must be >= 1, got {workers}")
     started_at = time.time()
     if any(d.source == "disk" and d.fingerprint is None for d in matrix.datasets):
-        matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content (bench.fingerprint)
+        matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content
     stages = stages_of(matrix, only)
     check_changed_code(stages, store, recompute_changed)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
@@ -647,7 +656,7 @@ def _fail_crashed(store: Store, run_id: str, pid: int, exitcode: int) -> None:
 
 
 def lock_summary(run_dir: Path, now: float | None = None) -> tuple[LockInfo, str | None] | None:
-    """The lock of a stage and why it is stale (None when live), or None when unlocked: for `bench status`."""
+    """The lock of a stage and why it is stale (None when live), or None when unlocked (`mtlprune status`)."""
     info = read_lock(Path(run_dir) / LOCK)
     if info is None:
         return None

@@ -1,7 +1,7 @@
 """The content-addressed result store: ``<store>/runs/<run_id>/`` with atomic writes.
 
 ``result.json`` is written last and atomically; its presence means the stage is done. ``status.json``
-records running/failed states (with the error) for `bench status`.
+records running/failed states (with the error) for `mtlprune status`.
 """
 
 from __future__ import annotations

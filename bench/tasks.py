@@ -24,9 +24,8 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from mtlprune.vocabulary import PROTOCOLS
 from torch import Tensor
-
-from bench.vocabulary import PROTOCOLS
 
 IGNORE = 255
 

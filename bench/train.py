@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from mtlprune.checkpoint import CallCheckpoint, set_rng_state
+from mtlprune.data import batch_stream, eval_batches
+from mtlprune.divergence import Divergence, DivergenceGuard
+from mtlprune.models.mtl import MTLModel
+from mtlprune.sparsity import Masks, apply_masks
+from mtlprune.spec import TrainSpec
+from mtlprune.tasks import LossFn, make_losses
 from torch import Tensor, nn
-
-from bench.checkpoint import CallCheckpoint, set_rng_state
-from bench.data import batch_stream, eval_batches
-from bench.divergence import Divergence, DivergenceGuard
-from bench.models.mtl import MTLModel
-from bench.sparsity import Masks, apply_masks
-from bench.spec import TrainSpec
-from bench.tasks import LossFn, make_losses
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -293,7 +292,7 @@ def train(
     ``TrainResult.masks``. With ``checkpoint`` the state is saved at the start, every ``checkpoint.every``
     steps and at the end, and a loaded checkpoint (``checkpoint.resume``) is continued from its step.
     ``guard`` raises :class:`Divergence` when a task loss stays far above its untrained level
-    (bench.divergence).
+    (mtlprune.divergence).
     """
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")

@@ -8,7 +8,7 @@ closed form keeps it right for every dataset, protocol and loss (weighted cross-
 log depth) without a table to keep in sync.
 
 Its metrics go into the dense result (``trivial_metrics``): the report shows the headroom a dense model has
-over it, and bench.divergence calls an error metric more than 10× the trivial one absurd.
+over it, and mtlprune.divergence calls an error metric more than 10× the trivial one absurd.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from mtlprune.data import batch_stream
+from mtlprune.tasks import make_losses
 from torch import Tensor, nn
-
-from bench.data import batch_stream
-from bench.tasks import make_losses
 
 FIT_STEPS = 100
 FIT_BATCH = 16

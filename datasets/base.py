@@ -17,10 +17,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mtlprune.vocabulary import PROTOCOLS
 from torch import Tensor
 from torch.utils.data import Dataset
-
-from bench.vocabulary import PROTOCOLS
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -65,7 +64,7 @@ def read_listing(
     return entries
 
 
-# The listing splits a run reads (bench.data: `val` is carved from `train`); other keys are never read.
+# The listing splits a run reads (mtlprune.data: `val` is carved from `train`); other keys are never read.
 RUN_SPLITS = ("train", "test")
 
 

@@ -20,11 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
-
-from bench.registry import DATASETS
-from datasets.base import (
+from mtlprune.datasets.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RUN_SPLITS,
@@ -32,7 +28,10 @@ from datasets.base import (
     DataFormatError,
     listed_files,
 )
-from datasets.base import read_listing as read_json_listing
+from mtlprune.datasets.base import read_listing as read_json_listing
+from mtlprune.registry import DATASETS
+from PIL import Image
+from torch import Tensor
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -142,7 +141,7 @@ class NYUv2(AugmentedDataset):
 
     @staticmethod
     def synthesize(out: Path, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:
-        from datasets.synthetic import write_nyuv2
+        from mtlprune.datasets.synthetic import write_nyuv2
 
         return write_nyuv2(out, n_train=n_train, n_test=n_test, height=height, width=width, seed=seed)
 

@@ -7,7 +7,7 @@ class weights for the cross-entropy loss (exposed as :attr:`Taskonomy.class_weig
 
 Decoding (the reference's formulas) and the target encoding contract every consumer relies on:
 
-- ``input``: 8-bit RGB PNG → RGB/255 normalised with the ImageNet mean/std, exactly as :mod:`datasets.nyuv2`.
+- ``input``: 8-bit RGB PNG → RGB/255 normalised with the ImageNet mean/std, as :mod:`mtlprune.datasets.nyuv2`.
 - ``segment_semantic``: 8-bit single-channel PNG with values 0..17 → int64 (H, W); 1..17 → classes 0..16,
   0 (unlabeled / uncertain) → 255 = ignore.
 - ``normal``: 8-bit RGB PNG → v/255·2 − 1 ∈ [−1, 1], float32 (3, H, W); NaN wherever depth is invalid
@@ -41,12 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mtlprune.datasets.base import RUN_SPLITS, AugmentedDataset, DataFormatError, listed_files
+from mtlprune.datasets.base import read_listing as read_json_listing
+from mtlprune.registry import DATASETS
 from PIL import Image
 from torch import Tensor
-
-from bench.registry import DATASETS
-from datasets.base import RUN_SPLITS, AugmentedDataset, DataFormatError, listed_files
-from datasets.base import read_listing as read_json_listing
 
 LISTING = "taskonomy.json"
 PRIOR_FACTOR = "semseg_prior_factor.npy"
@@ -202,7 +201,7 @@ class Taskonomy(AugmentedDataset):
 
     @staticmethod
     def synthesize(out: Path, n_train: int, n_test: int, height: int, width: int, seed: int) -> Path:
-        from datasets.synthetic import write_taskonomy
+        from mtlprune.datasets.synthetic import write_taskonomy
 
         return write_taskonomy(out, n_train=n_train, n_test=n_test, height=height, width=width, seed=seed)
 

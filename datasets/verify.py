@@ -1,4 +1,4 @@
-"""`python -m bench data verify`: check a dataset root file by file, through the loader's own decoding.
+"""`mtlprune data verify`: check a dataset root file by file, through the loader's own decoding.
 
 Every sample of every split in the listing is read with the registered loader's `load_raw`, which checks
 existence, decoding, dtypes, value ranges and that a sample's maps share one size; every problem is
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from bench.registry import DATASETS
-from datasets.base import DataFormatError
+from mtlprune.datasets.base import DataFormatError
+from mtlprune.registry import DATASETS
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Pruning-method plugins; importing this package registers the built-in ones in `bench.registry.METHODS`."""
+"""Pruning-method plugins; importing this package registers the built-in ones in `mtlprune.METHODS`."""
 
-from methods import (
+from mtlprune.methods import (
     adapmtl,
     dense_finetune,
     disparse,
@@ -11,7 +11,7 @@ from methods import (
     rigl,
     saliency,
 )
-from methods.base import MethodParams, NoParams, PruningMethod
+from mtlprune.methods.base import MethodParams, NoParams, PruningMethod
 
 __all__ = [
     "MethodParams",

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from mtlprune.context import MethodContext
+from mtlprune.spec import StrictModel
 from pydantic import BaseModel
-
-from bench.context import MethodContext
-from bench.spec import StrictModel
 
 
 class MethodParams(StrictModel):

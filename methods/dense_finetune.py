@@ -9,10 +9,10 @@ target sparsity 0 and is never listed as a method. Deviation: none; it is not a 
 
 from __future__ import annotations
 
-from bench.context import MethodContext
-from bench.registry import METHODS
-from bench.spec import CONTROL_METHOD
-from methods.base import PruningMethod
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import PruningMethod
+from mtlprune.registry import METHODS
+from mtlprune.spec import CONTROL_METHOD
 
 
 @METHODS.register(CONTROL_METHOD)

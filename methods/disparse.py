@@ -53,7 +53,7 @@ Deliberate deviations from the paper and the reference code, all of them:
   ``magnitude`` (the reference's NYU-v2 setting). Fine-tuning uses the cell's finetune budget and recipe
   (the reference: 1000 iterations at a constant 1e-5 because its scheduler is bound to the old optimizer).
 - Dynamic, ERK: raw_l = (Σ dims / Π dims)^``erk_power`` (0.9 as the reference's ``googleAI_ERK``; 1.0
-  gives ``bench.sparsity.erk_densities`` exactly), one ε for all layers, layers above density 1 made dense
+  gives ``mtlprune.sparsity.erk_densities`` exactly), one ε for all layers, layers above density 1 made dense
   and ε re-solved; per-layer counts rounded by largest remainders so the total is exactly round(target·N);
   the random initial mask has exact per-layer counts from ``ctx.generator()``. ``backbone.conv1`` is not
   exempted (the reference's ``erk_init`` skips it; moot where ERK makes it dense).
@@ -98,16 +98,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
+from mtlprune.context import MethodContext, scoring_copy
+from mtlprune.methods.base import MethodParams, PruningMethod
+from mtlprune.methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
+from mtlprune.methods.scoring import weight_grads
+from mtlprune.registry import METHODS
+from mtlprune.sparsity import Masks, erk_densities, layer_prune_counts
+from mtlprune.train import StepRunner
 from pydantic import Field
 from torch import Tensor, nn
-
-from bench.context import MethodContext, scoring_copy
-from bench.registry import METHODS
-from bench.sparsity import Masks, erk_densities, layer_prune_counts
-from bench.train import StepRunner
-from methods.base import MethodParams, PruningMethod
-from methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
-from methods.scoring import weight_grads
 
 TaskLossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Mapping[str, Tensor]]
 TaskMasks = dict[str, Masks]
@@ -274,7 +273,7 @@ def magnitude_scores(model: nn.Module, pools: Mapping[str, Sequence[str]]) -> di
 
 def erk_keep_counts(shapes: Mapping[str, tuple[int, ...]], target: float, power: float) -> dict[str, int]:
     """Weights kept per layer: ERK densities (with the reference's ``power``) rounded by largest remainders
-    so exactly round(target·N) go, as the shared ``erk`` scope of bench.sparsity.select_masks rounds."""
+    so exactly round(target·N) go, as the shared ``erk`` scope of mtlprune.sparsity.select_masks rounds."""
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     pruned = layer_prune_counts(sizes, erk_densities(shapes, target, power), target)
     return {n: sizes[n] - pruned[n] for n in sizes}

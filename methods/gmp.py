@@ -35,14 +35,13 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import MethodParams, PruningMethod
+from mtlprune.registry import METHODS
+from mtlprune.sparsity import Masks
+from mtlprune.train import StepRunner, TrainCallback
 from pydantic import Field, model_validator
 from torch import Tensor
-
-from bench.context import MethodContext
-from bench.registry import METHODS
-from bench.sparsity import Masks
-from bench.train import StepRunner, TrainCallback
-from methods.base import MethodParams, PruningMethod
 
 Selector = Callable[[Mapping[str, Tensor], float, Masks | None], Masks]
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import MethodParams, PruningMethod
+from mtlprune.registry import METHODS
 from pydantic import Field
-
-from bench.context import MethodContext
-from bench.registry import METHODS
-from methods.base import MethodParams, PruningMethod
 
 
 class RandomParams(MethodParams):

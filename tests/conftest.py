@@ -45,10 +45,10 @@ def _guard(stage_entry):
 
 
 def _install_stage_guard() -> None:
-    import bench.runner
+    import mtlprune.runner
 
     for name in ("_run_dense", "_run_cell"):
-        setattr(bench.runner, name, _guard(getattr(bench.runner, name)))
+        setattr(mtlprune.runner, name, _guard(getattr(mtlprune.runner, name)))
 
 
 _install_stage_guard()
@@ -56,7 +56,7 @@ _install_stage_guard()
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    from datasets.synthetic import write_nyuv2
+    from mtlprune.datasets.synthetic import write_nyuv2
 
     return write_nyuv2(
         tmp_path_factory.mktemp("synth") / "nyu", n_train=8, n_test=4, height=32, width=40, seed=0

@@ -1,9 +1,9 @@
-"""A fake result store in the exact layout of bench.runner, built in milliseconds and without torch.
+"""A fake result store in the exact layout of mtlprune.runner, built in milliseconds and without torch.
 
-`bench.runner.run_dense` / `run_cell` write ``<store>/runs/<run_id>/`` with ``spec.json`` (``run_id``, the
+`mtlprune.runner.run_dense` / `run_cell` write ``<store>/runs/<run_id>/`` with ``spec.json`` (``run_id``, the
 full ``spec`` dump, its ``identity`` and, for a cell, ``dense_run_id``), ``status.json`` (``running`` with
 host/pid/started, then ``done`` with ``finished``, or ``failed`` with ``error`` and ``traceback``),
-``log.jsonl`` and, last, ``result.json``; `bench run`/`plan` add ``<store>/<matrix>/matrix.json``. This
+``log.jsonl`` and, last, ``result.json``; `mtlprune run`/`plan` add ``<store>/<matrix>/matrix.json``. This
 module writes the same files with made-up but plausible numbers (accuracy falls with sparsity, faster for
 weaker methods; per-component sparsities that pool exactly to the achieved sparsity), so report, figure
 and performance tests can use hundreds of cells. Failed, running and missing (planned, never started)
@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bench.manifest import MANIFEST_FORMAT, save_manifest
-from bench.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
-from bench.store import RESULT, SPEC, STATUS, atomic_write_json
+from mtlprune.manifest import MANIFEST_FORMAT, save_manifest
+from mtlprune.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
+from mtlprune.store import RESULT, SPEC, STATUS, atomic_write_json
 
 TASKS3 = ("segment_semantic", "normal", "depth_zbuffer")
 # The dense-finetune control: the dense model finetuned for the cells' budget, unpruned (target 0.0).
@@ -87,7 +86,7 @@ HEAD_RATIO = {
 BACKBONE_SHARE = 0.7
 HEAD_SHARE = 0.1
 LOG_STEPS = 20  # records per training log (log_every 10)
-# What bench.runner records per stage under result.json "provenance" (bench.provenance + timing).
+# What mtlprune.runner records per stage under result.json "provenance" (mtlprune.provenance + timing).
 RUN_PROVENANCE = {
     "commit": "0123456789abcdef0123456789abcdef01234567",
     "dirty": False,
@@ -101,12 +100,12 @@ RUN_PROVENANCE = {
     "end": "2025-01-01T00:00:12.500+00:00",
     "wall_s": 12.5,
 }
-# What bench.manifest records when the matrix is planned (bench.provenance + command and time).
+# What mtlprune.manifest records when the matrix is planned (mtlprune.provenance + command and time).
 FAKE_PROVENANCE = {
     **{k: v for k, v in RUN_PROVENANCE.items() if k not in ("start", "end", "wall_s", "device")},
     "hostname": "login-node",
     "device": None,
-    "command": "python -m bench run configs/fake.yaml",
+    "command": "mtlprune run configs/fake.yaml",
     "written": "2025-01-01T00:00:00Z",
 }
 

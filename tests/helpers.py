@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.spec import MatrixSpec, parse_matrix
+from mtlprune.spec import MatrixSpec, parse_matrix
 
 TASKS3 = ["segment_semantic", "normal", "depth_zbuffer"]
 
@@ -54,7 +54,6 @@ def tiny_matrix(**overrides: Any) -> MatrixSpec:
 def load_masks(run_dir) -> dict:
     """A cell's stored masks (masks.npz) as torch bool tensors, for comparisons in tests."""
     import torch
-
-    from bench.maskio import MASKS, read_masks
+    from mtlprune.maskio import MASKS, read_masks
 
     return {name: torch.from_numpy(mask) for name, mask in read_masks(run_dir / MASKS).items()}

@@ -1,4 +1,4 @@
-"""Run ``python -m bench`` in this process and SIGKILL it at a chosen point (for the resume tests).
+"""Run ``mtlprune`` in this process and SIGKILL it at a chosen point (for the resume tests).
 
 ``python -m tests.kill_driver step N ARGS...`` kills the process right after its N-th logged training step;
 ``python -m tests.kill_driver save N ARGS...`` right after its N-th checkpoint is written. ARGS go to bench.
@@ -29,8 +29,8 @@ def _kill_after(n: int, cls: Any, method: str, counts: Any = lambda *args: True)
 
 def main() -> int:
     mode, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    from bench import checkpoint, runner
-    from bench.cli import main as bench_main
+    from mtlprune import checkpoint, runner
+    from mtlprune.cli import main as bench_main
 
     if mode == "step":
         _kill_after(n, runner.JsonlLogger, "__call__", lambda record: record.get("step") is not None)

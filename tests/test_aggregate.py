@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from bench.aggregate import delta_m, delta_t
+from mtlprune.aggregate import delta_m, delta_t
 
 SEG = "segment_semantic"
 DEPTH = "depth_zbuffer"

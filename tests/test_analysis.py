@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bench.analysis import load_results, summary_table
-from bench.analysis.figures import delta_t_vs_sparsity
+from mtlprune.analysis import load_results, summary_table
+from mtlprune.analysis.figures import delta_t_vs_sparsity
 
 TASKS = ["segment_semantic", "normal"]
 DENSE = {
@@ -108,7 +107,7 @@ def test_figure_is_written_as_png_and_pdf(store, tmp_path):
 
 def test_analysis_never_imports_torch(store):
     code = (
-        "import sys; from bench.analysis import load_results; "
+        "import sys; from mtlprune.analysis import load_results; "
         f"load_results({str(store)!r}); assert 'torch' not in sys.modules, 'torch imported'"
     )
     proc = subprocess.run(

@@ -1,4 +1,4 @@
-"""`python -m bench ...` subcommands: listings, plan, status, data synth, and clear config errors."""
+"""`mtlprune ...` subcommands: listings, plan, status, data synth, and clear config errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mtlprune.cli import main
+from mtlprune.scheduler import run_matrix
+from mtlprune.store import Store
 
-from bench.cli import main
-from bench.scheduler import run_matrix
-from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,15 +98,15 @@ def test_data_synth_writes_the_nyuv2_layout(tmp_path, capsys):
 
 def test_module_entry_point_runs():
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "datasets"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mtlprune", "datasets"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "nyuv2" in proc.stdout
 
 
 def test_plugin_flag_registers_an_outside_method(tmp_path, monkeypatch, capsys):
     (tmp_path / "my_prune_plugin.py").write_text(
-        "from bench.registry import METHODS\n"
-        "from methods.base import PruningMethod\n\n"
+        "from mtlprune.registry import METHODS\n"
+        "from mtlprune.methods.base import PruningMethod\n\n"
         "@METHODS.register('outside-method')\n"
         "class Outside(PruningMethod):\n"
         '    """A method living outside the repository."""\n\n'
@@ -114,7 +114,7 @@ def test_plugin_flag_registers_an_outside_method(tmp_path, monkeypatch, capsys):
         "        ctx.apply_masks(ctx.select_masks({n: p.abs() for n, p in ctx.prunable().items()}))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    from bench.registry import METHODS
+    from mtlprune.registry import METHODS
 
     try:
         assert main(["--plugin", "my_prune_plugin", "methods"]) == 0
@@ -124,7 +124,7 @@ def test_plugin_flag_registers_an_outside_method(tmp_path, monkeypatch, capsys):
         assert "cannot import plugin module 'no_such_plugin_module'" in capsys.readouterr().err
     finally:
         METHODS._items.pop("outside-method", None)
-        from bench import registry
+        from mtlprune import registry
 
         registry._loaded.discard("my_prune_plugin")  # the module is gone with tmp_path
 
@@ -138,8 +138,8 @@ def test_run_writes_the_manifest_that_report_reads_and_extending_shows_missing_c
     assert len(manifest["cells"]) == 1 and len(manifest["dense"]) == 1
     # the config grows by a sparsity level and is run only in part (its new cell never starts)
     config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9])
-    from bench.manifest import write_manifest
-    from bench.spec import load_matrix
+    from mtlprune.manifest import write_manifest
+    from mtlprune.spec import load_matrix
 
     write_manifest(load_matrix(config), Store(store))
     capsys.readouterr()

@@ -1,6 +1,6 @@
 """A finished cell made by other code of a plugin method is never silently reused.
 
-The plugin's source is hashed into each cell's provenance (``method_code``); `bench run` refuses a matrix
+The plugin's source is hashed into each cell's provenance (``method_code``); `mtlprune run` refuses a matrix
 whose finished plugin cells were made by other code, naming the method and both hashes, and recomputes them
 with ``--recompute-changed`` (keeping the old result beside the new one). Built-in methods are identified by
 the commit and SCHEMA_VERSION bumps instead.
@@ -13,20 +13,20 @@ import sys
 
 import pytest
 import yaml
+from mtlprune import registry
+from mtlprune.cli import main
+from mtlprune.provenance import code_identity
+from mtlprune.scheduler import CodeChanged, run_matrix
+from mtlprune.store import Store
 
-from bench import registry
-from bench.cli import main
-from bench.provenance import code_identity
-from bench.scheduler import CodeChanged, run_matrix
-from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 MODULE = "test_code_changes_plugin"
 SOURCE = '''"""A throwaway plugin whose source the test edits."""
 
-from bench.context import MethodContext
-from bench.registry import METHODS
-from methods.base import PruningMethod
+from mtlprune.context import MethodContext
+from mtlprune.registry import METHODS
+from mtlprune.methods.base import PruningMethod
 
 
 @METHODS.register("test-editable")

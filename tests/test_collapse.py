@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from bench.analysis.load import collapsed
-from bench.report import _collapse_note, collapse_lines
+from mtlprune.analysis.load import collapsed
+from mtlprune.report import _collapse_note, collapse_lines
 
 
 def _layers(**sparsities: tuple[str, float]) -> dict:

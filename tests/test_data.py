@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mtlprune.data import batch_stream, build_dataset, carve_validation
+from mtlprune.scheduler import run_matrix
+from mtlprune.store import Store
 
-from bench.data import batch_stream, build_dataset, carve_validation
-from bench.scheduler import run_matrix
-from bench.store import Store
 from tests.helpers import tiny_matrix
 
 
@@ -55,12 +55,12 @@ def test_batch_stream_is_the_same_with_loader_workers(tmp_path):
 @pytest.mark.slow
 def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
     """Within every stage, no test sample is read before the stage's last training batch."""
-    import bench.data
-    import bench.runner
-    from datasets.nyuv2 import NYUv2
+    import mtlprune.data
+    import mtlprune.runner
+    from mtlprune.datasets.nyuv2 import NYUv2
 
     events: list[str] = []
-    original_load, original_begin = NYUv2.load_raw, bench.runner._begin
+    original_load, original_begin = NYUv2.load_raw, mtlprune.runner._begin
 
     def load_raw(self, index):
         events.append(f"read-{self.split}")
@@ -71,7 +71,7 @@ def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
         return original_begin(*args, **kwargs)
 
     monkeypatch.setattr(NYUv2, "load_raw", load_raw)
-    monkeypatch.setattr(bench.runner, "_begin", begin)
+    monkeypatch.setattr(mtlprune.runner, "_begin", begin)
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
     assert run_matrix(matrix, Store(tmp_path), show_progress=False).failed == {}
     stages = " ".join(events).split("stage")[1:]
@@ -111,8 +111,7 @@ def test_best_val_selection_ends_on_the_lowest_validation_loss(tmp_path):
 
 def test_best_val_without_a_validation_split_is_a_config_error():
     import pytest
-
-    from bench.spec import ConfigError
+    from mtlprune.spec import ConfigError
 
     with pytest.raises(ConfigError, match=r"best_val' needs datasets\[0\].val_fraction > 0"):
         tiny_matrix(eval={"selection": "best_val"})

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from bench.analysis import load_results, summary_table
-from bench.scheduler import run_matrix
-from bench.spec import load_matrix
-from bench.store import Store
+from mtlprune.analysis import load_results, summary_table
+from mtlprune.scheduler import run_matrix
+from mtlprune.spec import load_matrix
+from mtlprune.store import Store
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

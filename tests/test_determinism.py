@@ -1,7 +1,7 @@
 """One run id, one set of numbers: the same matrix on two stores, however it is run, ends bit-identical.
 
-On a CPU every stage runs on exactly one torch thread (bench.determinism), so `--workers 1` (a stage in this
-process, which has 2 threads), `--workers 2` (spawned pool processes) and a process with 4 threads all
+On a CPU every stage runs on exactly one torch thread (mtlprune.determinism), so `--workers 1` (a stage in
+this process, which has 2 threads), `--workers 2` (spawned pool processes) and a process with 4 threads all
 give the same metrics, masks and logs. Every global RNG is seeded from the stage's run id before the stage's
 own code runs, so what ran before in a worker cannot leak into a method's masks.
 """
@@ -15,12 +15,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mtlprune import registry
+from mtlprune.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
+from mtlprune.runner import plan, run_stage
+from mtlprune.scheduler import run_matrix
+from mtlprune.store import Store
 
-from bench import registry
-from bench.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
-from bench.runner import plan, run_stage
-from bench.scheduler import run_matrix
-from bench.store import Store
 from tests.helpers import load_masks, tiny_matrix
 
 METHODS = [{"name": "magnitude"}, {"name": "gmp", "params": {"frequency": 2}}, {"name": "snip"}]

@@ -1,9 +1,10 @@
 """Divergence is a failure, not a result; the dense stage records its convergence and its trivial predictor.
 
-bench.divergence: a task loss far above the untrained network's for too long, or final metrics that are
+mtlprune.divergence: a task loss far above the untrained network's for too long, or final metrics that are
 non-finite or worse than any constant prediction, end the stage as ``failed (diverged)`` with the step and
-the losses. bench.trivial: the best constant prediction per task (majority class, median depth, mean normal).
-bench.convergence: the relative loss drop over the last 20% of dense training.
+the losses. mtlprune.trivial: the best constant prediction per task (majority class, median depth, mean
+normal).
+mtlprune.convergence: the relative loss drop over the last 20% of dense training.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import math
 
 import pytest
 import torch
-
-from bench.convergence import TOLERANCE, loss_convergence
-from bench.divergence import (
+from mtlprune.convergence import TOLERANCE, loss_convergence
+from mtlprune.divergence import (
     ABSURD_FACTOR,
     DIVERGENCE_FACTOR,
     DIVERGENCE_PATIENCE,
@@ -23,11 +23,12 @@ from bench.divergence import (
     DivergenceGuard,
     check_final_metrics,
 )
-from bench.runner import plan, run_stage
-from bench.scheduler import run_matrix
-from bench.store import Store
-from bench.trivial import fit_trivial
-from bench.vocabulary import direction
+from mtlprune.runner import plan, run_stage
+from mtlprune.scheduler import run_matrix
+from mtlprune.store import Store
+from mtlprune.trivial import fit_trivial
+from mtlprune.vocabulary import direction
+
 from tests.helpers import tiny_matrix
 
 REFERENCE = {"segment_semantic": 2.0, "depth_zbuffer": 0.5}

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from bench.estimate import CostEstimate, StageKey, estimate_costs, format_duration
-from bench.store import RESULT, Store, atomic_write_json
+from mtlprune.estimate import CostEstimate, StageKey, estimate_costs, format_duration
+from mtlprune.store import RESULT, Store, atomic_write_json
 
 NYU_MN = ("nyuv2", "mobilenetv2", 0.25)
 

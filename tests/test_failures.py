@@ -6,16 +6,16 @@ import json
 import math
 from collections.abc import Mapping
 
+import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 import pytest
 import torch
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import PruningMethod
+from mtlprune.registry import METHODS
+from mtlprune.runner import failure_kind, log_tail, plan, run_stage
+from mtlprune.store import Store
+from mtlprune.train import Divergence, TrainCallback
 
-import methods  # noqa: F401  (registers the built-in methods)
-from bench.context import MethodContext
-from bench.registry import METHODS
-from bench.runner import failure_kind, log_tail, plan, run_stage
-from bench.store import Store
-from bench.train import Divergence, TrainCallback
-from methods.base import PruningMethod
 from tests.helpers import tiny_matrix
 
 

@@ -9,19 +9,19 @@ import shutil
 import time
 from pathlib import Path
 
+import mtlprune.fingerprint as fp_module
 import pytest
 import yaml
-
-import bench.fingerprint as fp_module
-from bench.cli import main
-from bench.fingerprint import (
+from mtlprune.cli import main
+from mtlprune.fingerprint import (
     DataFingerprintError,
     cache_path,
     data_fingerprint,
     resolve_data,
     resolve_data_lenient,
 )
-from bench.spec import ConfigError, MatrixSpec, canonical_json, parse_matrix, semantic_dump
+from mtlprune.spec import ConfigError, MatrixSpec, canonical_json, parse_matrix, semantic_dump
+
 from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
 
 OLD_NS = 1_600_000_000 * 10**9  # an mtime well before any scan: cached digests are trusted
@@ -88,7 +88,7 @@ def counted(monkeypatch) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def taskonomy_root(tmp_path_factory) -> Path:
-    from datasets.synthetic import write_taskonomy
+    from mtlprune.datasets.synthetic import write_taskonomy
 
     root = tmp_path_factory.mktemp("tk") / "taskonomy"
     return write_taskonomy(root, n_train=2, n_test=1, height=16, width=16, seed=0)

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bench.locks import HOST, LOCK, LockHeld, StageLock, read_lock, stale_reason
+from mtlprune.locks import HOST, LOCK, LockHeld, StageLock, read_lock, stale_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +143,7 @@ def test_takeover_race_between_threads_has_exactly_one_winner(tmp_path):
 
 RACER = """
 import sys, time
-from bench.locks import StageLock
+from mtlprune.locks import StageLock
 start = float(sys.argv[2])
 while time.time() < start:
     pass

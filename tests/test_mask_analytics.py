@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bench.analysis import (
+from mtlprune.analysis import (
     component_of,
     layer_sparsity,
     load_masks,
@@ -20,9 +19,9 @@ from bench.analysis import (
     overlap_matrix,
     task_iou,
 )
-from bench.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
-from bench.analysis.masks import OVERALL
-from bench.maskio import TASK_MASKS, write_task_masks
+from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
+from mtlprune.analysis.masks import OVERALL
+from mtlprune.maskio import TASK_MASKS, write_task_masks
 
 
 def b(*bits: int) -> np.ndarray:
@@ -155,9 +154,9 @@ def _assert_figure(fig, xlabel: str, ylabel: str, stem: Path) -> None:
 def tiny_store(tmp_path_factory) -> Path:
     """A real store: one tiny dense stage, magnitude and random at 70% (about 10 s on a CPU)."""
     import torch
+    from mtlprune.scheduler import run_matrix
+    from mtlprune.store import Store
 
-    from bench.scheduler import run_matrix
-    from bench.store import Store
     from tests.helpers import tiny_matrix
 
     root = tmp_path_factory.mktemp("store")
@@ -185,7 +184,7 @@ def test_overlap_matrix_on_a_real_store(tiny_store):
     np.testing.assert_array_equal(matrix.to_numpy(), matrix.to_numpy().T)
     ids = frame.set_index("method")["run_id"]
     mag, rnd = (np.load(tiny_store / "runs" / ids[m] / "masks.npz") for m in ("magnitude", "random"))
-    # Direct NumPy, independent of bench.maskio's reader: unpack every tensor's bits, pool, Jaccard.
+    # Direct NumPy, independent of mtlprune.maskio's reader: unpack every tensor's bits, pool, Jaccard.
     names = [str(n) for n in mag["names"]]
     assert names == [str(n) for n in rnd["names"]]
 
@@ -242,8 +241,8 @@ def test_figures_from_a_real_store(tiny_store, tmp_path):
 def test_mask_analytics_never_import_torch(tiny_store):
     run_id = load_results(tiny_store)["run_id"].iloc[0]
     code = (
-        "import sys; from bench.analysis import load_masks, layer_sparsity; "
-        "from bench.analysis.mask_figures import layer_sparsity_heatmap; "
+        "import sys; from mtlprune.analysis import load_masks, layer_sparsity; "
+        "from mtlprune.analysis.mask_figures import layer_sparsity_heatmap; "
         f"layer_sparsity_heatmap(load_masks({str(tiny_store)!r}, {run_id!r})); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

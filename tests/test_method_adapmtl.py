@@ -9,19 +9,10 @@ import json
 import math
 from types import SimpleNamespace
 
+import mtlprune.methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
 import pytest
 import torch
-from pydantic import ValidationError
-from torch import nn
-
-import methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
-from bench.models.mtl import MTLModel
-from bench.registry import ARCHS, METHODS
-from bench.scheduler import run_matrix
-from bench.spec import TrainSpec
-from bench.store import Store
-from bench.train import StepRunner
-from methods.adapmtl import (
+from mtlprune.methods.adapmtl import (
     STR,
     AdapMTL,
     AdapMTLCallback,
@@ -39,6 +30,15 @@ from methods.adapmtl import (
     soft_threshold,
     threshold_of,
 )
+from mtlprune.models.mtl import MTLModel
+from mtlprune.registry import ARCHS, METHODS
+from mtlprune.scheduler import run_matrix
+from mtlprune.spec import TrainSpec
+from mtlprune.store import Store
+from mtlprune.train import StepRunner
+from pydantic import ValidationError
+from torch import nn
+
 from tests.helpers import TASKS3, load_masks, tiny_matrix
 
 # ------------------------------------------------------------------------------ reparameterisation

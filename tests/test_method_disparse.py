@@ -10,23 +10,14 @@ import shutil
 from types import SimpleNamespace
 from typing import Any
 
+import mtlprune.methods.disparse  # noqa: F401  (registers disparse-static, disparse-pretrained, disparse-dynamic)
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import methods.disparse  # noqa: F401  (registers disparse-static, disparse-pretrained, disparse-dynamic)
-from bench.context import MethodContext
-from bench.data import build_dataset
-from bench.maskio import TASK_MASKS, read_task_masks
-from bench.models.mtl import MTLModel
-from bench.registry import METHODS
-from bench.runner import build_model
-from bench.scheduler import run_matrix
-from bench.sparsity import apply_masks, erk_densities, select_masks
-from bench.store import Store
-from bench.train import StepRunner
-from methods.disparse import (
+from mtlprune.context import MethodContext
+from mtlprune.data import build_dataset
+from mtlprune.maskio import TASK_MASKS, read_task_masks
+from mtlprune.methods.disparse import (
     DisparseDynamic,
     DisparseDynamicCallback,
     DisparsePretrained,
@@ -42,6 +33,15 @@ from methods.disparse import (
     task_pools,
     union_grow,
 )
+from mtlprune.models.mtl import MTLModel
+from mtlprune.registry import METHODS
+from mtlprune.runner import build_model
+from mtlprune.scheduler import run_matrix
+from mtlprune.sparsity import apply_masks, erk_densities, select_masks
+from mtlprune.store import Store
+from mtlprune.train import StepRunner
+from torch import nn
+
 from tests.helpers import load_masks, tiny_matrix
 
 # --------------------------------------------------------------------------- (1) the solver by hand

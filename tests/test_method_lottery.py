@@ -13,19 +13,19 @@ import json
 import math
 import shutil
 
+import mtlprune.methods.magnitude  # noqa: F401  (registers magnitude; importing mtlprune.methods.lottery registers lth, imp)
 import pytest
 import torch
+from mtlprune.context import MethodContext
+from mtlprune.methods.lottery import replay_spec, round_targets
+from mtlprune.registry import ARCHS, METHODS
+from mtlprune.runner import build_model
+from mtlprune.scheduler import run_matrix
+from mtlprune.sparsity import select_masks
+from mtlprune.spec import TrainSpec
+from mtlprune.store import Store
+from mtlprune.train import StepRunner, lr_factor
 
-import methods.magnitude  # noqa: F401  (registers magnitude; importing methods.lottery registers lth, imp)
-from bench.context import MethodContext
-from bench.registry import ARCHS, METHODS
-from bench.runner import build_model
-from bench.scheduler import run_matrix
-from bench.sparsity import select_masks
-from bench.spec import TrainSpec
-from bench.store import Store
-from bench.train import StepRunner, lr_factor
-from methods.lottery import replay_spec, round_targets
 from tests.helpers import load_masks, tiny_matrix
 
 TARGET = 0.7

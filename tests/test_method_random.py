@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import math
 
+import mtlprune.methods.random_pruning  # noqa: F401  (registers "random")
 import pytest
 import torch
+from mtlprune.context import MethodContext
+from mtlprune.methods.random_pruning import RandomPruning
+from mtlprune.runner import build_model, load_state
+from mtlprune.scheduler import run_matrix
+from mtlprune.sparsity import erk_densities, select_masks
+from mtlprune.store import Store
 
-import methods.random_pruning  # noqa: F401  (registers "random")
-from bench.context import MethodContext
-from bench.runner import build_model, load_state
-from bench.scheduler import run_matrix
-from bench.sparsity import erk_densities, select_masks
-from bench.store import Store
-from methods.random_pruning import RandomPruning
 from tests.helpers import load_masks, tiny_matrix
 
 TARGET = 0.7

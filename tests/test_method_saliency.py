@@ -10,21 +10,13 @@ import itertools
 from types import SimpleNamespace
 from typing import Any
 
+import mtlprune.methods.saliency  # noqa: F401  (registers snip, grasp, synflow)
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import methods.saliency  # noqa: F401  (registers snip, grasp, synflow)
-from bench.context import MethodContext
-from bench.data import build_dataset
-from bench.models.mtl import MTLModel
-from bench.registry import METHODS
-from bench.runner import build_model
-from bench.scheduler import run_matrix
-from bench.sparsity import apply_masks, select_masks
-from bench.store import Store
-from methods.saliency import (
+from mtlprune.context import MethodContext
+from mtlprune.data import build_dataset
+from mtlprune.methods.saliency import (
     Grasp,
     GraspParams,
     Snip,
@@ -37,6 +29,14 @@ from methods.saliency import (
     synflow_scores,
     synflow_sparsity,
 )
+from mtlprune.models.mtl import MTLModel
+from mtlprune.registry import METHODS
+from mtlprune.runner import build_model
+from mtlprune.scheduler import run_matrix
+from mtlprune.sparsity import apply_masks, select_masks
+from mtlprune.store import Store
+from torch import nn
+
 from tests.helpers import load_masks, tiny_matrix, tiny_matrix_dict
 
 TASK = "depth_zbuffer"

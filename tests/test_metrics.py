@@ -9,9 +9,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from bench.metrics import DepthMetric, NormalMetric, SegmentationMetric, nyuv2_metric
-from bench.vocabulary import NYUV2_METRICS
+from mtlprune.metrics import DepthMetric, NormalMetric, SegmentationMetric, nyuv2_metric
+from mtlprune.vocabulary import NYUV2_METRICS
 
 # ---------------------------------------------------------------------------------------------- segmentation
 

@@ -1,4 +1,4 @@
-"""`bench run CONFIG key.path=value`: overrides applied before validation, with the config's error paths."""
+"""`mtlprune run CONFIG key.path=value`: overrides applied before validation, with the config's errors."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
+from mtlprune.cli import main
+from mtlprune.spec import ConfigError, load_matrix
+from mtlprune.spec.overrides import apply_overrides, parse_key_path, parse_override
 
-from bench.cli import main
-from bench.spec import ConfigError, load_matrix
-from bench.spec.overrides import apply_overrides, parse_key_path, parse_override
 from tests.helpers import tiny_matrix_dict
 
 
@@ -98,8 +98,8 @@ def test_plan_accepts_overrides_and_bad_ones_exit_2(config, tmp_path, capsys):
 
 
 def test_the_manifest_records_the_overrides(config, tmp_path):
-    from bench.manifest import read_manifest, write_manifest
-    from bench.store import Store
+    from mtlprune.manifest import read_manifest, write_manifest
+    from mtlprune.store import Store
 
     matrix = load_matrix(config, ["finetune.steps=3"])
     write_manifest(matrix, Store(tmp_path / "store"), ["finetune.steps=3"])

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from bench.cli import main
-from bench.runner import requirements
-from bench.spec import load_matrix
+from mtlprune.cli import main
+from mtlprune.runner import requirements
+from mtlprune.spec import load_matrix
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

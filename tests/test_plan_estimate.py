@@ -1,4 +1,4 @@
-"""`bench plan` estimates a matrix's cost from the stage times measured in the store."""
+"""`mtlprune plan` estimates a matrix's cost from the stage times measured in the store."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
+from mtlprune.cli import main
+from mtlprune.runner import plan, run_stage, stage_keys
+from mtlprune.store import Store
 
-from bench.cli import main
-from bench.runner import plan, run_stage, stage_keys
-from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 
@@ -32,7 +32,7 @@ def test_plan_estimates_new_cells_from_measured_stage_times(tmp_path, capsys):
     line = next(line.strip() for line in out.splitlines() if "estimate:" in line)
     assert line.startswith("estimate: 4 pending stage(s) ≈ ")
     assert "without a measurement" not in line  # every pending stage has a same-key measurement
-    from bench.estimate import estimate_costs
+    from mtlprune.estimate import estimate_costs
 
     extended = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9], seeds=[0, 1])
     estimate = estimate_costs(store.root, stage_keys(plan(extended)))

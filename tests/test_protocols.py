@@ -1,6 +1,6 @@
 """The two evaluation protocols: each quirk of ``adapmtl`` against ``standard`` on hand-computed arrays.
 
-Every expected value below is worked out in the comment above it; ``bench.metrics.compute`` is the public
+Every expected value below is worked out in the comment above it; ``mtlprune.metrics.compute`` is the public
 entry point, fed one batch (a tensor) or several (a list, in evaluation order).
 """
 
@@ -11,13 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mtlprune.evaluate import resize_batch
+from mtlprune.metrics import ReferenceNormalMetric, compute, make_metric
+from mtlprune.metrics.standard import NormalMetric
+from mtlprune.spec import EvalSpec
+from mtlprune.tasks import task_loss
 from pydantic import ValidationError
-
-from bench.evaluate import resize_batch
-from bench.metrics import ReferenceNormalMetric, compute, make_metric
-from bench.metrics.standard import NormalMetric
-from bench.spec import EvalSpec
-from bench.tasks import task_loss
 
 
 def _logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -245,7 +244,7 @@ def test_adapmtl_losses_run_at_head_resolution() -> None:
 
 
 def test_flip_keeps_normal_x_under_adapmtl(synthetic_root) -> None:
-    from datasets.nyuv2 import NYUv2
+    from mtlprune.datasets.nyuv2 import NYUv2
 
     kwargs = {"augment": True, "crop": (32, 40), "scale": (1.0, 1.0)}
     plain = NYUv2(synthetic_root, "train")
@@ -295,11 +294,12 @@ def test_compute_rejects_bad_calls() -> None:
 @pytest.mark.slow
 def test_adapmtl_run_end_to_end_matches_compute_on_resized_batches(tmp_path) -> None:
     """An `adapmtl` run is its own stage; stored dense metrics = compute() on 321×321 batches of 16."""
-    from bench.analysis import load_results
-    from bench.data import build_dataset, eval_batches
-    from bench.runner import build_model
-    from bench.scheduler import run_matrix
-    from bench.store import Store
+    from mtlprune.analysis import load_results
+    from mtlprune.data import build_dataset, eval_batches
+    from mtlprune.runner import build_model
+    from mtlprune.scheduler import run_matrix
+    from mtlprune.store import Store
+
     from tests.helpers import tiny_matrix
 
     matrix = tiny_matrix(eval={"protocol": "adapmtl"}, methods=[{"name": "magnitude"}], sparsities=[0.9])

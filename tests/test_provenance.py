@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bench import provenance as prov
-from bench.provenance import device_name, git_state, provenance, slurm_ids, timing
+from mtlprune import provenance as prov
+from mtlprune.provenance import device_name, git_state, provenance, slurm_ids, timing
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git executable not installed")
 
@@ -160,7 +159,7 @@ def test_device_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_provenance_does_not_import_torch() -> None:
     code = (
-        "import sys; from bench.provenance import provenance, timing; "
+        "import sys; from mtlprune.provenance import provenance, timing; "
         "provenance('cpu'); timing(0.0, 1.0); print('torch' in sys.modules)"
     )
     out = subprocess.run(

@@ -1,4 +1,4 @@
-"""Paper figures, `bench report` and its HTML page, on a fake store in the runner's exact layout.
+"""Paper figures, `mtlprune report` and its HTML page, on a fake store in the runner's exact layout.
 
 The store (tests/fake_store.py) has 2 architectures × 2 seeds × 6 methods × 2 targets on NYU-v2 with one
 failed, one running and one missing (planned, never started) cell. Figures are checked through
@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-from bench.analysis import load_published, load_results
-from bench.analysis.curves import load_log, read_log
-from bench.analysis.dense import load_dense
-from bench.analysis.figures import (
+from mtlprune.analysis import load_published, load_results
+from mtlprune.analysis.curves import load_log, read_log
+from mtlprune.analysis.dense import load_dense
+from mtlprune.analysis.figures import (
     delta_vs_sparsity,
     metrics_vs_sparsity,
     save_figure,
@@ -33,11 +31,13 @@ from bench.analysis.figures import (
     training_curves,
     training_overview,
 )
-from bench.analysis.html import markdown_table_html
-from bench.analysis.style import ROSTER, MethodStyle, StyleMap
-from bench.cli import main
-from bench.manifest import read_manifest, save_manifest, write_manifest
-from bench.report import collect, resolve_source
+from mtlprune.analysis.html import markdown_table_html
+from mtlprune.analysis.style import ROSTER, MethodStyle, StyleMap
+from mtlprune.cli import main
+from mtlprune.manifest import read_manifest, save_manifest, write_manifest
+from mtlprune.report import collect, resolve_source
+from PIL import Image
+
 from tests.fake_store import DENSE_METRICS, build_fake_store, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +78,11 @@ def dense(fake, frame):
 
 @pytest.fixture(scope="module")
 def report(fake, tmp_path_factory):
-    """`python -m bench report CONFIG --store ... --style screen` in a fresh interpreter, torch-free."""
+    """`mtlprune report CONFIG --store ... --style screen` in a fresh interpreter, torch-free."""
     out = tmp_path_factory.mktemp("out") / "report"
     config = write_config(tmp_path_factory.mktemp("cfg") / "fake.yaml", fake.name)
     code = (
-        "import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from mtlprune.cli import main; rc = main(sys.argv[1:]); "
         "print('TORCH:', sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))); "
         "sys.exit(rc)"
     )
@@ -116,7 +116,7 @@ def test_a_variant_takes_its_method_slot_and_published_names_fall_back_to_it():
 
 def test_hashed_slots_do_not_depend_on_the_python_hash_seed():
     code = (
-        "from bench.analysis.style import StyleMap; "
+        "from mtlprune.analysis.style import StyleMap; "
         "s = StyleMap(['my-plugin', 'x(a=1)']); print(s['my-plugin'], s['x(a=1)'])"
     )
     outs = {
@@ -478,7 +478,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
     """16 methods with long labels: the legend takes as many columns as fit, and never leaves the figure."""
-    from bench.analysis.figures import _legend_cols, delta_vs_sparsity
+    from mtlprune.analysis.figures import _legend_cols, delta_vs_sparsity
 
     # 7-pt paper text → 6-pt legend: em = 1/12 in; a 30-character label needs (3.6 + 16.5) em = 1.675 in
     assert _legend_cols(["x" * 30], 3.3, 7.0) == 1
@@ -511,7 +511,7 @@ PDFLATEX_SKIP = "pdflatex not installed (Debian packages texlive-latex-base, tex
 @pytest.fixture(scope="module")
 def stats_reports(tmp_path_factory):
     """build_report on stores of 1 and 3 seeds with the dense-finetune control: seeds → (store, outcome)."""
-    from bench.report import build_report
+    from mtlprune.report import build_report
 
     out = {}
     for n_seeds in (1, 3):
@@ -547,7 +547,7 @@ def test_control_cells_and_control_run_ids_in_the_fake_store(stats_reports):
 
 
 def test_one_seed_report_says_no_significance_is_possible_and_draws_none(stats_reports):
-    from bench.report import ONE_SEED
+    from mtlprune.report import ONE_SEED
 
     _, outcome = stats_reports[1]
     page = outcome.html.read_text(encoding="utf-8")
@@ -561,7 +561,7 @@ def test_one_seed_report_says_no_significance_is_possible_and_draws_none(stats_r
 
 
 def test_three_seed_report_writes_the_cd_figure_and_the_statistics_tables(stats_reports):
-    from bench.analysis import friedman_test, load_results
+    from mtlprune.analysis import friedman_test, load_results
 
     store, outcome = stats_reports[3]
     names = {p.name for p in outcome.figures + outcome.tables}

@@ -2,7 +2,7 @@
 
 The in-process tests interrupt a stage with an exception that no stage code catches (like a kill, nothing
 after it runs) at every logged step in turn, then run the stage again; tests/test_resume_sigkill.py does
-the same with real SIGKILLs of a `bench run` process.
+the same with real SIGKILLs of a `mtlprune run` process.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
+import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 import pytest
 import torch
+from mtlprune.checkpoint import CHECKPOINT, read_checkpoint
+from mtlprune.runner import plan, run_stage
+from mtlprune.store import Store
 
-import methods  # noqa: F401  (registers the built-in methods)
-from bench.checkpoint import CHECKPOINT, read_checkpoint
-from bench.runner import plan, run_stage
-from bench.store import Store
 from tests.helpers import load_masks, tiny_matrix
 
 RUNTIME = {"device": "cpu", "checkpoint_every": 2}
@@ -210,7 +210,7 @@ def test_checkpoint_every_zero_saves_only_at_phase_boundaries(tmp_path):
     matrix = _matrix({"name": "magnitude"}, runtime={"device": "cpu", "checkpoint_every": 0})
     store = Store(tmp_path)
     saved: list[tuple[int, int]] = []
-    from bench import checkpoint as checkpoint_module
+    from mtlprune import checkpoint as checkpoint_module
 
     original = checkpoint_module.StageCheckpoint.save
 
@@ -240,7 +240,7 @@ def test_every_result_carries_its_provenance(tmp_path):
         result = store.result(stage.run_id)
         prov = result["provenance"]
         assert set(prov) >= {"commit", "dirty", "packages", "hostname", "device", "start", "end", "wall_s"}
-        assert prov["torch_threads"] == result["determinism"]["cpu_threads"] == 1  # bench.determinism
+        assert prov["torch_threads"] == result["determinism"]["cpu_threads"] == 1  # mtlprune.determinism
         assert prov["packages"]["torch"] == torch.__version__.split("+")[0]
         assert prov["device"] == "cpu" and result["resumed_from"] is None
         assert prov["start"] < prov["end"] and prov["wall_s"] > 0

@@ -1,4 +1,4 @@
-"""Real SIGKILLs of a `bench run` process at several points; the re-run ends exactly as an uninterrupted run.
+"""Real SIGKILLs of a `mtlprune run` process at several points; the re-run ends as an uninterrupted run.
 
 Kill points: during dense training, between two phases of a method (after IMP's first round, before its
 second), and during a method's retraining. Completed cells are neither lost nor re-run.
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mtlprune.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
+from mtlprune.cli import main
+from mtlprune.runner import plan
+from mtlprune.store import Store
 
-from bench.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
-from bench.cli import main
-from bench.runner import plan
-from bench.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 from tests.test_resume import _fingerprint, _run_all
 
@@ -44,7 +44,7 @@ KILLS = {
 
 def _bench(args: list[str], kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    prefix = ["-m", "tests.kill_driver", kill[0], str(kill[1])] if kill else ["-m", "bench"]
+    prefix = ["-m", "tests.kill_driver", kill[0], str(kill[1])] if kill else ["-m", "mtlprune"]
     return subprocess.run(
         [sys.executable, *prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

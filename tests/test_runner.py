@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from mtlprune.aggregate import delta_m, delta_t
+from mtlprune.analysis import load_results
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import PruningMethod
+from mtlprune.registry import METHODS
+from mtlprune.scheduler import run_matrix
+from mtlprune.store import Store
 
-from bench.aggregate import delta_m, delta_t
-from bench.analysis import load_results
-from bench.context import MethodContext
-from bench.registry import METHODS
-from bench.scheduler import run_matrix
-from bench.store import Store
-from methods.base import PruningMethod
 from tests.helpers import TASKS3, load_masks, tiny_matrix, tiny_matrix_dict
 
 TASKS1 = ["segment_semantic"]
@@ -170,7 +170,7 @@ def test_failures_are_recorded_and_the_rest_goes_on(test_methods, tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_backbone_weights_are_loaded_into_the_dense_stage(tmp_path):
-    from bench.runner import build_model
+    from mtlprune.runner import build_model
 
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
     torch.manual_seed(123)
@@ -204,7 +204,7 @@ def test_mobilenetv2_cell_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_each_seed_is_compared_with_its_own_dense_stage_and_aggregated(tmp_path):
-    from bench.analysis import aggregate
+    from mtlprune.analysis import aggregate
 
     # Segmentation only: after 6 dense steps some normal and depth metrics are exactly 0 (ΔT undefined).
     data = {**tiny_matrix_dict()["datasets"][0], "tasks": TASKS1}

@@ -1,4 +1,4 @@
-"""The claim loop: concurrent `bench run`s, idempotent re-runs, extension, failures, retry, blocking, pools.
+"""The claim loop: concurrent `mtlprune run`s, idempotent re-runs, extension, failures, retry, pools.
 
 "Ran exactly once" is read from ``<store>/events.jsonl`` (one ``claim`` line per stage run) and from each
 stage's log.jsonl, whose length a second run would change.
@@ -16,16 +16,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import mtlprune.runner
 import pytest
 import torch
 import yaml
+from mtlprune import registry
+from mtlprune.cli import main
+from mtlprune.registry import METHODS, load_plugins
+from mtlprune.scheduler import read_events, run_matrix, stages_of
+from mtlprune.store import Store
 
-import bench.runner
-from bench import registry
-from bench.cli import main
-from bench.registry import METHODS, load_plugins
-from bench.scheduler import read_events, run_matrix, stages_of
-from bench.store import Store
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def finished(tmp_path_factory):
 def test_two_concurrent_bench_runs_run_each_stage_once_and_cells_after_their_dense(tmp_path, finished):
     config = _config(tmp_path / "two.yaml", seeds=[0, 1])
     store = Store(tmp_path / "store")
-    cmd = [sys.executable, "-m", "bench", "run", str(config), "--store", str(store.root), "--no-progress"]
+    cmd = [sys.executable, "-m", "mtlprune", "run", str(config), "--store", str(store.root), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -110,7 +110,7 @@ def test_rerun_of_a_finished_matrix_builds_no_model(finished, monkeypatch, capsy
     def no_model(spec):
         raise AssertionError("a finished matrix must not build a model")
 
-    monkeypatch.setattr(bench.runner, "build_model", no_model)
+    monkeypatch.setattr(mtlprune.runner, "build_model", no_model)
     before = len(read_events(store))
     for _ in range(2):
         outcome = run_matrix(_matrix(), store, show_progress=False)
@@ -167,7 +167,7 @@ def test_a_failing_cell_does_not_stop_the_matrix_and_retry_failed_runs_it_once_m
 
 
 def stages_of_config(config: Path):
-    from bench.spec import load_matrix
+    from mtlprune.spec import load_matrix
 
     return stages_of(load_matrix(config))
 
@@ -181,7 +181,7 @@ def test_cells_of_a_failed_dense_stage_are_blocked_not_waited_for(tmp_path, monk
     def broken(spec):
         raise RuntimeError("no model today")
 
-    monkeypatch.setattr(bench.runner, "build_model", broken)
+    monkeypatch.setattr(mtlprune.runner, "build_model", broken)
     outcome = run_matrix(matrix, store, show_progress=False, poll_s=0.05)
     assert outcome.done == [] and set(outcome.failed) == {dense.run_id, *(c.run_id for c in cells)}
     assert store.status_record(dense.run_id)["error"] == "RuntimeError: no model today"
@@ -231,7 +231,7 @@ def test_a_pool_of_two_workers_gives_the_results_of_one_and_survives_a_crash(fin
 
 
 def test_worker_environment_gives_each_worker_one_gpu_round_robin():
-    from bench.scheduler import worker_env
+    from mtlprune.scheduler import worker_env
 
     assert [worker_env(i, ["0", "1", "3"]) for i in range(4)] == [
         {"CUDA_VISIBLE_DEVICES": "0"},
@@ -243,7 +243,7 @@ def test_worker_environment_gives_each_worker_one_gpu_round_robin():
 
 
 def test_status_names_the_holder_of_a_running_stage_and_flags_a_stale_lock(tmp_path, capsys):
-    from bench.locks import LOCK
+    from mtlprune.locks import LOCK
 
     config = _config(tmp_path / "small.yaml")
     store = Store(tmp_path / "store")
@@ -265,7 +265,7 @@ def test_status_names_the_holder_of_a_running_stage_and_flags_a_stale_lock(tmp_p
 
 
 def test_eta_is_stages_left_times_the_mean_time_of_their_kind_over_the_workers():
-    from bench.progress import EtaModel, format_duration
+    from mtlprune.progress import EtaModel, format_duration
 
     eta = EtaModel({"dense": 1, "cell": 4}, {"dense": [100.0, 140.0], "cell": []}, parallel=2)
     assert eta.eta_s() is None  # no cell measured yet
@@ -280,7 +280,7 @@ def test_eta_is_stages_left_times_the_mean_time_of_their_kind_over_the_workers()
 def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
     import io
 
-    from bench.progress import BarReporter, EtaModel, LineReporter, Reporter, make_reporter
+    from mtlprune.progress import BarReporter, EtaModel, LineReporter, Reporter, make_reporter
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

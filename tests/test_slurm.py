@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mtlprune.cli import main
+from mtlprune.executors import StageTask, make_executor, slurm_parameters, submit_matrix
+from mtlprune.locks import LOCK, read_lock
+from mtlprune.scheduler import read_events, run_matrix, stages_of
+from mtlprune.spec import ConfigError
+from mtlprune.spec.models import SlurmSpec
+from mtlprune.store import Store
 from pydantic import ValidationError
 
-from bench.cli import main
-from bench.executors import StageTask, make_executor, slurm_parameters, submit_matrix
-from bench.locks import LOCK, read_lock
-from bench.scheduler import read_events, run_matrix, stages_of
-from bench.spec import ConfigError
-from bench.spec.models import SlurmSpec
-from bench.store import Store
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
 
@@ -169,7 +169,7 @@ def test_bad_slurm_settings_are_reported_with_their_config_key_or_flag(tmp_path,
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=r"runtime\.slurm\.time"):
-        from bench.spec import load_matrix
+        from mtlprune.spec import load_matrix
 
         load_matrix(path)
     config = _config(tmp_path / "small.yaml")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mtlprune.models.mtl import MTLModel
+from mtlprune.sparsity import apply_masks, select_masks, sparsity_report
 from torch import nn
-
-from bench.models.mtl import MTLModel
-from bench.sparsity import apply_masks, select_masks, sparsity_report
 
 
 def test_global_selection_removes_exactly_the_lowest_scores():

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
-
-from bench.spec import (
+from mtlprune.spec import (
     ArchSpec,
     ConfigError,
     DataSpec,
@@ -23,6 +21,8 @@ from bench.spec import (
     load_matrix,
     semantic_dump,
 )
+from pydantic import BaseModel
+
 from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
 
 SNAPSHOT = Path(__file__).parent / "data" / "spec_defaults.json"
@@ -135,7 +135,7 @@ def test_defaults_are_frozen_by_snapshot():
     """Omitted defaults are part of identity: changing one must be deliberate (see bench/spec/identity.py)."""
     models = [DataSpec, SyntheticSpec, ArchSpec, TrainSpec, EvalSpec, MethodSpec, RunSpec, DenseSpec]
     current = {m.__name__: _model_defaults(m) for m in models}
-    from bench.registry import METHODS
+    from mtlprune.registry import METHODS
 
     for name, cls in METHODS.items():
         current[f"method:{name}"] = _model_defaults(cls.Params)
@@ -148,7 +148,7 @@ def test_defaults_are_frozen_by_snapshot():
 
 
 def _error(data: dict) -> str:
-    from bench.spec import parse_matrix
+    from mtlprune.spec import parse_matrix
 
     with pytest.raises(ConfigError) as info:
         parse_matrix(data, "cfg.yaml")

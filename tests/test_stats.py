@@ -1,4 +1,4 @@
-"""bench.analysis.stats on hand-built frames: golden Holm, Friedman, Nemenyi CD, ranks, τ, intervals.
+"""mtlprune.analysis.stats on hand-built frames: golden Holm, Friedman, Nemenyi CD, ranks, τ, intervals.
 
 Frames are `load_results`-shaped (one row per cell and seed) and built here so that every expected number
 can be worked by hand; the report's use of them is tested in tests/test_report.py.
@@ -12,9 +12,7 @@ from itertools import product
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
-
-from bench.analysis import (
+from mtlprune.analysis import (
     CONTROL_METHOD,
     average_ranks,
     block_values,
@@ -28,8 +26,8 @@ from bench.analysis import (
     rank_stability,
     seed_intervals,
 )
-from bench.analysis.stats_figures import cd_diagram, interval_plot
-from bench.analysis.stats_tables import (
+from mtlprune.analysis.stats_figures import cd_diagram, interval_plot
+from mtlprune.analysis.stats_tables import (
     intervals_latex,
     intervals_markdown,
     pairwise_latex,
@@ -37,6 +35,7 @@ from bench.analysis.stats_tables import (
     ranks_latex,
     ranks_markdown,
 )
+from scipy import stats as sps
 
 SETTING = {
     "dataset": "nyuv2",
@@ -345,12 +344,12 @@ def test_tables_render_the_numbers_and_escape_latex():
 
 
 def test_metric_directions_and_the_control_name():
-    import bench.spec
-    from bench.analysis.stats import metric_sign
+    import mtlprune.spec
+    from mtlprune.analysis.stats import metric_sign
 
     assert [metric_sign(m) for m in ("delta_t", "delta_m_control", "delta_t.normal")] == [1, 1, 1]
     assert metric_sign("normal.mean") == -1 and metric_sign("segment_semantic.miou") == 1
     with pytest.raises(KeyError, match="unknown metric column"):
         metric_sign("achieved_sparsity")
-    if hasattr(bench.spec, "CONTROL_METHOD"):  # the planner's name of the control row
-        assert bench.spec.CONTROL_METHOD == CONTROL_METHOD
+    if hasattr(mtlprune.spec, "CONTROL_METHOD"):  # the planner's name of the control row
+        assert mtlprune.spec.CONTROL_METHOD == CONTROL_METHOD

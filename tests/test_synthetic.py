@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mtlprune.datasets import synthetic
+from mtlprune.datasets.synthetic import (
+    NYU40_CLASSES,
+    Frame,
+    encode_normals,
+    render_frame,
+    to_nyu_axes,
+    write_nyuv2,
+)
 from PIL import Image
-
-from datasets import synthetic
-from datasets.synthetic import NYU40_CLASSES, Frame, encode_normals, render_frame, to_nyu_axes, write_nyuv2
 
 H, W = 48, 64  # small on purpose: the whole module must stay quick
 FLOOR = NYU40_CLASSES.index("floor")

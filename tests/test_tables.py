@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from bench.analysis import (
+from mtlprune.analysis import (
     bootstrap_ci,
     comparison_table,
     delta_t_auc,
@@ -476,5 +475,7 @@ def test_pareto_dominance_golden(frame):
 
 
 def test_modules_stay_torch_free():
-    code = "import bench.analysis.tables, bench.analysis.summaries, sys; assert 'torch' not in sys.modules"
+    code = (
+        "import mtlprune.analysis.tables, mtlprune.analysis.summaries, sys; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mtlprune.datasets.nyuv2 import IMAGENET_MEAN, IMAGENET_STD, DataFormatError
+from mtlprune.datasets.synthetic import frame_rng, render_frame, write_nyuv2, write_taskonomy
+from mtlprune.datasets.taskonomy import TASK_CHANNELS, Taskonomy
+from mtlprune.registry import DATASETS
 from PIL import Image
-
-from bench.registry import DATASETS
-from datasets.nyuv2 import IMAGENET_MEAN, IMAGENET_STD, DataFormatError
-from datasets.synthetic import frame_rng, render_frame, write_nyuv2, write_taskonomy
-from datasets.taskonomy import TASK_CHANNELS, Taskonomy
 
 H, W, SEED = 32, 40, 5
 N = {"train": 6, "test": 3}
@@ -285,8 +284,8 @@ def test_prior_factor_missing_or_malformed(copy: Path) -> None:
 
 
 def test_verify_passes_on_synthetic_output_with_counts_and_histogram(root: Path, capsys) -> None:
-    from bench.cli import main
-    from datasets.verify import verify
+    from mtlprune.cli import main
+    from mtlprune.datasets.verify import verify
 
     report = verify("taskonomy", root)
     assert report.ok, report.problems
@@ -300,8 +299,8 @@ def test_verify_passes_on_synthetic_output_with_counts_and_histogram(root: Path,
 
 
 def test_verify_lists_every_problem_with_its_path_and_exits_nonzero(copy: Path, capsys) -> None:
-    from bench.cli import main
-    from datasets.verify import verify
+    from mtlprune.cli import main
+    from mtlprune.datasets.verify import verify
 
     missing = _entry(copy, "train", 0)[2]
     missing.unlink()

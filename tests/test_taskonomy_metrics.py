@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from bench.aggregate import delta_m, delta_t
-from bench.metrics import (
+from mtlprune.aggregate import delta_m, delta_t
+from mtlprune.metrics import (
     CosineNormalMetric,
     L1Metric,
     WeightedSegmentationMetric,
@@ -24,8 +23,8 @@ from bench.metrics import (
     nyuv2_metric,
     taskonomy_metric,
 )
-from bench.tasks import make_losses, task_loss
-from bench.vocabulary import DIRECTIONS, HIGHER, LOWER, METRICS, NYUV2_METRICS, direction
+from mtlprune.tasks import make_losses, task_loss
+from mtlprune.vocabulary import DIRECTIONS, HIGHER, LOWER, METRICS, NYUV2_METRICS, direction
 
 NAN = math.nan
 LN2 = math.log(2.0)
@@ -313,10 +312,10 @@ class _TinyTaskonomy:
 
 
 def test_train_and_evaluate_on_taskonomy_targets() -> None:
-    from bench.evaluate import evaluate
-    from bench.models.resnet import deeplab_resnet34
-    from bench.spec import TrainSpec
-    from bench.train import train
+    from mtlprune.evaluate import evaluate
+    from mtlprune.models.resnet import deeplab_resnet34
+    from mtlprune.spec import TrainSpec
+    from mtlprune.train import train
 
     torch.manual_seed(0)
     channels = {"segment_semantic": 17, "normal": 3, "depth_zbuffer": 1, "keypoints2d": 1, "edge_texture": 1}

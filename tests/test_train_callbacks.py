@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from bench.registry import ARCHS
-from bench.spec import TrainSpec
-from bench.train import StepRunner, TrainCallback
+from mtlprune.registry import ARCHS
+from mtlprune.spec import TrainSpec
+from mtlprune.train import StepRunner, TrainCallback
 
 TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 

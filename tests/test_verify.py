@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mtlprune.cli import main
+from mtlprune.datasets.nyuv2 import DataFormatError, NYUv2
+from mtlprune.datasets.verify import verify
 from PIL import Image
-
-from bench.cli import main
-from datasets.nyuv2 import DataFormatError, NYUv2
-from datasets.verify import verify
 
 
 def test_real_samples_verify_clean(real_nyuv2_root, capsys):

@@ -23,9 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from PIL import Image  # noqa: E402
-
-from bench.analysis import (  # noqa: E402
+from mtlprune.analysis import (  # noqa: E402
     friedman_test,
     load_masks,
     load_published,
@@ -35,9 +33,9 @@ from bench.analysis import (  # noqa: E402
     seed_intervals,
     task_iou,
 )
-from bench.analysis.curves import load_log  # noqa: E402
-from bench.analysis.dense import load_dense  # noqa: E402
-from bench.analysis.figures import (  # noqa: E402
+from mtlprune.analysis.curves import load_log  # noqa: E402
+from mtlprune.analysis.dense import load_dense  # noqa: E402
+from mtlprune.analysis.figures import (  # noqa: E402
     delta_vs_sparsity,
     figure_bytes,
     metrics_vs_sparsity,
@@ -45,10 +43,12 @@ from bench.analysis.figures import (  # noqa: E402
     training_curves,
     training_overview,
 )
-from bench.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve  # noqa: E402
-from bench.analysis.stats_figures import cd_diagram, interval_plot  # noqa: E402
-from bench.analysis.style import STYLES, StyleMap  # noqa: E402
-from bench.report import build_report  # noqa: E402
+from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve  # noqa: E402
+from mtlprune.analysis.stats_figures import cd_diagram, interval_plot  # noqa: E402
+from mtlprune.analysis.style import STYLES, StyleMap  # noqa: E402
+from mtlprune.report import build_report  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from tests.fake_store import build_fake_store, write_config  # noqa: E402
 
 METHODS = ("magnitude", "random", "gmp(frequency=10)", "snip", "adapmtl", "disparse-static")

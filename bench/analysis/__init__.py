@@ -1,9 +1,9 @@
 """Analysis from stored results alone (pandas/matplotlib; never imports torch or model code)."""
 
-from bench.analysis.curves import load_log, read_log
-from bench.analysis.dense import dense_vs_trivial, load_dense
-from bench.analysis.load import load_results
-from bench.analysis.masks import (
+from mtlprune.analysis.curves import load_log, read_log
+from mtlprune.analysis.dense import dense_vs_trivial, load_dense
+from mtlprune.analysis.load import load_results
+from mtlprune.analysis.masks import (
     component_of,
     layer_sparsity,
     load_masks,
@@ -12,9 +12,9 @@ from bench.analysis.masks import (
     overlap_matrix,
     task_iou,
 )
-from bench.analysis.published import load_published
-from bench.analysis.seeds import aggregate
-from bench.analysis.stats import (
+from mtlprune.analysis.published import load_published
+from mtlprune.analysis.seeds import aggregate
+from mtlprune.analysis.stats import (
     CONTROL_METHOD,
     FriedmanResult,
     RankStability,
@@ -30,9 +30,9 @@ from bench.analysis.stats import (
     rank_stability,
     seed_intervals,
 )
-from bench.analysis.summaries import bootstrap_ci, delta_t_auc, pareto_dominated, with_bootstrap
-from bench.analysis.summary import summary_table
-from bench.analysis.tables import (
+from mtlprune.analysis.summaries import bootstrap_ci, delta_t_auc, pareto_dominated, with_bootstrap
+from mtlprune.analysis.summary import summary_table
+from mtlprune.analysis.tables import (
     comparison_table,
     table2_latex,
     table2_layout,

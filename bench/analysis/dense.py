@@ -3,7 +3,7 @@
 `load_results` keeps one row per cell and turns the dense stage into ΔT/Δm; a figure of raw metrics needs
 the dense numbers themselves. They are read from each dense stage's ``result.json`` (the stage a cell names
 in ``dense_run_id``), keyed like the cells (dataset, tasks, arch, widths, seed, protocol), with the trivial
-predictor's metrics (``trivial.<task>.<metric>``: the best constant prediction, bench.trivial) and the
+predictor's metrics (``trivial.<task>.<metric>``: the best constant prediction, mtlprune.trivial) and the
 convergence measure (``convergence_drop``: relative loss drop over the last 20% of training; ``converged``).
 """
 
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from bench.analysis.load import setting_columns
-from bench.store import RESULT, SPEC, STATUS, read_json
+from mtlprune.analysis.load import setting_columns
+from mtlprune.store import RESULT, SPEC, STATUS, read_json
 
 __all__ = ["DENSE_COLUMNS", "TRIVIAL", "dense_vs_trivial", "load_dense"]
 
@@ -36,7 +35,7 @@ DENSE_COLUMNS = [
     "converged",
     "convergence_drop",
 ]
-TRIVIAL = "trivial."  # prefix of the trivial predictor's metric columns (bench.trivial)
+TRIVIAL = "trivial."  # prefix of the trivial predictor's metric columns (mtlprune.trivial)
 
 
 def _row(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +87,7 @@ def dense_vs_trivial(dense: pd.DataFrame) -> pd.DataFrame:
     seeds), ``trivial`` (mean over seeds), ``n_seeds``, ``converged`` (True/False when every seed says so,
     None when unknown), ``convergence_drop`` (the largest over seeds).
     """
-    from bench.vocabulary import MAIN_METRIC
+    from mtlprune.vocabulary import MAIN_METRIC
 
     done = dense[dense["status"] == "done"] if "status" in dense else dense
     keys = ["dataset", "tasks", "arch", "width", "head_width", "protocol"]

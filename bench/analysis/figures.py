@@ -1,9 +1,9 @@
 """Paper figures from stored results: metrics and ΔT/Δm vs sparsity, per-component allocation, curves.
 
-Every plot function takes :func:`bench.analysis.load_results`-shaped frames (or a training log) and returns
+Every plot function takes :func:`mtlprune.analysis.load_results`-shaped frames (or a training log) and returns
 a :class:`matplotlib.figure.Figure` built with the object-oriented API (nothing enters pyplot's global
 state, so a notebook displays it and a long report loop leaks nothing); :func:`save_figure` writes it as
-PDF and PNG, each atomically. Figures share the house style of :mod:`bench.analysis.style`: one colour and
+PDF and PNG, each atomically. Figures share the house style of :mod:`mtlprune.analysis.style`: one colour and
 marker per method (pass the same :class:`StyleMap` to every figure of a set), ``paper`` sizes of one or two
 columns, TrueType text embedded in the PDF.
 
@@ -11,7 +11,7 @@ Facets: one column per *setting* (dataset, arch, and whatever else differs betwe
 tasks, widths, protocol), so a frame of several datasets or architectures still gives one figure. Points
 are the mean over seeds of the finished cells at each target sparsity, drawn at their mean *achieved*
 sparsity; the band is ± one sample std over seeds (absent for a single seed). As in
-:func:`bench.analysis.aggregate`, a metric that is NaN in one seed makes that point NaN (a gap), never a
+:func:`mtlprune.analysis.aggregate`, a metric that is NaN in one seed makes that point NaN (a gap), never a
 partial mean.
 """
 
@@ -30,14 +30,13 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-
-from bench.analysis.curves import (
+from mtlprune.analysis.curves import (
     component_sparsity_columns,
     loss_columns,
     overall_sparsity_columns,
     threshold_columns,
 )
-from bench.analysis.style import (
+from mtlprune.analysis.style import (
     DENSE_COLOR,
     DENSE_LABEL,
     FigureStyle,
@@ -46,8 +45,8 @@ from bench.analysis.style import (
     figure_style,
     style_context,
 )
-from bench.store import atomic_write_bytes
-from bench.vocabulary import DIRECTIONS, MAIN_METRIC, METRICS, TASKS
+from mtlprune.store import atomic_write_bytes
+from mtlprune.vocabulary import DIRECTIONS, MAIN_METRIC, METRICS, TASKS
 
 __all__ = [
     "DELTA_LABELS",
@@ -275,8 +274,8 @@ def metrics_vs_sparsity(
 ) -> Figure:
     """Each task metric vs achieved sparsity: rows = metrics, columns = settings, one line per method.
 
-    ``metrics``: None = the main metric of each task (``bench.vocabulary.MAIN_METRIC``), ``"all"`` = every
-    metric of the dataset's vocabulary, or a list of columns. ``dense`` (:func:`bench.analysis.dense.
+    ``metrics``: None = the main metric of each task (``mtlprune.vocabulary.MAIN_METRIC``), ``"all"`` = every
+    metric of the dataset's vocabulary, or a list of columns. ``dense`` (:func:`mtlprune.analysis.dense.
     load_dense` output) adds the dense model of each setting as a dashed horizontal line (mean over its
     seeds). The legend lists the methods drawn, then ``dense``.
     """
@@ -359,7 +358,7 @@ def delta_vs_sparsity(
     Rows = ``deltas`` that have values (``delta_t_control``: against the setting's control cell, the dense
     model finetuned unpruned, whose own point sits at sparsity 0 in the rows against dense; in that row the
     dashed zero line is the control), columns = settings. ``published``
-    (:func:`bench.analysis.load_published` output) adds the papers' points of the same dataset, tasks and
+    (:func:`mtlprune.analysis.load_published` output) adds the papers' points of the same dataset, tasks and
     architecture, for the methods the frame has, as hollow markers in the method's colour, at the printed
     sparsity (achieved where printed, else the target); the legend gives one entry per published table.
     Note that published numbers follow their paper's evaluation protocol (``protocol`` column), which may
@@ -578,7 +577,7 @@ def training_curves(
 ) -> Figure:
     """One run's training: loss per task (and total), overall and per-component sparsity, thresholds.
 
-    ``log`` is :func:`bench.analysis.curves.read_log` output. Panels without data in the log are left out
+    ``log`` is :func:`mtlprune.analysis.curves.read_log` output. Panels without data in the log are left out
     (a one-shot method logs no sparsity while training; only threshold methods log thresholds). Lines are
     against the cumulative step ``x``; dotted lines mark phase changes.
     """

@@ -2,7 +2,7 @@
 
 The page must open from a mail attachment or a laptop without the store, so nothing is linked from outside
 it (the PDF links next to each figure are relative and optional). Tables are rendered from the very
-Markdown that :mod:`bench.analysis.tables` writes (:func:`markdown_table_html`), so the page and the
+Markdown that :mod:`mtlprune.analysis.tables` writes (:func:`markdown_table_html`), so the page and the
 ``.md`` files can never disagree on a number, a bold best value or a footnote. A small inline script
 checks after load that every image decoded and records it on ``<body>`` (``data-images-ok``,
 ``data-images-total``) for headless-browser tests.
@@ -114,7 +114,7 @@ def _split_row(line: str) -> list[str]:
 
 
 def markdown_table_html(markdown: str, table_id: str | None = None) -> str:
-    """A GFM table as written by :func:`bench.analysis.tables.to_markdown`, as HTML.
+    """A GFM table as written by :func:`mtlprune.analysis.tables.to_markdown`, as HTML.
 
     ``Table: …`` becomes the caption, the header/alignment rows the ``<thead>`` (left-aligned columns get
     class ``l``), every further ``|`` row a body row; ``[^k]: …`` footnotes and any other text become

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from bench.aggregate import delta_m, delta_t
-from bench.store import RESULT, SPEC, STATUS, read_json
+from mtlprune.aggregate import delta_m, delta_t
+from mtlprune.store import RESULT, SPEC, STATUS, read_json
 
 BASE_COLUMNS = [
     "run_id",

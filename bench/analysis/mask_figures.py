@@ -1,7 +1,7 @@
 """Figures from stored masks: per-layer sparsity heatmap, cross-task IoU over depth, method-overlap matrix.
 
 Each function returns a :class:`matplotlib.figure.Figure` and, given ``out_stem``, also writes
-``<out_stem>.png`` and ``<out_stem>.pdf`` atomically (house style of :mod:`bench.analysis.figures`:
+``<out_stem>.png`` and ``<out_stem>.pdf`` atomically (house style of :mod:`mtlprune.analysis.figures`:
 seaborn, TrueType fonts embedded in the PDF). Figures are built with the object-oriented API, not
 pyplot: nothing is registered in pyplot's global state, so returning them leaks nothing in a long
 report loop, no backend has to be chosen (rendering is headless), and a notebook still displays them.
@@ -19,9 +19,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-
-from bench.analysis.masks import OVERALL, layer_sparsity
-from bench.store import atomic_write_bytes
+from mtlprune.analysis.masks import OVERALL, layer_sparsity
+from mtlprune.store import atomic_write_bytes
 
 SPARSITY_LABEL = "sparsity (pruned fraction)"
 DEPTH_LABEL = "depth within component (layer order)"
@@ -98,7 +97,7 @@ def task_iou_curve(
 ) -> Figure:
     """Cross-task IoU of the backbone layers over depth: where the tasks stop agreeing (the "watershed").
 
-    ``task_iou_frame`` is :func:`bench.analysis.masks.task_iou` output. The solid line is the all-task
+    ``task_iou_frame`` is :func:`mtlprune.analysis.masks.task_iou` output. The solid line is the all-task
     IoU (DiSparse's number for 2 tasks); with more than 2 tasks a dashed line adds the mean pairwise IoU,
     which the strict all-task agreement understates. Layers with an undefined IoU (empty union) are gaps.
     Every backbone layer is shown, downsample convolutions included (DiSparse's plot drops them); the

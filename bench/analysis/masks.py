@@ -1,6 +1,6 @@
 """Mask analytics from stored keep-masks alone: per-layer sparsity, cross-task IoU, overlap between methods.
 
-Everything here reads the bit-packed archives of :mod:`bench.maskio` (``masks.npz``: a run's final
+Everything here reads the bit-packed archives of :mod:`mtlprune.maskio` (``masks.npz``: a run's final
 keep-masks; ``task_masks.npz``: what each task would keep on its own, for methods that select per task)
 and works on NumPy bool arrays: no torch, no model code, so it runs wherever the results are copied.
 
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from bench.maskio import MASKS, TASK_MASKS, read_masks, read_task_masks
+from mtlprune.maskio import MASKS, TASK_MASKS, read_masks, read_task_masks
 
 Masks = Mapping[str, np.ndarray]
 
@@ -238,7 +237,7 @@ def overlap_matrix(
 ) -> pd.DataFrame:
     """Methods × methods overall Jaccard of the kept weights, for the done cells of one setting.
 
-    ``frame`` is :func:`bench.analysis.load_results` output (or a filtered part of it). The cells kept
+    ``frame`` is :func:`mtlprune.analysis.load_results` output (or a filtered part of it). The cells kept
     are the done ones at ``target_sparsity`` (compared with a float tolerance) and, where given, of
     ``dataset``, ``arch`` and ``seed``; they must then form a single setting (dataset, tasks, arch,
     widths, seed, protocol), since masks of different models or seeds are not comparable, and hold one

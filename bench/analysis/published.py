@@ -12,14 +12,14 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from bench.aggregate import delta_m, delta_t
-from bench.analysis.load import BASE_COLUMNS
-from bench.vocabulary import DIRECTIONS, METRICS, TASKS
+from mtlprune.aggregate import delta_m, delta_t
+from mtlprune.analysis.load import BASE_COLUMNS
+from mtlprune.vocabulary import DIRECTIONS, METRICS, TASKS
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_ROOT", "EXTRA_COLUMNS", "load_published"]
 
@@ -49,7 +49,7 @@ PERCENT_TO_FRACTION: frozenset[str] = frozenset({"segment_semantic.miou", "segme
 OVERALL_SPARSITY = "sparsity.overall"
 DENSE_METHOD = "dense"
 # results/published of this checkout: bench/analysis/published.py → repository root.
-DEFAULT_ROOT: Path = Path(__file__).resolve().parents[2] / "results" / "published"
+DEFAULT_ROOT: Path = Path(str(resources.files("mtlprune.published")))  # results/published/ in the repository
 
 
 class _Line:
@@ -88,9 +88,7 @@ def _metric_problem(metric: str, dataset: str, tasks: list[str]) -> str | None:
             "sparsity.all_params, sparsity.head.<task>, sparsity.path.<task>)"
         )
     if metric not in DIRECTIONS:
-        return (
-            f"unknown metric column {metric!r} (not in bench.vocabulary.DIRECTIONS, delta_t* or sparsity.*)"
-        )
+        return f"unknown metric column {metric!r} (not in vocabulary.DIRECTIONS, delta_t* or sparsity.*)"
     task, name = metric.split(".", 1)
     if task not in tasks:
         return f"metric {metric!r} belongs to task {task!r}, which is not in the row's tasks {tasks}"

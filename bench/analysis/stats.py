@@ -19,9 +19,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-
-from bench.analysis.summaries import bootstrap_ci, with_bootstrap
-from bench.vocabulary import HIGHER, direction
+from mtlprune.analysis.summaries import bootstrap_ci, with_bootstrap
+from mtlprune.vocabulary import HIGHER, direction
 
 __all__ = [
     "CONTROL_METHOD",
@@ -42,7 +41,7 @@ __all__ = [
     "seed_intervals",
 ]
 
-CONTROL_METHOD = "dense-finetune"  # bench.spec.CONTROL_METHOD, not imported: analysis stays free of pydantic
+CONTROL_METHOD = "dense-finetune"  # spec.CONTROL_METHOD, not imported: analysis stays free of pydantic
 DONE = "done"
 # What a cell's setting is (the keys a frame has of these); blocks add the target and the seed.
 SETTING_KEYS: tuple[str, ...] = ("dataset", "tasks", "arch", "width", "head_width", "protocol")
@@ -57,7 +56,7 @@ MIN_WILCOXON_PAIRS = 6
 
 
 def _scipy_stats() -> ModuleType:
-    """scipy.stats, imported on first use: it would double the import time of ``bench.analysis``."""
+    """scipy.stats, imported on first use: it would double the import time of ``mtlprune.analysis``."""
     from scipy import stats
 
     return stats
@@ -150,7 +149,7 @@ def seed_intervals(
     """Mean and percentile-bootstrap interval over seeds, per setting × method × target sparsity.
 
     Each cell's finished seeds (status ``done``), in seed order, go through
-    :func:`bench.analysis.summaries.bootstrap_ci` with the same NumPy ``seed``: cells with the same number
+    :func:`mtlprune.analysis.summaries.bootstrap_ci` with the same NumPy ``seed``: cells with the same number
     of seeds draw the same seed indices, so the intervals of methods of one setting resample the same
     seeds. Published rows are left out (no seeds); the control's cells are kept and flagged.
 
@@ -204,7 +203,7 @@ def paired_differences(
 
     For methods A and B of one setting and target, the seeds where both finished with a finite value are
     paired (they share the dense model of that seed) and d_s = A_s − B_s is resampled over seeds with
-    :func:`bench.analysis.summaries.bootstrap_ci`: the same seeds are drawn for both methods, so the seed's
+    :func:`mtlprune.analysis.summaries.bootstrap_ci`: the same seeds are drawn for both methods, so the seed's
     common part cancels. Two methods that differ by a constant give the zero-width interval (c, c).
     ``baseline=None`` compares every pair of non-control methods (A before B by name); a ``baseline``
     compares every other method A with it (B = baseline). With ``baseline="dense-finetune"`` the control
@@ -368,7 +367,7 @@ def average_ranks(
     """Mean rank of each method over the complete blocks (1 = best; ties get the average of their ranks).
 
     Blocks and the complete-block rule: :func:`block_values`. The metric's direction comes from
-    :func:`bench.vocabulary.direction` (ΔT and Δm: higher is better). Columns: ``method``, ``mean_rank``,
+    :func:`mtlprune.vocabulary.direction` (ΔT and Δm: higher is better). Columns: ``method``, ``mean_rank``,
     ``n_blocks`` (complete blocks, the same for every method), ``mean_value`` (the metric's mean over those
     blocks), ``wins`` (blocks where the method has rank 1, shared ranks included); rows by mean rank.
     ``attrs``: metric, block_by, n_dropped (whole blocks left out).

@@ -1,8 +1,8 @@
-"""Figures of the statistics in :mod:`bench.analysis.stats`: the critical-difference diagram, seed intervals.
+"""Figures of the statistics in :mod:`mtlprune.analysis.stats`: critical-difference diagram, seed intervals.
 
 Both return a matplotlib :class:`~matplotlib.figure.Figure` in the house style of
-:mod:`bench.analysis.style` (method colours and markers from a :class:`StyleMap`, paper or screen sizes)
-and are saved with :func:`bench.analysis.figures.save_figure`. The CD diagram is drawn in Demšar's (JMLR
+:mod:`mtlprune.analysis.style` (method colours and markers from a :class:`StyleMap`, paper or screen sizes)
+and are saved with :func:`mtlprune.analysis.figures.save_figure`. The CD diagram is drawn in Demšar's (JMLR
 2006) layout: a rank axis with rank 1 on the left, the better half of the methods named on the left and
 the rest on the right, thick bars joining methods whose mean ranks differ by less than the critical
 difference, and the CD itself drawn as a bar of that length above the axis.
@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.textpath import TextToPath
-
-from bench.analysis.figures import (
+from mtlprune.analysis.figures import (
     DELTA_LABELS,
     _figure,
     _key_series,
@@ -29,8 +28,8 @@ from bench.analysis.figures import (
     _setting_titles,
     _settings,
 )
-from bench.analysis.stats import FriedmanResult
-from bench.analysis.style import DENSE_COLOR, FigureStyle, StyleMap, style_context
+from mtlprune.analysis.stats import FriedmanResult
+from mtlprune.analysis.style import DENSE_COLOR, FigureStyle, StyleMap, style_context
 
 __all__ = ["cd_diagram", "interval_plot"]
 
@@ -54,7 +53,7 @@ def cd_diagram(
     style: str | FigureStyle = "paper",
     title: str | None = None,
 ) -> Figure:
-    """Demšar's critical-difference diagram of a :func:`bench.analysis.stats.friedman_test` result.
+    """Demšar's critical-difference diagram of a :func:`mtlprune.analysis.stats.friedman_test` result.
 
     The axis runs from rank 1 (best, left) to k; each method hangs from its mean rank, named with it.
     Thick black bars join the maximal groups of methods whose mean ranks differ by less than the CD
@@ -152,7 +151,7 @@ def interval_plot(
 ) -> Figure:
     """Mean and bootstrap interval over seeds per method and target: one panel per setting.
 
-    ``intervals`` is :func:`bench.analysis.stats.seed_intervals`'s frame. Targets are slots on the x axis
+    ``intervals`` is :func:`mtlprune.analysis.stats.seed_intervals`'s frame. Targets are slots on the x axis
     with the methods side by side in each; a point is the mean, the bar its interval (none with one
     seed). The ``dense-finetune`` control (``control`` True) is a grey dashed line at its mean with its
     interval shaded, across the panel; for ΔT and Δm a dotted line marks the dense model (0).

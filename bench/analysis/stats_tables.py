@@ -1,10 +1,10 @@
-"""Markdown and LaTeX renderings of the statistics of :mod:`bench.analysis.stats`, for papers and the report.
+"""Markdown and LaTeX renderings of :mod:`mtlprune.analysis.stats`, for papers and the report.
 
 Three tables: the seed intervals (method × target, "mean [low, high]"), the average ranks with the
 Friedman test and the Nemenyi critical difference in the caption, and the pairwise tests with their
-Holm-adjusted p-values. They share the conventions of :mod:`bench.analysis.tables` (its escaping and
+Holm-adjusted p-values. They share the conventions of :mod:`mtlprune.analysis.tables` (its escaping and
 number formatting, a ``Table: caption`` line and GFM pipes in Markdown that
-:func:`bench.analysis.html.markdown_table_html` turns into the page's HTML, a booktabs ``table`` in LaTeX).
+:func:`mtlprune.analysis.html.markdown_table_html` turns into the page's HTML, a booktabs ``table`` in LaTeX).
 The LaTeX is plain ASCII with every value and the caption escaped (``_``, ``%``, ``&``, ...), so it
 compiles with ``\\usepackage{booktabs}`` alone.
 """
@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-
-from bench.analysis.stats import SETTING_KEYS, FriedmanResult, metric_sign
-from bench.analysis.tables import KEY_HEADERS, LATEX, MARKDOWN, _key_text, _Style
+from mtlprune.analysis.stats import SETTING_KEYS, FriedmanResult, metric_sign
+from mtlprune.analysis.tables import KEY_HEADERS, LATEX, MARKDOWN, _key_text, _Style
 
 __all__ = [
     "intervals_latex",
@@ -183,7 +182,7 @@ def _intervals(
 
 
 def intervals_markdown(intervals: pd.DataFrame, caption: str | None = None, *, digits: int = 2) -> str:
-    """:func:`bench.analysis.stats.seed_intervals` as Markdown: rows method (and varying setting keys),
+    """:func:`mtlprune.analysis.stats.seed_intervals` as Markdown: rows method (and varying setting keys),
     columns targets, cells "mean [low, high]"; the control row is marked "(control)"."""
     return _intervals(intervals, caption, MARKDOWN, None, digits)
 
@@ -237,7 +236,7 @@ def _ranks(result: FriedmanResult, caption: str | None, style: _Style, label: st
 
 
 def ranks_markdown(result: FriedmanResult, caption: str | None = None) -> str:
-    """:func:`bench.analysis.stats.friedman_test` as Markdown: mean rank, mean value and wins per method;
+    """:func:`mtlprune.analysis.stats.friedman_test` as Markdown: mean rank, mean value and wins per method;
     the caption gives the blocks, Friedman's χ² and p, Iman–Davenport's F and p, N, k and the CD."""
     return _ranks(result, caption, MARKDOWN, None)
 
@@ -302,7 +301,7 @@ def _pairwise(tests: pd.DataFrame, caption: str | None, style: _Style, label: st
 
 
 def pairwise_markdown(tests: pd.DataFrame, caption: str | None = None) -> str:
-    """:func:`bench.analysis.stats.pairwise_tests` as Markdown: one row per pair with n, the mean
+    """:func:`mtlprune.analysis.stats.pairwise_tests` as Markdown: one row per pair with n, the mean
     difference, wins, the statistic, p, the Holm-adjusted p and the verdict at the frame's alpha."""
     return _pairwise(tests, caption, MARKDOWN, None)
 

@@ -1,7 +1,7 @@
 """Summaries beyond mean ± std: bootstrap intervals, area under the ΔT–sparsity curve, Pareto dominance.
 
 All three read a `load_results` frame and use only finished cells (status ``done``); published rows are
-single printed numbers, with no seeds to resample and no curve. As in `bench.analysis.seeds.aggregate`, a
+single printed numbers, with no seeds to resample and no curve. As in `mtlprune.analysis.seeds.aggregate`, a
 NaN in one seed makes the cell's statistic NaN: a diverged seed must not vanish into a partial mean.
 """
 
@@ -12,9 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-
-from bench.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
-from bench.vocabulary import DIRECTIONS, MAIN_METRIC
+from mtlprune.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
+from mtlprune.vocabulary import DIRECTIONS, MAIN_METRIC
 
 __all__ = ["bootstrap_ci", "delta_t_auc", "pareto_dominated", "with_bootstrap"]
 
@@ -187,7 +186,7 @@ def pareto_dominated(frame: pd.DataFrame) -> pd.DataFrame:
     """Which methods are Pareto-dominated on the tasks' main metrics at each setting and target.
 
     Per (dataset, tasks, arch, protocol, width, head_width, target_sparsity) and method, the means over
-    finished seeds of each task's main metric (``bench.vocabulary.MAIN_METRIC``). Method B dominates A when
+    finished seeds of each task's main metric (``mtlprune.vocabulary.MAIN_METRIC``). Method B dominates A when
     B is at least as good as A on every main metric and strictly better on one, direction-aware (mIoU
     higher, errors lower). Columns: the keys, ``method``, ``n_seeds``, the ``<metric>.mean`` columns,
     ``dominated`` (nullable boolean; <NA> for a cell that cannot be compared: no finished seed, or a main

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from bench.vocabulary import MAIN_METRIC
+from mtlprune.vocabulary import MAIN_METRIC
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

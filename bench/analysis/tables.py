@@ -16,7 +16,7 @@ Rendering choices, fixed so that two tables of the benchmark always read the sam
 * mIoU, pixel accuracy and sparsities are stored as fractions and shown in % (as the papers print them);
   everything else in its stored unit.
 * Best and second-best values are compared **as displayed** (after rounding), direction-aware from
-  :data:`bench.vocabulary.DIRECTIONS` (ΔT/Δm: higher is better), within a block of rows that share the
+  :data:`mtlprune.vocabulary.DIRECTIONS` (ΔT/Δm: higher is better), within a block of rows that share the
   setting, task set and evaluation protocol. The best distinct value is bold; the second-best distinct value
   is underlined only when a column has at least three distinct values, so that an underline never marks
   the worst entry. Columns without a direction (sparsity, costs) are never highlighted; neither are dense
@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from bench.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
-from bench.vocabulary import DELTA_METRICS, DIRECTIONS, HIGHER, METRICS
+from mtlprune.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
+from mtlprune.vocabulary import DELTA_METRICS, DIRECTIONS, HIGHER, METRICS
 
 __all__ = [
     "comparison_table",
@@ -119,7 +118,7 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 
 
 def _cell_keys(frame: pd.DataFrame) -> list[str]:
-    """The columns that identify one benchmark cell (as in bench.analysis.seeds.aggregate)."""
+    """The columns that identify one benchmark cell (as in mtlprune.analysis.seeds.aggregate)."""
     return list(GROUP_KEYS) + [c for c in OPTIONAL_KEYS if c in frame]
 
 
@@ -819,7 +818,7 @@ def _caption(layout: _Layout, caption: str | None, style: _Style) -> str:
 
 
 def _delta_t_text(layout: _Layout, style: _Style) -> str:
-    """ΔT exactly as bench.aggregate.delta_t computes it (a sum over a task's metrics, a mean over tasks)."""
+    """ΔT exactly as mtlprune.aggregate.delta_t computes it (sum over a task's metrics, mean over tasks)."""
     if style.latex:
         text = (
             r"$\Delta_T$ (AdapMTL): per task $t$, $\Delta_T^t = 100 \sum_i s_i (M_i - M_i^{\mathrm{dense}})"

@@ -1,8 +1,8 @@
 """Task metrics under each evaluation protocol, and :func:`compute` to check them against any other code.
 
-``standard`` (:mod:`bench.metrics.standard`) pools every statistic over the split; ``adapmtl``
-(:mod:`bench.metrics.adapmtl`) reproduces the AdapMTL reference evaluation, quirks included.
-docs/protocols.md lists every difference. Both report the column names of ``bench.vocabulary.METRICS``.
+``standard`` (:mod:`mtlprune.metrics.standard`) pools every statistic over the split; ``adapmtl``
+(:mod:`mtlprune.metrics.adapmtl`) reproduces the AdapMTL reference evaluation, quirks included.
+docs/protocols.md lists every difference. Both report the column names of ``mtlprune.vocabulary.METRICS``.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn.functional as F
-from torch import Tensor
-
-from bench.metrics.adapmtl import (
+from mtlprune.metrics.adapmtl import (
     ReferenceDepthMetric,
     ReferenceL1Metric,
     ReferenceNormalMetric,
     ReferenceSegmentationMetric,
     reference_metric,
 )
-from bench.metrics.standard import (
+from mtlprune.metrics.standard import (
     CosineNormalMetric,
     DepthMetric,
     L1Metric,
@@ -30,7 +28,8 @@ from bench.metrics.standard import (
     nyuv2_metric,
     taskonomy_metric,
 )
-from bench.vocabulary import PROTOCOLS
+from mtlprune.vocabulary import PROTOCOLS
+from torch import Tensor
 
 __all__ = [
     "PROTOCOLS",

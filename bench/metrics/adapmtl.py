@@ -12,7 +12,7 @@ docs/protocols.md beside the ``standard`` choice:
 * normals: valid pixels have **no** channel equal to 255 (a valid normal with a +1 component is dropped
   too). On NYU-v2 the target stays in its **raw uint8 encoding** (n+1)·127.5 and is L2-normalised as is,
   so angles are measured between encoded vectors; the model is trained against the same encoding (see
-  ``bench.tasks``). On Taskonomy the decoded [−1, 1] target is used, valid where finite. Angles are pooled
+  ``mtlprune.tasks``). On Taskonomy the decoded [−1, 1] target is used, valid where finite. Angles are pooled
   over the split; ``within_X`` counts angle **≤** X. The median comes from the same 0.001° histogram as the
   standard metric (within 0.0005° of ``numpy.median``; the tables print two decimals).
 * depth: NYU-v2 valid pixels are ``target > 3e-5``; Taskonomy valid pixels are finite. ``abs_err`` and
@@ -23,9 +23,9 @@ docs/protocols.md beside the ``standard`` choice:
 * a batch without a single valid pixel contributes NaN to the per-batch averages (0/0), as in the
   reference; the result is then NaN rather than a silently re-weighted number.
 
-Predictions are compared at the label resolution after **nearest** upsampling (``bench.metrics.resize``);
+Predictions are compared at the label resolution after **nearest** upsampling (``mtlprune.metrics.resize``);
 the 321×321 (NYU-v2) / 224×224 (Taskonomy) resizing of the test inputs and labels happens before that, in
-``bench.evaluate``.
+``mtlprune.evaluate``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from mtlprune.metrics.standard import NormalMetric, _Accumulator, _check_same_shape, _no_valid_pixels
 from torch import Tensor
-
-from bench.metrics.standard import NormalMetric, _Accumulator, _check_same_shape, _no_valid_pixels
 
 __all__ = [
     "NYU_DEPTH_MIN",

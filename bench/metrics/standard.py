@@ -9,7 +9,7 @@ numbers move with the loader's batch size and shuffling; ``standard`` avoids tha
 
 Everything runs with torch ops on the device of the tensors passed to the first ``update`` (no per-pixel
 Python loops); counters are int64 and sums float64 so a 654×480×640 test set loses no precision. The keys
-of ``compute()`` are the metric names of ``bench.vocabulary.METRICS[dataset]`` (tests pin that).
+of ``compute()`` are the metric names of ``mtlprune.vocabulary.METRICS[dataset]`` (tests pin that).
 
 Choices of the ``standard`` protocol (docs/protocols.md lists them beside the ``adapmtl`` ones):
 
@@ -26,7 +26,7 @@ Choices of the ``standard`` protocol (docs/protocols.md lists them beside the ``
   predictions are not filtered: a diverged model reports NaN/inf errors rather than a flattering subset.
 
 Tiny-Taskonomy (targets as decoded by its loader: labels 0..16 with 255 = ignore, float targets NaN on
-invalid pixels; see ``bench.tasks``):
+invalid pixels; see ``mtlprune.tasks``):
 
 * segmentation: ``err`` is the class-weighted cross-entropy Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} over all valid
   pixels of the test set, i.e. PyTorch's ``weight=`` mean reduction pooled over the whole split (the
@@ -38,7 +38,7 @@ invalid pixels; see ``bench.tasks``):
   log(1+d)/log(2^16); ``rel_err`` = mean |p − g| / g over finite targets with g > 0 (g = 0 only at d = 0).
   keypoints2d / edge_texture: ``err`` = mean |p − g| over finite targets ([−1, 1]).
 
-The ``adapmtl`` protocol (:mod:`bench.metrics.adapmtl`) reproduces the reference evaluation instead: mIoU
+The ``adapmtl`` protocol (:mod:`mtlprune.metrics.adapmtl`) reproduces the reference evaluation instead: mIoU
 over classes with TP > 0, normals compared in the raw uint8 encoding with any channel = 255 invalid, ``≤``
 thresholds, δ counting negative predictions as hits, per-batch averages weighted by batch size. Its numbers
 are not comparable with these.

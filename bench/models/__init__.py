@@ -1,6 +1,6 @@
-"""Architectures; importing this package registers them in `bench.registry.ARCHS`."""
+"""Architectures; importing this package registers them in `mtlprune.registry.ARCHS`."""
 
-from bench.models import mobilenetv2, resnet
-from bench.models.mtl import MTLModel
+from mtlprune.models import mobilenetv2, resnet
+from mtlprune.models.mtl import MTLModel
 
 __all__ = ["MTLModel", "mobilenetv2", "resnet"]

@@ -3,7 +3,7 @@
 Standard width-1.0 inverted-residual table; first conv 3×3/2 (32) + BN + ReLU6; final 1×1 to 1280 + BN +
 ReLU6; no classifier, no pooling, no dilation, so a 321×321 input gives 1280×11×11 (224 → 7×7).
 Module names reproduce the state-dict keys of torchvision's ``mobilenet_v2().features`` so that a user's
-torchvision checkpoint loads (see `bench.models.pretrained`); the classes are our own.
+torchvision checkpoint loads (see `mtlprune.models.pretrained`); the classes are our own.
 Initialisation follows the reference: conv He-normal with std sqrt(2/(k·k·C_out)),
 BN 1/0; the ASPP heads keep PyTorch's default.
 """
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import math
 
+from mtlprune.models.aspp import ASPPHead
+from mtlprune.models.mtl import MTLModel, scaled
+from mtlprune.registry import ARCHS
 from torch import Tensor, nn
-
-from bench.models.aspp import ASPPHead
-from bench.models.mtl import MTLModel, scaled
-from bench.registry import ARCHS
 
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280

@@ -1,8 +1,8 @@
 """Typed experiment specs, YAML loading with precise errors, and content-hash identity."""
 
-from bench.spec.identity import canonical_json, semantic_dump, spec_hash
-from bench.spec.load import ConfigError, load_matrix, parse_matrix
-from bench.spec.models import (
+from mtlprune.spec.identity import canonical_json, semantic_dump, spec_hash
+from mtlprune.spec.load import ConfigError, load_matrix, parse_matrix
+from mtlprune.spec.models import (
     CONTROL_METHOD,
     SCHEMA_VERSION,
     ArchSpec,

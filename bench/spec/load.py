@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mtlprune.spec.models import MatrixSpec
 from pydantic import ValidationError
-
-from bench.spec.models import MatrixSpec
 
 
 class ConfigError(ValueError):
@@ -47,8 +46,8 @@ def parse_matrix(data: Any, source: str = "<config>") -> MatrixSpec:
 
 
 def load_matrix(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> MatrixSpec:
-    """The matrix of a YAML file, with ``key.path=value`` overrides (bench.spec.overrides) applied first."""
-    from bench.spec.overrides import apply_overrides
+    """The matrix of a YAML file, with ``key.path=value`` overrides (spec.overrides) applied first."""
+    from mtlprune.spec.overrides import apply_overrides
 
     path = Path(path)
     if not path.is_file():

@@ -13,13 +13,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from mtlprune.registry import ARCHS, DATASETS, METHODS, suggest
+from mtlprune.spec.identity import spec_hash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.registry import ARCHS, DATASETS, METHODS, suggest
-from bench.spec.identity import spec_hash
-
 # 2: CPU stages run on one thread with denormals flushed to zero, every RNG seeded from the run id, the
-# divergence rules (bench.determinism, bench.divergence); results of version 1 are not reused.
+# divergence rules (mtlprune.determinism, mtlprune.divergence); results of version 1 are not reused.
 SCHEMA_VERSION = 2
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -82,8 +81,8 @@ class DataSpec(StrictModel):
     )
     fingerprint: str | None = Field(
         None,
-        description="source: disk: sha256 of the data's content (`bench data fingerprint`); identity follows "
-        "it instead of the root. Filled in from the files when run; pinned here, it must match them",
+        description="source: disk: sha256 of the data's content (`mtlprune data fingerprint`); identity "
+        "follows it instead of the root. Filled in from the files when run; pinned here, it must match them",
     )
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     crop: tuple[int, int] = Field((64, 64), description="training crop (H, W)")
@@ -133,7 +132,7 @@ class DataSpec(StrictModel):
 
     @model_validator(mode="after")
     def _fingerprint_format(self) -> DataSpec:
-        """Only checked here: computing it reads the data, which bench.fingerprint does once, with a cache."""
+        """Only checked here: computing it reads the data, which fingerprint.py does once, with a cache."""
         if self.fingerprint is None:
             return self
         if self.source != "disk":
@@ -143,7 +142,7 @@ class DataSpec(StrictModel):
             )
         if not re.fullmatch(r"[0-9a-f]{64}", self.fingerprint):
             raise ValueError(
-                f"fingerprint must be 64 lowercase hex digits (a sha256, as `python -m bench data "
+                f"fingerprint must be 64 lowercase hex digits (a sha256, as `mtlprune data "
                 f"fingerprint` prints it), got {self.fingerprint!r}"
             )
         return self
@@ -293,7 +292,7 @@ SLURM_MANAGED = {"array", "output", "error", "signal", "job-name", "dependency",
 
 
 class SlurmSpec(StrictModel):
-    """Resources of each Slurm array task (one stage per task) for ``bench run --executor slurm``."""
+    """Resources of each Slurm array task (one stage per task) for ``mtlprune run --executor slurm``."""
 
     partition: str | None = Field(None, description="sbatch --partition; default: the cluster's default")
     time: str = Field(
@@ -370,7 +369,7 @@ class RuntimeSpec(StrictModel):
     workers: int = Field(
         1,
         ge=1,
-        description="local worker processes running stages in parallel (bench run --workers overrides); "
+        description="local worker processes running stages in parallel (mtlprune run --workers overrides); "
         "torch threads are divided between them",
     )
     num_threads: int | None = Field(

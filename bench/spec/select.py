@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from bench.spec.models import DenseSpec, RunSpec
+    from mtlprune.spec.models import DenseSpec, RunSpec
 
 # Short keys → the spec paths they stand for (any one may match).
 ALIASES: dict[str, tuple[str, ...]] = {

@@ -15,11 +15,10 @@ import time
 
 import pytest
 import torch
-
-from bench.registry import ARCHS
-from bench.spec import TrainSpec
-from bench.train import StepRunner
-from methods.adapmtl import AdapMTLCallback, AdaptiveWeighting, TargetSchedule, ThresholdBank
+from mtlprune.methods.adapmtl import AdapMTLCallback, AdaptiveWeighting, TargetSchedule, ThresholdBank
+from mtlprune.registry import ARCHS
+from mtlprune.spec import TrainSpec
+from mtlprune.train import StepRunner
 
 TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 ARCH_NAMES = ["deeplab_resnet34", "mobilenetv2"]

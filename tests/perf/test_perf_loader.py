@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from bench.data import batch_stream
-from bench.registry import ARCHS
-from bench.spec import TrainSpec
-from bench.train import StepRunner
-from datasets.nyuv2 import NYUv2
+from mtlprune.data import batch_stream
+from mtlprune.datasets.nyuv2 import NYUv2
+from mtlprune.registry import ARCHS
+from mtlprune.spec import TrainSpec
+from mtlprune.train import StepRunner
 
 BATCH = 4
 CROP = (321, 321)
@@ -23,7 +22,7 @@ _rates: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def nyu_root(tmp_path_factory):
-    from datasets.synthetic import write_nyuv2
+    from mtlprune.datasets.synthetic import write_nyuv2
 
     return write_nyuv2(
         tmp_path_factory.mktemp("perf") / "nyu", n_train=8, n_test=1, height=480, width=640, seed=0

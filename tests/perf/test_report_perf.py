@@ -1,4 +1,4 @@
-"""`bench report` of a 500-cell store: the issue's target is under 30 s (printed, not asserted).
+"""`mtlprune report` of a 500-cell store: the issue's target is under 30 s (printed, not asserted).
 
 The store is the fake one of tests/fake_store.py (the runner's exact layout, no torch): 2 architectures ×
 5 seeds × 10 methods × 5 targets, with failed, running and missing cells. The report draws a fixed number
@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from mtlprune.report import build_report
 
-from bench.report import build_report
 from tests.fake_store import build_fake_store
 
 METHODS = (

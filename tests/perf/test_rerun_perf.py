@@ -1,6 +1,6 @@
-"""Re-running a finished matrix is cheap: `bench run` on a done store builds nothing and takes under 10 s.
+"""Re-running a finished matrix is cheap: `mtlprune run` on a done store builds nothing and takes under 10 s.
 
-The tiny default matrix (one dense stage, four cells) is run once through ``bench.cli.main``; then the same
+The tiny default matrix (one dense stage, four cells) is run once through ``mtlprune.cli.main``; then the same
 command is timed again (with model building disabled, so any stage that ran would fail the test). What
 remains is the plan, one stat per stage, the results table and the report. The first run's time is
 recorded beside it for scale.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
+import mtlprune.runner
 import yaml
+from mtlprune.cli import main
 
-import bench.runner
-from bench.cli import main
 from tests.helpers import tiny_matrix_dict
 
 TARGET_S = 10.0
@@ -30,8 +30,8 @@ def test_rerun_of_a_finished_matrix(benchmark, tmp_path, monkeypatch):
     def no_model(spec):
         raise AssertionError("a finished matrix must not build a model")
 
-    monkeypatch.setattr(bench.runner, "build_model", no_model)
-    benchmark.group = "bench run, finished matrix"
+    monkeypatch.setattr(mtlprune.runner, "build_model", no_model)
+    benchmark.group = "mtlprune run, finished matrix"
     assert benchmark.pedantic(lambda: main(argv), rounds=3, iterations=1, warmup_rounds=0) == 0
     rerun_s = benchmark.stats.stats.median
     benchmark.extra_info.update(first_run_s=first_s, rerun_s=rerun_s, rerun_over_first=rerun_s / first_s)

@@ -11,11 +11,10 @@ import os
 import signal
 from pathlib import Path
 
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import MethodParams, NoParams, PruningMethod
+from mtlprune.registry import METHODS
 from pydantic import Field
-
-from bench.context import MethodContext
-from bench.registry import METHODS
-from methods.base import MethodParams, NoParams, PruningMethod
 
 
 class FlakyOnceParams(MethodParams):

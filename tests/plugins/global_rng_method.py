@@ -10,10 +10,9 @@ import random
 
 import numpy as np
 import torch
-
-from bench.context import MethodContext
-from bench.registry import METHODS
-from methods.base import PruningMethod
+from mtlprune.context import MethodContext
+from mtlprune.methods.base import PruningMethod
+from mtlprune.registry import METHODS
 
 
 @METHODS.register("test-global-rng")

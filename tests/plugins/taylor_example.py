@@ -10,11 +10,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
+from mtlprune import METHODS, MethodContext, MethodParams, PruningMethod
 from pydantic import Field
-
-from bench.context import MethodContext
-from bench.registry import METHODS
-from methods.base import MethodParams, PruningMethod
 
 
 class TaylorParams(MethodParams):

@@ -1,0 +1,1 @@
+"""Published reference numbers (CSV files beside this module), shipped as `mtlprune.published` package data."""
