@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
 from mtlprune.store import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"

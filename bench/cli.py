@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
-from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 from rich.console import Console
 from rich.table import Table
+
+from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
+from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 
 DEFAULT_STORE = Path("results")
 EXECUTORS = ("local", "slurm", "submitit-local")  # mtlprune.executors.EXECUTORS, without importing it
@@ -267,8 +268,9 @@ def _slurm_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
     """The config's runtime.slurm with the command-line flags applied (validated like the config)."""
-    from mtlprune.spec.models import SlurmSpec
     from pydantic import ValidationError
+
+    from mtlprune.spec.models import SlurmSpec
 
     try:
         return SlurmSpec.model_validate({**matrix.runtime.slurm.model_dump(), **overrides})

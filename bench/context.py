@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from mtlprune.checkpoint import StageCheckpoint
 from mtlprune.data import batch_stream
 from mtlprune.divergence import DivergenceGuard
@@ -23,7 +25,6 @@ from mtlprune.sparsity import Masks, Scope, apply_masks, select_masks
 from mtlprune.spec import RunSpec, TrainSpec
 from mtlprune.tasks import make_losses
 from mtlprune.train import TrainCallback, to_device, train
-from torch import Tensor, nn
 
 Logger = Callable[[dict[str, Any]], None]
 

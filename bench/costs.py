@@ -50,12 +50,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from mtlprune.models.mtl import MTLModel
-from mtlprune.tasks import upsample_to
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
+
+from mtlprune.models.mtl import MTLModel
+from mtlprune.tasks import upsample_to
 
 aten = torch.ops.aten
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
 from mtlprune.registry import DATASETS
 from mtlprune.spec import DataSpec, spec_hash
-from torch.utils.data import DataLoader, Dataset, default_collate
 
 
 def dataset_root(data: DataSpec, store: Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from mtlprune.data import eval_batches
 from mtlprune.metrics import make_metric, resize_prediction
 from mtlprune.models.mtl import MTLModel

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mtlprune.store import atomic_write_bytes
 
 MASKS = "masks.npz"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
+
 from mtlprune.analysis import load_results, summary_table
 from mtlprune.analysis.load import BASE_COLUMNS
 from mtlprune.manifest import MANIFEST, Manifest, read_manifest
@@ -41,10 +42,11 @@ from mtlprune.store import RESULT, STATUS, Store, atomic_write_bytes, read_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from rich.console import Console
+
     from mtlprune.analysis.html import Figure as HtmlFigure
     from mtlprune.analysis.html import Section
     from mtlprune.spec import MatrixSpec
-    from rich.console import Console
 
 __all__ = ["ReportOutcome", "build_report", "collect", "matrix_name", "resolve_source", "write_run_report"]
 
@@ -82,8 +84,9 @@ def _fmt(value: object) -> str:
 
 def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path:
     """``<store>/<matrix name>/results.parquet`` + ΔT figure (PNG, PDF) + the printed summary."""
-    from mtlprune.analysis.figures import delta_t_vs_sparsity
     from rich.table import Table
+
+    from mtlprune.analysis.figures import delta_t_vs_sparsity
 
     out = store.root / matrix.name
     run_ids = [cell.run_id for cell in matrix.expand()]

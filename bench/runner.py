@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mtlprune.checkpoint import CHECKPOINT, StageCheckpoint
 from mtlprune.context import MethodContext
 from mtlprune.convergence import convergence_window, loss_convergence

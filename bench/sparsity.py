@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
-from mtlprune.models.mtl import MTLModel
 from torch import Tensor, nn
+
+from mtlprune.models.mtl import MTLModel
 
 Scope = Literal["global", "layer", "component", "erk"]
 SCOPES: tuple[str, ...] = ("global", "layer", "component", "erk")

@@ -24,8 +24,9 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from mtlprune.vocabulary import PROTOCOLS
 from torch import Tensor
+
+from mtlprune.vocabulary import PROTOCOLS
 
 IGNORE = 255
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from mtlprune.checkpoint import CallCheckpoint, set_rng_state
 from mtlprune.data import batch_stream, eval_batches
 from mtlprune.divergence import Divergence, DivergenceGuard
@@ -20,7 +22,6 @@ from mtlprune.models.mtl import MTLModel
 from mtlprune.sparsity import Masks, apply_masks
 from mtlprune.spec import TrainSpec
 from mtlprune.tasks import LossFn, make_losses
-from torch import Tensor, nn
 
 StepCallback = Callable[[int, dict[str, float]], None]
 

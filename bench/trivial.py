@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from mtlprune.data import batch_stream
 from mtlprune.tasks import make_losses
-from torch import Tensor, nn
 
 FIT_STEPS = 100
 FIT_BATCH = 16

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mtlprune.vocabulary import PROTOCOLS
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from mtlprune.vocabulary import PROTOCOLS
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import Tensor
+
 from mtlprune.datasets.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -30,8 +33,6 @@ from mtlprune.datasets.base import (
 )
 from mtlprune.datasets.base import read_listing as read_json_listing
 from mtlprune.registry import DATASETS
-from PIL import Image
-from torch import Tensor
 
 __all__ = [
     "IMAGENET_MEAN",

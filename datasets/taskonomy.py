@@ -41,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import Tensor
+
 from mtlprune.datasets.base import RUN_SPLITS, AugmentedDataset, DataFormatError, listed_files
 from mtlprune.datasets.base import read_listing as read_json_listing
 from mtlprune.registry import DATASETS
-from PIL import Image
-from torch import Tensor
 
 LISTING = "taskonomy.json"
 PRIOR_FACTOR = "semseg_prior_factor.npy"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from mtlprune.datasets.base import DataFormatError
 from mtlprune.registry import DATASETS
 

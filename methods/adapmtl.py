@@ -111,15 +111,16 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.methods.gmp import gmp_sparsity, gmp_steps
 from mtlprune.registry import METHODS
 from mtlprune.spec import TrainSpec
 from mtlprune.train import StepRunner, TrainCallback
-from pydantic import Field, model_validator
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 OFFSET_LIMIT = 1.0e4  # |b| bound in logit space: sigmoid(±1e4) is exactly 0 / 1 in float64
 SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller solve

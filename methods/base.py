@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel
+
 from mtlprune.context import MethodContext
 from mtlprune.spec import StrictModel
-from pydantic import BaseModel
 
 
 class MethodParams(StrictModel):

@@ -98,6 +98,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
+from torch import Tensor, nn
+
 from mtlprune.context import MethodContext, scoring_copy
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
@@ -105,8 +108,6 @@ from mtlprune.methods.scoring import weight_grads
 from mtlprune.registry import METHODS
 from mtlprune.sparsity import Masks, erk_densities, layer_prune_counts
 from mtlprune.train import StepRunner
-from pydantic import Field
-from torch import Tensor, nn
 
 TaskLossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Mapping[str, Tensor]]
 TaskMasks = dict[str, Masks]

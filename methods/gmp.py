@@ -35,13 +35,14 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.sparsity import Masks
 from mtlprune.train import StepRunner, TrainCallback
-from pydantic import Field, model_validator
-from torch import Tensor
 
 Selector = Callable[[Mapping[str, Tensor], float, Masks | None], Masks]
 

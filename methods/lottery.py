@@ -50,11 +50,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
+from pydantic import Field
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.spec import TrainSpec
-from pydantic import Field
 
 Scope = Literal["global", "layer", "component"]
 _EPS = 1e-12  # float slack: 1 − 0.8² is 0.35999…, which must still count as reaching 0.36

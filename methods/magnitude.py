@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
-from pydantic import Field
 
 
 class MagnitudeParams(MethodParams):

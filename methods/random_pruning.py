@@ -21,10 +21,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
-from pydantic import Field
 
 
 class RandomParams(MethodParams):

@@ -48,13 +48,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
+from torch import Tensor, nn
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.sparsity import Masks
 from mtlprune.train import StepRunner, TrainCallback
-from pydantic import Field
-from torch import Tensor, nn
 
 
 def rigl_drop_fraction(step: int, alpha: float, end_step: int) -> float:

@@ -76,14 +76,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
+from torch import Tensor, nn
+
 from mtlprune.context import MethodContext, scoring_copy
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.methods.scoring import weight_grads
 from mtlprune.models.mtl import MTLModel
 from mtlprune.registry import METHODS
 from mtlprune.sparsity import Masks, Scope
-from pydantic import Field
-from torch import Tensor, nn
 
 LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Tensor]
 # Tasks whose head outputs are classification logits (GraSP's temperature applies to them only).

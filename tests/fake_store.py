@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mtlprune.manifest import MANIFEST_FORMAT, save_manifest
 from mtlprune.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
 from mtlprune.store import RESULT, SPEC, STATUS, atomic_write_json

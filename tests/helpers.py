@@ -54,6 +54,7 @@ def tiny_matrix(**overrides: Any) -> MatrixSpec:
 def load_masks(run_dir) -> dict:
     """A cell's stored masks (masks.npz) as torch bool tensors, for comparisons in tests."""
     import torch
+
     from mtlprune.maskio import MASKS, read_masks
 
     return {name: torch.from_numpy(mask) for name, mask in read_masks(run_dir / MASKS).items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mtlprune.aggregate import delta_m, delta_t
 
 SEG = "segment_semantic"

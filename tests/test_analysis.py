@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mtlprune.analysis import load_results, summary_table
 from mtlprune.analysis.figures import delta_t_vs_sparsity
 

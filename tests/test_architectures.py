@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from torch import nn
+
 from mtlprune.models.aspp import ASPP_DILATIONS, ASPPHead
 from mtlprune.models.mobilenetv2 import InvertedResidual, MobileNetV2Backbone
 from mtlprune.models.mtl import MTLModel
 from mtlprune.models.pretrained import load_backbone_weights
 from mtlprune.models.resnet import DilatedResNet34
 from mtlprune.registry import ARCHS
-from torch import nn
 
 NYU = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 TASKONOMY = {"segment_semantic": 17, "normal": 3, "depth_zbuffer": 1, "keypoints2d": 1, "edge_texture": 1}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mtlprune.cli import main
 from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
-
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[1]

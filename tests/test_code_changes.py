@@ -13,12 +13,12 @@ import sys
 
 import pytest
 import yaml
+
 from mtlprune import registry
 from mtlprune.cli import main
 from mtlprune.provenance import code_identity
 from mtlprune.scheduler import CodeChanged, run_matrix
 from mtlprune.store import Store
-
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 MODULE = "test_code_changes_plugin"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+
 from mtlprune.analysis.load import collapsed
 from mtlprune.report import _collapse_note, collapse_lines
 

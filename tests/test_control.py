@@ -6,12 +6,12 @@ import json
 import math
 
 import pytest
+
 from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.analysis import load_results
 from mtlprune.scheduler import run_matrix
 from mtlprune.spec import CONTROL_METHOD, ConfigError, MethodSpec, parse_matrix
 from mtlprune.store import Store
-
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 
@@ -104,8 +104,8 @@ def test_status_warns_when_the_dense_stage_has_not_converged(ran, tmp_path, caps
     import shutil
 
     import yaml
-    from mtlprune.cli import main
 
+    from mtlprune.cli import main
     from tests.helpers import tiny_matrix_dict
 
     matrix, store = ran

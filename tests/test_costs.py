@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
 from mtlprune.costs import (
     ACTIVATION,
     BIAS,
@@ -27,9 +31,6 @@ from mtlprune.models.mtl import MTLModel
 from mtlprune.models.resnet import deeplab_resnet34
 from mtlprune.sparsity import apply_masks, select_masks
 from mtlprune.tasks import upsample_to
-from torch import nn
-from torch.nn.utils import prune
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 TASKS = {"segment_semantic": 13, "normal": 3, "depth_zbuffer": 1}
 

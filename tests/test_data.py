@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mtlprune.data import batch_stream, build_dataset, carve_validation
 from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
-
 from tests.helpers import tiny_matrix
 
 
@@ -111,6 +111,7 @@ def test_best_val_selection_ends_on_the_lowest_validation_loss(tmp_path):
 
 def test_best_val_without_a_validation_split_is_a_config_error():
     import pytest
+
     from mtlprune.spec import ConfigError
 
     with pytest.raises(ConfigError, match=r"best_val' needs datasets\[0\].val_fraction > 0"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mtlprune.analysis import load_results, summary_table
 from mtlprune.scheduler import run_matrix
 from mtlprune.spec import load_matrix

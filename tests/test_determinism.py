@@ -15,12 +15,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from mtlprune import registry
 from mtlprune.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
 from mtlprune.runner import plan, run_stage
 from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
-
 from tests.helpers import load_masks, tiny_matrix
 
 METHODS = [{"name": "magnitude"}, {"name": "gmp", "params": {"frequency": 2}}, {"name": "snip"}]

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+
 from mtlprune.convergence import TOLERANCE, loss_convergence
 from mtlprune.divergence import (
     ABSURD_FACTOR,
@@ -28,7 +29,6 @@ from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
 from mtlprune.trivial import fit_trivial
 from mtlprune.vocabulary import direction
-
 from tests.helpers import tiny_matrix
 
 REFERENCE = {"segment_semantic": 2.0, "depth_zbuffer": 0.5}

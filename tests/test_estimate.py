@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from mtlprune.estimate import CostEstimate, StageKey, estimate_costs, format_duration
 from mtlprune.store import RESULT, Store, atomic_write_json
 

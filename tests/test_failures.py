@@ -6,16 +6,16 @@ import json
 import math
 from collections.abc import Mapping
 
-import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 import pytest
 import torch
+
+import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.runner import failure_kind, log_tail, plan, run_stage
 from mtlprune.store import Store
 from mtlprune.train import Divergence, TrainCallback
-
 from tests.helpers import tiny_matrix
 
 

@@ -9,9 +9,10 @@ import shutil
 import time
 from pathlib import Path
 
-import mtlprune.fingerprint as fp_module
 import pytest
 import yaml
+
+import mtlprune.fingerprint as fp_module
 from mtlprune.cli import main
 from mtlprune.fingerprint import (
     DataFingerprintError,
@@ -21,7 +22,6 @@ from mtlprune.fingerprint import (
     resolve_data_lenient,
 )
 from mtlprune.spec import ConfigError, MatrixSpec, canonical_json, parse_matrix, semantic_dump
-
 from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
 
 OLD_NS = 1_600_000_000 * 10**9  # an mtime well before any scan: cached digests are trusted

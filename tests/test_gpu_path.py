@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import shutil
 
-import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 import pytest
 import torch
+
+import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 from mtlprune.data import batch_stream
 from mtlprune.registry import ARCHS
 from mtlprune.runner import _pin_memory, plan, run_stage
 from mtlprune.spec import RuntimeSpec, TrainSpec
 from mtlprune.store import Store
 from mtlprune.train import StepRunner
-
 from tests.helpers import tiny_matrix
 from tests.test_resume import Killed, _fingerprint, _kill_at
 from tools.gpu_check import check, repeatability, synthetic_batch

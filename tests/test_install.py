@@ -8,8 +8,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-import mtlprune
 import pytest
+
+import mtlprune
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from mtlprune.locks import HOST, LOCK, LockHeld, StageLock, read_lock, stale_reason
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mtlprune.analysis import (
     component_of,
     layer_sparsity,
@@ -154,9 +155,9 @@ def _assert_figure(fig, xlabel: str, ylabel: str, stem: Path) -> None:
 def tiny_store(tmp_path_factory) -> Path:
     """A real store: one tiny dense stage, magnitude and random at 70% (about 10 s on a CPU)."""
     import torch
+
     from mtlprune.scheduler import run_matrix
     from mtlprune.store import Store
-
     from tests.helpers import tiny_matrix
 
     root = tmp_path_factory.mktemp("store")

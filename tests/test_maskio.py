@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from mtlprune.maskio import masks_to_bytes, read_masks, read_task_masks, write_masks, write_task_masks
 
 

@@ -9,9 +9,12 @@ import json
 import math
 from types import SimpleNamespace
 
-import mtlprune.methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
 import pytest
 import torch
+from pydantic import ValidationError
+from torch import nn
+
+import mtlprune.methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
 from mtlprune.methods.adapmtl import (
     STR,
     AdapMTL,
@@ -36,9 +39,6 @@ from mtlprune.scheduler import run_matrix
 from mtlprune.spec import TrainSpec
 from mtlprune.store import Store
 from mtlprune.train import StepRunner
-from pydantic import ValidationError
-from torch import nn
-
 from tests.helpers import TASKS3, load_masks, tiny_matrix
 
 # ------------------------------------------------------------------------------ reparameterisation

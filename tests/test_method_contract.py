@@ -28,12 +28,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
 from mtlprune.analysis import load_results
 from mtlprune.registry import METHODS, load_plugins
 from mtlprune.runner import plan, run_stage
 from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
-
 from tests.helpers import load_masks, tiny_matrix
 from tests.test_resume import Killed, _fingerprint, _kill_at
 

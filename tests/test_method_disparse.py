@@ -10,10 +10,12 @@ import shutil
 from types import SimpleNamespace
 from typing import Any
 
-import mtlprune.methods.disparse  # noqa: F401  (registers disparse-static, disparse-pretrained, disparse-dynamic)
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+import mtlprune.methods.disparse  # noqa: F401  (registers disparse-static, disparse-pretrained, disparse-dynamic)
 from mtlprune.context import MethodContext
 from mtlprune.data import build_dataset
 from mtlprune.maskio import TASK_MASKS, read_task_masks
@@ -40,8 +42,6 @@ from mtlprune.scheduler import run_matrix
 from mtlprune.sparsity import apply_masks, erk_densities, select_masks
 from mtlprune.store import Store
 from mtlprune.train import StepRunner
-from torch import nn
-
 from tests.helpers import load_masks, tiny_matrix
 
 # --------------------------------------------------------------------------- (1) the solver by hand

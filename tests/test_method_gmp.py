@@ -7,15 +7,15 @@ import json
 import shutil
 from types import SimpleNamespace
 
-import mtlprune.methods.gmp  # noqa: F401  (registers "gmp")
 import pytest
 import torch
+from pydantic import ValidationError
+
+import mtlprune.methods.gmp  # noqa: F401  (registers "gmp")
 from mtlprune.methods.gmp import GMP, GMPCallback, GMPParams, gmp_pruning_steps, gmp_sparsity, gmp_steps
 from mtlprune.scheduler import run_matrix
 from mtlprune.sparsity import select_masks
 from mtlprune.store import Store
-from pydantic import ValidationError
-
 from tests.helpers import load_masks, tiny_matrix
 
 # ------------------------------------------------------------------------------------------ schedule

@@ -13,9 +13,10 @@ import json
 import math
 import shutil
 
-import mtlprune.methods.magnitude  # noqa: F401  (registers magnitude; importing mtlprune.methods.lottery registers lth, imp)
 import pytest
 import torch
+
+import mtlprune.methods.magnitude  # noqa: F401  (registers magnitude; importing mtlprune.methods.lottery registers lth, imp)
 from mtlprune.context import MethodContext
 from mtlprune.methods.lottery import replay_spec, round_targets
 from mtlprune.registry import ARCHS, METHODS
@@ -25,7 +26,6 @@ from mtlprune.sparsity import select_masks
 from mtlprune.spec import TrainSpec
 from mtlprune.store import Store
 from mtlprune.train import StepRunner, lr_factor
-
 from tests.helpers import load_masks, tiny_matrix
 
 TARGET = 0.7

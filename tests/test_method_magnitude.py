@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from mtlprune.registry import ARCHS
-from mtlprune.sparsity import erk_densities, select_masks
 from torch import nn
 from torch.nn.utils import prune
+
+from mtlprune.registry import ARCHS
+from mtlprune.sparsity import erk_densities, select_masks
 
 
 def _model():
@@ -105,7 +106,6 @@ def test_iterative_selection_keeps_pruned_weights_pruned():
 def test_magnitude_component_scope_end_to_end(tmp_path):
     from mtlprune.scheduler import run_matrix
     from mtlprune.store import Store
-
     from tests.helpers import tiny_matrix
 
     matrix = tiny_matrix(methods=[{"name": "magnitude", "params": {"scope": "component"}}], sparsities=[0.8])

@@ -10,10 +10,12 @@ import itertools
 from types import SimpleNamespace
 from typing import Any
 
-import mtlprune.methods.saliency  # noqa: F401  (registers snip, grasp, synflow)
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+import mtlprune.methods.saliency  # noqa: F401  (registers snip, grasp, synflow)
 from mtlprune.context import MethodContext
 from mtlprune.data import build_dataset
 from mtlprune.methods.saliency import (
@@ -35,8 +37,6 @@ from mtlprune.runner import build_model
 from mtlprune.scheduler import run_matrix
 from mtlprune.sparsity import apply_masks, select_masks
 from mtlprune.store import Store
-from torch import nn
-
 from tests.helpers import load_masks, tiny_matrix, tiny_matrix_dict
 
 TASK = "depth_zbuffer"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mtlprune.metrics import DepthMetric, NormalMetric, SegmentationMetric, nyuv2_metric
 from mtlprune.vocabulary import NYUV2_METRICS
 

@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from mtlprune.datasets.nyuv2 import IMAGENET_MEAN, IMAGENET_STD, DataFormatError, NYUv2, flip_normals
 from PIL import Image
+
+from mtlprune.datasets.nyuv2 import IMAGENET_MEAN, IMAGENET_STD, DataFormatError, NYUv2, flip_normals
 
 TASKS = ("segment_semantic", "normal", "depth_zbuffer")
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
+
 from mtlprune.cli import main
 from mtlprune.spec import ConfigError, load_matrix
 from mtlprune.spec.overrides import apply_overrides, parse_key_path, parse_override
-
 from tests.helpers import tiny_matrix_dict
 
 

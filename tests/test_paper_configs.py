@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mtlprune.cli import main
 from mtlprune.runner import requirements
 from mtlprune.spec import load_matrix

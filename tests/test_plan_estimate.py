@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
+
 from mtlprune.cli import main
 from mtlprune.runner import plan, run_stage, stage_keys
 from mtlprune.store import Store
-
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mtlprune.analysis import load_results
 from mtlprune.cli import main
-
 from tests.helpers import tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
+
 from mtlprune.evaluate import resize_batch
 from mtlprune.metrics import ReferenceNormalMetric, compute, make_metric
 from mtlprune.metrics.standard import NormalMetric
 from mtlprune.spec import EvalSpec
 from mtlprune.tasks import task_loss
-from pydantic import ValidationError
 
 
 def _logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -299,7 +300,6 @@ def test_adapmtl_run_end_to_end_matches_compute_on_resized_batches(tmp_path) -> 
     from mtlprune.runner import build_model
     from mtlprune.scheduler import run_matrix
     from mtlprune.store import Store
-
     from tests.helpers import tiny_matrix
 
     matrix = tiny_matrix(eval={"protocol": "adapmtl"}, methods=[{"name": "magnitude"}], sparsities=[0.9])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mtlprune import provenance as prov
 from mtlprune.provenance import device_name, git_state, provenance, slurm_ids, timing
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from mtlprune.aggregate import delta_t
 from mtlprune.analysis import aggregate, load_published, load_results
 from mtlprune.analysis.load import BASE_COLUMNS

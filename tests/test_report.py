@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from mtlprune.analysis import load_published, load_results
 from mtlprune.analysis.curves import load_log, read_log
 from mtlprune.analysis.dense import load_dense
@@ -36,8 +38,6 @@ from mtlprune.analysis.style import ROSTER, MethodStyle, StyleMap
 from mtlprune.cli import main
 from mtlprune.manifest import read_manifest, save_manifest, write_manifest
 from mtlprune.report import collect, resolve_source
-from PIL import Image
-
 from tests.fake_store import DENSE_METRICS, build_fake_store, write_config
 
 REPO = Path(__file__).resolve().parents[1]

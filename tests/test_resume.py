@@ -11,13 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
-import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 import pytest
 import torch
+
+import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 from mtlprune.checkpoint import CHECKPOINT, read_checkpoint
 from mtlprune.runner import plan, run_stage
 from mtlprune.store import Store
-
 from tests.helpers import load_masks, tiny_matrix
 
 RUNTIME = {"device": "cpu", "checkpoint_every": 2}

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mtlprune.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
 from mtlprune.cli import main
 from mtlprune.runner import plan
 from mtlprune.store import Store
-
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 from tests.test_resume import _fingerprint, _run_all
 

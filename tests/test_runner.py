@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
 from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.analysis import load_results
 from mtlprune.context import MethodContext
@@ -15,7 +16,6 @@ from mtlprune.methods.base import PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
-
 from tests.helpers import TASKS3, load_masks, tiny_matrix, tiny_matrix_dict
 
 TASKS1 = ["segment_semantic"]

@@ -16,16 +16,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import mtlprune.runner
 import pytest
 import torch
 import yaml
+
+import mtlprune.runner
 from mtlprune import registry
 from mtlprune.cli import main
 from mtlprune.registry import METHODS, load_plugins
 from mtlprune.scheduler import read_events, run_matrix, stages_of
 from mtlprune.store import Store
-
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from mtlprune.runner import plan
 from mtlprune.spec.select import Selection, SelectionError
-
 from tests.helpers import tiny_matrix
 
 
@@ -86,10 +86,10 @@ def test_records_filter_on_short_keys():
 @pytest.mark.slow
 def test_run_status_and_report_work_on_the_selection_only(tmp_path, capsys):
     import yaml
+
     from mtlprune.cli import main
     from mtlprune.manifest import read_manifest
     from mtlprune.store import Store
-
     from tests.helpers import tiny_matrix_dict
 
     config = tmp_path / "tiny.yaml"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
+
 from mtlprune.cli import main
 from mtlprune.executors import StageTask, make_executor, slurm_parameters, submit_matrix
 from mtlprune.locks import LOCK, read_lock
@@ -24,8 +26,6 @@ from mtlprune.scheduler import read_events, run_matrix, stages_of
 from mtlprune.spec import ConfigError
 from mtlprune.spec.models import SlurmSpec
 from mtlprune.store import Store
-from pydantic import ValidationError
-
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from mtlprune.models.mtl import MTLModel
 from mtlprune.sparsity import apply_masks, select_masks, sparsity_report
-from torch import nn
 
 
 def test_global_selection_removes_exactly_the_lowest_scores():

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+
 from mtlprune.spec import (
     ArchSpec,
     ConfigError,
@@ -21,8 +23,6 @@ from mtlprune.spec import (
     load_matrix,
     semantic_dump,
 )
-from pydantic import BaseModel
-
 from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
 
 SNAPSHOT = Path(__file__).parent / "data" / "spec_defaults.json"

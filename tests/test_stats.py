@@ -12,6 +12,8 @@ from itertools import product
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
+
 from mtlprune.analysis import (
     CONTROL_METHOD,
     average_ranks,
@@ -35,7 +37,6 @@ from mtlprune.analysis.stats_tables import (
     ranks_latex,
     ranks_markdown,
 )
-from scipy import stats as sps
 
 SETTING = {
     "dataset": "nyuv2",

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
+
 from mtlprune.datasets import synthetic
 from mtlprune.datasets.synthetic import (
     NYU40_CLASSES,
@@ -20,7 +22,6 @@ from mtlprune.datasets.synthetic import (
     to_nyu_axes,
     write_nyuv2,
 )
-from PIL import Image
 
 H, W = 48, 64  # small on purpose: the whole module must stay quick
 FLOOR = NYU40_CLASSES.index("floor")

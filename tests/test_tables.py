@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from mtlprune.analysis import (
     bootstrap_ci,
     comparison_table,

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from mtlprune.datasets.nyuv2 import IMAGENET_MEAN, IMAGENET_STD, DataFormatError
 from mtlprune.datasets.synthetic import frame_rng, render_frame, write_nyuv2, write_taskonomy
 from mtlprune.datasets.taskonomy import TASK_CHANNELS, Taskonomy
 from mtlprune.registry import DATASETS
-from PIL import Image
 
 H, W, SEED = 32, 40, 5
 N = {"train": 6, "test": 3}

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.metrics import (
     CosineNormalMetric,

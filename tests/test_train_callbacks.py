@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec
 from mtlprune.train import StepRunner, TrainCallback

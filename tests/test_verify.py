@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from mtlprune.cli import main
 from mtlprune.datasets.nyuv2 import DataFormatError, NYUv2
 from mtlprune.datasets.verify import verify
-from PIL import Image
 
 
 def test_real_samples_verify_clean(real_nyuv2_root, capsys):

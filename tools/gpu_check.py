@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
 from mtlprune.registry import ARCHS, load_plugins
 from mtlprune.sparsity import select_masks
 from mtlprune.spec import TrainSpec

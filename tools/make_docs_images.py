@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from PIL import Image  # noqa: E402
+
 from mtlprune.analysis import (  # noqa: E402
     friedman_test,
     load_masks,
@@ -47,8 +49,6 @@ from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatm
 from mtlprune.analysis.stats_figures import cd_diagram, interval_plot  # noqa: E402
 from mtlprune.analysis.style import STYLES, StyleMap  # noqa: E402
 from mtlprune.report import build_report  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from tests.fake_store import build_fake_store, write_config  # noqa: E402
 
 METHODS = ("magnitude", "random", "gmp(frequency=10)", "snip", "adapmtl", "disparse-static")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from mtlprune.analysis.load import setting_columns
 from mtlprune.store import RESULT, SPEC, STATUS, read_json
 

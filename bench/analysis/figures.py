@@ -30,6 +30,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
 from mtlprune.analysis.curves import (
     component_sparsity_columns,
     loss_columns,

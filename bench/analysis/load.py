@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.store import RESULT, SPEC, STATUS, read_json
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+
 from mtlprune.analysis.masks import OVERALL, layer_sparsity
 from mtlprune.store import atomic_write_bytes
 

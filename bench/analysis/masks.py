@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from mtlprune.maskio import MASKS, TASK_MASKS, read_masks, read_task_masks
 
 Masks = Mapping[str, np.ndarray]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.analysis.load import BASE_COLUMNS
 from mtlprune.vocabulary import DIRECTIONS, METRICS, TASKS

@@ -9,6 +9,7 @@ NaN in one of the seeds (a diverged run, an undefined ΔT) gives a NaN mean rath
 from __future__ import annotations
 
 import pandas as pd
+
 from mtlprune.analysis.load import BASE_COLUMNS
 
 __all__ = ["GROUP_KEYS", "aggregate"]

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+
 from mtlprune.analysis.summaries import bootstrap_ci, with_bootstrap
 from mtlprune.vocabulary import HIGHER, direction
 

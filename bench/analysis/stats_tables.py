@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+
 from mtlprune.analysis.stats import SETTING_KEYS, FriedmanResult, metric_sign
 from mtlprune.analysis.tables import KEY_HEADERS, LATEX, MARKDOWN, _key_text, _Style
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+
 from mtlprune.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
 from mtlprune.vocabulary import DIRECTIONS, MAIN_METRIC
 

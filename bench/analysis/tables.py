@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from mtlprune.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
 from mtlprune.vocabulary import DELTA_METRICS, DIRECTIONS, HIGHER, METRICS
 

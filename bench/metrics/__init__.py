@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn.functional as F
+from torch import Tensor
+
 from mtlprune.metrics.adapmtl import (
     ReferenceDepthMetric,
     ReferenceL1Metric,
@@ -29,7 +31,6 @@ from mtlprune.metrics.standard import (
     taskonomy_metric,
 )
 from mtlprune.vocabulary import PROTOCOLS
-from torch import Tensor
 
 __all__ = [
     "PROTOCOLS",

@@ -35,8 +35,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from mtlprune.metrics.standard import NormalMetric, _Accumulator, _check_same_shape, _no_valid_pixels
 from torch import Tensor
+
+from mtlprune.metrics.standard import NormalMetric, _Accumulator, _check_same_shape, _no_valid_pixels
 
 __all__ = [
     "NYU_DEPTH_MIN",

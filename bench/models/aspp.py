@@ -7,8 +7,9 @@ Four parallel branches with dilation = padding 6/12/18/24, each 3×3 C→1024 (b
 
 from __future__ import annotations
 
-from mtlprune.models.mtl import scaled
 from torch import Tensor, nn
+
+from mtlprune.models.mtl import scaled
 
 ASPP_DILATIONS = (6, 12, 18, 24)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor, nn
+
 from mtlprune.models.aspp import ASPPHead
 from mtlprune.models.mtl import MTLModel, scaled
 from mtlprune.registry import ARCHS
-from torch import Tensor, nn
 
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280

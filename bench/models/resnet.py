@@ -8,10 +8,11 @@ Initialisation follows the references (conv N(0, 0.01), BN 1/0); the ASPP heads 
 
 from __future__ import annotations
 
+from torch import Tensor, nn
+
 from mtlprune.models.aspp import ASPPHead
 from mtlprune.models.mtl import MTLModel, scaled
 from mtlprune.registry import ARCHS
-from torch import Tensor, nn
 
 LAYERS = (3, 4, 6, 3)
 WIDTHS = (64, 128, 256, 512)

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mtlprune.spec.models import MatrixSpec
 from pydantic import ValidationError
+
+from mtlprune.spec.models import MatrixSpec
 
 
 class ConfigError(ValueError):

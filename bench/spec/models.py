@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from mtlprune.registry import ARCHS, DATASETS, METHODS, suggest
 from mtlprune.spec.identity import spec_hash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # 2: CPU stages run on one thread with denormals flushed to zero, every RNG seeded from the run id, the
 # divergence rules (mtlprune.determinism, mtlprune.divergence); results of version 1 are not reused.

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import yaml
+
 from mtlprune.spec.load import ConfigError
 
 _KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\[\d+\])*")

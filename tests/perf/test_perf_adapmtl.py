@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+
 from mtlprune.methods.adapmtl import AdapMTLCallback, AdaptiveWeighting, TargetSchedule, ThresholdBank
 from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mtlprune.data import batch_stream
 from mtlprune.datasets.nyuv2 import NYUv2
 from mtlprune.registry import ARCHS

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+
 from mtlprune.registry import ARCHS
 from mtlprune.sparsity import select_masks
 from mtlprune.spec import TrainSpec

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from mtlprune.report import build_report
 
+from mtlprune.report import build_report
 from tests.fake_store import build_fake_store
 
 METHODS = (

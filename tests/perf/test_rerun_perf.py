@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-import mtlprune.runner
 import yaml
-from mtlprune.cli import main
 
+import mtlprune.runner
+from mtlprune.cli import main
 from tests.helpers import tiny_matrix_dict
 
 TARGET_S = 10.0

@@ -11,10 +11,11 @@ import os
 import signal
 from pathlib import Path
 
+from pydantic import Field
+
 from mtlprune.context import MethodContext
 from mtlprune.methods.base import MethodParams, NoParams, PruningMethod
 from mtlprune.registry import METHODS
-from pydantic import Field
 
 
 class FlakyOnceParams(MethodParams):

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from mtlprune import METHODS, MethodContext, MethodParams, PruningMethod
 from pydantic import Field
+
+from mtlprune import METHODS, MethodContext, MethodParams, PruningMethod
 
 
 class TaylorParams(MethodParams):
