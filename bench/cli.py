@@ -168,10 +168,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         shown = status
         if status == "failed":
             record = store.status_record(run_id)
-            kind = record.get("kind", "error")
+            kind = record.kind or "error"
             shown = f"failed ({kind})"
-            failures.append(f"  {run_id} {stage.label}: [{kind}] {record.get('error', '?')}")
-            failures += [f"      log: {_clip(line)}" for line in record.get("log_tail", [])[-2:]]
+            failures.append(f"  {run_id} {stage.label}: [{kind}] {record.error or '?'}")
+            failures += [f"      log: {_clip(line)}" for line in record.log_tail[-2:]]
         elif status != "done":
             held = lock_summary(store.run_dir(run_id), now)
             if held is not None:
@@ -218,7 +218,7 @@ def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
         if stage.kind != "dense" or not store.is_done(stage.run_id):
             continue
         dense = store.result(stage.run_id)
-        convergence = dense.get("convergence") or {}
+        convergence = dense.convergence or {}
         if convergence.get("converged") is False:
             lines.append(
                 f"  {stage.run_id} {stage.label}: NOT CONVERGED: its loss fell by "
@@ -232,7 +232,7 @@ def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
         data = stage.spec.data
         try:
             gain = delta_t(
-                store.result(control.run_id)["metrics"], dense["metrics"], data.tasks, dataset=data.dataset
+                store.result(control.run_id).metrics, dense.metrics, data.tasks, dataset=data.dataset
             )
         except (KeyError, ValueError):  # a dense metric of 0: no ΔT, no verdict
             continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
-from mtlprune.store import RESULT, Store, read_json
+from mtlprune.store import Store
 
 KINDS = ("dense", "cell")
 COARSE_LEN = 3
@@ -111,14 +111,6 @@ def format_duration(seconds: float) -> str:
     return f"{days} d {hours} h"
 
 
-def _wall_s(path: Path) -> float:
-    result = read_json(path)
-    value = result.get("wall_s") if isinstance(result, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{path}: 'wall_s' must be finite seconds >= 0, got {value!r}")
-    return float(value)
-
-
 def _unique(stages: Iterable[StageKey]) -> list[StageKey]:
     """Stages once each (a plan may list a shared dense stage more than once); conflicting keys are a bug."""
     seen: dict[str, StageKey] = {}
@@ -137,9 +129,8 @@ def estimate_costs(store_root: str | Path, stages: Iterable[StageKey]) -> CostEs
     coarse: dict[tuple[str, tuple[Hashable, ...]], list[float]] = defaultdict(list)
     pending: list[StageKey] = []
     for stage in stages:
-        path = store.run_dir(stage.run_id) / RESULT
-        if path.is_file():
-            wall = _wall_s(path)
+        if store.is_done(stage.run_id):
+            wall = store.result(stage.run_id).wall_s  # a damaged result fails here, naming its file
             exact[stage.kind, stage.key].append(wall)
             coarse[stage.coarse].append(wall)
         else:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlprune.provenance import provenance as stage_provenance
+from mtlprune.records import RECORD_FORMAT, Manifest, parse_manifest
 from mtlprune.store import Store, atomic_write_json, read_json
 
 if TYPE_CHECKING:
@@ -33,27 +33,7 @@ __all__ = [
 ]
 
 MANIFEST = "matrix.json"
-MANIFEST_FORMAT = 1
-# Keys every entry of `dense` / `cells` must carry (what the report shows for a cell without results).
-DENSE_KEYS = ("run_id", "dataset", "tasks", "arch", "seed")
-CELL_KEYS = ("run_id", "dense_run_id", "dataset", "tasks", "arch", "method", "method_name", "target", "seed")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What one matrix expands to, read back from ``matrix.json``."""
-
-    name: str
-    spec: dict[str, Any]
-    dense: list[dict[str, Any]]
-    cells: list[dict[str, Any]]
-    provenance: dict[str, Any] = field(default_factory=dict)
-    overrides: list[str] = field(default_factory=list)
-    path: Path | None = None
-
-    @property
-    def cell_ids(self) -> list[str]:
-        return [cell["run_id"] for cell in self.cells]
+MANIFEST_FORMAT = RECORD_FORMAT  # the manifest is a typed record (mtlprune.records.Manifest)
 
 
 def manifest_path(store_root: str | Path, name: str) -> Path:
@@ -113,9 +93,9 @@ def _manifest_payload(matrix: MatrixSpec, overrides: list[str] | tuple[str, ...]
 
 def save_manifest(store_root: str | Path, payload: dict[str, Any]) -> Path:
     """Validate and write a manifest payload atomically (also used by tests to fake a planned matrix)."""
-    manifest = _validate(payload, Path("<payload>"))
+    manifest = parse_manifest(payload, Path("<payload>"))
     path = manifest_path(store_root, manifest.name)
-    atomic_write_json(path, payload)
+    atomic_write_json(path, manifest.payload())
     return path
 
 
@@ -128,31 +108,6 @@ def write_manifest(
     return save_manifest(root, _manifest_payload(matrix, overrides))
 
 
-def _validate(payload: Any, path: Path) -> Manifest:
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
-    if payload.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: manifest format {payload.get('format')!r}, expected {MANIFEST_FORMAT}")
-    for key, kind in (("name", str), ("spec", dict), ("dense", list), ("cells", list)):
-        if not isinstance(payload.get(key), kind):
-            got = type(payload.get(key)).__name__ if key in payload else "nothing"
-            raise ValueError(f"{path}: key {key!r} must be a {kind.__name__}, got {got}")
-    for section, keys in (("dense", DENSE_KEYS), ("cells", CELL_KEYS)):
-        for i, entry in enumerate(payload[section]):
-            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                raise ValueError(f"{path}: {section}[{i}] lacks {missing} (expected keys {list(keys)})")
-    return Manifest(
-        name=payload["name"],
-        spec=payload["spec"],
-        dense=payload["dense"],
-        cells=payload["cells"],
-        provenance=payload.get("provenance") or {},
-        overrides=list(payload.get("overrides") or []),
-        path=path,
-    )
-
-
 def read_manifest(store_root: str | Path, name: str) -> Manifest:
     """The manifest of matrix ``name`` in the store; a clear error when it was never planned there."""
     path = manifest_path(store_root, name)
@@ -161,4 +116,4 @@ def read_manifest(store_root: str | Path, name: str) -> Manifest:
             f"{path}: no manifest of matrix {name!r} in store {store_root} "
             f"(`mtlprune plan CONFIG --store {store_root}` or `mtlprune run` writes it)"
         )
-    return _validate(read_json(path), path)
+    return parse_manifest(read_json(path), path)

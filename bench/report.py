@@ -38,7 +38,7 @@ from mtlprune.analysis import load_results, summary_table
 from mtlprune.analysis.load import BASE_COLUMNS
 from mtlprune.manifest import MANIFEST, Manifest, read_manifest
 from mtlprune.spec.select import Selection
-from mtlprune.store import RESULT, STATUS, Store, atomic_write_bytes, read_json
+from mtlprune.store import Store, atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -162,25 +162,25 @@ def _missing_rows(manifests: Iterable[Manifest], present: set[str]) -> list[dict
     rows, seen = [], set(present)
     for manifest in manifests:
         for cell in manifest.cells:
-            if cell["run_id"] in seen:
+            if cell.run_id in seen:
                 continue
-            seen.add(cell["run_id"])
+            seen.add(cell.run_id)
             rows.append(
                 {
-                    "run_id": cell["run_id"],
-                    "dataset": cell["dataset"],
-                    "tasks": ",".join(cell["tasks"]),
-                    "arch": cell["arch"],
-                    "width": cell.get("width"),
-                    "head_width": cell.get("head_width"),
-                    "method": cell["method"],
-                    "method_name": cell["method_name"],
-                    "target_sparsity": float(cell["target"]),
-                    "seed": cell["seed"],
-                    "protocol": cell.get("protocol", "standard"),
+                    "run_id": cell.run_id,
+                    "dataset": cell.dataset,
+                    "tasks": ",".join(cell.tasks),
+                    "arch": cell.arch,
+                    "width": cell.width,
+                    "head_width": cell.head_width,
+                    "method": cell.method,
+                    "method_name": cell.method_name,
+                    "target_sparsity": float(cell.target),
+                    "seed": cell.seed,
+                    "protocol": cell.protocol,
                     "status": MISSING,
                     "error": f"planned in {manifest.name}, never started (no run folder)",
-                    "dense_run_id": cell["dense_run_id"],
+                    "dense_run_id": cell.dense_run_id,
                 }
             )
     return rows
@@ -217,7 +217,7 @@ def collect(
         raise ValueError(
             f"{root}: no cell to report (no run with a spec.json, nothing planned in a manifest)"
         )
-    planned_dense = {d["run_id"] for m in manifests for d in m.dense}
+    planned_dense = {d.run_id for m in manifests for d in m.dense}
     if only:
         frame = frame[[only.matches_record(row) for row in frame.to_dict("records")]].reset_index(drop=True)
         if frame.empty:
@@ -715,9 +715,8 @@ def _statistics(data: ReportData, builder: _Builder) -> Section:
 
 
 def _failure_details(store: Path, run_id: str) -> str:
-    path = store / "runs" / run_id / STATUS
-    record = read_json(path) if path.is_file() else {}
-    trace = record.get("traceback")
+    record = Store(store).status_record(run_id)
+    trace = record.traceback if record is not None else None
     return f"<details><summary>traceback</summary><pre>{html.escape(trace)}</pre></details>" if trace else ""
 
 
@@ -816,18 +815,18 @@ def _run_provenance(data: ReportData) -> dict[str, Any]:
     devices: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     starts, ends, wall = [], [], 0.0
+    store = Store(data.store)
     run_ids = [
         *data.frame.loc[data.frame["status"] == "done", "run_id"],
         *data.dense.loc[data.dense["status"] == "done", "run_id"],
     ]
     for run_id in run_ids:
-        path = data.store / "runs" / str(run_id) / RESULT
-        if not path.is_file():
+        if not store.is_done(str(run_id)):
             continue
-        result = read_json(path)
-        prov = result.get("provenance") or {}
-        wall += float(result.get("wall_s") or 0.0)
-        devices[str(prov.get("device") or result.get("device") or "unknown")] += 1
+        result = store.result(str(run_id))
+        prov = result.provenance
+        wall += result.wall_s
+        devices[str(prov.get("device") or result.device or "unknown")] += 1
         if prov:
             dirty = {True: " (dirty tree)", False: "", None: ""}.get(prov.get("dirty"), "")
             commits[f"{prov.get('commit') or 'unknown'}{dirty}"] += 1

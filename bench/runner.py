@@ -35,6 +35,7 @@ from mtlprune.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
 from mtlprune.models.mtl import MTLModel
 from mtlprune.models.pretrained import load_backbone_weights
 from mtlprune.provenance import code_identity, device_name, provenance, timing
+from mtlprune.records import CellResult, DenseResult, StatusRecord
 from mtlprune.registry import ARCHS, DATASETS, METHODS
 from mtlprune.sparsity import sparsity_report
 from mtlprune.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec, semantic_dump
@@ -250,7 +251,9 @@ def _evaluate(model: Any, test_set: Any, spec: DenseSpec | RunSpec, device: torc
     return evaluate(model, test_set, spec.eval.effective_batch_size, device, protocol=spec.eval.protocol)
 
 
-def run_dense(spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
+def run_dense(
+    spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None
+) -> DenseResult:
     """Train the dense stage (or resume it), evaluate it and its trivial predictor, write result.json."""
     if store.is_done(spec.run_id):
         return store.result(spec.run_id)
@@ -266,7 +269,7 @@ def _run_dense(
     device: torch.device,
     determinism: dict[str, Any],
     progress: Progress | None,
-) -> dict:
+) -> DenseResult:
     run_id = spec.run_id
     run_dir = _begin(store, run_id, spec, {})
     start = time.time()
@@ -328,21 +331,20 @@ def _run_dense(
     trivial = _evaluate(constant, test_set, spec, torch.device("cpu"))
     check_final_metrics(metrics, trivial, direction)
     convergence = loss_convergence(tail, spec.train.steps)
-    result = {
-        "run_id": run_id,
-        "stage": "dense",
-        "metrics": metrics,
-        "trivial_metrics": trivial,
-        "initial_losses": guard.reference,
-        "convergence": convergence,
-        "sparsity": sparsity_report(model),
+    result = DenseResult(
+        run_id=run_id,
+        metrics=metrics,
+        trivial_metrics=trivial,
+        initial_losses=guard.reference,
+        convergence=convergence,
+        sparsity=sparsity_report(model),
         **measure_costs(model, test_set, runtime, device),
-        "steps_total": outcome.steps,
-        "rewind_step": rewind_at,
-        "selection": {"rule": spec.eval.selection, "selected_step": outcome.selected_step},
-        "splits": _split_sizes(train_set, val_set, test_set),
+        steps_total=outcome.steps,
+        rewind_step=rewind_at,
+        selection={"rule": spec.eval.selection, "selected_step": outcome.selected_step},
+        splits=_split_sizes(train_set, val_set, test_set),
         **_provenance(start, device, resume, determinism),
-    }
+    )
     _finish(store, run_id, result, checkpoint)
     return result
 
@@ -359,7 +361,7 @@ def _log_records(run_dir: Path, phase: str) -> list[dict[str, Any]]:
 
 def dense_initial_losses(store: Store, dense_id: str) -> dict[str, float] | None:
     """The untrained network's task losses of a dense stage (its result, else its log's step-0 record)."""
-    losses = store.result(dense_id).get("initial_losses")
+    losses = store.result(dense_id).initial_losses
     if losses:
         return {t: float(v) for t, v in losses.items()}
     for record in _log_records(store.run_dir(dense_id), "dense"):
@@ -413,7 +415,7 @@ def _provenance(
     }
 
 
-def _finish(store: Store, run_id: str, result: dict[str, Any], checkpoint: StageCheckpoint) -> None:
+def _finish(store: Store, run_id: str, result: DenseResult | CellResult, checkpoint: StageCheckpoint) -> None:
     """Write the result, mark the stage done, and drop its checkpoint (in that order: a kill in between
     leaves a finished stage with a stale checkpoint, never a lost result)."""
     if checkpoint.loaded is not None:
@@ -421,12 +423,14 @@ def _finish(store: Store, run_id: str, result: dict[str, Any], checkpoint: Stage
             f"{checkpoint.path} belongs to train() call {checkpoint.resume_call}, which this stage never "
             "made: the method's code changed since the checkpoint; delete it to restart the stage"
         )
-    atomic_write_json(store.run_dir(run_id) / "result.json", result)
+    store.write_result(run_id, result)
     store.write_status(run_id, status="done", finished=time.time())
     checkpoint.remove()
 
 
-def run_cell(spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None) -> dict:
+def run_cell(
+    spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None
+) -> CellResult:
     """Run one cell's method on its dense stage's checkpoint (or resume it), evaluate, write result.json."""
     if store.is_done(spec.run_id):
         return store.result(spec.run_id)
@@ -442,7 +446,7 @@ def _run_cell(
     device: torch.device,
     determinism: dict[str, Any],
     progress: Progress | None,
-) -> dict:
+) -> CellResult:
     run_id = spec.run_id
     dense_spec = spec.dense()
     dense_id = dense_spec.run_id
@@ -488,25 +492,24 @@ def _run_cell(
     if runtime.save_cell_models:
         save_state(run_dir / "model.pt", model.state_dict())
     dense_result = store.result(dense_id)
-    dense_steps = dense_result["steps_total"] if method.start == "dense" else 0
+    dense_steps = dense_result.steps_total if method.start == "dense" else 0
     metrics = _evaluate(model, test_set, spec, device)
-    check_final_metrics(metrics, dense_result.get("trivial_metrics"), direction)
-    result = {
-        "run_id": run_id,
-        "stage": "cell",
-        "dense_run_id": dense_id,
-        "control_run_id": extra["control_run_id"],
-        "metrics": metrics,
-        "sparsity": report,
+    check_final_metrics(metrics, dense_result.trivial_metrics, direction)
+    result = CellResult(
+        run_id=run_id,
+        dense_run_id=dense_id,
+        control_run_id=extra["control_run_id"],
+        metrics=metrics,
+        sparsity=report,
         **measure_costs(model, test_set, runtime, device, dense_result=dense_result),
-        "steps_total": dense_steps + ctx.steps_used,
-        "steps_method": ctx.steps_used,
-        "starts_from": method.start,
-        "method_state": ctx.recorded,
-        "selection": {"rule": spec.eval.selection, "selected_step": ctx.selected_step},
-        "splits": _split_sizes(train_set, val_set, test_set),
+        steps_total=dense_steps + ctx.steps_used,
+        steps_method=ctx.steps_used,
+        starts_from=method.start,
+        method_state=ctx.recorded,
+        selection={"rule": spec.eval.selection, "selected_step": ctx.selected_step},
+        splits=_split_sizes(train_set, val_set, test_set),
         **_provenance(start, device, resume, determinism, code_identity(method_cls)),
-    }
+    )
     _finish(store, run_id, result, checkpoint)
     return result
 
@@ -520,7 +523,7 @@ def measure_costs(
     test_set: Any,
     runtime: RuntimeSpec,
     device: torch.device,
-    dense_result: dict | None = None,
+    dense_result: DenseResult | None = None,
 ) -> dict[str, Any]:
     """Theoretical FLOPs at the evaluation resolution and, when asked, measured latency.
 
@@ -534,8 +537,8 @@ def measure_costs(
     if runtime.measure_latency:
         latency = measure_latency(model, input_hw, device=device)
         latency["note"] = "masks are applied to dense tensors: no speed-up is expected from masking alone"
-        if dense_result is not None and "latency" in dense_result:
-            latency["dense_latency_ms"] = dense_result["latency"]["latency_ms"]
+        if dense_result is not None and dense_result.latency is not None:
+            latency["dense_latency_ms"] = dense_result.latency["latency_ms"]
         out["latency"] = latency
     return out
 
@@ -558,7 +561,6 @@ def _check_sparsity(spec: RunSpec, method: Any, achieved: float, ctx: MethodCont
         )
 
 
-FAILURE_KINDS = ("error", "diverged", "oom", "blocked")
 LOG_TAIL_LINES = 20
 
 
@@ -597,29 +599,27 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
-def record_failure(store: Store, run_id: str, exc: BaseException, kind: str | None = None) -> dict[str, Any]:
+def record_failure(store: Store, run_id: str, exc: BaseException, kind: str | None = None) -> StatusRecord:
     """Mark a stage failed in its status.json: kind, error, traceback, the last log lines; returns it."""
-    kind = kind or failure_kind(exc)
-    record = {
-        "status": "failed",
-        "kind": kind,
-        **({"divergence": json_safe(exc.details)} if isinstance(exc, Divergence) else {}),
-        "error": f"{type(exc).__name__}: {exc}",
-        "traceback": "".join(traceback.format_exception(exc)),
-        "log_tail": log_tail(store.run_dir(run_id)),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "finished": time.time(),
-    }
-    store.write_status(run_id, **record)
-    return record
+    return store.write_status(
+        run_id,
+        status="failed",
+        kind=kind or failure_kind(exc),
+        divergence=json_safe(exc.details) if isinstance(exc, Divergence) else None,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)),
+        log_tail=log_tail(store.run_dir(run_id)),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        finished=time.time(),
+    )
 
 
 @dataclass(frozen=True)
 class StageOutcome:
     run_id: str
     status: str  # done | failed
-    kind: str | None = None  # for a failure: one of FAILURE_KINDS
+    kind: str | None = None  # for a failure: one of records.FAILURE_KINDS
     error: str | None = None
 
 
@@ -638,7 +638,8 @@ def run_stage(
         if isinstance(stage, RunSpec):
             dense_id = stage.dense().run_id
             if not store.is_done(dense_id):
-                why = store.status_record(dense_id).get("error") or f"status {store.status(dense_id)}"
+                record = store.status_record(dense_id)
+                why = (record and record.error) or f"status {store.status(dense_id)}"
                 raise StageBlocked(f"its dense stage {dense_id} has no result ({why})")
             run_cell(stage, store, runtime, progress)
         else:
@@ -647,7 +648,7 @@ def run_stage(
     except Exception as exc:  # one broken stage must not stop the matrix
         kind = "blocked" if isinstance(exc, StageBlocked) else None
         record = record_failure(store, run_id, exc, kind)
-        return StageOutcome(run_id, "failed", record["kind"], record["error"])
+        return StageOutcome(run_id, "failed", record.kind, record.error)
 
 
 class StageBlocked(RuntimeError):

@@ -43,7 +43,7 @@ from mtlprune.progress import KINDS, EtaModel, Reporter, make_reporter
 from mtlprune.runner import StageOutcome, plan, record_failure, run_stage
 from mtlprune.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec
 from mtlprune.spec.select import Selection
-from mtlprune.store import Store, read_json
+from mtlprune.store import Store
 
 EVENTS = "events.jsonl"
 POLL_S = 1.0
@@ -157,14 +157,14 @@ class Board:
         if self.is_done(run_id):
             return False
         record = self.store.status_record(run_id)
-        if record.get("status") != "failed":
+        if record is None or record.status != "failed":
             return False
         needs = self._needs.get(run_id)
-        if record.get("kind") == "blocked" and needs is not None and self.is_done(needs):
+        if record.kind == "blocked" and needs is not None and self.is_done(needs):
             return run_id in self.attempted  # what blocked it is gone: it runs (once)
         if run_id in self.attempted or not self.retry_failed:
             return True
-        return float(record.get("finished", 0.0)) >= self.started_at
+        return float(record.finished or 0.0) >= self.started_at
 
     def state(self, stage: Stage) -> str:
         """``done``, ``settled`` (failed for good, or attempted), ``wait`` (dense not done yet), ``ready``."""
@@ -339,8 +339,7 @@ def changed_cells(stages: list[Stage], store: Store) -> list[ChangedCell]:
             current[name] = code_identity(registry.METHODS.get(name))
         if current[name]["builtin"]:
             continue
-        result = read_json(store.run_dir(stage.run_id) / "result.json")
-        stored = (result.get("provenance") or {}).get("method_code", {}).get("sha256")
+        stored = store.result(stage.run_id).provenance.get("method_code", {}).get("sha256")
         if stored != current[name]["sha256"]:
             changed.append(ChangedCell(stage.run_id, name, stored, current[name]["sha256"]))
     return changed
@@ -394,7 +393,8 @@ def matrix_outcome(stages: list[Stage], store: Store, already_done: set[str]) ->
             outcome.done.append(run_id)
         else:
             record = store.status_record(run_id)
-            outcome.failed[run_id] = record.get("error") or f"not finished (status {store.status(run_id)})"
+            why = record.error if record is not None else None
+            outcome.failed[run_id] = why or f"not finished (status {store.status(run_id)})"
     return outcome
 
 
@@ -404,9 +404,7 @@ def measured_times(stages: list[Stage], store: Store, done: set[str]) -> dict[st
     for stage in stages:
         if stage.run_id in done:
             with contextlib.suppress(OSError, ValueError):
-                wall = read_json(store.run_dir(stage.run_id) / "result.json").get("wall_s")
-                if isinstance(wall, int | float):
-                    times[stage.kind].append(float(wall))
+                times[stage.kind].append(store.result(stage.run_id).wall_s)
     return times
 
 

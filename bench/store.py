@@ -1,7 +1,8 @@
 """The content-addressed result store: ``<store>/runs/<run_id>/`` with atomic writes.
 
 ``result.json`` is written last and atomically; its presence means the stage is done. ``status.json``
-records running/failed states (with the error) for `mtlprune status`.
+records running/failed states (with the error) for `mtlprune status`. Both are typed records
+(:mod:`mtlprune.records`), validated when written and when read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from mtlprune.records import CellResult, DenseResult, StageResult, StatusRecord, parse_result, parse_status
 
 RESULT = "result.json"
 STATUS = "status.json"
@@ -43,6 +46,16 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: corrupt JSON ({exc})") from None
 
 
+def read_result(path: Path) -> DenseResult | CellResult:
+    """A ``result.json`` file as its typed record (a clear error naming the file otherwise)."""
+    return parse_result(read_json(path), path)
+
+
+def read_status(path: Path) -> StatusRecord:
+    """A ``status.json`` file as its typed record (a clear error naming the file otherwise)."""
+    return parse_status(read_json(path), path)
+
+
 class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -54,24 +67,32 @@ class Store:
     def is_done(self, run_id: str) -> bool:
         return (self.run_dir(run_id) / RESULT).is_file()
 
-    def result(self, run_id: str) -> dict[str, Any]:
+    def result(self, run_id: str) -> DenseResult | CellResult:
         path = self.run_dir(run_id) / RESULT
         if not path.is_file():
             raise FileNotFoundError(f"{path}: stage {run_id} has no result (not run yet, or it failed)")
-        return read_json(path)
+        return read_result(path)
+
+    def write_result(self, run_id: str, result: StageResult) -> None:
+        """Write ``result.json`` atomically: from now on the stage is done."""
+        if result.run_id != run_id:
+            raise ValueError(f"result of {result.run_id} written to stage {run_id}")
+        atomic_write_json(self.run_dir(run_id) / RESULT, result.payload())
 
     def status(self, run_id: str) -> str:
         """done / failed / running / pending."""
         if self.is_done(run_id):
             return "done"
-        path = self.run_dir(run_id) / STATUS
-        if path.is_file():
-            return str(read_json(path).get("status", "pending"))
-        return "pending"
+        record = self.status_record(run_id)
+        return "pending" if record is None else record.status
 
-    def status_record(self, run_id: str) -> dict[str, Any]:
+    def status_record(self, run_id: str) -> StatusRecord | None:
+        """The stage's ``status.json`` (None when it has none)."""
         path = self.run_dir(run_id) / STATUS
-        return read_json(path) if path.is_file() else {}
+        return read_status(path) if path.is_file() else None
 
-    def write_status(self, run_id: str, **payload: Any) -> None:
-        atomic_write_json(self.run_dir(run_id) / STATUS, payload)
+    def write_status(self, run_id: str, **fields: Any) -> StatusRecord:
+        """Write ``status.json`` atomically from the fields of a :class:`StatusRecord`; returns it."""
+        record = StatusRecord(**fields)
+        atomic_write_json(self.run_dir(run_id) / STATUS, record.payload())
+        return record

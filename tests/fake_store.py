@@ -3,11 +3,11 @@
 `mtlprune.runner.run_dense` / `run_cell` write ``<store>/runs/<run_id>/`` with ``spec.json`` (``run_id``, the
 full ``spec`` dump, its ``identity`` and, for a cell, ``dense_run_id``), ``status.json`` (``running`` with
 host/pid/started, then ``done`` with ``finished``, or ``failed`` with ``error`` and ``traceback``),
-``log.jsonl`` and, last, ``result.json``; `mtlprune run`/`plan` add ``<store>/<matrix>/matrix.json``. This
-module writes the same files with made-up but plausible numbers (accuracy falls with sparsity, faster for
-weaker methods; per-component sparsities that pool exactly to the achieved sparsity), so report, figure
-and performance tests can use hundreds of cells. Failed, running and missing (planned, never started)
-cells are placed at fixed positions so tests can name them.
+``log.jsonl`` and, last, ``result.json`` (typed records, mtlprune.records); `mtlprune run` adds the manifest.
+This module writes the same files with made-up but plausible numbers (accuracy falls with sparsity, faster for
+weaker methods; per-component sparsities that pool exactly to the achieved sparsity), so report, figure and
+performance tests can use hundreds of cells. Failed, running and missing (planned, never started) cells are
+placed at fixed positions so tests can name them.
 """
 
 from __future__ import annotations
@@ -27,10 +27,31 @@ import numpy as np
 
 from mtlprune.manifest import MANIFEST_FORMAT, save_manifest
 from mtlprune.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
-from mtlprune.store import RESULT, SPEC, STATUS, atomic_write_json
+from mtlprune.records import CellResult, DenseResult
+from mtlprune.store import SPEC, Store, atomic_write_json
 
 TASKS3 = ("segment_semantic", "normal", "depth_zbuffer")
+
+
 # The dense-finetune control: the dense model finetuned for the cells' budget, unpruned (target 0.0).
+def dense_result(run_id: str, metrics: dict[str, float], **fields: Any) -> DenseResult:
+    """A valid dense-stage record with plausible defaults for what a test does not care about."""
+    defaults: dict[str, Any] = {"sparsity": {"achieved_sparsity": 0.0}, "steps_total": 200, "wall_s": 42.0}
+    return DenseResult(run_id=run_id, metrics=metrics, **{**defaults, **fields})
+
+
+def cell_result(run_id: str, dense_run_id: str, metrics: dict[str, float], **fields: Any) -> CellResult:
+    """A valid cell record with plausible defaults for what a test does not care about."""
+    defaults: dict[str, Any] = {
+        "sparsity": {"achieved_sparsity": 0.5},
+        "steps_total": 300,
+        "steps_method": 100,
+        "starts_from": "dense",
+        "wall_s": 12.5,
+    }
+    return CellResult(run_id=run_id, dense_run_id=dense_run_id, metrics=metrics, **{**defaults, **fields})
+
+
 CONTROL = "dense-finetune"
 DEFAULT_METHODS = ("magnitude", "random", "gmp(frequency=10)", "snip", "adapmtl", "disparse-static")
 # Dense metrics per architecture (NYU-v2 vocabulary; mIoU/pixel accuracy as fractions).
@@ -305,6 +326,7 @@ def build_fake_store(
     """
     root = Path(root)
     store = FakeStore(root=root, name=name)
+    records = Store(root)  # writes the typed result and status records, as the engine does
     dataset = "nyuv2"
     spec_cells = []
     train, finetune = _train(200, 0.003), _train(100)
@@ -324,23 +346,21 @@ def build_fake_store(
         run_dir = root / "runs" / dense_id
         atomic_write_json(run_dir / SPEC, {"run_id": dense_id, "spec": dense_spec, "identity": dense_spec})
         metrics = dict(DENSE_METRICS[arch])
-        result = {
-            "run_id": dense_id,
-            "stage": "dense",
-            "metrics": metrics,
-            "sparsity": _sparsity("random", 0.0, tasks, seed) | {"achieved_sparsity": 0.0},
-            "costs": {"flops_dense": 36086416, "flops_sparse": 36086416, "input_hw": [32, 40]},
-            "steps_total": 200,
-            "rewind_step": 1,
-            "selection": {"rule": "last", "selected_step": 199},
-            "splits": {"train": 8, "val": 0, "test": 4},
-            "wall_s": 42.0,
-            "device": "cuda",
-            "provenance": RUN_PROVENANCE,
-            "resumed_from": None,
-        }
-        atomic_write_json(run_dir / RESULT, result)
-        atomic_write_json(run_dir / STATUS, {"status": "done", "finished": 1.7e9})
+        records.write_result(
+            dense_id,
+            dense_result(
+                dense_id,
+                metrics,
+                sparsity=_sparsity("random", 0.0, tasks, seed) | {"achieved_sparsity": 0.0},
+                costs={"flops_dense": 36086416, "flops_sparse": 36086416, "input_hw": [32, 40]},
+                rewind_step=1,
+                selection={"rule": "last", "selected_step": 199},
+                splits={"train": 8, "val": 0, "test": 4},
+                device="cuda",
+                provenance=RUN_PROVENANCE,
+            ),
+        )
+        records.write_status(dense_id, status="done", finished=1.7e9)
         store.dense.append(
             {"run_id": dense_id, "dataset": dataset, "tasks": list(tasks), "arch": arch, "seed": seed}
         )
@@ -404,43 +424,29 @@ def build_fake_store(
             (run_dir / "log.jsonl").write_text(_log(method, target, tasks, sparsity, seed), encoding="utf-8")
         if status == "failed":
             error = f"RuntimeError: {method}: sparsity 0.41 misses target {target} (fake failure {index})"
-            atomic_write_json(
-                run_dir / STATUS,
-                {
-                    "status": "failed",
-                    "error": error,
-                    "traceback": f"Traceback ...\n{error}\n",
-                    "finished": 1.7e9,
-                },
+            records.write_status(
+                run_id, status="failed", error=error, traceback=f"Traceback ...\n{error}\n", finished=1.7e9
             )
             continue
         if status == "running":
-            atomic_write_json(
-                run_dir / STATUS, {"status": "running", "host": "fake-host", "pid": 1, "started": 1.7e9}
-            )
+            records.write_status(run_id, status="running", host="fake-host", pid=1, started=1.7e9)
             continue
-        result = {
-            "run_id": run_id,
-            "stage": "cell",
-            "dense_run_id": dense_id,
-            "metrics": _cell_metrics(arch, method, target, seed),
-            "sparsity": sparsity,
-            "costs": {
+        result = cell_result(
+            run_id,
+            dense_id,
+            _cell_metrics(arch, method, target, seed),
+            sparsity=sparsity,
+            costs={
                 "flops_dense": 36086416,
                 "flops_sparse": round(36086416 * (1 - 0.9 * target)),
                 "input_hw": [32, 40],
             },
-            "steps_total": 300,
-            "steps_method": 100,
-            "starts_from": "dense",
-            "method_state": {},
-            "selection": {"rule": "last", "selected_step": 99},
-            "splits": {"train": 8, "val": 0, "test": 4},
-            "wall_s": 12.5 + seed,
-            "device": "cuda",
-            "provenance": RUN_PROVENANCE,
-            "resumed_from": None,
-        }
+            selection={"rule": "last", "selected_step": 99},
+            splits={"train": 8, "val": 0, "test": 4},
+            wall_s=12.5 + seed,
+            device="cuda",
+            provenance=RUN_PROVENANCE,
+        )
         if masks:
             cell_masks = _masks(tasks, sparsity, index)
             write_masks(run_dir / MASKS, cell_masks)
@@ -448,8 +454,8 @@ def build_fake_store(
                 rng = np.random.default_rng(index)
                 own = {t: {n: m | (rng.random(m.shape) < 0.1) for n, m in cell_masks.items()} for t in tasks}
                 write_task_masks(run_dir / TASK_MASKS, own)
-        atomic_write_json(run_dir / RESULT, result)
-        atomic_write_json(run_dir / STATUS, {"status": "done", "finished": 1.7e9})
+        records.write_result(run_id, result)
+        records.write_status(run_id, status="done", finished=1.7e9)
     if manifest:
         matrix_spec = {
             "name": name,

@@ -11,6 +11,8 @@ import pytest
 
 from mtlprune.analysis import load_results, summary_table
 from mtlprune.analysis.figures import delta_t_vs_sparsity
+from mtlprune.records import StageResult
+from tests.fake_store import cell_result, dense_result
 
 TASKS = ["segment_semantic", "normal"]
 DENSE = {
@@ -37,32 +39,29 @@ def _spec(run_id: str, method: str, target: float, seed: int = 0) -> dict:
 
 
 def _write(
-    store: Path, run_id: str, spec: dict | None, result: dict | None, status: dict | None = None
+    store: Path, run_id: str, spec: dict | None, result: StageResult | None, status: dict | None = None
 ) -> None:
     run = store / "runs" / run_id
     run.mkdir(parents=True)
     if spec is not None:
         (run / "spec.json").write_text(json.dumps(spec))
     if result is not None:
-        (run / "result.json").write_text(json.dumps(result))
+        (run / "result.json").write_text(json.dumps(result.payload()))
     if status is not None:
         (run / "status.json").write_text(json.dumps(status))
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    _write(tmp_path, "dense0", {"run_id": "dense0", "spec": {"stage": "dense"}}, {"metrics": DENSE})
+    _write(
+        tmp_path, "dense0", {"run_id": "dense0", "spec": {"stage": "dense"}}, dense_result("dense0", DENSE)
+    )
     better = dict(
         DENSE, **{"segment_semantic.miou": 0.30, "segment_semantic.pixel_acc": 0.60, "normal.mean": 18.0}
     )
     for run_id, method, target, metrics in (("c1", "magnitude", 0.9, better), ("c2", "random", 0.9, DENSE)):
-        result = {
-            "dense_run_id": "dense0",
-            "metrics": metrics,
-            "sparsity": {"achieved_sparsity": target, "sparsity.backbone": 0.8},
-            "steps_total": 400,
-            "wall_s": 12.5,
-        }
+        sparsity = {"achieved_sparsity": target, "sparsity.backbone": 0.8}
+        result = cell_result(run_id, "dense0", metrics, sparsity=sparsity, steps_total=400, wall_s=12.5)
         _write(tmp_path, run_id, _spec(run_id, method, target), result, {"status": "done"})
     _write(
         tmp_path, "c3", _spec("c3", "random", 0.5), None, {"status": "failed", "error": "RuntimeError: boom"}

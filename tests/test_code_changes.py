@@ -76,7 +76,7 @@ def test_changed_plugin_code_is_refused_then_recomputed_on_request(plugin_dir, t
     store = Store(tmp_path / "store")
     assert run_matrix(matrix, store, show_progress=False).failed == {}
     cell = matrix.expand()[0]
-    assert store.result(cell.run_id)["provenance"]["method_code"]["sha256"] == old
+    assert store.result(cell.run_id).provenance["method_code"]["sha256"] == old
     assert run_matrix(matrix, store, show_progress=False).skipped  # same code: reused
 
     new = code_identity(_load(plugin_dir, SOURCE + "\n# a changed line\n"))["sha256"]
@@ -88,11 +88,11 @@ def test_changed_plugin_code_is_refused_then_recomputed_on_request(plugin_dir, t
         in message
     )
     assert "--recompute-changed" in message and "magnitude" not in message  # built-ins are not checked
-    assert store.result(cell.run_id)["provenance"]["method_code"]["sha256"] == old  # nothing was touched
+    assert store.result(cell.run_id).provenance["method_code"]["sha256"] == old  # nothing was touched
 
     outcome = run_matrix(matrix, store, show_progress=False, recompute_changed=True)
     assert outcome.done == [cell.run_id] and outcome.failed == {}
-    assert store.result(cell.run_id)["provenance"]["method_code"]["sha256"] == new
+    assert store.result(cell.run_id).provenance["method_code"]["sha256"] == new
     superseded = store.run_dir(cell.run_id) / f"result.superseded-{old[:12]}.json"
     assert superseded.is_file()
 

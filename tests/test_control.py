@@ -63,10 +63,10 @@ def test_the_control_finetunes_the_dense_model_unpruned(ran):
     matrix, store = ran
     control = matrix.expand()[-1]
     result = store.result(control.run_id)
-    assert result["sparsity"]["achieved_sparsity"] == pytest.approx(0.0, abs=1e-6)
-    assert result["steps_method"] == matrix.finetune.steps
-    assert result["steps_total"] == matrix.train.steps + matrix.finetune.steps
-    assert result["starts_from"] == "dense"
+    assert result.sparsity["achieved_sparsity"] == pytest.approx(0.0, abs=1e-6)
+    assert result.steps_method == matrix.finetune.steps
+    assert result.steps_total == matrix.train.steps + matrix.finetune.steps
+    assert result.starts_from == "dense"
 
 
 @pytest.mark.slow
@@ -74,14 +74,14 @@ def test_load_results_gives_delta_t_against_the_dense_model_and_against_the_cont
     matrix, store = ran
     frame = load_results(store.root).set_index("method_name")
     control = matrix.expand()[-1]
-    control_metrics = store.result(control.run_id)["metrics"]
-    dense_metrics = store.result(control.dense().run_id)["metrics"]
+    control_metrics = store.result(control.run_id).metrics
+    dense_metrics = store.result(control.dense().run_id).metrics
     tasks = list(matrix.datasets[0].tasks)
     for name in ("magnitude", "snip", CONTROL_METHOD):
         row = frame.loc[name]
         spec = json.loads((store.run_dir(row["run_id"]) / "spec.json").read_text())
         assert spec["control_run_id"] == row["control_run_id"] == control.run_id
-        metrics = store.result(row["run_id"])["metrics"]
+        metrics = store.result(row["run_id"]).metrics
         assert row["delta_t"] == pytest.approx(_delta(metrics, dense_metrics, tasks), nan_ok=True)
         assert row["delta_t_control"] == pytest.approx(_delta(metrics, control_metrics, tasks), nan_ok=True)
         if math.isfinite(row["delta_t_control"]):
@@ -128,7 +128,7 @@ def test_status_warns_when_the_dense_stage_has_not_converged(ran, tmp_path, caps
     out = " ".join(capsys.readouterr().out.split())
     assert "its loss fell" not in out  # 30 steps: a 6-step window, too few for a verdict
     tasks = list(matrix.datasets[0].tasks)
-    gain = _delta(store.result(control_id)["metrics"], store.result(dense_id)["metrics"], tasks)
+    gain = _delta(store.result(control_id).metrics, store.result(dense_id).metrics, tasks)
     said = f"the control row (dense-finetune) moves ΔT by {gain:+.1f} from the finetune budget alone"
     assert (said in out) == (abs(gain) > 5)  # a 30-step dense model is far from converged
 

@@ -121,7 +121,7 @@ def test_lr_1e6_in_finetuning_is_diverged_never_done(tmp_path):
     record = _failure(store, the_plan.cells[0].run_id)
     dense = store.result(the_plan.dense[0].run_id)
     assert record["divergence"]["ceilings"] == {
-        t: pytest.approx(DIVERGENCE_FACTOR * v) for t, v in dense["initial_losses"].items()
+        t: pytest.approx(DIVERGENCE_FACTOR * v) for t, v in dense.initial_losses.items()
     }
 
 
@@ -135,10 +135,10 @@ def test_dense_result_records_initial_losses_convergence_and_trivial_metrics(tmp
     assert run_stage(dense, store, matrix.runtime).status == "done"
     result = store.result(dense.run_id)
     first = json.loads((store.run_dir(dense.run_id) / "log.jsonl").read_text().splitlines()[0])
-    assert result["initial_losses"] == {t: first[f"loss.{t}"] for t in matrix.datasets[0].tasks}
-    assert set(result["trivial_metrics"]) == set(result["metrics"])
+    assert result.initial_losses == {t: first[f"loss.{t}"] for t in matrix.datasets[0].tasks}
+    assert set(result.trivial_metrics) == set(result.metrics)
     # 6 steps: the window is the last 2 (steps 4, 5), too few for a verdict
-    convergence = result["convergence"]
+    convergence = result.convergence
     assert convergence["window_steps"] == convergence["steps_seen"] == 2 and convergence["converged"] is None
 
 

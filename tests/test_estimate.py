@@ -10,12 +10,19 @@ import pytest
 
 from mtlprune.estimate import CostEstimate, StageKey, estimate_costs, format_duration
 from mtlprune.store import RESULT, Store, atomic_write_json
+from tests.fake_store import dense_result
 
 NYU_MN = ("nyuv2", "mobilenetv2", 0.25)
 
 
-def _finish(store: Store, run_id: str, wall_s: object) -> None:
-    atomic_write_json(store.run_dir(run_id) / RESULT, {"run_id": run_id, "wall_s": wall_s})
+def _finish(store: Store, run_id: str, wall_s: float) -> None:
+    store.write_result(run_id, dense_result(run_id, {}, wall_s=wall_s))
+
+
+def _finish_raw(store: Store, run_id: str, wall_s: object) -> None:
+    """A damaged result.json: a valid record except for ``wall_s``."""
+    payload = {**dense_result(run_id, {}).payload(), "wall_s": wall_s}
+    atomic_write_json(store.run_dir(run_id) / RESULT, payload)
 
 
 def _dense(run_id: str, *key: object) -> StageKey:
@@ -159,12 +166,11 @@ def test_format_duration_rejects_bad_input(bad: float) -> None:
 
 @pytest.mark.parametrize("wall", [None, "12", -3.0, True])
 def test_bad_wall_time_names_the_file(tmp_path: Path, wall: object) -> None:
-    _finish(Store(tmp_path), "d1", wall)
+    _finish_raw(Store(tmp_path), "d1", wall)
     path = tmp_path / "runs" / "d1" / RESULT
-    with pytest.raises(
-        ValueError, match=re.escape(f"{path}: 'wall_s' must be finite seconds >= 0, got {wall!r}")
-    ):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a valid result record (wall_s: ")) as info:
         estimate_costs(tmp_path, [_dense("d1", *NYU_MN, 100)])
+    assert f"(got {wall!r})" in str(info.value)
 
 
 def test_corrupt_result_names_the_file(tmp_path: Path) -> None:

@@ -84,9 +84,9 @@ def test_a_divergence_is_reported_as_such_with_its_step(outcomes):
     assert outcome.status == "failed" and outcome.kind == "diverged"
     assert outcome.error.startswith("Divergence: non-finite loss nan at step 3")
     record = store.status_record(outcome.run_id)
-    assert record["kind"] == "diverged" and record["status"] == "failed"
+    assert record.kind == "diverged" and record.status == "failed"
     # the last log lines: the finite steps 0, 1, 2 of the finetune before the divergence
-    steps = [json.loads(line)["step"] for line in record["log_tail"]]
+    steps = [json.loads(line)["step"] for line in record.log_tail]
     assert steps == [0, 1, 2]
 
 
@@ -98,8 +98,8 @@ def test_out_of_memory_and_exceptions_are_told_apart(outcomes):
     assert oom.error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert raising.error == "KeyError: 'no such layer: head.depth.conv9'"
     record = store.status_record(raising.run_id)
-    assert json.loads(record["log_tail"][-1])["note"] == "about to fail"
-    assert "raise KeyError" in record["traceback"] and record["pid"] > 0 and record["host"]
+    assert json.loads(record.log_tail[-1])["note"] == "about to fail"
+    assert "raise KeyError" in record.traceback and record.pid > 0 and record.host
 
 
 @pytest.mark.slow

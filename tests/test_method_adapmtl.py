@@ -402,21 +402,19 @@ def test_target_control_hits_the_target_from_the_weights(cells, target):
     zeros = sum(int((model[n] == 0).sum()) for n in masks)
     total = sum(m.numel() for m in masks.values())
     assert abs(zeros - round(target * total)) <= 5  # exact up to ties / fp32 rounding of the threshold
-    assert abs(result["sparsity"]["achieved_sparsity"] - target) <= 0.01
+    assert abs(result.sparsity["achieved_sparsity"] - target) <= 0.01
     for name, mask in masks.items():
         assert torch.equal(mask, model[name] != 0), name
-    state = result["method_state"]
+    state = result.method_state
     assert state["sparsity"] == pytest.approx(zeros / total)
     for task in TASKS3:
         assert state["sparsity_by_component"][f"head/{task}"] == pytest.approx(
-            result["sparsity"][f"sparsity.head.{task}"]
+            result.sparsity[f"sparsity.head.{task}"]
         )
-    assert state["sparsity_by_component"]["backbone"] == pytest.approx(
-        result["sparsity"]["sparsity.backbone"]
-    )
+    assert state["sparsity_by_component"]["backbone"] == pytest.approx(result.sparsity["sparsity.backbone"])
     assert set(state["thresholds"]) == {"backbone", *(f"head/{t}" for t in TASKS3)}
     assert all(0 < t < 1 for t in state["thresholds"].values())
-    assert result["steps_method"] == 2 and result["starts_from"] == "dense"
+    assert result.steps_method == 2 and result.starts_from == "dense"
 
 
 @pytest.mark.slow
@@ -459,15 +457,15 @@ def test_every_step_logs_thresholds_sparsity_weights_and_losses(cells):
 def test_str_and_start_from_init(cells):
     store, by_label = cells
     str_cell = store.result(by_label[("str", 0.8)].run_id)
-    assert abs(str_cell["sparsity"]["achieved_sparsity"] - 0.8) <= 0.001
-    layers = str_cell["sparsity"]["layers"]
-    assert set(str_cell["method_state"]["thresholds"]) == {n.removesuffix(".weight") for n in layers}
+    assert abs(str_cell.sparsity["achieved_sparsity"] - 0.8) <= 0.001
+    layers = str_cell.sparsity["layers"]
+    assert set(str_cell.method_state["thresholds"]) == {n.removesuffix(".weight") for n in layers}
     record = _records(store, by_label[("str", 0.8)].run_id)[0]
     assert "adapmtl.threshold.backbone.conv1" in record and "adapmtl.weight.normal" in record
-    assert str_cell["method_state"]["task_weights"] == dict.fromkeys(TASKS3, 1.0)
+    assert str_cell.method_state["task_weights"] == dict.fromkeys(TASKS3, 1.0)
     init = store.result(by_label[("adapmtl(start=init)", 0.8)].run_id)
-    assert init["starts_from"] == "init" and init["steps_method"] == 8 and init["steps_total"] == 8
-    assert abs(init["sparsity"]["achieved_sparsity"] - 0.8) <= 0.001
+    assert init.starts_from == "init" and init.steps_method == 8 and init.steps_total == 8
+    assert abs(init.sparsity["achieved_sparsity"] - 0.8) <= 0.001
 
 
 @pytest.mark.slow
@@ -487,9 +485,9 @@ def test_best_val_selection_is_retargeted_on_the_selected_weights(tmp_path):
     assert run_matrix(matrix, store, show_progress=False).failed == {}
     (cell,) = matrix.expand()
     result = store.result(cell.run_id)
-    assert 0 <= result["selection"]["selected_step"] <= 2
+    assert 0 <= result.selection.selected_step <= 2
     masks = load_masks(store.run_dir(cell.run_id))
     total = sum(m.numel() for m in masks.values())
     assert abs(sum(int((~m).sum()) for m in masks.values()) - round(0.7 * total)) <= 5
     solved = [r for r in _records(store, cell.run_id) if "adapmtl.final_solve" in r]
-    assert bool(solved) == (result["selection"]["selected_step"] != 2)
+    assert bool(solved) == (result.selection.selected_step != 2)

@@ -70,7 +70,7 @@ def runs(tmp_path_factory):
     matrix = _matrix()
     stores = [Store(tmp_path_factory.mktemp(f"contract{i}")) for i in range(2)]
     outcome = run_matrix(matrix, stores[0], show_progress=False)
-    assert outcome.failed == {}, {k: stores[0].status_record(k).get("error") for k in outcome.failed}
+    assert outcome.failed == {}, {k: stores[0].status_record(k).error for k in outcome.failed}
     the_plan = plan(matrix)
     assert run_stage(the_plan.dense[0], stores[1], matrix.runtime).status == "done"
     for i, cell in enumerate(reversed(the_plan.cells)):
@@ -96,12 +96,12 @@ def test_achieved_sparsity_from_the_weights_meets_the_target(runs, name):
     cell = cells[name]
     model = _load(store, cell.run_id, "model.pt")
     masks = load_masks(store.run_dir(cell.run_id)) if name not in CONTROLS else {}
-    prunable = masks or store.result(cell.run_id)["sparsity"]["layers"]  # a control stores no masks
+    prunable = masks or store.result(cell.run_id).sparsity["layers"]  # a control stores no masks
     zeros = sum(int((model[n] == 0).sum()) for n in prunable)
     total = sum(model[n].numel() for n in prunable)
     tolerance = METHODS.get(name).sparsity_tolerance
     assert abs(zeros / total - cell.target_sparsity) <= tolerance
-    assert store.result(cell.run_id)["sparsity"]["achieved_sparsity"] == pytest.approx(zeros / total)
+    assert store.result(cell.run_id).sparsity["achieved_sparsity"] == pytest.approx(zeros / total)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -125,7 +125,7 @@ def test_same_seed_gives_the_same_masks_and_metrics(runs, name):
     if name not in CONTROLS:
         a, b = load_masks(first.run_dir(run_id)), load_masks(second.run_dir(run_id))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert first.result(run_id)["metrics"] == second.result(run_id)["metrics"]
+    assert first.result(run_id).metrics == second.result(run_id).metrics
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,9 +134,9 @@ def test_every_optimizer_step_is_counted(runs, name):
     result = store.result(cells[name].run_id)
     records = [json.loads(line) for line in (store.run_dir(cells[name].run_id) / "log.jsonl").open()]
     trained = [r for r in records if "step" in r and "loss" in r]  # one record per optimizer step
-    assert result["steps_method"] == len(trained) > 0
-    dense_share = matrix.train.steps if result["starts_from"] == "dense" else 0
-    assert result["steps_total"] == dense_share + result["steps_method"]
+    assert result.steps_method == len(trained) > 0
+    dense_share = matrix.train.steps if result.starts_from == "dense" else 0
+    assert result.steps_total == dense_share + result.steps_method
 
 
 def test_every_method_lands_in_load_results(runs):

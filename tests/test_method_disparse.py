@@ -566,7 +566,7 @@ def finished(tmp_path_factory):
         patch.setattr(MethodContext, "train", recording_train)
         patch.setattr(StepRunner, "set_masks", recording_set)
         outcome = run_matrix(matrix, store, show_progress=False)
-    assert outcome.failed == {}, {k: store.status_record(k).get("error") for k in outcome.failed}
+    assert outcome.failed == {}, {k: store.status_record(k).error for k in outcome.failed}
     cells = {(c.method.name, c.target_sparsity): c for c in matrix.expand()}
     return matrix, store, cells, captured
 
@@ -588,11 +588,11 @@ def test_cell_hits_the_target_counted_from_the_weights(finished, name, target):
     assert abs(zeros / total - target) <= 1e-3
     assert sum(int((~m).sum()) for m in masks.values()) == round(target * total)
     assert all((model[n][~m] == 0).all() for n, m in masks.items())
-    assert result["sparsity"]["achieved_sparsity"] == pytest.approx(zeros / total)
+    assert result.sparsity["achieved_sparsity"] == pytest.approx(zeros / total)
     steps = (
         matrix.finetune.steps if name == "disparse-pretrained" else matrix.train.steps + matrix.finetune.steps
     )
-    assert result["steps_method"] == steps and result["starts_from"] == METHODS.get(name).starts_from
+    assert result.steps_method == steps and result.starts_from == METHODS.get(name).starts_from
 
 
 @pytest.mark.slow
@@ -619,7 +619,7 @@ def test_task_masks_are_stored_and_their_union_is_the_final_mask(finished, name,
         union = torch.stack([per_task[t][n] for t in tasks]).any(0)
         assert torch.equal(union, final[n]), n  # a backbone weight survives if any task keeps it
     result = store.result(cell.run_id)
-    assert 0.0 < result["method_state"]["keep_ratio"] < 1.0
+    assert 0.0 < result.method_state["keep_ratio"] < 1.0
 
 
 @pytest.mark.slow
@@ -710,4 +710,4 @@ def test_dynamic_same_seed_gives_identical_masks_and_metrics(finished, tmp_path)
     assert outcome.done == [cell.run_id] and outcome.failed == {}
     first, second = load_masks(store.run_dir(cell.run_id)), load_masks(copy.run_dir(cell.run_id))
     assert first.keys() == second.keys() and all(torch.equal(first[n], second[n]) for n in first)
-    assert store.result(cell.run_id)["metrics"] == copy.result(cell.run_id)["metrics"]
+    assert store.result(cell.run_id).metrics == copy.result(cell.run_id).metrics

@@ -204,14 +204,14 @@ def _cell_id(matrix):
 def test_cell_hits_the_target_on_the_full_budget(cell):
     matrix, store, _, _ = cell
     result = store.result(_cell_id(matrix))
-    assert abs(result["sparsity"]["achieved_sparsity"] - TARGET) < 1e-3  # counted from the weights
-    assert result["starts_from"] == "init"
-    assert result["steps_total"] == matrix.train.steps + matrix.finetune.steps == 8
-    assert result["steps_method"] == 8
+    assert abs(result.sparsity["achieved_sparsity"] - TARGET) < 1e-3  # counted from the weights
+    assert result.starts_from == "init"
+    assert result.steps_total == matrix.train.steps + matrix.finetune.steps == 8
+    assert result.steps_method == 8
     masks = load_masks(store.run_dir(_cell_id(matrix)))
     pruned = sum(int((~m).sum()) for m in masks.values())
     assert pruned == sum(round(TARGET * m.numel()) for m in masks.values())  # layer scope: per tensor
-    assert result["sparsity"]["prunable_nonzero"] <= sum(int(m.sum()) for m in masks.values())
+    assert result.sparsity["prunable_nonzero"] <= sum(int(m.sum()) for m in masks.values())
 
 
 @pytest.mark.slow
@@ -254,7 +254,7 @@ def test_masks_only_grow_and_stay_fixed_after_t_end(cell):
 @pytest.mark.slow
 def test_layer_scope_puts_every_layer_at_the_target(cell):
     matrix, store, _, _ = cell
-    layers = store.result(_cell_id(matrix))["sparsity"]["layers"]
+    layers = store.result(_cell_id(matrix)).sparsity["layers"]
     assert len(layers) > 10
     for name, layer in layers.items():
         assert abs(layer["zeros"] - TARGET * layer["params"]) <= 1, name
@@ -266,4 +266,4 @@ def test_same_seed_gives_identical_masks(cell):
     a = load_masks(store.run_dir(_cell_id(matrix)))
     b = load_masks(store_b.run_dir(_cell_id(matrix)))
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    assert store.result(_cell_id(matrix))["metrics"] == store_b.result(_cell_id(matrix))["metrics"]
+    assert store.result(_cell_id(matrix)).metrics == store_b.result(_cell_id(matrix)).metrics

@@ -152,7 +152,7 @@ def test_dense_stage_saves_a_rewind_snapshot_between_init_and_final(runs):
     matrix, store, cells, _, dense_dir = runs
     dense = store.result(matrix.dense_stages()[0].run_id)
     assert (dense_dir / "rewind.pt").is_file()
-    assert dense["rewind_step"] == 1 == max(1, round(0.05 * 6))
+    assert dense.rewind_step == 1 == max(1, round(0.05 * 6))
     cell = cells["lth"]
     ctx = MethodContext(
         build_model(cell), cell, train_set=None, device=torch.device("cpu"), dense_dir=dense_dir
@@ -190,9 +190,9 @@ def test_target_and_steps_total(runs, key):
     assert sum(int((~m).sum()) for m in masks.values()) == round(TARGET * total)  # global: exact count
     rounds = len(round_targets(TARGET, 0.5))
     assert rounds == 2 and len(captured[cell.run_id]) == rounds
-    assert result["steps_method"] == rounds * ROUND_STEPS
-    dense_steps = store.result(cell.dense().run_id)["steps_total"]
-    assert dense_steps == 6 and result["steps_total"] == dense_steps + rounds * ROUND_STEPS
+    assert result.steps_method == rounds * ROUND_STEPS
+    dense_steps = store.result(cell.dense().run_id).steps_total
+    assert dense_steps == 6 and result.steps_total == dense_steps + rounds * ROUND_STEPS
 
 
 @pytest.mark.slow
@@ -292,7 +292,7 @@ def test_one_round_imp_equals_one_shot_magnitude(runs):
     model_one, model_mag = _load(one / "model.pt"), _load(magnitude / "model.pt")
     assert all(torch.equal(model_one[n], model_mag[n]) for n in model_mag)
     a, b = store.result(cells["imp_one"].run_id), store.result(cells["magnitude"].run_id)
-    assert a["metrics"] == b["metrics"] and a["steps_total"] == b["steps_total"] == 6 + 2
+    assert a.metrics == b.metrics and a.steps_total == b.steps_total == 6 + 2
 
 
 @pytest.mark.slow
@@ -307,4 +307,4 @@ def test_same_seed_gives_identical_masks(runs, tmp_path):
     assert outcome.failed == {} and outcome.done == [cell.run_id]  # only the cell ran again
     first, second = (load_masks(s.run_dir(cell.run_id)) for s in (store, again))
     assert all(torch.equal(first[n], second[n]) for n in first)
-    assert store.result(cell.run_id)["metrics"] == again.result(cell.run_id)["metrics"]
+    assert store.result(cell.run_id).metrics == again.result(cell.run_id).metrics

@@ -111,6 +111,6 @@ def test_magnitude_component_scope_end_to_end(tmp_path):
     matrix = tiny_matrix(methods=[{"name": "magnitude", "params": {"scope": "component"}}], sparsities=[0.8])
     store = Store(tmp_path)
     assert run_matrix(matrix, store, show_progress=False).failed == {}
-    report = store.result(matrix.expand()[0].run_id)["sparsity"]
+    report = store.result(matrix.expand()[0].run_id).sparsity
     for key in ("sparsity.backbone", "sparsity.head.segment_semantic", "sparsity.head.normal"):
         assert math.isclose(report[key], 0.8, abs_tol=1e-3), key

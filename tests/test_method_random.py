@@ -126,9 +126,9 @@ def test_each_start_trains_from_its_own_snapshot_and_budget(tiny_runs):
     cases = ((dense, "model.pt", matrix.finetune.steps), (at_init, "init.pt", both))
     for cell, snapshot, steps_method in cases:
         result = store.result(cell.run_id)
-        assert result["steps_total"] == both == 8 and result["steps_method"] == steps_method
-        assert result["starts_from"] == ("init" if snapshot == "init.pt" else "dense")
-        assert abs(result["sparsity"]["achieved_sparsity"] - TARGET) <= 1e-3
+        assert result.steps_total == both == 8 and result.steps_method == steps_method
+        assert result.starts_from == ("init" if snapshot == "init.pt" else "dense")
+        assert abs(result.sparsity["achieved_sparsity"] - TARGET) <= 1e-3
         masks = load_masks(store.run_dir(cell.run_id))
         expected = load_state(dense_dir / snapshot)
         started = starts[cell.run_id]

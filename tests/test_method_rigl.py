@@ -211,7 +211,7 @@ def test_tiny_run_keeps_the_exact_erk_layer_counts_and_the_target(tiny_rigl):
     _, store, outcome, cell = tiny_rigl
     assert outcome.failed == {}
     result = store.result(cell.run_id)
-    assert abs(result["sparsity"]["achieved_sparsity"] - 0.7) <= 1e-3  # counted from the weights
+    assert abs(result.sparsity["achieved_sparsity"] - 0.7) <= 1e-3  # counted from the weights
     final = load_masks(store.run_dir(cell.run_id))
     initial = _initial_masks(cell)
     assert set(final) == set(initial)
@@ -219,7 +219,7 @@ def test_tiny_run_keeps_the_exact_erk_layer_counts_and_the_target(tiny_rigl):
     assert sum(int((~m).sum()) for m in final.values()) == round(0.7 * total)
     for name, mask in final.items():
         assert int(mask.sum()) == int(initial[name].sum()), name  # per-layer density never moves
-        zeros = result["sparsity"]["layers"][name]["zeros"]
+        zeros = result.sparsity["layers"][name]["zeros"]
         assert zeros >= int((~mask).sum())  # every pruned weight is exactly zero
     # ERK, not uniform: layer densities differ across layers.
     densities = {round(float(m.float().mean()), 3) for m in final.values()}
@@ -243,8 +243,8 @@ def test_tiny_run_logs_each_update_and_spends_the_at_init_budget(tiny_rigl):
     assert summary["rigl.updates"] == 3
     assert summary["rigl.changed_total"] == sum(r["rigl.changed"] for r in updates)
     result = store.result(cell.run_id)
-    assert result["steps_total"] == matrix.train.steps + matrix.finetune.steps == 8
-    assert result["steps_method"] == 8 and result["starts_from"] == "init"
+    assert result.steps_total == matrix.train.steps + matrix.finetune.steps == 8
+    assert result.steps_method == 8 and result.starts_from == "init"
 
 
 @pytest.mark.slow
@@ -258,4 +258,4 @@ def test_same_seed_gives_identical_masks(tiny_rigl, tmp_path):
     first = load_masks(store.run_dir(cell.run_id))
     second = load_masks(copy.run_dir(cell.run_id))
     assert set(first) == set(second) and all(torch.equal(first[n], second[n]) for n in first)
-    assert store.result(cell.run_id)["metrics"] == copy.result(cell.run_id)["metrics"]
+    assert store.result(cell.run_id).metrics == copy.result(cell.run_id).metrics

@@ -445,8 +445,8 @@ def test_cell_reaches_the_target_with_zero_pruned_weights_and_at_init_budget(fin
     assert sum(int((~m).sum()) for m in masks.values()) == round(TARGET * total)
     assert all((model[n][~m] == 0).all() for n, m in masks.items())
     # At-init methods: no dense share, the sparse training gets dense + finetune steps (fairness rule).
-    assert result["steps_total"] == result["steps_method"] == matrix.train.steps + matrix.finetune.steps == 3
-    assert result["starts_from"] == "init"
+    assert result.steps_total == result.steps_method == matrix.train.steps + matrix.finetune.steps == 3
+    assert result.starts_from == "init"
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ def test_plan_estimates_new_cells_from_measured_stage_times(tmp_path, capsys):
     store = Store(tmp_path / "store")
     for stage in [*plan(matrix).dense, *plan(matrix).cells]:
         assert run_stage(stage, store, matrix.runtime).status == "done"
-    measured = [store.result(s.run_id)["wall_s"] for s in [*plan(matrix).dense, *plan(matrix).cells]]
+    measured = [store.result(s.run_id).wall_s for s in [*plan(matrix).dense, *plan(matrix).cells]]
     # the same matrix plus a sparsity level and a seed: 1 new cell at seed 0, a dense stage and 2 cells at 1
     config = tmp_path / "extended.yaml"
     config.write_text(

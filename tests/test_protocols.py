@@ -325,7 +325,7 @@ def test_adapmtl_run_end_to_end_matches_compute_on_resized_batches(tmp_path) -> 
             for task in model.tasks:
                 preds[task].append(outputs[task])
                 targets[task].append(batch[task])
-    stored = store.result(dense_id)["metrics"]
+    stored = store.result(dense_id).metrics
     for task in model.tasks:
         expected = compute("nyuv2", task, preds[task], targets[task], "adapmtl")
         for name, value in expected.items():

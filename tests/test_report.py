@@ -308,21 +308,30 @@ def test_manifest_round_trip_of_a_real_matrix(tmp_path):
     manifest = read_manifest(tmp_path, "tiny")
     cells = matrix.expand()
     assert manifest.cell_ids == [c.run_id for c in cells]
-    assert [(c["method"], c["target"], c["dense_run_id"]) for c in manifest.cells] == [
+    assert [(c.method, c.target, c.dense_run_id) for c in manifest.cells] == [
         (c.method.label, c.target_sparsity, c.dense().run_id) for c in cells
     ]
-    assert [d["run_id"] for d in manifest.dense] == [d.run_id for d in matrix.dense_stages()]
+    assert [d.run_id for d in manifest.dense] == [d.run_id for d in matrix.dense_stages()]
     assert manifest.spec == matrix.model_dump(mode="json")
     assert {"commit", "packages", "hostname", "written"} <= set(manifest.provenance)
 
 
 def test_a_damaged_manifest_is_named_with_the_key(tmp_path):
     payload = {"format": 1, "name": "m", "spec": {}, "dense": [], "cells": [{"run_id": "x"}]}
-    with pytest.raises(ValueError, match=r"cells\[0\] lacks \['dense_run_id'"):
+    with pytest.raises(
+        ValueError, match=r"<payload>: not a valid manifest \(cells\.0\.dataset: Field required"
+    ):
         save_manifest(tmp_path, payload)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "matrix.json").write_text(json.dumps({**payload, "cells": "oops"}))
-    with pytest.raises(ValueError, match=r"m/matrix\.json: key 'cells' must be a list, got str"):
+    with pytest.raises(
+        ValueError, match=r"m/matrix\.json: not a valid manifest \(cells: Input should be a valid list"
+    ):
+        read_manifest(tmp_path, "m")
+    (tmp_path / "m" / "matrix.json").write_text(json.dumps({**payload, "cells": [], "format": 2}))
+    with pytest.raises(
+        ValueError, match=r"m/matrix\.json: manifest format 2, but this mtlprune reads formats 1\.\.1"
+    ):
         read_manifest(tmp_path, "m")
 
 

@@ -125,7 +125,7 @@ def test_a_cell_killed_at_any_step_resumes_to_the_same_end(reference, method, tm
         assert _fingerprint(store, cell.run_id) == expected, f"killed at logged step {n}"
         assert not checkpoint.exists()  # dropped once the result is written
         result = store.result(cell.run_id)
-        assert result["resumed_from"] is not None
+        assert result.resumed_from is not None
 
 
 @pytest.mark.slow
@@ -238,10 +238,10 @@ def test_every_result_carries_its_provenance(tmp_path):
     _run_all(matrix, store)
     for stage in [*plan(matrix).dense, *plan(matrix).cells]:
         result = store.result(stage.run_id)
-        prov = result["provenance"]
+        prov = result.provenance
         assert set(prov) >= {"commit", "dirty", "packages", "hostname", "device", "start", "end", "wall_s"}
-        assert prov["torch_threads"] == result["determinism"]["cpu_threads"] == 1  # mtlprune.determinism
+        assert prov["torch_threads"] == result.determinism["cpu_threads"] == 1  # mtlprune.determinism
         assert prov["packages"]["torch"] == torch.__version__.split("+")[0]
-        assert prov["device"] == "cpu" and result["resumed_from"] is None
+        assert prov["device"] == "cpu" and result.resumed_from is None
         assert prov["start"] < prov["end"] and prov["wall_s"] > 0
-        assert result["steps_total"] > 0
+        assert result.steps_total > 0

@@ -93,4 +93,4 @@ def test_sigkill_then_rerun_ends_as_an_uninterrupted_run(reference, where, tmp_p
         assert not (store.run_dir(stage.run_id) / CHECKPOINT_INFO).exists()
     for run_id, mtime in finished_before.items():  # completed before the kill: kept, not re-run
         assert (store.run_dir(run_id) / "result.json").stat().st_mtime_ns == mtime
-    assert store.result(interrupted[0])["resumed_from"] is not None
+    assert store.result(interrupted[0]).resumed_from is not None

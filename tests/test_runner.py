@@ -63,12 +63,12 @@ def test_achieved_sparsity_and_masks_match_the_target(finished):
     matrix, store, _ = finished
     for cell in matrix.expand():
         result = store.result(cell.run_id)
-        assert abs(result["sparsity"]["achieved_sparsity"] - cell.target_sparsity) < 0.001
+        assert abs(result.sparsity["achieved_sparsity"] - cell.target_sparsity) < 0.001
         masks = load_masks(store.run_dir(cell.run_id))
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
-        assert result["sparsity"]["prunable_nonzero"] <= kept  # pruned weights are exactly zero
-        assert result["sparsity"]["requested_sparsity"] == cell.target_sparsity
+        assert result.sparsity["prunable_nonzero"] <= kept  # pruned weights are exactly zero
+        assert result.sparsity["requested_sparsity"] == cell.target_sparsity
         assert abs((1 - kept / total) - cell.target_sparsity) < 0.001
 
 
@@ -77,8 +77,8 @@ def test_steps_total_counts_the_dense_share(finished):
     matrix, store, _ = finished
     for cell in matrix.expand():
         result = store.result(cell.run_id)
-        assert result["steps_total"] == matrix.train.steps + matrix.finetune.steps
-        assert result["steps_method"] == matrix.finetune.steps
+        assert result.steps_total == matrix.train.steps + matrix.finetune.steps
+        assert result.steps_method == matrix.finetune.steps
 
 
 @pytest.mark.slow
@@ -99,9 +99,9 @@ def test_load_results_one_row_per_cell_with_delta_t_against_dense(finished):
     ]
     for column in columns:
         assert column in frame, column
-    dense = store.result(matrix.dense_stages()[0].run_id)["metrics"]
+    dense = store.result(matrix.dense_stages()[0].run_id).metrics
     for _, row in frame.iterrows():
-        metrics = store.result(row["run_id"])["metrics"]
+        metrics = store.result(row["run_id"]).metrics
         try:
             expected = delta_t(metrics, dense, TASKS3)
         except ValueError as exc:  # a 4-step dense model can score exactly 0 somewhere: ΔT is undefined
@@ -121,7 +121,7 @@ def test_same_spec_gives_the_same_metrics(finished, tmp_path):
     other = Store(tmp_path)
     run_matrix(small, other, show_progress=False)
     cell = small.expand()[0]
-    assert other.result(cell.run_id)["metrics"] == store.result(cell.run_id)["metrics"]
+    assert other.result(cell.run_id).metrics == store.result(cell.run_id).metrics
 
 
 class _Leaky(PruningMethod):
@@ -160,8 +160,8 @@ def test_failures_are_recorded_and_the_rest_goes_on(test_methods, tmp_path):
     broken, leaky, random_cell = matrix.expand()
     assert set(outcome.failed) == {broken.run_id, leaky.run_id}
     assert store.status(random_cell.run_id) == "done"
-    assert store.status_record(broken.run_id)["error"] == "RuntimeError: boom"
-    assert "pruned weights of" in store.status_record(leaky.run_id)["error"]
+    assert store.status_record(broken.run_id).error == "RuntimeError: boom"
+    assert "pruned weights of" in store.status_record(leaky.run_id).error
     frame = load_results(store.root)
     assert sorted(frame["status"]) == ["done", "failed", "failed"]
     assert frame.loc[frame["status"] == "failed", "delta_t"].isna().all()
@@ -196,10 +196,10 @@ def test_mobilenetv2_cell_runs_end_to_end(tmp_path):
     store = Store(tmp_path)
     assert run_matrix(matrix, store, show_progress=False).failed == {}
     result = store.result(matrix.expand()[0].run_id)
-    assert abs(result["sparsity"]["achieved_sparsity"] - 0.7) < 0.001
-    for layer in result["sparsity"]["layers"].values():  # layer scope: every layer at the target
+    assert abs(result.sparsity["achieved_sparsity"] - 0.7) < 0.001
+    for layer in result.sparsity["layers"].values():  # layer scope: every layer at the target
         assert abs(layer["sparsity"] - 0.7) <= 1 / layer["params"] + 1e-9
-    assert result["costs"]["flops_sparse"] < result["costs"]["flops_dense"]
+    assert result.costs["flops_sparse"] < result.costs["flops_dense"]
 
 
 @pytest.mark.slow
@@ -217,8 +217,8 @@ def test_each_seed_is_compared_with_its_own_dense_stage_and_aggregated(tmp_path)
     assert sorted(frame["seed"]) == [0, 1]
     for _, row in frame.iterrows():
         assert row["dense_run_id"] == dense[row["seed"]]
-        own = store.result(dense[row["seed"]])["metrics"]
-        metrics = store.result(row["run_id"])["metrics"]
+        own = store.result(dense[row["seed"]]).metrics
+        metrics = store.result(row["run_id"]).metrics
         assert row["delta_t"] == pytest.approx(delta_t(metrics, own, TASKS1)["delta_t"])
     inits = [torch.load(store.run_dir(dense[seed]) / "init.pt", weights_only=True) for seed in (0, 1)]
     assert any(not torch.equal(inits[0][k], inits[1][k]) for k in inits[0])  # two seeds, two initialisations
@@ -244,4 +244,4 @@ def test_tensorboard_event_files_mirror_the_log(tmp_path):
     logged = [json.loads(line) for line in (store.run_dir(run_id) / "log.jsonl").open()]
     expected = [r["loss"] for r in logged if r.get("phase") == "finetune" and "loss" in r]
     assert [e.value for e in losses] == pytest.approx(expected, rel=1e-6) and expected
-    assert store.result(run_id)["method_state"] == {}
+    assert store.result(run_id).method_state == {}

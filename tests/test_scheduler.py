@@ -151,8 +151,8 @@ def test_a_failing_cell_does_not_stop_the_matrix_and_retry_failed_runs_it_once_m
     flaky_cell, magnitude_cell = (s for s in stages_of_config(config) if s.kind == "cell")
     assert store.status(magnitude_cell.run_id) == "done"  # the other cell went on
     record = store.status_record(flaky_cell.run_id)
-    assert record["status"] == "failed" and record["kind"] == "error"
-    assert record["error"] == f"FlakyOnceError: first attempt fails on purpose (created {marker})"
+    assert record.status == "failed" and record.kind == "error"
+    assert record.error == f"FlakyOnceError: first attempt fails on purpose (created {marker})"
     capsys.readouterr()
     assert main(["--plugin", test_plugin, "status", str(config), "--store", str(store.root)]) == 0
     out = capsys.readouterr().out
@@ -184,13 +184,11 @@ def test_cells_of_a_failed_dense_stage_are_blocked_not_waited_for(tmp_path, monk
     monkeypatch.setattr(mtlprune.runner, "build_model", broken)
     outcome = run_matrix(matrix, store, show_progress=False, poll_s=0.05)
     assert outcome.done == [] and set(outcome.failed) == {dense.run_id, *(c.run_id for c in cells)}
-    assert store.status_record(dense.run_id)["error"] == "RuntimeError: no model today"
+    assert store.status_record(dense.run_id).error == "RuntimeError: no model today"
     for cell in cells:
         record = store.status_record(cell.run_id)
-        assert record["kind"] == "blocked"
-        assert (
-            f"its dense stage {dense.run_id} has no result (RuntimeError: no model today)" in record["error"]
-        )
+        assert record.kind == "blocked"
+        assert f"its dense stage {dense.run_id} has no result (RuntimeError: no model today)" in record.error
     monkeypatch.undo()
     assert set(run_matrix(matrix, store, show_progress=False).failed) == set(outcome.failed)  # no retry
     retried = run_matrix(matrix, store, show_progress=False, retry_failed=True)
@@ -222,7 +220,7 @@ def test_a_pool_of_two_workers_gives_the_results_of_one_and_survives_a_crash(fin
         random_cell.run_id: 1,
     }
     for stage in (dense, magnitude):  # bit-identical to the single in-process worker's
-        assert store.result(stage.run_id)["metrics"] == reference.result(stage.run_id)["metrics"]
+        assert store.result(stage.run_id).metrics == reference.result(stage.run_id).metrics
     ours, theirs = (
         load_masks(store.run_dir(magnitude.run_id)),
         load_masks(reference.run_dir(magnitude.run_id)),

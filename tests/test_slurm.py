@@ -40,7 +40,7 @@ def _config(path: Path, **overrides) -> Path:
 
 def _same_results(store: Store, reference: Store, stages) -> None:
     for stage in stages:
-        assert store.result(stage.run_id)["metrics"] == reference.result(stage.run_id)["metrics"], stage.label
+        assert store.result(stage.run_id).metrics == reference.result(stage.run_id).metrics, stage.label
         if stage.kind == "cell":
             ours, theirs = (
                 load_masks(store.run_dir(stage.run_id)),
@@ -117,7 +117,7 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     assert events[1]["pid"] == holder.pid and events[3]["pid"] != holder.pid  # a new process, same job
     assert events[1]["job"] == events[3]["job"]
     result = store.result(dense.run_id)
-    assert result["resumed_from"] is not None and result["resumed_from"]["step"] > 0
+    assert result.resumed_from is not None and result.resumed_from.step > 0
     reference = Store(tmp_path / "reference")
     assert run_matrix(matrix, reference, show_progress=False).failed == {}
     _same_results(store, reference, stages_of(matrix))
@@ -266,7 +266,7 @@ def test_resubmission_skips_held_and_failed_stages_and_blocks_cells_of_a_failed_
     )
     second = submit_matrix(matrix, store, executor="slurm", echo=lambda _: None)
     assert second.jobs == {} and second.blocked == [c.run_id for c in cells]
-    assert all(store.status_record(c.run_id)["kind"] == "blocked" for c in cells)
+    assert all(store.status_record(c.run_id).kind == "blocked" for c in cells)
     # --retry-failed: the dense stage and its blocked cells go out again, the cells after the dense array.
     third = submit_matrix(matrix, store, executor="slurm", retry_failed=True, echo=lambda _: None)
     assert third.jobs == {"dense": ["1002"], "cell": ["1003_0", "1003_1"]}

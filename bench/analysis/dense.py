@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mtlprune.analysis.load import setting_columns
-from mtlprune.store import RESULT, SPEC, STATUS, read_json
+from mtlprune.store import RESULT, SPEC, STATUS, read_json, read_result, read_status
 
 __all__ = ["DENSE_COLUMNS", "TRIVIAL", "dense_vs_trivial", "load_dense"]
 
@@ -42,15 +42,17 @@ TRIVIAL = "trivial."  # prefix of the trivial predictor's metric columns (mtlpru
 def _row(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {**setting_columns(payload), "status": "pending", "error": None}
     if (run_dir / RESULT).is_file():
-        result = read_json(run_dir / RESULT)
-        row.update(status="done", steps_total=result.get("steps_total"), wall_s=result.get("wall_s"))
-        row.update(result["metrics"])
-        row.update({f"{TRIVIAL}{k}": v for k, v in (result.get("trivial_metrics") or {}).items()})
-        convergence = result.get("convergence") or {}
+        result = read_result(run_dir / RESULT)
+        if result.stage != "dense":
+            raise ValueError(f"{run_dir / RESULT}: expected a dense stage's result, got a {result.stage}'s")
+        row.update(status="done", steps_total=result.steps_total, wall_s=result.wall_s)
+        row.update(result.metrics)
+        row.update({f"{TRIVIAL}{k}": v for k, v in (result.trivial_metrics or {}).items()})
+        convergence = result.convergence or {}
         row.update(converged=convergence.get("converged"), convergence_drop=convergence.get("rel_drop"))
     elif (run_dir / STATUS).is_file():
-        record = read_json(run_dir / STATUS)
-        row.update(status=str(record.get("status", "pending")), error=record.get("error"))
+        record = read_status(run_dir / STATUS)
+        row.update(status=record.status, error=record.error)
     return row
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from mtlprune.aggregate import delta_m, delta_t
-from mtlprune.store import RESULT, SPEC, STATUS, read_json
+from mtlprune.records import StageResult
+from mtlprune.store import RESULT, SPEC, STATUS, read_json, read_result, read_status
 
 BASE_COLUMNS = [
     "run_id",
@@ -49,8 +50,8 @@ def _status(run_dir: Path) -> tuple[str, str | None]:
     if (run_dir / RESULT).is_file():
         return "done", None
     if (run_dir / STATUS).is_file():
-        record = read_json(run_dir / STATUS)
-        return str(record.get("status", "pending")), record.get("error")
+        record = read_status(run_dir / STATUS)
+        return record.status, record.error
     return "pending", None
 
 
@@ -84,7 +85,7 @@ def setting_columns(spec_payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, dict | None]) -> dict[str, Any]:
+def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, StageResult | None]) -> dict[str, Any]:
     """One cell's row; ``cache`` holds the dense and control results already read (run id → result)."""
     spec = spec_payload["spec"]
     method = spec["method"]
@@ -105,25 +106,29 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, dict | No
     }
     if status != "done":
         return row
-    result = read_json(run_dir / RESULT)
-    row.update(result["metrics"])
-    row["steps_total"] = result["steps_total"]
-    row["wall_s"] = result["wall_s"]
-    row.update(_scalars(result["sparsity"]))
-    row["collapsed_layers"], row["collapsed_components"] = collapsed(result["sparsity"])
-    row.update(_scalars(result.get("costs", {})))
-    row.update({f"latency.{k}": v for k, v in _scalars(result.get("latency", {})).items()})
+    result = read_result(run_dir / RESULT)
+    if result.stage != "cell":
+        raise ValueError(
+            f"{run_dir / RESULT}: spec.json describes a cell, but the result is a {result.stage} stage's"
+        )
+    row.update(result.metrics)
+    row["steps_total"] = result.steps_total
+    row["wall_s"] = result.wall_s
+    row.update(_scalars(result.sparsity))
+    row["collapsed_layers"], row["collapsed_components"] = collapsed(result.sparsity)
+    row.update(_scalars(result.costs or {}))
+    row.update({f"latency.{k}": v for k, v in _scalars(result.latency or {}).items()})
     tasks, dataset = spec["data"]["tasks"], spec["data"]["dataset"]
     notes = []
     for suffix, reference_id, what in (
-        ("", result["dense_run_id"], "dense stage"),
+        ("", result.dense_run_id, "dense stage"),
         ("_control", spec_payload.get("control_run_id"), "control cell"),
     ):
         if reference_id is None:  # results written before the control row existed
             continue
         if reference_id not in cache:
             path = run_dir.parent / reference_id / RESULT
-            cache[reference_id] = read_json(path) if path.is_file() else None
+            cache[reference_id] = read_result(path) if path.is_file() else None
         reference = cache[reference_id]
         if reference is None:
             if suffix and not (run_dir.parent / reference_id).is_dir():
@@ -131,11 +136,11 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, dict | No
             notes.append(f"{what} {reference_id} has no result")
             continue
         try:
-            changes = delta_t(result["metrics"], reference["metrics"], tasks, dataset=dataset)
+            changes = delta_t(result.metrics, reference.metrics, tasks, dataset=dataset)
             row[f"delta_t{suffix}"] = changes["delta_t"]
             if not suffix:
                 row.update(changes)  # the per-task ΔT columns, against the dense model (the papers' number)
-            row[f"delta_m{suffix}"] = delta_m(result["metrics"], reference["metrics"], tasks, dataset=dataset)
+            row[f"delta_m{suffix}"] = delta_m(result.metrics, reference.metrics, tasks, dataset=dataset)
         except (KeyError, ValueError) as exc:  # e.g. a reference metric of 0: undefined, said so in the row
             notes.append(("against the control: " if suffix else "") + str(exc).strip("'\""))
     if notes:
@@ -147,7 +152,7 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
     """Cells of the store (or just `run_ids`) as a DataFrame; pending and failed cells have no metrics."""
     runs = Path(store) / "runs"
     wanted = None if run_ids is None else set(run_ids)
-    cache: dict[str, dict | None] = {}
+    cache: dict[str, StageResult | None] = {}
     rows = []
     for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
         if wanted is not None and spec_path.parent.name not in wanted:
