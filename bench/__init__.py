@@ -10,7 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ARCHS", "DATASETS", "METHODS", "MethodContext", "MethodParams", "NoParams", "PruningMethod"]
+__all__ = [
+    "ARCHS",
+    "DATASETS",
+    "METHODS",
+    "MethodContext",
+    "MethodParams",
+    "NoParams",
+    "OneShotMethod",
+    "PruningMethod",
+]
 
 _EXPORTS = {
     "ARCHS": "mtlprune.registry",
@@ -19,6 +28,7 @@ _EXPORTS = {
     "MethodContext": "mtlprune.context",
     "MethodParams": "mtlprune.methods.base",
     "NoParams": "mtlprune.methods.base",
+    "OneShotMethod": "mtlprune.methods.base",
     "PruningMethod": "mtlprune.methods.base",
 }
 

@@ -650,7 +650,7 @@ def _fail_crashed(store: Store, run_id: str, pid: int, exitcode: int) -> None:
         )
         error = WorkerCrashed(f"worker process {pid} died with exit code {exitcode}{signal_note}")
         record = record_failure(store, run_id, error, kind="error")
-        log_event(store, "finish", run_id, status="failed", kind="error", error=record["error"])
+        log_event(store, "finish", run_id, status="failed", kind="error", error=record.error)
 
 
 def lock_summary(run_dir: Path, now: float | None = None) -> tuple[LockInfo, str | None] | None:

@@ -11,11 +11,12 @@ from mtlprune.methods import (
     rigl,
     saliency,
 )
-from mtlprune.methods.base import MethodParams, NoParams, PruningMethod
+from mtlprune.methods.base import MethodParams, NoParams, OneShotMethod, PruningMethod
 
 __all__ = [
     "MethodParams",
     "NoParams",
+    "OneShotMethod",
     "PruningMethod",
     "adapmtl",
     "dense_finetune",

@@ -3,7 +3,9 @@
 A method is a class registered by name (``@METHODS.register("name")``) with a typed pydantic ``Params``
 model, a ``starts_from`` ("dense": the shared dense checkpoint, or "init": the shared initialisation) and a
 ``run(ctx)`` that prunes ``ctx.model`` to ``ctx.target`` through the context. Achieved sparsity is
-measured afterwards from the weights, never taken from the method.
+measured afterwards from the weights, never taken from the method. :class:`OneShotMethod` is the short
+form for methods that select once: they give ``scores(ctx)`` (or ``masks(ctx)``) and the base class
+applies them and trains by the fairness rule.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
+from torch import Tensor
 
 from mtlprune.context import MethodContext
 from mtlprune.spec import StrictModel
@@ -48,3 +51,34 @@ class PruningMethod:
 
     def run(self, ctx: MethodContext) -> None:
         raise NotImplementedError
+
+
+class OneShotMethod(PruningMethod):
+    """Select once, then train by the fairness rule: the tier most methods need.
+
+    A subclass implements ``scores(ctx)`` (lowest pruned first; the keep-masks come from
+    ``ctx.select_masks`` at the cell's target in ``scope``), or overrides ``masks(ctx)`` when it selects
+    otherwise (per task, iteratively). ``run`` then applies the masks and trains: a method that starts from
+    ``dense`` finetunes on the cell's finetune budget (``ctx.finetune()``); one that starts from ``init``
+    trains the sparse network on dense + finetune steps (``ctx.sparse_training_spec()``).
+    """
+
+    def scores(self, ctx: MethodContext) -> dict[str, Tensor]:
+        """One score per prunable weight (names as ``ctx.prunable()``); the lowest are pruned."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither scores(ctx) nor masks(ctx)")
+
+    @property
+    def scope(self) -> str:
+        """Where the target applies (``global``, ``layer``, ``component``, ``erk``): the ``scope`` param."""
+        return getattr(self.params, "scope", "global")
+
+    def masks(self, ctx: MethodContext) -> dict[str, Tensor]:
+        """The keep-masks at the cell's target (the model is not changed)."""
+        return ctx.select_masks(self.scores(ctx), scope=self.scope)
+
+    def run(self, ctx: MethodContext) -> None:
+        ctx.apply_masks(self.masks(ctx))
+        if self.start == "init":
+            ctx.train(ctx.sparse_training_spec(), phase="train")
+        else:
+            ctx.finetune()

@@ -102,7 +102,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mtlprune.context import MethodContext, scoring_copy
-from mtlprune.methods.base import MethodParams, PruningMethod
+from mtlprune.methods.base import MethodParams, OneShotMethod, PruningMethod
 from mtlprune.methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
 from mtlprune.methods.scoring import weight_grads
 from mtlprune.registry import METHODS
@@ -492,7 +492,7 @@ def _task_losses(ctx: MethodContext) -> TaskLossFn:
     return fn
 
 
-class _Disentangled(PruningMethod):
+class _Disentangled(OneShotMethod):
     """One-shot disentangled selection: per-task scores → per-task top-r → union in the backbone."""
 
     sparsity_tolerance: ClassVar[float] = 0.001
@@ -500,7 +500,7 @@ class _Disentangled(PruningMethod):
     def task_scores(self, ctx: MethodContext, pools: Mapping[str, Sequence[str]]) -> TaskScores:
         raise NotImplementedError
 
-    def select(self, ctx: MethodContext) -> Masks:
+    def masks(self, ctx: MethodContext) -> Masks:
         """The final keep-masks at the cell's target; records each task's own mask (model unchanged)."""
         pools = task_pools(ctx.prunable(), ctx.tasks, ctx.component_of)
         final, per_task, ratio = disentangled_masks(self.task_scores(ctx, pools), pools, ctx.target)
@@ -521,10 +521,6 @@ class DisparseStatic(_Disentangled):
         p: DisparseStaticParams = self.params  # type: ignore[assignment]
         return static_scores(ctx.model, ctx.batches(p.batches, p.batch_size), _task_losses(ctx), pools)
 
-    def run(self, ctx: MethodContext) -> None:
-        ctx.apply_masks(self.select(ctx))
-        ctx.train(ctx.sparse_training_spec(), phase="train")
-
 
 @METHODS.register("disparse-pretrained")
 class DisparsePretrained(_Disentangled):
@@ -539,10 +535,6 @@ class DisparsePretrained(_Disentangled):
         if p.criterion == "magnitude":
             return magnitude_scores(ctx.model, pools)
         return gradient_scores(ctx.model, ctx.batches(p.batches, p.batch_size), _task_losses(ctx), pools)
-
-    def run(self, ctx: MethodContext) -> None:
-        ctx.apply_masks(self.select(ctx))
-        ctx.finetune()
 
 
 @METHODS.register("disparse-dynamic")

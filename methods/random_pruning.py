@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from mtlprune.context import MethodContext
-from mtlprune.methods.base import MethodParams, PruningMethod
+from mtlprune.methods.base import MethodParams, OneShotMethod
 from mtlprune.registry import METHODS
 
 
@@ -38,7 +38,7 @@ class RandomParams(MethodParams):
 
 
 @METHODS.register("random")
-class RandomPruning(PruningMethod):
+class RandomPruning(OneShotMethod):
     """Random pruning to the target (global, uniform or ERK), of the dense model or at init: the floor."""
 
     Params = RandomParams
@@ -48,11 +48,6 @@ class RandomPruning(PruningMethod):
     def start(self) -> Literal["dense", "init"]:
         return self.params.start
 
-    def run(self, ctx: MethodContext) -> None:
+    def scores(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
         generator = ctx.generator()
-        scores = {name: torch.rand(p.shape, generator=generator) for name, p in ctx.prunable().items()}
-        ctx.apply_masks(ctx.select_masks(scores, scope=self.params.scope))
-        if self.params.start == "init":
-            ctx.train(ctx.sparse_training_spec(), phase="train")
-        else:
-            ctx.finetune()
+        return {name: torch.rand(p.shape, generator=generator) for name, p in ctx.prunable().items()}

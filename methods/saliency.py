@@ -80,7 +80,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mtlprune.context import MethodContext, scoring_copy
-from mtlprune.methods.base import MethodParams, PruningMethod
+from mtlprune.methods.base import MethodParams, OneShotMethod
 from mtlprune.methods.scoring import weight_grads
 from mtlprune.models.mtl import MTLModel
 from mtlprune.registry import METHODS
@@ -327,25 +327,17 @@ class SynflowParams(MethodParams):
     )
 
 
-class _SaliencyAtInit(PruningMethod):
+class _SaliencyAtInit(OneShotMethod):
     """Score once at initialisation, keep the target with ``ctx.select_masks``, train the sparse network."""
 
     starts_from = "init"
     prefix: ClassVar[str] = "saliency"
 
-    def ranking(self, ctx: MethodContext) -> dict[str, Tensor]:
-        """Scores where lower means prune first."""
-        raise NotImplementedError
-
-    def select(self, ctx: MethodContext) -> Masks:
-        """The keep-masks at the cell's target (the model is not changed)."""
-        masks = ctx.select_masks(self.ranking(ctx), scope=self.params.scope)
+    def masks(self, ctx: MethodContext) -> Masks:
+        """The keep-masks at the cell's target, logged per component (the model is not changed)."""
+        masks = super().masks(ctx)
         _log_masks(ctx, self.prefix, masks)
         return masks
-
-    def run(self, ctx: MethodContext) -> None:
-        ctx.apply_masks(self.select(ctx))
-        ctx.train(ctx.sparse_training_spec(), phase="train")
 
 
 @METHODS.register("snip")
@@ -355,7 +347,7 @@ class Snip(_SaliencyAtInit):
     Params = SnipParams
     prefix = "snip"
 
-    def ranking(self, ctx: MethodContext) -> dict[str, Tensor]:
+    def scores(self, ctx: MethodContext) -> dict[str, Tensor]:
         p: SnipParams = self.params  # type: ignore[assignment]
         return snip_scores(ctx.model, ctx.batches(p.batches, p.batch_size), _training_loss(ctx))
 
@@ -367,7 +359,7 @@ class Grasp(_SaliencyAtInit):
     Params = GraspParams
     prefix = "grasp"
 
-    def ranking(self, ctx: MethodContext) -> dict[str, Tensor]:
+    def scores(self, ctx: MethodContext) -> dict[str, Tensor]:
         p: GraspParams = self.params  # type: ignore[assignment]
         scores = grasp_scores(
             ctx.model, ctx.batches(p.batches, p.batch_size), _training_loss(ctx), temperature=p.temperature
@@ -376,14 +368,14 @@ class Grasp(_SaliencyAtInit):
 
 
 @METHODS.register("synflow")
-class Synflow(PruningMethod):
+class Synflow(OneShotMethod):
     """SynFlow: data-free iterative pruning at init by synaptic flow |θ| ⊙ ∂R/∂|θ|, then train sparse."""
 
     Params = SynflowParams
     starts_from = "init"
     contract_params: ClassVar[dict[str, Any]] = {"rounds": 5}
 
-    def select(self, ctx: MethodContext) -> Masks:
+    def masks(self, ctx: MethodContext) -> Masks:
         """The keep-masks after ``rounds`` re-scoring rounds (the model is not changed)."""
         p: SynflowParams = self.params  # type: ignore[assignment]
         names = list(ctx.prunable())
@@ -398,7 +390,3 @@ class Synflow(PruningMethod):
             ctx.log(**{"synflow.round": k, "synflow.target": sparsity, "synflow.R": r})
         _log_masks(ctx, "synflow", masks)
         return masks
-
-    def run(self, ctx: MethodContext) -> None:
-        ctx.apply_masks(self.select(ctx))
-        ctx.train(ctx.sparse_training_spec(), phase="train")

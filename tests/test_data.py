@@ -100,7 +100,7 @@ def test_best_val_selection_ends_on_the_lowest_validation_loss(tmp_path):
     assert run_matrix(matrix, store, show_progress=False).failed == {}
     dense_id = matrix.dense_stages()[0].run_id
     result = store.result(dense_id)
-    assert result.splits == {"train": 6, "val": 2, "test": 4}
+    assert (result.splits.train, result.splits.val, result.splits.test) == (6, 2, 4)
     records = [json.loads(line) for line in (store.run_dir(dense_id) / "log.jsonl").read_text().splitlines()]
     val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     assert sorted(val) == [1, 3, 5]  # every 2 steps and after the last of 6

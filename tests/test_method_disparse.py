@@ -691,7 +691,7 @@ def test_same_seed_gives_the_same_selection(finished, name):
     _, store, cells, _ = finished
     cell = cells[(name, 0.7)]
     ctx = _fresh_ctx(store, cell)
-    again = METHODS.get(name)(cell.method.parsed_params()).select(ctx)
+    again = METHODS.get(name)(cell.method.parsed_params()).masks(ctx)
     stored = load_masks(store.run_dir(cell.run_id))
     assert again.keys() == stored.keys() and all(torch.equal(again[n].cpu(), stored[n]) for n in stored)
     stored_tasks = read_task_masks(store.run_dir(cell.run_id) / TASK_MASKS)

@@ -478,7 +478,7 @@ def test_same_seed_gives_the_same_masks(finished, name):
         dense_dir=store.run_dir(cell.dense().run_id),
     )
     method = METHODS.get(name)(cell.method.parsed_params())
-    again = method.select(ctx)
+    again = method.masks(ctx)
     stored = load_masks(store.run_dir(cell.run_id))
     assert again.keys() == stored.keys()
     assert all(torch.equal(again[n].cpu(), stored[n]) for n in stored)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from mtlprune import METHODS, MethodContext, MethodParams, PruningMethod
+from mtlprune import METHODS, MethodContext, MethodParams, OneShotMethod
 
 
 class TaylorParams(MethodParams):
@@ -21,14 +21,14 @@ class TaylorParams(MethodParams):
 
 
 @METHODS.register("taylor-example")
-class TaylorExample(PruningMethod):
+class TaylorExample(OneShotMethod):
     """First-order Taylor scores |g·w| on the dense model, one-shot pruning, then finetune."""
 
     Params = TaylorParams
-    starts_from = "dense"
+    starts_from = "dense"  # so OneShotMethod finetunes on the cell's finetune budget after pruning
     contract_params: ClassVar[dict[str, Any]] = {"batches": 1}  # keeps the contract test fast
 
-    def run(self, ctx: MethodContext) -> None:
+    def scores(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
         net = ctx.scoring_copy()  # dropout off, BN on batch statistics; ctx.model stays untouched
         params = net.prunable_parameters()  # the same names as ctx.prunable()
         scores = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -37,5 +37,4 @@ class TaylorExample(PruningMethod):
             ctx.total_loss(ctx.task_losses(net(batch["input"]), batch)).backward()
             for name, p in params.items():
                 scores[name] += (p.grad * p).detach().abs()
-        ctx.apply_masks(ctx.select_masks(scores, scope=self.params.scope))
-        ctx.finetune()
+        return scores  # lowest pruned, at the cell's target, in `scope` (the `scope` param)
