@@ -438,7 +438,12 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def _plugin_option(parser: argparse.ArgumentParser) -> None:
     """``--plugin MODULE`` after the subcommand too (``mtlprune run x.yaml --plugin my.method``)."""
     parser.add_argument(
-        "--plugin", dest="sub_plugin", action="append", default=[], metavar="MODULE", help="import a plugin"
+        "--plugin",
+        dest="sub_plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a plugin (a module name, or a .py file path)",
     )
 
 
@@ -485,7 +490,11 @@ def _only_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlprune", description=__doc__)
     parser.add_argument(
-        "--plugin", action="append", default=[], metavar="MODULE", help="import a plugin module"
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a plugin (a module name, or a .py file path)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (

@@ -206,28 +206,32 @@ class MethodContext:
         def on_step(step: int, scalars: dict[str, float]) -> None:
             self.logger({"phase": phase, "step": step, **scalars})
 
-        outcome = train(
-            self.model,
-            dataset_name=self.spec.data.dataset,
-            train_set=self.train_set,
-            spec=spec,
-            seed=self.spec.seed + self._calls,
-            device=self.device,
-            masks=self.masks,
-            on_step=on_step,
-            val_set=self.val_set,
-            selection=self.spec.eval.selection,
-            val_every=self.spec.eval.val_every,
-            num_workers=self.num_workers,
-            protocol=self.spec.eval.protocol,
-            callbacks=callbacks,
-            step_offset=step_offset,
-            schedule=schedule,
-            checkpoint=call_checkpoint,
-            channels_last=self.channels_last,
-            pin_memory=self.pin_memory,
-            guard=None if self.initial_losses is None else DivergenceGuard(self.initial_losses),
-        )
+        self._phase = phase  # what ctx.log calls (from callbacks) are tagged with while this call trains
+        try:
+            outcome = train(
+                self.model,
+                dataset_name=self.spec.data.dataset,
+                train_set=self.train_set,
+                spec=spec,
+                seed=self.spec.seed + self._calls,
+                device=self.device,
+                masks=self.masks,
+                on_step=on_step,
+                val_set=self.val_set,
+                selection=self.spec.eval.selection,
+                val_every=self.spec.eval.val_every,
+                num_workers=self.num_workers,
+                protocol=self.spec.eval.protocol,
+                callbacks=callbacks,
+                step_offset=step_offset,
+                schedule=schedule,
+                checkpoint=call_checkpoint,
+                channels_last=self.channels_last,
+                pin_memory=self.pin_memory,
+                guard=None if self.initial_losses is None else DivergenceGuard(self.initial_losses),
+            )
+        finally:
+            self._phase = "prune"  # between training calls a method selects, scores, prunes
         if outcome.masks is not None:
             self.masks = outcome.masks
         self.steps_used += outcome.steps
@@ -298,5 +302,6 @@ class MethodContext:
         self.recorded.update(values)
 
     def log(self, **scalars: Any) -> None:
-        """Write one record of scalars to the cell's log (``log.jsonl``), tagged with the current phase."""
+        """Write one record of scalars to the cell's log (``log.jsonl``), tagged with the current phase: the
+        ``phase`` of the training call it is made from (a callback's log), else ``prune``."""
         self.logger({"phase": self._phase, **scalars})

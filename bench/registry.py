@@ -8,9 +8,13 @@ The core never imports a concrete plugin: `load_plugins()` imports the built-in 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -91,13 +95,42 @@ def load_plugins(extra: tuple[str, ...] | list[str] = ()) -> None:
                 raise ImportError(
                     f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}"
                 ) from exc
-    wanted.extend(extra)
+    # A file path is kept resolved, so worker processes and Slurm tasks import the same file from anywhere.
+    wanted.extend(str(Path(m).expanduser().resolve()) if m.endswith(".py") else m for m in extra)
     for module in wanted:
         if module in _loaded:
             continue
         _loaded.add(module)
         try:
-            importlib.import_module(module)
+            if module.endswith(".py"):
+                _import_file(module)
+            else:
+                importlib.import_module(module)
         except ImportError as exc:
             _loaded.discard(module)
             raise ImportError(f"cannot import plugin module {module!r}: {exc}") from exc
+
+
+def _import_file(path_text: str) -> None:
+    """Import a plugin given as a file path (``--plugin my_method.py``) under a name of its own.
+
+    The module is named ``mtlprune_plugin_<stem>_<hash of the resolved path>`` so two files with the same
+    name do not collide, and it is put in ``sys.modules`` so pickling (worker processes) can find its classes.
+    """
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file: {path}")
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    name = f"mtlprune_plugin_{path.stem}_{digest}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a syntax error or a failing import in the file: name the file
+        del sys.modules[name]
+        raise ImportError(f"{path}: {type(exc).__name__}: {exc}") from exc

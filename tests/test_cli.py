@@ -147,3 +147,27 @@ def test_run_writes_the_manifest_that_report_reads_and_extending_shows_missing_c
     html = (tmp_path / "report" / "report.html").read_text()
     new_cell = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9]).expand()[1]
     assert new_cell.run_id[:12] in html and "missing" in html
+
+
+def test_plugin_may_be_a_file_path(tmp_path):
+    plugin = tmp_path / "my_method.py"
+    plugin.write_text(
+        "from mtlprune import METHODS, OneShotMethod\n\n\n"
+        '@METHODS.register("file-plugin-example")\n'
+        "class FilePlugin(OneShotMethod):\n"
+        '    """A plugin loaded from a file path."""\n\n'
+        "    def scores(self, ctx):\n"
+        "        return {n: p.detach().abs() for n, p in ctx.prunable().items()}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = [sys.executable, "-m", "mtlprune", "methods", "--plugin", str(plugin)]
+    listed = subprocess.run(run, cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "file-plugin-example" in listed.stdout and "A plugin loaded from a file path." in listed.stdout
+    (tmp_path / "broken.py").write_text("def oops(:\n")
+    for bad, message in ((tmp_path / "missing.py", "no such file"), (tmp_path / "broken.py", "SyntaxError")):
+        run = [sys.executable, "-m", "mtlprune", "methods", "--plugin", str(bad)]
+        failed = subprocess.run(run, cwd=elsewhere, capture_output=True, text=True, timeout=120)
+        assert failed.returncode == 2 and f"cannot import plugin module {str(bad)!r}" in failed.stderr
+        assert message in failed.stderr

@@ -96,3 +96,39 @@ def test_schedule_and_offset_replay_a_longer_recipe():
     lr = runner(_batch(), 0)["lr"]
     # cosine at step 25 of 100: 0.1 · ½(1 + cos(π/4)) = 0.1 · 0.853553…
     assert lr == pytest.approx(0.1 * 0.5 * (1 + 2**-0.5), rel=1e-12)
+
+
+def test_ctx_log_is_tagged_with_the_phase_of_the_training_call_it_is_made_from(tmp_path):
+    from mtlprune.context import MethodContext
+    from mtlprune.data import build_dataset
+    from mtlprune.runner import build_model
+    from tests.helpers import tiny_matrix
+
+    cell = tiny_matrix(train={"steps": 1, "batch_size": 4}, finetune={"steps": 2, "batch_size": 4}).expand()[
+        0
+    ]
+    records: list[dict] = []
+    train_set = build_dataset(cell.data, tmp_path, "train", seed=0, protocol=cell.eval.protocol)
+    ctx = MethodContext(
+        model=build_model(cell),
+        spec=cell,
+        train_set=train_set,
+        device=torch.device("cpu"),
+        logger=records.append,
+    )
+
+    class LogEachStep(TrainCallback):
+        def after_step(self, step, runner):
+            ctx.log(seen=step)
+
+    ctx.log(before=1)
+    ctx.train(phase="regrow", callbacks=[LogEachStep()])
+    ctx.log(after=1)
+    ctx.finetune()
+    tagged = [
+        (r["phase"], next(k for k in r if k not in ("phase", "step")))
+        for r in records
+        if "seen" in r or "before" in r or "after" in r
+    ]
+    assert tagged == [("prune", "before"), ("regrow", "seen"), ("regrow", "seen"), ("prune", "after")]
+    assert {r["phase"] for r in records if "step" in r} == {"regrow", "finetune"}
