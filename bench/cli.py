@@ -15,8 +15,8 @@ from rich.table import Table
 
 from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
 from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
+from mtlprune.store import DEFAULT_STORE
 
-DEFAULT_STORE = Path("results")
 EXECUTORS = ("local", "slurm", "submitit-local")  # mtlprune.executors.EXECUTORS, without importing it
 console = Console(soft_wrap=False, width=160)
 
@@ -207,8 +207,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
     """One line per finished dense stage that has not converged (mtlprune.convergence): its training loss was
     still falling at the end, or its control row gained more than the tolerance from the finetune budget."""
-    from mtlprune.aggregate import delta_t
     from mtlprune.convergence import CONTROL_TOLERANCE, control_converged
+    from mtlprune.delta import delta_t
 
     lines = []
     controls = {

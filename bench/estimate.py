@@ -95,8 +95,11 @@ class CostEstimate:
         )
 
 
-def format_duration(seconds: float) -> str:
-    """Human duration: ``42 s``, ``12 min``, ``1 h 12 min``, ``2 d 3 h`` (rounded to the shown unit)."""
+def format_duration(seconds: float | None) -> str:
+    """The one duration format (plan, progress, ETA): ``42 s``, ``12 min``, ``1 h 12 min``, ``2 d 3 h``
+    (rounded to the shown unit); ``?`` when unknown (None)."""
+    if seconds is None:
+        return "?"
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"format_duration: expected finite seconds >= 0, got {seconds!r}")
     if round(seconds) < 60:

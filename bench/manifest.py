@@ -9,12 +9,10 @@ listed here without a result shows as missing rather than vanishing.
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtlprune.provenance import provenance as stage_provenance
+from mtlprune.provenance import planning_provenance
 from mtlprune.records import RECORD_FORMAT, Manifest, parse_manifest
 from mtlprune.store import Store, atomic_write_json, read_json
 
@@ -26,7 +24,6 @@ __all__ = [
     "MANIFEST_FORMAT",
     "Manifest",
     "manifest_path",
-    "provenance",
     "read_manifest",
     "save_manifest",
     "write_manifest",
@@ -38,16 +35,6 @@ MANIFEST_FORMAT = RECORD_FORMAT  # the manifest is a typed record (mtlprune.reco
 
 def manifest_path(store_root: str | Path, name: str) -> Path:
     return Path(store_root) / name / MANIFEST
-
-
-def provenance() -> dict[str, Any]:
-    """Where and with what a matrix was planned: mtlprune.provenance's record (git commit and dirty flag,
-    package versions, host, Slurm ids) plus the command line and the time it was written."""
-    return {
-        **stage_provenance(),
-        "command": " ".join(sys.argv),
-        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 def _manifest_payload(matrix: MatrixSpec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -87,7 +74,7 @@ def _manifest_payload(matrix: MatrixSpec, overrides: list[str] | tuple[str, ...]
         "dense": dense,
         "cells": cells,
         "overrides": list(overrides),
-        "provenance": provenance(),
+        "provenance": planning_provenance(),
     }
 
 

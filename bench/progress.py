@@ -13,21 +13,9 @@ import sys
 import time
 from typing import IO, Any
 
+from mtlprune.estimate import format_duration
+
 KINDS = ("dense", "cell")
-
-
-def format_duration(seconds: float | None) -> str:
-    """``1h02m``, ``4m05s``, ``12s``; ``?`` when unknown."""
-    if seconds is None:
-        return "?"
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 class EtaModel:

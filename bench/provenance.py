@@ -17,6 +17,8 @@ import os
 import platform
 import socket
 import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,16 @@ def device_name(device: Any) -> str:
     if index is None:
         index = torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def planning_provenance() -> dict[str, Any]:
+    """Where and with what a matrix was planned (its manifest): :func:`provenance` plus the command line and
+    the time it was written."""
+    return {
+        **provenance(),
+        "command": " ".join(sys.argv),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def provenance(device: str | None = None) -> dict[str, Any]:

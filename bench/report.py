@@ -38,7 +38,7 @@ from mtlprune.analysis import load_results, summary_table
 from mtlprune.analysis.load import BASE_COLUMNS
 from mtlprune.manifest import MANIFEST, Manifest, read_manifest
 from mtlprune.spec.select import Selection
-from mtlprune.store import Store, atomic_write_bytes
+from mtlprune.store import DEFAULT_STORE, Store, atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ReportOutcome", "build_report", "collect", "matrix_name", "resolve_source", "write_run_report"]
 
-DEFAULT_STORE = Path("results")
 REPORT_HTML = "report.html"
 MISSING = "missing"
 # How many single-run figures (curves, mask heatmaps) one report draws at most: they illustrate, the

@@ -15,6 +15,7 @@ from typing import Any
 
 from mtlprune.records import CellResult, DenseResult, StageResult, StatusRecord, parse_result, parse_status
 
+DEFAULT_STORE = Path("results")  # relative to where a command runs
 RESULT = "result.json"
 STATUS = "status.json"
 SPEC = "spec.json"

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.analysis import load_results
+from mtlprune.delta import delta_m, delta_t
 from mtlprune.scheduler import run_matrix
 from mtlprune.spec import CONTROL_METHOD, ConfigError, MethodSpec, parse_matrix
 from mtlprune.store import Store

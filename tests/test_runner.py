@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mtlprune.aggregate import delta_m, delta_t
 from mtlprune.analysis import load_results
 from mtlprune.context import MethodContext
+from mtlprune.delta import delta_m, delta_t
 from mtlprune.methods.base import PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.scheduler import run_matrix

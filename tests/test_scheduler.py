@@ -263,7 +263,8 @@ def test_status_names_the_holder_of_a_running_stage_and_flags_a_stale_lock(tmp_p
 
 
 def test_eta_is_stages_left_times_the_mean_time_of_their_kind_over_the_workers():
-    from mtlprune.progress import EtaModel, format_duration
+    from mtlprune.estimate import format_duration
+    from mtlprune.progress import EtaModel
 
     eta = EtaModel({"dense": 1, "cell": 4}, {"dense": [100.0, 140.0], "cell": []}, parallel=2)
     assert eta.eta_s() is None  # no cell measured yet
@@ -272,7 +273,13 @@ def test_eta_is_stages_left_times_the_mean_time_of_their_kind_over_the_workers()
     eta.finished("dense", 60.0)  # dense mean now (100 + 140 + 60) / 3 = 100, none left
     eta.finished("cell", 30.0)
     assert eta.eta_s() == pytest.approx(2 * 20 / 2)
-    assert [format_duration(s) for s in (None, 0.4, 59, 61, 3725)] == ["?", "0s", "59s", "1m01s", "1h02m"]
+    assert [format_duration(s) for s in (None, 0.4, 59, 61, 3725)] == [
+        "?",
+        "0 s",
+        "59 s",
+        "1 min",
+        "1 h 2 min",
+    ]
 
 
 def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
@@ -302,9 +309,9 @@ def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
         "start dense aaaa nyuv2 seed 0",
         "  aaaa dense step 2/4 loss 0.5000",
         "  aaaa dense step 4/4 loss 0.2500",
-        "done   dense aaaa nyuv2 seed 0 in 6s [2/3, ETA 4s]",
+        "done   dense aaaa nyuv2 seed 0 in 6 s [2/3, ETA 4 s]",
         "start cell bbbb magnitude@0.5 seed 0",
-        "FAILED cell bbbb magnitude@0.5 seed 0 in 0s: RuntimeError: boom [3/3, 1 failed, ETA 0s]",
+        "FAILED cell bbbb magnitude@0.5 seed 0 in 0 s: RuntimeError: boom [3/3, 1 failed, ETA 0 s]",
     ]
     bars = BarReporter(Terminal())
     bars.start(2, 0, EtaModel({"dense": 1, "cell": 1}, {}))

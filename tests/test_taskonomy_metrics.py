@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtlprune.aggregate import delta_m, delta_t
+from mtlprune.delta import delta_m, delta_t
 from mtlprune.metrics import (
     CosineNormalMetric,
     L1Metric,

@@ -13,6 +13,7 @@ from mtlprune.analysis.masks import (
     task_iou,
 )
 from mtlprune.analysis.published import load_published
+from mtlprune.analysis.run_summary import summary_table
 from mtlprune.analysis.seeds import aggregate
 from mtlprune.analysis.stats import (
     CONTROL_METHOD,
@@ -31,7 +32,6 @@ from mtlprune.analysis.stats import (
     seed_intervals,
 )
 from mtlprune.analysis.summaries import bootstrap_ci, delta_t_auc, pareto_dominated, with_bootstrap
-from mtlprune.analysis.summary import summary_table
 from mtlprune.analysis.tables import (
     comparison_table,
     table2_latex,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from mtlprune.aggregate import delta_m, delta_t
+from mtlprune.delta import delta_m, delta_t
 from mtlprune.records import StageResult
 from mtlprune.store import RESULT, SPEC, STATUS, read_json, read_result, read_status
 
