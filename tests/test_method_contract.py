@@ -12,7 +12,8 @@ must then:
   state must be in their ``state_dict``; bench/checkpoint.py).
 Methods declare small ``contract_params`` for this run (fewer rounds, shorter intervals).
 
-The documented example plugin (tests/plugins/taylor_example.py, docs/adding_a_method.md) runs too. A
+The documented example plugins (tests/plugins/taylor_example.py and rounds_example.py, printed in
+docs/adding_a_method.md) run too. A
 plugin author runs this suite on their own method alone (module names or .py paths, comma-separated) with
 ``MTLPRUNE_CONTRACT_PLUGINS=my_method.py python -m pytest tests/test_method_contract.py``.
 """
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.slow  # every test here trains stages end to end
 EXTRA = [m for m in os.environ.get("MTLPRUNE_CONTRACT_PLUGINS", "").split(",") if m]
 load_plugins()
 BUILTIN = set(METHODS.names())
-load_plugins(EXTRA or ["tests.plugins.taylor_example"])
+load_plugins(EXTRA or ["tests.plugins.taylor_example", "tests.plugins.rounds_example"])
 # With MTLPRUNE_CONTRACT_PLUGINS only the methods those plugins register run (the plugin author's fast loop);
 # without it every built-in method and the documented example plugin do.
 NAMES = sorted(set(METHODS.names()) - BUILTIN) if EXTRA else sorted(METHODS.names())
@@ -94,7 +95,12 @@ def test_every_method_is_covered(runs):
     if EXTRA:  # the named plugins' methods alone (and the control row the matrix adds for them)
         assert NAMES and set(NAMES) <= set(cells) and not set(NAMES) & BUILTIN
     else:
-        assert set(cells) == set(NAMES) and {"magnitude", "random", "taylor-example"} <= set(NAMES)
+        assert set(cells) == set(NAMES) and {
+            "magnitude",
+            "random",
+            "taylor-example",
+            "rounds-example",
+        } <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,10 +14,18 @@ from tests.helpers import tiny_matrix_dict
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_docs_print_the_example_plugin_verbatim():
+@pytest.mark.parametrize("plugin", ["taylor_example.py", "rounds_example.py"])
+def test_docs_print_the_example_plugins_verbatim(plugin):
     doc = (ROOT / "docs" / "adding_a_method.md").read_text()
-    code = (ROOT / "tests" / "plugins" / "taylor_example.py").read_text()
+    code = (ROOT / "tests" / "plugins" / plugin).read_text()
     assert f"```python\n{code}```" in doc
+
+
+def test_rounds_split_the_budget_exactly():
+    from tests.plugins.rounds_example import split_steps
+
+    assert split_steps(10, 3) == [4, 3, 3] and split_steps(2, 3) == [1, 1, 0] and split_steps(7, 1) == [7]
+    assert all(sum(split_steps(n, k)) == n for n in range(30) for k in range(1, 12))
 
 
 @pytest.mark.slow
