@@ -284,10 +284,11 @@ def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mtlprune.code_changes import check_changed_code
     from mtlprune.fingerprint import resolve_data
     from mtlprune.manifest import write_manifest
     from mtlprune.report import write_run_report
-    from mtlprune.scheduler import check_changed_code, run_matrix, stages_of
+    from mtlprune.scheduler import run_matrix, stages_of
     from mtlprune.store import Store
 
     store = Store(args.store)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlprune import registry
+from mtlprune.events import log_event
 from mtlprune.fingerprint import resolve_data
 from mtlprune.locks import current_job
 from mtlprune.progress import make_reporter
@@ -38,7 +39,6 @@ from mtlprune.scheduler import (
     cpu_count,
     loaded_plugins,
     lock_summary,
-    log_event,
     matrix_outcome,
     run_one,
     stages_of,

@@ -15,7 +15,6 @@ waited for. ``<store>/events.jsonl`` gets one line per claim, finish, takeover a
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import signal
@@ -28,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from mtlprune import registry
+from mtlprune.code_changes import check_changed_code
+from mtlprune.events import EventTail, log_event
 from mtlprune.fingerprint import resolve_data
 from mtlprune.locks import (
     HEARTBEAT_S,
-    HOST,
     LOCK,
     STALE_AFTER_S,
     LockInfo,
@@ -45,7 +45,6 @@ from mtlprune.spec import DenseSpec, MatrixSpec, RunSpec, RuntimeSpec
 from mtlprune.spec.select import Selection
 from mtlprune.store import Store
 
-EVENTS = "events.jsonl"
 POLL_S = 1.0
 
 
@@ -85,46 +84,6 @@ def stages_of(matrix: MatrixSpec, only: Selection | None = None) -> list[Stage]:
         for c in the_plan.cells
     ]
     return stages
-
-
-# ------------------------------------------------------------------------------------------------ events
-
-
-def log_event(store: Store, event: str, run_id: str, **fields: Any) -> None:
-    """Append one line to ``<store>/events.jsonl`` (a single O_APPEND write, so lines never interleave)."""
-    record = {"event": event, "run_id": run_id, "time": time.time(), "host": HOST, "pid": os.getpid()}
-    record.update({k: v for k, v in fields.items() if v is not None})
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    store.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(store.root / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
-def read_events(store: Store) -> list[dict[str, Any]]:
-    """Every complete line of ``<store>/events.jsonl`` (empty when there is none)."""
-    return EventTail(store).read()
-
-
-class EventTail:
-    """Reads the lines appended to ``events.jsonl`` since the last call."""
-
-    def __init__(self, store: Store) -> None:
-        self.path = store.root / EVENTS
-        self.offset = 0
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------------------------ claim loop
@@ -306,71 +265,6 @@ def run_one(
         poll_s=poll_s, locks=locks, give_up=give_up,
     )  # fmt: skip
     return store.status(run_id)
-
-
-# ------------------------------------------------------------------------------------- changed plugins
-
-
-class CodeChanged(ValueError):
-    """Finished cells were made by other code of a plugin method than the code loaded now."""
-
-
-@dataclass(frozen=True)
-class ChangedCell:
-    run_id: str
-    method: str
-    stored: str | None  # sha256 of the plugin's source when the cell ran (None: not recorded)
-    current: str
-
-
-def changed_cells(stages: list[Stage], store: Store) -> list[ChangedCell]:
-    """Finished cells of plugin methods whose source changed since they ran (built-ins are identified by
-    the commit and SCHEMA_VERSION instead)."""
-    from mtlprune.provenance import code_identity
-
-    current: dict[str, dict[str, Any]] = {}
-    changed = []
-    for stage in stages:
-        spec = stage.spec
-        if not isinstance(spec, RunSpec) or not store.is_done(stage.run_id):
-            continue
-        name = spec.method.name
-        if name not in current:
-            current[name] = code_identity(registry.METHODS.get(name))
-        if current[name]["builtin"]:
-            continue
-        stored = store.result(stage.run_id).provenance.get("method_code", {}).get("sha256")
-        if stored != current[name]["sha256"]:
-            changed.append(ChangedCell(stage.run_id, name, stored, current[name]["sha256"]))
-    return changed
-
-
-SUPERSEDED = "result.superseded-{}.json"
-
-
-def check_changed_code(stages: list[Stage], store: Store, recompute: bool = False) -> list[ChangedCell]:
-    """Refuse to reuse cells made by other plugin code (:class:`CodeChanged`), or, with ``recompute``, set
-    their results aside (``result.superseded-<old sha>.json``) so that this run computes them again."""
-    changed = changed_cells(stages, store)
-    if not changed:
-        return []
-    if not recompute:
-        lines = [
-            f"  {c.run_id}: method {c.method!r} ran with code {(c.stored or 'unrecorded')[:12]}, "
-            f"the code is now {c.current[:12]}"
-            for c in changed
-        ]
-        raise CodeChanged(
-            f"{len(changed)} finished cell(s) were made by different code of their plugin method:\n"
-            + "\n".join(lines)
-            + "\nrun again with --recompute-changed to compute them with the current code (the old results "
-            "are kept as result.superseded-<sha>.json), or restore the plugin's code"
-        )
-    for cell in changed:
-        run_dir = store.run_dir(cell.run_id)
-        (run_dir / "result.json").replace(run_dir / SUPERSEDED.format((cell.stored or "unrecorded")[:12]))
-        store.write_status(cell.run_id, status="pending", superseded=cell.stored, finished=time.time())
-    return changed
 
 
 # ------------------------------------------------------------------------------------------ run_matrix

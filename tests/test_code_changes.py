@@ -16,8 +16,9 @@ import yaml
 
 from mtlprune import registry
 from mtlprune.cli import main
+from mtlprune.code_changes import CodeChanged
 from mtlprune.provenance import code_identity
-from mtlprune.scheduler import CodeChanged, run_matrix
+from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 

@@ -23,8 +23,9 @@ import yaml
 import mtlprune.runner
 from mtlprune import registry
 from mtlprune.cli import main
+from mtlprune.events import read_events
 from mtlprune.registry import METHODS, load_plugins
-from mtlprune.scheduler import read_events, run_matrix, stages_of
+from mtlprune.scheduler import run_matrix, stages_of
 from mtlprune.store import Store
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 

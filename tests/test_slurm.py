@@ -20,9 +20,10 @@ import yaml
 from pydantic import ValidationError
 
 from mtlprune.cli import main
+from mtlprune.events import read_events
 from mtlprune.executors import StageTask, make_executor, slurm_parameters, submit_matrix
 from mtlprune.locks import LOCK, read_lock
-from mtlprune.scheduler import read_events, run_matrix, stages_of
+from mtlprune.scheduler import run_matrix, stages_of
 from mtlprune.spec import ConfigError
 from mtlprune.spec.models import SlurmSpec
 from mtlprune.store import Store
