@@ -114,9 +114,14 @@ class Selection:
             tree["method"]["label"] = spec.method.label  # type: ignore[union-attr]
         return tree
 
+    @staticmethod
+    def _found(tree: Mapping[str, Any], key: str) -> list[Any]:
+        """The stage's values of ``key`` (an alias may name several fields); empty when it has none."""
+        return [v for v in (_lookup(tree, p) for p in ALIASES.get(key, (key,))) if v is not _MISSING]
+
     def _holds(self, tree: Mapping[str, Any], key: str, values: tuple[Any, ...]) -> bool | None:
         """Whether the clause holds for the stage; None when the stage has no such field."""
-        found = [v for v in (_lookup(tree, p) for p in ALIASES.get(key, (key,))) if v is not _MISSING]
+        found = self._found(tree, key)
         if not found:
             return None
         return any(_values_equal(have, want) for have in found for want in values)
@@ -130,7 +135,7 @@ class Selection:
         cell_trees = [self._tree(c) for c in cells]
         dense_trees = [self._tree(d) for d in dense]
         for key, _ in self.clauses:
-            if all(self._holds(t, key, ()) is None for t in [*cell_trees, *dense_trees]):
+            if not any(self._found(t, key) for t in [*cell_trees, *dense_trees]):
                 short = ", ".join(sorted(ALIASES))
                 raise SelectionError(
                     f"--only {key}=...: no stage of {matrix_name} has a field {key!r} (short keys: {short}; "
