@@ -25,7 +25,7 @@ _EXPORTS = {
     "ARCHS": "mtlprune.registry",
     "DATASETS": "mtlprune.registry",
     "METHODS": "mtlprune.registry",
-    "MethodContext": "mtlprune.context",
+    "MethodContext": "mtlprune.engine.context",
     "MethodParams": "mtlprune.methods.base",
     "NoParams": "mtlprune.methods.base",
     "OneShotMethod": "mtlprune.methods.base",

@@ -17,7 +17,7 @@ from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
 from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 from mtlprune.store import DEFAULT_STORE
 
-EXECUTORS = ("local", "slurm", "submitit-local")  # mtlprune.executors.EXECUTORS, without importing it
+EXECUTORS = ("local", "slurm", "submitit-local")  # mtlprune.execution.slurm.EXECUTORS, without importing it
 console = Console(soft_wrap=False, width=160)
 
 
@@ -90,30 +90,31 @@ def _unknown_data(matrix: MatrixSpec, unknown: dict[int, str]) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from mtlprune.estimate import estimate_costs
-    from mtlprune.fingerprint import identity_known, resolve_data_lenient
-    from mtlprune.runner import plan, requirements, stage_keys
+    from mtlprune.engine.requirements import requirements
+    from mtlprune.plan.estimate import estimate_costs
+    from mtlprune.plan.fingerprint import identity_known, resolve_data_lenient
+    from mtlprune.plan.stages import plan
     from mtlprune.store import Store
 
     store = Store(args.store)
     matrix, unknown = resolve_data_lenient(_load(args), store.root)
     only = _only(args)
-    the_plan = plan(matrix, only)
+    stages = plan(matrix, only)
+    dense = [s.spec for s in stages if s.kind == "dense"]
+    cells = [s.spec for s in stages if s.kind == "cell"]
 
     def shown(run_id: str, known: bool) -> tuple[str, str]:
         return (run_id, store.status(run_id)) if known else (UNKNOWN_ID, "unknown")
 
-    table = Table(title=f"{matrix.name}: {len(the_plan.dense)} dense stage(s), {len(the_plan.cells)} cell(s)")
+    table = Table(title=f"{matrix.name}: {len(dense)} dense stage(s), {len(cells)} cell(s)")
     for column in ("stage", "run_id", "dataset/tasks", "arch", "method", "target", "seed", "needs", "status"):
         table.add_column(column)
-    for d in the_plan.dense:
+    for d in dense:
         arch = f"{d.arch.name} w{d.arch.width:g}/h{d.arch.head_width:g}"
         data = f"{d.data.dataset}:{','.join(d.data.tasks)}"
         run_id, status = shown(d.run_id, identity_known(d.data))
         table.add_row("dense", run_id, data, arch, "—", "—", str(d.seed), "—", status)
-    for c in the_plan.cells:
+    for c in cells:
         arch = f"{c.arch.name} w{c.arch.width:g}/h{c.arch.head_width:g}"
         data = f"{c.data.dataset}:{','.join(c.data.tasks)}"
         run_id, status = shown(c.run_id, identity_known(c.data))
@@ -125,11 +126,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console.print("[bold]What the run needs[/bold]")
     for line in requirements(matrix):  # of the whole matrix, also with --only
         console.print(f"  {line}", markup=False, highlight=False)
-    known = {s.run_id for s in [*the_plan.dense, *the_plan.cells] if identity_known(s.data)}
-    keys = [
-        k if k.run_id in known else replace(k, run_id=f"unknown-{k.run_id}") for k in stage_keys(the_plan)
-    ]
-    estimate = estimate_costs(store.root, keys)  # a stage of unknown id counts as pending
+    unknown_ids = [s.run_id for s in stages if not identity_known(s.spec.data)]  # counted as pending
+    estimate = estimate_costs(store.root, stages, unknown=unknown_ids)
     wall = estimate.wall_line(matrix.runtime.workers)
     for line in [estimate.line, *([wall] if wall else []), *estimate.notes]:
         console.print(f"  {line}", markup=False, highlight=False)
@@ -137,8 +135,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
-    """Where a stage's in-stage checkpoint is (bench/checkpoint.py), or None; torch-free."""
-    from mtlprune.checkpoint import CHECKPOINT_INFO
+    """Where a stage's in-stage checkpoint is (bench/engine/checkpoint.py), or None; torch-free."""
+    from mtlprune.engine.checkpoint import CHECKPOINT_INFO
     from mtlprune.store import read_json
 
     path = run_dir / CHECKPOINT_INFO
@@ -146,8 +144,9 @@ def _checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mtlprune.fingerprint import DataFingerprintError, resolve_data_lenient
-    from mtlprune.scheduler import lock_summary, stages_of
+    from mtlprune.execution.claim import lock_summary
+    from mtlprune.plan.fingerprint import DataFingerprintError, resolve_data_lenient
+    from mtlprune.plan.stages import plan
     from mtlprune.store import Store
 
     store = Store(args.store)
@@ -161,7 +160,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table(title=f"{matrix.name} in {store.root}")
     for column in ("stage", "run_id", "what", "status"):
         table.add_column(column)
-    stages = stages_of(matrix, _only(args))
+    stages = plan(matrix, _only(args))
     for stage in stages:
         run_id = stage.run_id
         status = store.status(run_id)
@@ -205,10 +204,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
-    """One line per finished dense stage that has not converged (mtlprune.convergence): its training loss was
-    still falling at the end, or its control row gained more than the tolerance from the finetune budget."""
-    from mtlprune.convergence import CONTROL_TOLERANCE, control_converged
-    from mtlprune.delta import delta_t
+    """One line per finished dense stage that has not converged (mtlprune.engine.convergence): its training
+    loss was still falling at the end, or its control row gained more than the tolerance from the finetune
+    budget."""
+    from mtlprune.analysis.delta import delta_t
+    from mtlprune.analysis.dense import CONTROL_TOLERANCE, control_converged
 
     lines = []
     controls = {
@@ -284,19 +284,20 @@ def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mtlprune.code_changes import check_changed_code
-    from mtlprune.fingerprint import resolve_data
-    from mtlprune.manifest import write_manifest
-    from mtlprune.report import write_run_report
-    from mtlprune.scheduler import run_matrix, stages_of
+    from mtlprune.analysis.report import write_run_report
+    from mtlprune.execution.matrix import run_matrix
+    from mtlprune.plan.code_changes import check_changed_code
+    from mtlprune.plan.fingerprint import resolve_data
+    from mtlprune.plan.stages import plan
     from mtlprune.store import Store
+    from mtlprune.store.manifest import write_manifest
 
     store = Store(args.store)
     matrix = resolve_data(_load(args), store.root)  # before any run id: disk data ids follow content
     plugins = [*args.plugin, *args.sub_plugin]
     overrides = _slurm_overrides(args)
     only = _only(args)
-    for cell in check_changed_code(stages_of(matrix, only), store, args.recompute_changed):
+    for cell in check_changed_code(plan(matrix, only), store, args.recompute_changed):
         console.print(f"recomputing {cell.run_id} ({cell.method}): its plugin code changed", markup=False)
     if args.executor == "local":
         if overrides:
@@ -308,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed, plugins=plugins, only=only,
         )  # fmt: skip
     else:
-        from mtlprune.executors import submit_matrix
+        from mtlprune.execution.slurm import submit_matrix
 
         if args.workers not in (None, 1):
             raise ValueError(
@@ -328,7 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         outcome = submission.outcome
     write_run_report(matrix, store, console)
-    for line in _convergence_warnings(stages_of(matrix, only), store):
+    for line in _convergence_warnings(plan(matrix, only), store):
         console.print(f"[yellow]warning:[/yellow]{line}", highlight=False, soft_wrap=True)
     if outcome.failed:
         console.print(
@@ -414,7 +415,7 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def cmd_data_fingerprint(args: argparse.Namespace) -> int:
     """The digest alone on stdout (for scripts and for pinning it in a config); the summary on stderr."""
-    from mtlprune.fingerprint import data_fingerprint
+    from mtlprune.plan.fingerprint import data_fingerprint
 
     fingerprint = data_fingerprint(args.dataset, args.root, args.store)
     print(fingerprint.digest)
@@ -450,7 +451,7 @@ def _plugin_option(parser: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Figures, tables and one HTML page from stored results; never imports torch or the plugins."""
-    from mtlprune.report import build_report
+    from mtlprune.analysis.report import build_report
 
     outcome = build_report(args.source, store=args.store, out=args.out, style=args.style, only=args.only)
     counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items())

@@ -1,7 +1,7 @@
 """Name → class registries for methods, architectures and datasets (timm-style decorators).
 
 The core never imports a concrete plugin: `load_plugins()` imports the built-in plugin packages by name
-(``mtlprune.methods``, ``mtlprune.datasets``, ``mtlprune.models``), then any module named by the
+(``mtlprune.methods``, ``mtlprune.datasets``, ``mtlprune.engine.models``), then any module named by the
 ``mtlprune.methods`` entry-point group or by ``--plugin``. Registration is a side effect of the imports.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "mtlprune.methods"
-BUILTIN_PLUGIN_PACKAGES = ("mtlprune.models", "mtlprune.datasets", "mtlprune.methods")
+BUILTIN_PLUGIN_PACKAGES = ("mtlprune.engine.models", "mtlprune.datasets", "mtlprune.methods")
 
 
 class UnknownNameError(KeyError):

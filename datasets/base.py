@@ -65,7 +65,8 @@ def read_listing(
     return entries
 
 
-# The listing splits a run reads (mtlprune.data: `val` is carved from `train`); other keys are never read.
+# The listing splits a run reads (mtlprune.engine.data: `val` is carved from `train`); other keys are never
+# read.
 RUN_SPLITS = ("train", "test")
 
 
@@ -75,7 +76,7 @@ def listed_files(
     """The listing and every file of the ``split_dirs`` splits, as sorted unique POSIX paths under ``root``.
 
     ``split_dirs`` maps a listing key to the folder its entries are relative to (``""``: the root). This is
-    what a dataset's content fingerprint hashes (bench/fingerprint.py); listing errors name the listing.
+    what a dataset's content fingerprint hashes (bench/plan/fingerprint.py); listing errors name the listing.
     """
     files = {listing_name}
     for split, folder in split_dirs.items():

@@ -115,12 +115,12 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.train import StepRunner, TrainCallback
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.methods.gmp import gmp_sparsity, gmp_steps
 from mtlprune.registry import METHODS
 from mtlprune.spec import TrainSpec
-from mtlprune.train import StepRunner, TrainCallback
 
 OFFSET_LIMIT = 1.0e4  # |b| bound in logit space: sigmoid(±1e4) is exactly 0 / 1 in float64
 SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller solve

@@ -9,7 +9,7 @@ target sparsity 0 and is never listed as a method. Deviation: none; it is not a 
 
 from __future__ import annotations
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
 from mtlprune.methods.base import PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.spec import CONTROL_METHOD

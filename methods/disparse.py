@@ -53,10 +53,10 @@ Deliberate deviations from the paper and the reference code, all of them:
   ``magnitude`` (the reference's NYU-v2 setting). Fine-tuning uses the cell's finetune budget and recipe
   (the reference: 1000 iterations at a constant 1e-5 because its scheduler is bound to the old optimizer).
 - Dynamic, ERK: raw_l = (Σ dims / Π dims)^``erk_power`` (0.9 as the reference's ``googleAI_ERK``; 1.0
-  gives ``mtlprune.sparsity.erk_densities`` exactly), one ε for all layers, layers above density 1 made dense
-  and ε re-solved; per-layer counts rounded by largest remainders so the total is exactly round(target·N);
-  the random initial mask has exact per-layer counts from ``ctx.generator()``. ``backbone.conv1`` is not
-  exempted (the reference's ``erk_init`` skips it; moot where ERK makes it dense).
+  gives ``mtlprune.engine.sparsity.erk_densities`` exactly), one ε for all layers, layers above density 1
+  made dense and ε re-solved; per-layer counts rounded by largest remainders so the total is exactly
+  round(target·N); the random initial mask has exact per-layer counts from ``ctx.generator()``.
+  ``backbone.conv1`` is not exempted (the reference's ``erk_init`` skips it; moot where ERK makes it dense).
 - Dynamic, counts: each layer keeps exactly its ERK count after every update, so the overall target holds
   after every update (the reference's union regrowth overshoots d_l until the next prune). The drop count
   is ⌊α_t·k_l⌋ of the active weights (RigL's convention), i.e. the layer is pruned to ⌈(1 − α_t)·k_l⌉
@@ -101,13 +101,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtlprune.context import MethodContext, scoring_copy
+from mtlprune.engine.context import MethodContext, scoring_copy
+from mtlprune.engine.sparsity import Masks, erk_densities, layer_prune_counts
+from mtlprune.engine.train import StepRunner
 from mtlprune.methods.base import MethodParams, OneShotMethod, PruningMethod
 from mtlprune.methods.rigl import MaskUpdateCallback, reset_optimizer_state, rigl_drop_fraction
 from mtlprune.methods.scoring import weight_grads
 from mtlprune.registry import METHODS
-from mtlprune.sparsity import Masks, erk_densities, layer_prune_counts
-from mtlprune.train import StepRunner
 
 TaskLossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Mapping[str, Tensor]]
 TaskMasks = dict[str, Masks]
@@ -274,7 +274,8 @@ def magnitude_scores(model: nn.Module, pools: Mapping[str, Sequence[str]]) -> di
 
 def erk_keep_counts(shapes: Mapping[str, tuple[int, ...]], target: float, power: float) -> dict[str, int]:
     """Weights kept per layer: ERK densities (with the reference's ``power``) rounded by largest remainders
-    so exactly round(target·N) go, as the shared ``erk`` scope of mtlprune.sparsity.select_masks rounds."""
+    so exactly round(target·N) go, as the shared ``erk`` scope of mtlprune.engine.sparsity.select_masks
+    rounds."""
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     pruned = layer_prune_counts(sizes, erk_densities(shapes, target, power), target)
     return {n: sizes[n] - pruned[n] for n in sizes}

@@ -38,11 +38,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.sparsity import Masks
+from mtlprune.engine.train import StepRunner, TrainCallback
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
-from mtlprune.sparsity import Masks
-from mtlprune.train import StepRunner, TrainCallback
 
 Selector = Callable[[Mapping[str, Tensor], float, Masks | None], Masks]
 

@@ -52,7 +52,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
 from mtlprune.spec import TrainSpec

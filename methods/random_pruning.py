@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
 from mtlprune.methods.base import MethodParams, OneShotMethod
 from mtlprune.registry import METHODS
 

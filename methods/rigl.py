@@ -36,7 +36,7 @@ Deviations and choices (everything else follows the paper and the official googl
 - Ties are broken by position (stable sort) instead of the TF1 code's 1e-5 Gaussian noise on drop scores
   (the TF2 code adds no noise either), so runs are deterministic.
 - ``distribution: uniform`` puts every layer at the target (no dense-first-layer option). ERK densities
-  are those of ``mtlprune.sparsity.erk_densities`` with per-layer counts rounded so the total is exact.
+  are those of ``mtlprune.engine.sparsity.erk_densities`` with per-layer counts rounded so the total is exact.
 - Budget: the benchmark's 1× rule (dense + finetune steps on the dense recipe); RigL's 2×/5× training
   multipliers are not used.
 """
@@ -51,11 +51,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.sparsity import Masks
+from mtlprune.engine.train import StepRunner, TrainCallback
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
-from mtlprune.sparsity import Masks
-from mtlprune.train import StepRunner, TrainCallback
 
 
 def rigl_drop_fraction(step: int, alpha: float, end_step: int) -> float:

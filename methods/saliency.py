@@ -79,12 +79,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtlprune.context import MethodContext, scoring_copy
+from mtlprune.engine.context import MethodContext, scoring_copy
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.sparsity import Masks, Scope
 from mtlprune.methods.base import MethodParams, OneShotMethod
 from mtlprune.methods.scoring import weight_grads
-from mtlprune.models.mtl import MTLModel
 from mtlprune.registry import METHODS
-from mtlprune.sparsity import Masks, Scope
 
 LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Any]], Tensor]
 # Tasks whose head outputs are classification logits (GraSP's temperature applies to them only).

@@ -1,6 +1,6 @@
 """Helpers shared by methods that score weights with gradients (SNIP, GraSP, SynFlow, DiSparse).
 
-The scoring model itself comes from ``mtlprune.context.scoring_copy`` (``ctx.scoring_copy()``).
+The scoring model itself comes from ``mtlprune.engine.context.scoring_copy`` (``ctx.scoring_copy()``).
 """
 
 from __future__ import annotations

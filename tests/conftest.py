@@ -45,10 +45,11 @@ def _guard(stage_entry):
 
 
 def _install_stage_guard() -> None:
-    import mtlprune.runner
+    import mtlprune.engine.cell
+    import mtlprune.engine.dense
 
-    for name in ("_run_dense", "_run_cell"):
-        setattr(mtlprune.runner, name, _guard(getattr(mtlprune.runner, name)))
+    for module, name in ((mtlprune.engine.dense, "_run_dense"), (mtlprune.engine.cell, "_run_cell")):
+        setattr(module, name, _guard(getattr(module, name)))
 
 
 _install_stage_guard()

@@ -1,13 +1,13 @@
-"""A fake result store in the exact layout of mtlprune.runner, built in milliseconds and without torch.
+"""A fake result store in the exact layout of mtlprune.engine.stage, built in milliseconds and without torch.
 
-`mtlprune.runner.run_dense` / `run_cell` write ``<store>/runs/<run_id>/`` with ``spec.json`` (``run_id``, the
-full ``spec`` dump, its ``identity`` and, for a cell, ``dense_run_id``), ``status.json`` (``running`` with
-host/pid/started, then ``done`` with ``finished``, or ``failed`` with ``error`` and ``traceback``),
-``log.jsonl`` and, last, ``result.json`` (typed records, mtlprune.records); `mtlprune run` adds the manifest.
-This module writes the same files with made-up but plausible numbers (accuracy falls with sparsity, faster for
-weaker methods; per-component sparsities that pool exactly to the achieved sparsity), so report, figure and
-performance tests can use hundreds of cells. Failed, running and missing (planned, never started) cells are
-placed at fixed positions so tests can name them.
+`mtlprune.engine.stage.run_dense` / `run_cell` write ``<store>/runs/<run_id>/`` with ``spec.json``
+(``run_id``, the full ``spec`` dump, its ``identity`` and, for a cell, ``dense_run_id``), ``status.json``
+(``running`` with host/pid/started, then ``done`` with ``finished``, or ``failed`` with ``error`` and
+``traceback``), ``log.jsonl`` and, last, ``result.json`` (typed records, mtlprune.store.records);
+`mtlprune run` adds the manifest. This module writes the same files with made-up but plausible numbers
+(accuracy falls with sparsity, faster for weaker methods; per-component sparsities that pool exactly to the
+achieved sparsity), so report, figure and performance tests can use hundreds of cells. Failed, running and
+missing (planned, never started) cells are placed at fixed positions so tests can name them.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from mtlprune.manifest import MANIFEST_FORMAT, save_manifest
-from mtlprune.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
-from mtlprune.records import CellResult, DenseResult
 from mtlprune.store import SPEC, Store, atomic_write_json
+from mtlprune.store.manifest import MANIFEST_FORMAT, save_manifest
+from mtlprune.store.maskio import MASKS, TASK_MASKS, write_masks, write_task_masks
+from mtlprune.store.records import CellResult, DenseResult
 
 TASKS3 = ("segment_semantic", "normal", "depth_zbuffer")
 
@@ -108,7 +108,8 @@ HEAD_RATIO = {
 BACKBONE_SHARE = 0.7
 HEAD_SHARE = 0.1
 LOG_STEPS = 20  # records per training log (log_every 10)
-# What mtlprune.runner records per stage under result.json "provenance" (mtlprune.provenance + timing).
+# What mtlprune.engine.stage records per stage under result.json "provenance" (mtlprune.store.provenance +
+# timing).
 RUN_PROVENANCE = {
     "commit": "0123456789abcdef0123456789abcdef01234567",
     "dirty": False,
@@ -122,7 +123,8 @@ RUN_PROVENANCE = {
     "end": "2025-01-01T00:00:12.500+00:00",
     "wall_s": 12.5,
 }
-# What mtlprune.manifest records when the matrix is planned (mtlprune.provenance + command and time).
+# What mtlprune.store.manifest records when the matrix is planned (mtlprune.store.provenance + command and
+# time).
 FAKE_PROVENANCE = {
     **{k: v for k, v in RUN_PROVENANCE.items() if k not in ("start", "end", "wall_s", "device")},
     "hostname": "login-node",

@@ -55,6 +55,16 @@ def load_masks(run_dir) -> dict:
     """A cell's stored masks (masks.npz) as torch bool tensors, for comparisons in tests."""
     import torch
 
-    from mtlprune.maskio import MASKS, read_masks
+    from mtlprune.store.maskio import MASKS, read_masks
 
     return {name: torch.from_numpy(mask) for name, mask in read_masks(run_dir / MASKS).items()}
+
+
+def dense_of(stages: list) -> list:
+    """The dense stages of a plan (mtlprune.plan.stages.plan), in plan order."""
+    return [s for s in stages if s.kind == "dense"]
+
+
+def cells_of(stages: list) -> list:
+    """The cells of a plan, in plan order."""
+    return [s for s in stages if s.kind == "cell"]

@@ -29,11 +29,11 @@ def _kill_after(n: int, cls: Any, method: str, counts: Any = lambda *args: True)
 
 def main() -> int:
     mode, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    from mtlprune import checkpoint, runner
     from mtlprune.cli import main as bench_main
+    from mtlprune.engine import checkpoint, logs
 
     if mode == "step":
-        _kill_after(n, runner.JsonlLogger, "__call__", lambda record: record.get("step") is not None)
+        _kill_after(n, logs.JsonlLogger, "__call__", lambda record: record.get("step") is not None)
     elif mode == "save":
         _kill_after(n, checkpoint.StageCheckpoint, "save")
     else:

@@ -11,7 +11,7 @@ import pytest
 
 from mtlprune.analysis import load_results, summary_table
 from mtlprune.analysis.figures import delta_t_vs_sparsity
-from mtlprune.records import StageResult
+from mtlprune.store.records import StageResult
 from tests.fake_store import cell_result, dense_result
 
 TASKS = ["segment_semantic", "normal"]

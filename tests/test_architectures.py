@@ -15,11 +15,11 @@ import torch
 import torchvision
 from torch import nn
 
-from mtlprune.models.aspp import ASPP_DILATIONS, ASPPHead
-from mtlprune.models.mobilenetv2 import InvertedResidual, MobileNetV2Backbone
-from mtlprune.models.mtl import MTLModel
-from mtlprune.models.pretrained import load_backbone_weights
-from mtlprune.models.resnet import DilatedResNet34
+from mtlprune.engine.models.aspp import ASPP_DILATIONS, ASPPHead
+from mtlprune.engine.models.mobilenetv2 import InvertedResidual, MobileNetV2Backbone
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.models.pretrained import load_backbone_weights
+from mtlprune.engine.models.resnet import DilatedResNet34
 from mtlprune.registry import ARCHS
 
 NYU = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mtlprune.cli import main
-from mtlprune.scheduler import run_matrix
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
@@ -138,8 +138,8 @@ def test_run_writes_the_manifest_that_report_reads_and_extending_shows_missing_c
     assert len(manifest["cells"]) == 1 and len(manifest["dense"]) == 1
     # the config grows by a sparsity level and is run only in part (its new cell never starts)
     config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5, 0.9])
-    from mtlprune.manifest import write_manifest
     from mtlprune.spec import load_matrix
+    from mtlprune.store.manifest import write_manifest
 
     write_manifest(load_matrix(config), Store(store))
     capsys.readouterr()

@@ -16,16 +16,16 @@ import yaml
 
 from mtlprune import registry
 from mtlprune.cli import main
-from mtlprune.code_changes import CodeChanged
-from mtlprune.provenance import code_identity
-from mtlprune.scheduler import run_matrix
+from mtlprune.execution.matrix import run_matrix
+from mtlprune.plan.code_changes import CodeChanged
 from mtlprune.store import Store
+from mtlprune.store.provenance import code_identity
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 
 MODULE = "test_code_changes_plugin"
 SOURCE = '''"""A throwaway plugin whose source the test edits."""
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
 from mtlprune.registry import METHODS
 from mtlprune.methods.base import PruningMethod
 

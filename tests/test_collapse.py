@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mtlprune.analysis.load import collapsed
-from mtlprune.report import _collapse_note, collapse_lines
+from mtlprune.analysis.report import _collapse_note, collapse_lines
 
 
 def _layers(**sparsities: tuple[str, float]) -> dict:

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from mtlprune.analysis import load_results
-from mtlprune.delta import delta_m, delta_t
-from mtlprune.scheduler import run_matrix
+from mtlprune.analysis.delta import delta_m, delta_t
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.spec import CONTROL_METHOD, ConfigError, MethodSpec, parse_matrix
 from mtlprune.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict

@@ -1,4 +1,5 @@
-"""FLOP counting (mtlprune.costs): hand-computed golden cases, agreement with FlopCounterMode, sparsity."""
+"""FLOP counting (mtlprune.engine.costs): hand-computed golden cases, agreement with FlopCounterMode,
+sparsity."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from mtlprune.costs import (
+from mtlprune.engine.costs import (
     ACTIVATION,
     BIAS,
     CONV,
@@ -25,12 +26,12 @@ from mtlprune.costs import (
     flop_breakdown,
     measure_latency,
 )
-from mtlprune.models.aspp import ASPPHead
-from mtlprune.models.mobilenetv2 import mobilenetv2
-from mtlprune.models.mtl import MTLModel
-from mtlprune.models.resnet import deeplab_resnet34
-from mtlprune.sparsity import apply_masks, select_masks
-from mtlprune.tasks import upsample_to
+from mtlprune.engine.models.aspp import ASPPHead
+from mtlprune.engine.models.mobilenetv2 import mobilenetv2
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.models.resnet import deeplab_resnet34
+from mtlprune.engine.sparsity import apply_masks, select_masks
+from mtlprune.engine.tasks import upsample_to
 
 TASKS = {"segment_semantic": 13, "normal": 3, "depth_zbuffer": 1}
 
@@ -210,7 +211,7 @@ def _max_pool(x_shape, kernel_size, *args, out_shape=None, **kwargs):
 
 aten = torch.ops.aten
 # FlopCounterMode counts only conv/matmul multiply-adds; this mapping adds the other ops of these models
-# with the conventions of mtlprune.costs, so the two totals compare like with like.
+# with the conventions of mtlprune.engine.costs, so the two totals compare like with like.
 FULL_MAPPING = {
     aten.convolution: _conv_with_bias,
     aten.addmm: _addmm_with_bias,
@@ -285,7 +286,9 @@ def test_sparse_conv_flops_count_nonzeros(arch: str) -> None:
     scores = {n: torch.rand(p.shape, generator=generator) for n, p in params.items()}
     apply_masks(params, select_masks(scores, 0.9))
 
-    positions: dict[str, int] = {}  # output positions per conv, recorded independently of mtlprune.costs
+    positions: dict[
+        str, int
+    ] = {}  # output positions per conv, recorded independently of mtlprune.engine.costs
     handles = [
         m.register_forward_hook(
             lambda mod, inp, out, name=name: positions.__setitem__(name, out[0, 0].numel())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlprune.data import batch_stream, build_dataset, carve_validation
-from mtlprune.scheduler import run_matrix
+from mtlprune.engine.data import batch_stream, build_dataset, carve_validation
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.store import Store
 from tests.helpers import tiny_matrix
 
@@ -55,12 +55,12 @@ def test_batch_stream_is_the_same_with_loader_workers(tmp_path):
 @pytest.mark.slow
 def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
     """Within every stage, no test sample is read before the stage's last training batch."""
-    import mtlprune.data
-    import mtlprune.runner
+    import mtlprune.engine.cell
+    import mtlprune.engine.dense
     from mtlprune.datasets.nyuv2 import NYUv2
 
     events: list[str] = []
-    original_load, original_begin = NYUv2.load_raw, mtlprune.runner._begin
+    original_load, original_begin = NYUv2.load_raw, mtlprune.engine.dense.begin_stage
 
     def load_raw(self, index):
         events.append(f"read-{self.split}")
@@ -71,7 +71,8 @@ def test_test_split_is_read_only_after_training(tmp_path, monkeypatch):
         return original_begin(*args, **kwargs)
 
     monkeypatch.setattr(NYUv2, "load_raw", load_raw)
-    monkeypatch.setattr(mtlprune.runner, "_begin", begin)
+    for module in (mtlprune.engine.dense, mtlprune.engine.cell):
+        monkeypatch.setattr(module, "begin_stage", begin)
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
     assert run_matrix(matrix, Store(tmp_path), show_progress=False).failed == {}
     stages = " ".join(events).split("stage")[1:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtlprune.delta import delta_m, delta_t
+from mtlprune.analysis.delta import delta_m, delta_t
 
 SEG = "segment_semantic"
 DEPTH = "depth_zbuffer"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mtlprune.analysis import load_results, summary_table
-from mtlprune.scheduler import run_matrix
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.spec import load_matrix
 from mtlprune.store import Store
 

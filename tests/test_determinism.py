@@ -1,9 +1,9 @@
 """One run id, one set of numbers: the same matrix on two stores, however it is run, ends bit-identical.
 
-On a CPU every stage runs on exactly one torch thread (mtlprune.determinism), so `--workers 1` (a stage in
-this process, which has 2 threads), `--workers 2` (spawned pool processes) and a process with 4 threads all
-give the same metrics, masks and logs. Every global RNG is seeded from the stage's run id before the stage's
-own code runs, so what ran before in a worker cannot leak into a method's masks.
+On a CPU every stage runs on exactly one torch thread (mtlprune.engine.determinism), so `--workers 1` (a
+stage in this process, which has 2 threads), `--workers 2` (spawned pool processes) and a process with 4
+threads all give the same metrics, masks and logs. Every global RNG is seeded from the stage's run id before
+the stage's own code runs, so what ran before in a worker cannot leak into a method's masks.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from mtlprune import registry
-from mtlprune.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
-from mtlprune.runner import plan, run_stage
-from mtlprune.scheduler import run_matrix
+from mtlprune.engine.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
+from mtlprune.engine.stage import run_stage
+from mtlprune.execution.matrix import run_matrix
+from mtlprune.plan.stages import plan
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix
 
@@ -117,10 +118,10 @@ def test_a_method_that_draws_from_the_global_rng_ignores_what_ran_before(tmp_pat
     masks = []
     for i, noise in enumerate((0, 7)):
         store = Store(tmp_path / f"s{i}")
-        the_plan = plan(matrix)
-        assert run_stage(the_plan.dense[0], store, matrix.runtime).status == "done"
+        dense, cell = plan(matrix)
+        assert run_stage(dense, store, matrix.runtime).status == "done"
         torch.rand(noise), np.random.rand(noise), [random.random() for _ in range(noise)]
-        assert run_stage(the_plan.cells[0], store, matrix.runtime).status == "done"
-        masks.append(load_masks(store.run_dir(the_plan.cells[0].run_id)))
+        assert run_stage(cell, store, matrix.runtime).status == "done"
+        masks.append(load_masks(store.run_dir(cell.run_id)))
     assert masks[0].keys() == masks[1].keys()
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])

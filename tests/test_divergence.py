@@ -1,10 +1,10 @@
 """Divergence is a failure, not a result; the dense stage records its convergence and its trivial predictor.
 
-mtlprune.divergence: a task loss far above the untrained network's for too long, or final metrics that are
-non-finite or worse than any constant prediction, end the stage as ``failed (diverged)`` with the step and
-the losses. mtlprune.trivial: the best constant prediction per task (majority class, median depth, mean
+mtlprune.engine.divergence: a task loss far above the untrained network's for too long, or final metrics that
+are non-finite or worse than any constant prediction, end the stage as ``failed (diverged)`` with the step and
+the losses. mtlprune.engine.trivial: the best constant prediction per task (majority class, median depth, mean
 normal).
-mtlprune.convergence: the relative loss drop over the last 20% of dense training.
+mtlprune.engine.convergence: the relative loss drop over the last 20% of dense training.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
-from mtlprune.convergence import TOLERANCE, loss_convergence
-from mtlprune.divergence import (
+from mtlprune.engine.convergence import TOLERANCE, loss_convergence
+from mtlprune.engine.divergence import (
     ABSURD_FACTOR,
     DIVERGENCE_FACTOR,
     DIVERGENCE_PATIENCE,
@@ -24,10 +24,11 @@ from mtlprune.divergence import (
     DivergenceGuard,
     check_final_metrics,
 )
-from mtlprune.runner import plan, run_stage
-from mtlprune.scheduler import run_matrix
+from mtlprune.engine.stage import run_stage
+from mtlprune.engine.trivial import fit_trivial
+from mtlprune.execution.matrix import run_matrix
+from mtlprune.plan.stages import plan
 from mtlprune.store import Store
-from mtlprune.trivial import fit_trivial
 from mtlprune.vocabulary import direction
 from tests.helpers import tiny_matrix
 
@@ -114,12 +115,12 @@ def test_lr_1e6_in_finetuning_is_diverged_never_done(tmp_path):
         methods=[{"name": "magnitude"}], sparsities=[0.5], finetune={"steps": 4, "batch_size": 4, "lr": 1e6}
     )
     store = Store(tmp_path)
-    the_plan = plan(matrix)
-    assert run_stage(the_plan.dense[0], store, matrix.runtime).status == "done"
-    outcome = run_stage(the_plan.cells[0], store, matrix.runtime)
+    dense_stage, cell = plan(matrix)
+    assert run_stage(dense_stage, store, matrix.runtime).status == "done"
+    outcome = run_stage(cell, store, matrix.runtime)
     assert (outcome.status, outcome.kind) == ("failed", "diverged")
-    record = _failure(store, the_plan.cells[0].run_id)
-    dense = store.result(the_plan.dense[0].run_id)
+    record = _failure(store, cell.run_id)
+    dense = store.result(dense_stage.run_id)
     assert record["divergence"]["ceilings"] == {
         t: pytest.approx(DIVERGENCE_FACTOR * v) for t, v in dense.initial_losses.items()
     }
@@ -131,7 +132,7 @@ def test_dense_result_records_initial_losses_convergence_and_trivial_metrics(tmp
         methods=[{"name": "magnitude"}], sparsities=[0.5], runtime={"device": "cpu", "log_every": 1}
     )
     store = Store(tmp_path)
-    dense = plan(matrix).dense[0]
+    dense = plan(matrix)[0]
     assert run_stage(dense, store, matrix.runtime).status == "done"
     result = store.result(dense.run_id)
     first = json.loads((store.run_dir(dense.run_id) / "log.jsonl").read_text().splitlines()[0])

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 import mtlprune.methods  # noqa: F401  (registers the built-in methods)
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.failures import failure_kind, log_tail
+from mtlprune.engine.stage import run_stage
+from mtlprune.engine.train import Divergence, TrainCallback
 from mtlprune.methods.base import PruningMethod
+from mtlprune.plan.stages import plan
 from mtlprune.registry import METHODS
-from mtlprune.runner import failure_kind, log_tail, plan, run_stage
 from mtlprune.store import Store
-from mtlprune.train import Divergence, TrainCallback
 from tests.helpers import tiny_matrix
 
 
@@ -66,12 +68,12 @@ def outcomes(tmp_path_factory):
             runtime={"device": "cpu", "log_every": 1},
         )
         store = Store(tmp_path_factory.mktemp("failures"))
-        the_plan = plan(matrix)
+        stages = plan(matrix)
         results = {}
-        for stage in [*the_plan.dense, *the_plan.cells]:
-            label = "dense" if stage in the_plan.dense else stage.method.name
+        for stage in stages:
+            label = "dense" if stage.kind == "dense" else stage.spec.method.name
             results[label] = run_stage(stage, store, matrix.runtime)
-        yield store, the_plan, results
+        yield store, stages, results
     finally:
         for name in TEST_METHODS:
             METHODS._items.pop(name)
@@ -115,7 +117,7 @@ def test_a_cell_whose_dense_stage_failed_is_blocked(tmp_path):
         methods=[{"name": "magnitude"}], sparsities=[0.5], train={"steps": 6, "lr": 1.0e-3, "batch_size": 64}
     )
     store = Store(tmp_path)
-    dense, cell = plan(matrix).dense[0], plan(matrix).cells[0]
+    dense, cell = plan(matrix)[:2]
     failed = run_stage(dense, store, matrix.runtime)  # batch 64 > 8 training frames
     assert failed.kind == "error" and "batch_size 64 is larger than the training split" in failed.error
     blocked = run_stage(cell, store, matrix.runtime)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import mtlprune.fingerprint as fp_module
+import mtlprune.plan.fingerprint as fp_module
 from mtlprune.cli import main
-from mtlprune.fingerprint import (
+from mtlprune.plan.fingerprint import (
     DataFingerprintError,
     cache_path,
     data_fingerprint,

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 import mtlprune.methods  # noqa: F401  (registers the built-in methods)
-from mtlprune.data import batch_stream
+from mtlprune.engine.build import pin_memory
+from mtlprune.engine.data import batch_stream
+from mtlprune.engine.stage import run_stage
+from mtlprune.engine.train import StepRunner
+from mtlprune.plan.stages import plan
 from mtlprune.registry import ARCHS
-from mtlprune.runner import _pin_memory, plan, run_stage
 from mtlprune.spec import RuntimeSpec, TrainSpec
 from mtlprune.store import Store
-from mtlprune.train import StepRunner
 from tests.helpers import tiny_matrix
 from tests.test_resume import Killed, _fingerprint, _kill_at
 from tools.gpu_check import check, repeatability, synthetic_batch
@@ -79,9 +81,9 @@ def test_channels_last_gives_the_same_step_on_cpu():
 
 
 def test_pinned_memory_is_used_only_with_cuda():
-    assert _pin_memory(RuntimeSpec(device="cpu"), torch.device("cpu")) is False
-    assert _pin_memory(RuntimeSpec(pin_memory=True), torch.device("cuda")) is True
-    assert _pin_memory(RuntimeSpec(), torch.device("cuda")) is True
+    assert pin_memory(RuntimeSpec(device="cpu"), torch.device("cpu")) is False
+    assert pin_memory(RuntimeSpec(pin_memory=True), torch.device("cuda")) is True
+    assert pin_memory(RuntimeSpec(), torch.device("cuda")) is True
     dataset = [{"input": torch.full((3,), float(i))} for i in range(8)]
 
     class Items(list):
@@ -104,7 +106,7 @@ def test_a_killed_fp16_cell_resumes_with_its_gradient_scaler(tmp_path):
         finetune={"steps": 5, "batch_size": 4, "amp": "fp16"},
         runtime={"device": "cpu", "checkpoint_every": 2, "log_every": 1},
     )
-    dense, cell = plan(matrix).dense[0], plan(matrix).cells[0]
+    dense, cell = plan(matrix)[:2]
     reference = Store(tmp_path / "reference")
     assert run_stage(dense, reference, matrix.runtime).status == "done"
     assert run_stage(cell, reference, matrix.runtime).status == "done"

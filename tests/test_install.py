@@ -20,7 +20,7 @@ def test_import_mtlprune_is_torch_free_and_exports_the_plugin_api():
         "import sys, mtlprune; assert 'torch' not in sys.modules, 'import mtlprune pulled in torch'; "
         "from mtlprune import PruningMethod, METHODS, MethodContext; "
         "from mtlprune.methods.base import PruningMethod as P; "
-        "from mtlprune.context import MethodContext as C; "
+        "from mtlprune.engine.context import MethodContext as C; "
         "from mtlprune.registry import METHODS as M; "
         "assert (PruningMethod, METHODS, MethodContext) == (P, M, C)"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlprune.locks import HOST, LOCK, LockHeld, StageLock, read_lock, stale_reason
+from mtlprune.execution.locks import HOST, LOCK, LockHeld, StageLock, read_lock, stale_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_takeover_race_between_threads_has_exactly_one_winner(tmp_path):
 
 RACER = """
 import sys, time
-from mtlprune.locks import StageLock
+from mtlprune.execution.locks import StageLock
 start = float(sys.argv[2])
 while time.time() < start:
     pass

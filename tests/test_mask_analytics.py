@@ -22,7 +22,7 @@ from mtlprune.analysis import (
 )
 from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
 from mtlprune.analysis.masks import OVERALL
-from mtlprune.maskio import TASK_MASKS, write_task_masks
+from mtlprune.store.maskio import TASK_MASKS, write_task_masks
 
 
 def b(*bits: int) -> np.ndarray:
@@ -156,7 +156,7 @@ def tiny_store(tmp_path_factory) -> Path:
     """A real store: one tiny dense stage, magnitude and random at 70% (about 10 s on a CPU)."""
     import torch
 
-    from mtlprune.scheduler import run_matrix
+    from mtlprune.execution.matrix import run_matrix
     from mtlprune.store import Store
     from tests.helpers import tiny_matrix
 
@@ -185,7 +185,7 @@ def test_overlap_matrix_on_a_real_store(tiny_store):
     np.testing.assert_array_equal(matrix.to_numpy(), matrix.to_numpy().T)
     ids = frame.set_index("method")["run_id"]
     mag, rnd = (np.load(tiny_store / "runs" / ids[m] / "masks.npz") for m in ("magnitude", "random"))
-    # Direct NumPy, independent of mtlprune.maskio's reader: unpack every tensor's bits, pool, Jaccard.
+    # Direct NumPy, independent of mtlprune.store.maskio's reader: unpack every tensor's bits, pool, Jaccard.
     names = [str(n) for n in mag["names"]]
     assert names == [str(n) for n in rnd["names"]]
 

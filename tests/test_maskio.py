@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlprune.maskio import masks_to_bytes, read_masks, read_task_masks, write_masks, write_task_masks
+from mtlprune.store.maskio import masks_to_bytes, read_masks, read_task_masks, write_masks, write_task_masks
 
 
 def test_round_trip_of_odd_shapes_from_torch_and_numpy(tmp_path):

@@ -15,6 +15,9 @@ from pydantic import ValidationError
 from torch import nn
 
 import mtlprune.methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.train import StepRunner
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.adapmtl import (
     STR,
     AdapMTL,
@@ -33,12 +36,9 @@ from mtlprune.methods.adapmtl import (
     soft_threshold,
     threshold_of,
 )
-from mtlprune.models.mtl import MTLModel
 from mtlprune.registry import ARCHS, METHODS
-from mtlprune.scheduler import run_matrix
 from mtlprune.spec import TrainSpec
 from mtlprune.store import Store
-from mtlprune.train import StepRunner
 from tests.helpers import TASKS3, load_masks, tiny_matrix
 
 # ------------------------------------------------------------------------------ reparameterisation

@@ -9,7 +9,7 @@ must then:
 - record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense);
 - evaluate and land in ``load_results()`` with finite metrics and ΔT;
 - killed in the middle of its training, resume from its checkpoint to exactly the same end (its callbacks'
-  state must be in their ``state_dict``; bench/checkpoint.py).
+  state must be in their ``state_dict``; bench/engine/checkpoint.py).
 Methods declare small ``contract_params`` for this run (fewer rounds, shorter intervals).
 
 The documented example plugins (tests/plugins/taylor_example.py and rounds_example.py, printed in
@@ -31,11 +31,12 @@ import pytest
 import torch
 
 from mtlprune.analysis import load_results
+from mtlprune.engine.stage import run_stage
+from mtlprune.execution.matrix import run_matrix
+from mtlprune.plan.stages import plan
 from mtlprune.registry import METHODS, load_plugins
-from mtlprune.runner import plan, run_stage
-from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
-from tests.helpers import load_masks, tiny_matrix
+from tests.helpers import cells_of, dense_of, load_masks, tiny_matrix
 from tests.test_resume import Killed, _fingerprint, _kill_at
 
 pytestmark = pytest.mark.slow  # every test here trains stages end to end
@@ -76,12 +77,12 @@ def runs(tmp_path_factory):
     stores = [Store(tmp_path_factory.mktemp(f"contract{i}")) for i in range(2)]
     outcome = run_matrix(matrix, stores[0], show_progress=False)
     assert outcome.failed == {}, {k: stores[0].status_record(k).error for k in outcome.failed}
-    the_plan = plan(matrix)
-    assert run_stage(the_plan.dense[0], stores[1], matrix.runtime).status == "done"
-    for i, cell in enumerate(reversed(the_plan.cells)):
+    stages = plan(matrix)
+    assert run_stage(dense_of(stages)[0], stores[1], matrix.runtime).status == "done"
+    for i, cell in enumerate(reversed(cells_of(stages))):
         _rng_noise(i + 1)
         outcome = run_stage(cell, stores[1], matrix.runtime)
-        assert outcome.status == "done", (cell.method.name, outcome.error)
+        assert outcome.status == "done", (cell.spec.method.name, outcome.error)
     cells = {c.method.name: c for c in matrix.expand()}
     return matrix, stores, cells
 

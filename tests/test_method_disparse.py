@@ -16,9 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlprune.methods.disparse  # noqa: F401  (registers disparse-static, disparse-pretrained, disparse-dynamic)
-from mtlprune.context import MethodContext
-from mtlprune.data import build_dataset
-from mtlprune.maskio import TASK_MASKS, read_task_masks
+from mtlprune.engine.build import build_model
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.data import build_dataset
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.sparsity import apply_masks, erk_densities, select_masks
+from mtlprune.engine.train import StepRunner
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.disparse import (
     DisparseDynamic,
     DisparseDynamicCallback,
@@ -35,13 +39,9 @@ from mtlprune.methods.disparse import (
     task_pools,
     union_grow,
 )
-from mtlprune.models.mtl import MTLModel
 from mtlprune.registry import METHODS
-from mtlprune.runner import build_model
-from mtlprune.scheduler import run_matrix
-from mtlprune.sparsity import apply_masks, erk_densities, select_masks
 from mtlprune.store import Store
-from mtlprune.train import StepRunner
+from mtlprune.store.maskio import TASK_MASKS, read_task_masks
 from tests.helpers import load_masks, tiny_matrix
 
 # --------------------------------------------------------------------------- (1) the solver by hand

@@ -12,9 +12,9 @@ import torch
 from pydantic import ValidationError
 
 import mtlprune.methods.gmp  # noqa: F401  (registers "gmp")
+from mtlprune.engine.sparsity import select_masks
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.gmp import GMP, GMPCallback, GMPParams, gmp_pruning_steps, gmp_sparsity, gmp_steps
-from mtlprune.scheduler import run_matrix
-from mtlprune.sparsity import select_masks
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix
 

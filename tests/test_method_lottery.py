@@ -17,15 +17,15 @@ import pytest
 import torch
 
 import mtlprune.methods.magnitude  # noqa: F401  (registers magnitude; importing mtlprune.methods.lottery registers lth, imp)
-from mtlprune.context import MethodContext
+from mtlprune.engine.build import build_model
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.sparsity import select_masks
+from mtlprune.engine.train import StepRunner, lr_factor
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.lottery import replay_spec, round_targets
 from mtlprune.registry import ARCHS, METHODS
-from mtlprune.runner import build_model
-from mtlprune.scheduler import run_matrix
-from mtlprune.sparsity import select_masks
 from mtlprune.spec import TrainSpec
 from mtlprune.store import Store
-from mtlprune.train import StepRunner, lr_factor
 from tests.helpers import load_masks, tiny_matrix
 
 TARGET = 0.7

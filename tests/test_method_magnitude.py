@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from mtlprune.engine.sparsity import erk_densities, select_masks
 from mtlprune.registry import ARCHS
-from mtlprune.sparsity import erk_densities, select_masks
 
 
 def _model():
@@ -104,7 +104,7 @@ def test_iterative_selection_keeps_pruned_weights_pruned():
 
 @pytest.mark.slow
 def test_magnitude_component_scope_end_to_end(tmp_path):
-    from mtlprune.scheduler import run_matrix
+    from mtlprune.execution.matrix import run_matrix
     from mtlprune.store import Store
     from tests.helpers import tiny_matrix
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import mtlprune.methods.random_pruning  # noqa: F401  (registers "random")
-from mtlprune.context import MethodContext
+from mtlprune.engine.build import build_model, load_state
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.sparsity import erk_densities, select_masks
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.random_pruning import RandomPruning
-from mtlprune.runner import build_model, load_state
-from mtlprune.scheduler import run_matrix
-from mtlprune.sparsity import erk_densities, select_masks
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix
 

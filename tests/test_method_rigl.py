@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import mtlprune.methods.rigl  # noqa: F401  (registers "rigl")
-from mtlprune.context import MethodContext
+from mtlprune.engine.build import build_model
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.sparsity import apply_masks, erk_densities, select_masks
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.rigl import RigL, RigLCallback, reset_optimizer_state, rigl_drop_fraction, rigl_update
-from mtlprune.runner import build_model
-from mtlprune.scheduler import run_matrix
-from mtlprune.sparsity import apply_masks, erk_densities, select_masks
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix
 

@@ -16,8 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlprune.methods.saliency  # noqa: F401  (registers snip, grasp, synflow)
-from mtlprune.context import MethodContext
-from mtlprune.data import build_dataset
+from mtlprune.engine.build import build_model
+from mtlprune.engine.context import MethodContext
+from mtlprune.engine.data import build_dataset
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.sparsity import apply_masks, select_masks
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.saliency import (
     Grasp,
     GraspParams,
@@ -31,11 +35,7 @@ from mtlprune.methods.saliency import (
     synflow_scores,
     synflow_sparsity,
 )
-from mtlprune.models.mtl import MTLModel
 from mtlprune.registry import METHODS
-from mtlprune.runner import build_model
-from mtlprune.scheduler import run_matrix
-from mtlprune.sparsity import apply_masks, select_masks
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix, tiny_matrix_dict
 

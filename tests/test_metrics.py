@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtlprune.metrics import DepthMetric, NormalMetric, SegmentationMetric, nyuv2_metric
+from mtlprune.engine.metrics import DepthMetric, NormalMetric, SegmentationMetric, nyuv2_metric
 from mtlprune.vocabulary import NYUV2_METRICS
 
 # ---------------------------------------------------------------------------------------------- segmentation

@@ -98,8 +98,8 @@ def test_plan_accepts_overrides_and_bad_ones_exit_2(config, tmp_path, capsys):
 
 
 def test_the_manifest_records_the_overrides(config, tmp_path):
-    from mtlprune.manifest import read_manifest, write_manifest
     from mtlprune.store import Store
+    from mtlprune.store.manifest import read_manifest, write_manifest
 
     matrix = load_matrix(config, ["finetune.steps=3"])
     write_manifest(matrix, Store(tmp_path / "store"), ["finetune.steps=3"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mtlprune.cli import main
-from mtlprune.runner import requirements
+from mtlprune.engine.requirements import requirements
 from mtlprune.spec import load_matrix
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -1,7 +1,7 @@
 """The two evaluation protocols: each quirk of ``adapmtl`` against ``standard`` on hand-computed arrays.
 
-Every expected value below is worked out in the comment above it; ``mtlprune.metrics.compute`` is the public
-entry point, fed one batch (a tensor) or several (a list, in evaluation order).
+Every expected value below is worked out in the comment above it; ``mtlprune.engine.metrics.compute`` is the
+public entry point, fed one batch (a tensor) or several (a list, in evaluation order).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from mtlprune.evaluate import resize_batch
-from mtlprune.metrics import ReferenceNormalMetric, compute, make_metric
-from mtlprune.metrics.standard import NormalMetric
+from mtlprune.engine.evaluate import resize_batch
+from mtlprune.engine.metrics import ReferenceNormalMetric, compute, make_metric
+from mtlprune.engine.metrics.standard import NormalMetric
+from mtlprune.engine.tasks import task_loss
 from mtlprune.spec import EvalSpec
-from mtlprune.tasks import task_loss
 
 
 def _logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -296,9 +296,9 @@ def test_compute_rejects_bad_calls() -> None:
 def test_adapmtl_run_end_to_end_matches_compute_on_resized_batches(tmp_path) -> None:
     """An `adapmtl` run is its own stage; stored dense metrics = compute() on 321×321 batches of 16."""
     from mtlprune.analysis import load_results
-    from mtlprune.data import build_dataset, eval_batches
-    from mtlprune.runner import build_model
-    from mtlprune.scheduler import run_matrix
+    from mtlprune.engine.build import build_model
+    from mtlprune.engine.data import build_dataset, eval_batches
+    from mtlprune.execution.matrix import run_matrix
     from mtlprune.store import Store
     from tests.helpers import tiny_matrix
 

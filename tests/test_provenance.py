@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mtlprune import provenance as prov
-from mtlprune.provenance import device_name, git_state, provenance, slurm_ids, timing
+from mtlprune.store import provenance as prov
+from mtlprune.store.provenance import device_name, git_state, provenance, slurm_ids, timing
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git executable not installed")
 
@@ -160,7 +160,7 @@ def test_device_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_provenance_does_not_import_torch() -> None:
     code = (
-        "import sys; from mtlprune.provenance import provenance, timing; "
+        "import sys; from mtlprune.store.provenance import provenance, timing; "
         "provenance('cpu'); timing(0.0, 1.0); print('torch' in sys.modules)"
     )
     out = subprocess.run(

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from mtlprune.analysis import aggregate, load_published, load_results
+from mtlprune.analysis.delta import delta_t
 from mtlprune.analysis.load import BASE_COLUMNS
 from mtlprune.analysis.published import CSV_COLUMNS, DEFAULT_ROOT, EXTRA_COLUMNS
-from mtlprune.delta import delta_t
 
 ADAPMTL = DEFAULT_ROOT / "adapmtl_table2.csv"
 DISPARSE_NYU = DEFAULT_ROOT / "disparse_table1_nyuv2.csv"

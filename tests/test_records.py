@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from mtlprune.records import RECORD_FORMAT, CellResult, DenseResult, StatusRecord
 from mtlprune.store import RESULT, STATUS, Store, atomic_write_json
+from mtlprune.store.records import RECORD_FORMAT, CellResult, DenseResult, StatusRecord
 from tests.fake_store import cell_result, dense_result
 
 METRICS = {"segment_semantic.miou": 0.25, "normal.mean": 20.0}

@@ -34,10 +34,10 @@ from mtlprune.analysis.figures import (
     training_overview,
 )
 from mtlprune.analysis.html import markdown_table_html
+from mtlprune.analysis.report import collect, resolve_source
 from mtlprune.analysis.style import ROSTER, MethodStyle, StyleMap
 from mtlprune.cli import main
-from mtlprune.manifest import read_manifest, save_manifest, write_manifest
-from mtlprune.report import collect, resolve_source
+from mtlprune.store.manifest import read_manifest, save_manifest, write_manifest
 from tests.fake_store import DENSE_METRICS, build_fake_store, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -520,7 +520,7 @@ PDFLATEX_SKIP = "pdflatex not installed (Debian packages texlive-latex-base, tex
 @pytest.fixture(scope="module")
 def stats_reports(tmp_path_factory):
     """build_report on stores of 1 and 3 seeds with the dense-finetune control: seeds → (store, outcome)."""
-    from mtlprune.report import build_report
+    from mtlprune.analysis.report import build_report
 
     out = {}
     for n_seeds in (1, 3):
@@ -556,7 +556,7 @@ def test_control_cells_and_control_run_ids_in_the_fake_store(stats_reports):
 
 
 def test_one_seed_report_says_no_significance_is_possible_and_draws_none(stats_reports):
-    from mtlprune.report import ONE_SEED
+    from mtlprune.analysis.report import ONE_SEED
 
     _, outcome = stats_reports[1]
     page = outcome.html.read_text(encoding="utf-8")

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import mtlprune.methods  # noqa: F401  (registers the built-in methods)
-from mtlprune.checkpoint import CHECKPOINT, read_checkpoint
-from mtlprune.runner import plan, run_stage
+from mtlprune.engine.checkpoint import CHECKPOINT, read_checkpoint
+from mtlprune.engine.stage import run_stage
+from mtlprune.plan.stages import plan
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix
 
@@ -34,8 +35,7 @@ def _matrix(method: dict, sparsity: float = 0.7, **overrides):
 
 
 def _run_all(matrix, store: Store, progress=None) -> None:
-    the_plan = plan(matrix)
-    for stage in [*the_plan.dense, *the_plan.cells]:
+    for stage in plan(matrix):
         outcome = run_stage(stage, store, matrix.runtime, progress)
         assert outcome.status == "done", outcome.error
 
@@ -103,7 +103,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS_UNDER_TEST, ids=lambda m: m["name"])
 def test_a_cell_killed_at_any_step_resumes_to_the_same_end(reference, method, tmp_path):
     matrix, ref_store = reference[method["name"]]
-    dense, cell = plan(matrix).dense[0], plan(matrix).cells[0]
+    dense, cell = plan(matrix)[:2]
     expected = _fingerprint(ref_store, cell.run_id)
     total = _count_steps(ref_store, cell.run_id)
     assert total >= 4
@@ -131,7 +131,7 @@ def test_a_cell_killed_at_any_step_resumes_to_the_same_end(reference, method, tm
 @pytest.mark.slow
 def test_the_dense_stage_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     matrix = _matrix({"name": "magnitude"}, runtime={**RUNTIME, "log_every": 1})
-    dense = plan(matrix).dense[0]
+    dense = plan(matrix)[0]
     ref = Store(tmp_path / "ref")
     run_stage(dense, ref, matrix.runtime)
     expected = _fingerprint(ref, dense.run_id)
@@ -154,7 +154,7 @@ def test_the_dense_stage_killed_mid_training_resumes_to_the_same_weights(tmp_pat
 def test_a_checkpoint_holds_every_piece_of_state_and_loads_weights_only(tmp_path):
     matrix = _matrix({"name": "adapmtl"})
     store = Store(tmp_path)
-    dense, cell = plan(matrix).dense[0], plan(matrix).cells[0]
+    dense, cell = plan(matrix)[:2]
     run_stage(dense, store, matrix.runtime)
     progress, _ = _kill_at(2)
     with pytest.raises(Killed):
@@ -178,7 +178,7 @@ def test_a_checkpoint_holds_every_piece_of_state_and_loads_weights_only(tmp_path
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     matrix = _matrix({"name": "magnitude"})
     store = Store(tmp_path)
-    dense = plan(matrix).dense[0]
+    dense = plan(matrix)[0]
     run_dir = store.run_dir(dense.run_id)
     run_dir.mkdir(parents=True)
     (run_dir / CHECKPOINT).write_bytes(b"not a checkpoint")
@@ -192,7 +192,7 @@ def test_a_checkpoint_the_code_never_reaches_fails_loudly(tmp_path):
     """A checkpoint of a later train() call than the method makes (its code changed) is not ignored."""
     matrix = _matrix({"name": "magnitude"})
     store = Store(tmp_path)
-    dense, cell = plan(matrix).dense[0], plan(matrix).cells[0]
+    dense, cell = plan(matrix)[:2]
     run_stage(dense, store, matrix.runtime)
     progress, _ = _kill_at(1)
     with pytest.raises(Killed):
@@ -210,7 +210,7 @@ def test_checkpoint_every_zero_saves_only_at_phase_boundaries(tmp_path):
     matrix = _matrix({"name": "magnitude"}, runtime={"device": "cpu", "checkpoint_every": 0})
     store = Store(tmp_path)
     saved: list[tuple[int, int]] = []
-    from mtlprune import checkpoint as checkpoint_module
+    from mtlprune.engine import checkpoint as checkpoint_module
 
     original = checkpoint_module.StageCheckpoint.save
 
@@ -236,11 +236,11 @@ def test_every_result_carries_its_provenance(tmp_path):
     matrix = _matrix({"name": "magnitude"})
     store = Store(tmp_path)
     _run_all(matrix, store)
-    for stage in [*plan(matrix).dense, *plan(matrix).cells]:
+    for stage in plan(matrix):
         result = store.result(stage.run_id)
         prov = result.provenance
         assert set(prov) >= {"commit", "dirty", "packages", "hostname", "device", "start", "end", "wall_s"}
-        assert prov["torch_threads"] == result.determinism["cpu_threads"] == 1  # mtlprune.determinism
+        assert prov["torch_threads"] == result.determinism["cpu_threads"] == 1  # mtlprune.engine.determinism
         assert prov["packages"]["torch"] == torch.__version__.split("+")[0]
         assert prov["device"] == "cpu" and result.resumed_from is None
         assert prov["start"] < prov["end"] and prov["wall_s"] > 0

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtlprune.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
 from mtlprune.cli import main
-from mtlprune.runner import plan
+from mtlprune.engine.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
+from mtlprune.plan.stages import plan
 from mtlprune.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict
 from tests.test_resume import _fingerprint, _run_all
@@ -68,7 +68,7 @@ def test_sigkill_then_rerun_ends_as_an_uninterrupted_run(reference, where, tmp_p
 
     killed = _bench(["run", str(config), "--store", str(store.root), "--no-progress"], KILLS[where])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    stages = [*plan(matrix).dense, *plan(matrix).cells]
+    stages = plan(matrix)
     finished_before = {
         s.run_id: (store.run_dir(s.run_id) / "result.json").stat().st_mtime_ns
         for s in stages

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mtlprune.analysis import load_results
-from mtlprune.context import MethodContext
-from mtlprune.delta import delta_m, delta_t
+from mtlprune.analysis.delta import delta_m, delta_t
+from mtlprune.engine.context import MethodContext
+from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.base import PruningMethod
 from mtlprune.registry import METHODS
-from mtlprune.scheduler import run_matrix
 from mtlprune.store import Store
 from tests.helpers import TASKS3, load_masks, tiny_matrix, tiny_matrix_dict
 
@@ -170,7 +170,7 @@ def test_failures_are_recorded_and_the_rest_goes_on(test_methods, tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_backbone_weights_are_loaded_into_the_dense_stage(tmp_path):
-    from mtlprune.runner import build_model
+    from mtlprune.engine.build import build_model
 
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
     torch.manual_seed(123)

@@ -14,18 +14,21 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-import mtlprune.runner
+import mtlprune.engine.cell
+import mtlprune.engine.dense
 from mtlprune import registry
 from mtlprune.cli import main
-from mtlprune.events import read_events
+from mtlprune.execution.events import read_events
+from mtlprune.execution.matrix import run_matrix
+from mtlprune.plan.stages import plan
 from mtlprune.registry import METHODS, load_plugins
-from mtlprune.scheduler import run_matrix, stages_of
 from mtlprune.store import Store
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
@@ -85,7 +88,7 @@ def test_two_concurrent_bench_runs_run_each_stage_once_and_cells_after_their_den
     ]
     outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    stages = stages_of(_matrix(seeds=[0, 1]))
+    stages = plan(_matrix(seeds=[0, 1]))
     assert len(stages) == 4
     assert _claims(store) == {s.run_id: 1 for s in stages}  # every stage claimed exactly once, by either
     events = read_events(store)
@@ -99,7 +102,7 @@ def test_two_concurrent_bench_runs_run_each_stage_once_and_cells_after_their_den
         assert claimed_at[cell.run_id] > dense_done  # a cell starts only once its dense stage has finished
     # The seed-0 stages are the fixture's: a second run of one would have appended to its log.
     _, reference = finished
-    for stage in stages_of(_matrix()):
+    for stage in plan(_matrix()):
         lines = (store.run_dir(stage.run_id) / "log.jsonl").read_text().splitlines()
         assert len(lines) == len((reference.run_dir(stage.run_id) / "log.jsonl").read_text().splitlines())
 
@@ -111,12 +114,13 @@ def test_rerun_of_a_finished_matrix_builds_no_model(finished, monkeypatch, capsy
     def no_model(spec):
         raise AssertionError("a finished matrix must not build a model")
 
-    monkeypatch.setattr(mtlprune.runner, "build_model", no_model)
+    for module in (mtlprune.engine.dense, mtlprune.engine.cell):
+        monkeypatch.setattr(module, "build_model", no_model)
     before = len(read_events(store))
     for _ in range(2):
         outcome = run_matrix(_matrix(), store, show_progress=False)
         assert outcome.done == [] and outcome.failed == {}
-        assert outcome.skipped == [s.run_id for s in stages_of(_matrix())]
+        assert outcome.skipped == [s.run_id for s in plan(_matrix())]
     assert main(["run", str(config), "--store", str(store.root), "--no-progress"]) == 0
     assert len(read_events(store)) == before  # nothing claimed
     assert "magnitude" in capsys.readouterr().out  # the summary table is still printed
@@ -127,11 +131,11 @@ def test_extending_a_finished_matrix_runs_only_the_new_stages(finished, tmp_path
     _, reference = finished
     store = Store(tmp_path / "store")
     shutil.copytree(reference.root, store.root)
-    old = {s.run_id for s in stages_of(_matrix())}
+    old = {s.run_id for s in plan(_matrix())}
     extended = _matrix(
         methods=[{"name": "magnitude"}, {"name": "random"}], sparsities=[0.5, 0.7], seeds=[0, 1]
     )
-    everything = {s.run_id for s in stages_of(extended)}
+    everything = {s.run_id for s in plan(extended)}
     assert old < everything and len(everything) == 2 + 8  # 2 dense stages, 2 methods × 2 targets × 2 seeds
     before = _claims(store)
     outcome = run_matrix(extended, store, show_progress=False)
@@ -170,19 +174,20 @@ def test_a_failing_cell_does_not_stop_the_matrix_and_retry_failed_runs_it_once_m
 def stages_of_config(config: Path):
     from mtlprune.spec import load_matrix
 
-    return stages_of(load_matrix(config))
+    return plan(load_matrix(config))
 
 
 @pytest.mark.slow
 def test_cells_of_a_failed_dense_stage_are_blocked_not_waited_for(tmp_path, monkeypatch):
     matrix = _matrix(sparsities=[0.5, 0.7])
     store = Store(tmp_path)
-    dense, *cells = stages_of(matrix)
+    dense, *cells = plan(matrix)
 
     def broken(spec):
         raise RuntimeError("no model today")
 
-    monkeypatch.setattr(mtlprune.runner, "build_model", broken)
+    for module in (mtlprune.engine.dense, mtlprune.engine.cell):
+        monkeypatch.setattr(module, "build_model", broken)
     outcome = run_matrix(matrix, store, show_progress=False, poll_s=0.05)
     assert outcome.done == [] and set(outcome.failed) == {dense.run_id, *(c.run_id for c in cells)}
     assert store.status_record(dense.run_id).error == "RuntimeError: no model today"
@@ -201,7 +206,7 @@ def test_a_pool_of_two_workers_gives_the_results_of_one_and_survives_a_crash(fin
     _, reference = finished  # SMALL run by one in-process worker
     methods = [{"name": "magnitude"}, {"name": "random"}, {"name": "test-crash-worker"}]
     matrix = _matrix(methods=methods)
-    dense, magnitude, random_cell, crash = stages_of(matrix)
+    dense, magnitude, random_cell, crash = plan(matrix)
     store = Store(tmp_path)
     threads = torch.get_num_threads()
     outcome = run_matrix(matrix, store, show_progress=False, workers=2, poll_s=0.2, plugins=[test_plugin])
@@ -230,7 +235,7 @@ def test_a_pool_of_two_workers_gives_the_results_of_one_and_survives_a_crash(fin
 
 
 def test_worker_environment_gives_each_worker_one_gpu_round_robin():
-    from mtlprune.scheduler import worker_env
+    from mtlprune.execution.local import worker_env
 
     assert [worker_env(i, ["0", "1", "3"]) for i in range(4)] == [
         {"CUDA_VISIBLE_DEVICES": "0"},
@@ -242,11 +247,11 @@ def test_worker_environment_gives_each_worker_one_gpu_round_robin():
 
 
 def test_status_names_the_holder_of_a_running_stage_and_flags_a_stale_lock(tmp_path, capsys):
-    from mtlprune.locks import LOCK
+    from mtlprune.execution.locks import LOCK
 
     config = _config(tmp_path / "small.yaml")
     store = Store(tmp_path / "store")
-    dense, cell = stages_of(_matrix())
+    dense, cell = plan(_matrix())
     now = time.time()
     for stage, heartbeat in ((dense, now - 5), (cell, now - 1000)):
         store.run_dir(stage.run_id).mkdir(parents=True)
@@ -263,17 +268,36 @@ def test_status_names_the_holder_of_a_running_stage_and_flags_a_stale_lock(tmp_p
     assert "1 interrupted, 1 running" in out
 
 
-def test_eta_is_stages_left_times_the_mean_time_of_their_kind_over_the_workers():
-    from mtlprune.estimate import format_duration
-    from mtlprune.progress import EtaModel
+@dataclass(frozen=True)
+class _Priced:
+    """What the estimate needs of a stage (mtlprune.plan.estimate.Priced), made up."""
 
-    eta = EtaModel({"dense": 1, "cell": 4}, {"dense": [100.0, 140.0], "cell": []}, parallel=2)
+    run_id: str
+    kind: str
+    cost_key: tuple
+
+
+def test_eta_is_the_estimate_of_the_pending_stages_over_the_workers():
+    from mtlprune.plan.estimate import EtaModel, StageTimes, format_duration
+
+    nyu = ("nyuv2", "deeplab_resnet34", 0.125)
+    dense = _Priced("d", "dense", (*nyu, 100))
+    mag = [_Priced(f"m{i}", "cell", (*nyu, "magnitude", 4)) for i in range(2)]
+    snip = [_Priced(f"s{i}", "cell", (*nyu, "snip", 4)) for i in range(2)]
+    times = StageTimes()
+    for wall in (100.0, 140.0):
+        times.add(_Priced("old", "dense", (*nyu, 100)), wall)  # two earlier dense stages: 120 s
+    eta = EtaModel([dense, *mag, *snip], times, parallel=2)
     assert eta.eta_s() is None  # no cell measured yet
-    eta.finished("cell", 10.0)
-    assert eta.eta_s() == pytest.approx((1 * 120 + 3 * 10) / 2)
-    eta.finished("dense", 60.0)  # dense mean now (100 + 140 + 60) / 3 = 100, none left
-    eta.finished("cell", 30.0)
-    assert eta.eta_s() == pytest.approx(2 * 20 / 2)
+    eta.finished("m0", 10.0)  # magnitude 10 s; snip falls back to the cells of (nyuv2, resnet34, 0.125)
+    assert eta.eta_s() == pytest.approx((120 + 10 + 2 * 10) / 2)
+    eta.finished("d", 60.0)  # none left
+    eta.finished("s0", 30.0)  # snip's own key now: 30 s; magnitude's stays 10 s
+    assert eta.eta_s() == pytest.approx((10 + 30) / 2)
+    eta.finished("m1", None)  # failed: no measurement, no longer pending
+    assert eta.eta_s() == pytest.approx(30 / 2)
+    eta.finished("unknown", 5.0)  # not a stage of this run: ignored
+    assert eta.eta_s() == pytest.approx(30 / 2)
     assert [format_duration(s) for s in (None, 0.4, 59, 61, 3725)] == [
         "?",
         "0 s",
@@ -286,7 +310,8 @@ def test_eta_is_stages_left_times_the_mean_time_of_their_kind_over_the_workers()
 def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
     import io
 
-    from mtlprune.progress import BarReporter, EtaModel, LineReporter, Reporter, make_reporter
+    from mtlprune.execution.progress import BarReporter, LineReporter, Reporter, make_reporter
+    from mtlprune.plan.estimate import EtaModel, StageTimes
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -297,7 +322,11 @@ def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
     assert isinstance(make_reporter(True, Terminal()), BarReporter)
     stream = io.StringIO()
     lines = LineReporter(stream, every_steps=2)
-    lines.start(3, 1, EtaModel({"dense": 1, "cell": 1}, {"cell": [4.0]}))
+    key = ("nyuv2", "deeplab_resnet34", 0.125)
+    pending = [_Priced("aaaa", "dense", key), _Priced("bbbb", "cell", key)]
+    times = StageTimes()
+    times.add(_Priced("cccc", "cell", key), 4.0)
+    lines.start(3, 1, EtaModel(pending, times))
     lines.stage_started("aaaa", "dense", "nyuv2 seed 0", total_steps=4)
     for step in range(4):
         lines.step(step, {"phase": "dense", "step": step, "loss": 1.0 / (step + 1)})
@@ -315,7 +344,7 @@ def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
         "FAILED cell bbbb magnitude@0.5 seed 0 in 0 s: RuntimeError: boom [3/3, 1 failed, ETA 0 s]",
     ]
     bars = BarReporter(Terminal())
-    bars.start(2, 0, EtaModel({"dense": 1, "cell": 1}, {}))
+    bars.start(2, 0, EtaModel(pending))
     bars.stage_started("aaaa", "dense", "nyuv2 seed 0", total_steps=4)
     bars.step(2, {"phase": "dense", "loss": 0.5})
     assert (bars.stage_bar.n, bars.stage_bar.total) == (3, 4)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mtlprune.runner import plan
+from mtlprune.plan.stages import plan
 from mtlprune.spec.select import Selection, SelectionError
-from tests.helpers import tiny_matrix
+from tests.helpers import cells_of, dense_of, tiny_matrix
 
 
 @pytest.fixture
@@ -16,7 +16,8 @@ def matrix():
 
 
 def _cells(matrix, *only):
-    return [(c.method.label, c.target_sparsity, c.seed) for c in plan(matrix, Selection.parse(only)).cells]
+    cells = [c.spec for c in cells_of(plan(matrix, Selection.parse(only)))]
+    return [(c.method.label, c.target_sparsity, c.seed) for c in cells]
 
 
 def test_parse_groups_values_by_key():
@@ -44,18 +45,18 @@ def test_numbers_compare_as_numbers_and_controls_are_cells(matrix):
 
 def test_dense_stages_follow_the_selected_cells_or_match_themselves(matrix):
     full = plan(matrix)
-    assert len(full.dense) == 2 and len(full.cells) == 10
+    assert len(dense_of(full)) == 2 and len(cells_of(full)) == 10
     selected = plan(matrix, Selection.parse(["method=magnitude,seed=1"]))
-    assert [d.seed for d in selected.dense] == [1]
-    assert {c.dense().run_id for c in selected.cells} == {selected.dense[0].run_id}
+    assert [d.spec.seed for d in dense_of(selected)] == [1]
+    assert {c.needs for c in cells_of(selected)} == {dense_of(selected)[0].run_id}
     # a clause every stage has: dense stages are selected by it too
     only_seed = plan(matrix, Selection.parse(["seed=0"]))
-    assert [d.seed for d in only_seed.dense] == [0] and len(only_seed.cells) == 5
+    assert [d.spec.seed for d in dense_of(only_seed)] == [0] and len(cells_of(only_seed)) == 5
 
 
 def test_any_spec_path_can_select(matrix):
-    assert len(plan(matrix, Selection.parse(["arch.width=0.125"])).cells) == 10
-    assert len(plan(matrix, Selection.parse(["finetune.steps=2,method=random"])).cells) == 4
+    assert len(cells_of(plan(matrix, Selection.parse(["arch.width=0.125"])))) == 10
+    assert len(cells_of(plan(matrix, Selection.parse(["finetune.steps=2,method=random"])))) == 4
     assert _cells(matrix, "tasks=normal,method=random,seed=0,sparsity=0.5") == [("random", 0.5, 0)]
 
 
@@ -88,8 +89,8 @@ def test_run_status_and_report_work_on_the_selection_only(tmp_path, capsys):
     import yaml
 
     from mtlprune.cli import main
-    from mtlprune.manifest import read_manifest
     from mtlprune.store import Store
+    from mtlprune.store.manifest import read_manifest
     from tests.helpers import tiny_matrix_dict
 
     config = tmp_path / "tiny.yaml"

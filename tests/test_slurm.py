@@ -20,10 +20,11 @@ import yaml
 from pydantic import ValidationError
 
 from mtlprune.cli import main
-from mtlprune.events import read_events
-from mtlprune.executors import StageTask, make_executor, slurm_parameters, submit_matrix
-from mtlprune.locks import LOCK, read_lock
-from mtlprune.scheduler import run_matrix, stages_of
+from mtlprune.execution.events import read_events
+from mtlprune.execution.locks import LOCK, read_lock
+from mtlprune.execution.matrix import run_matrix
+from mtlprune.execution.slurm import StageTask, make_executor, slurm_parameters, submit_matrix
+from mtlprune.plan.stages import plan
 from mtlprune.spec import ConfigError
 from mtlprune.spec.models import SlurmSpec
 from mtlprune.store import Store
@@ -68,7 +69,7 @@ def test_submitit_local_executor_runs_every_stage_like_a_plain_run(tmp_path, pla
     argv = ["run", str(config), "--store", str(store.root), "--executor", "submitit-local", "--time", "10"]
     assert main([*argv, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    stages = stages_of(_matrix())
+    stages = plan(_matrix())
     events = read_events(store)
     submits = {e["run_id"]: e["job"] for e in events if e["event"] == "submit"}
     claims = [e for e in events if e["event"] == "claim"]
@@ -93,7 +94,7 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     train = {"steps": 40, "batch_size": 4, "lr": 0.003}
     runtime = {"device": "cpu", "num_threads": 1, "checkpoint_every": 2, "log_every": 1}
     matrix = _matrix(train=train, runtime=runtime)
-    dense = stages_of(matrix)[0]
+    dense = plan(matrix)[0]
     store = Store(tmp_path / "store")
     spec = SlurmSpec(time="10")
     done = threading.Event()
@@ -121,7 +122,7 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     assert result.resumed_from is not None and result.resumed_from.step > 0
     reference = Store(tmp_path / "reference")
     assert run_matrix(matrix, reference, show_progress=False).failed == {}
-    _same_results(store, reference, stages_of(matrix))
+    _same_results(store, reference, plan(matrix))
 
 
 def _steps_logged(run_dir: Path) -> int:
@@ -243,12 +244,12 @@ def test_sbatch_files_carry_the_resources_array_cap_and_dependency(fake_slurm, t
     assert f"#SBATCH --output={logs}/%A_%a/%A_%a_0_log.out" in cell_file
     assert f"logs: {logs}/<job>_<task>/" in capsys.readouterr().out
     submitted = [e["run_id"] for e in read_events(store) if e["event"] == "submit"]
-    assert submitted == [s.run_id for s in stages_of(matrix)]
+    assert submitted == [s.run_id for s in plan(matrix)]
 
 
 def test_resubmission_skips_held_and_failed_stages_and_blocks_cells_of_a_failed_dense(fake_slurm, tmp_path):
     matrix = _matrix(sparsities=[0.5, 0.7])
-    dense, *cells = stages_of(matrix)
+    dense, *cells = plan(matrix)
     store = Store(tmp_path / "store")
     # A live worker holds the dense stage: only the cells go out, without a dependency (they wait for it).
     store.run_dir(dense.run_id).mkdir(parents=True)

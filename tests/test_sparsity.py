@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mtlprune.models.mtl import MTLModel
-from mtlprune.sparsity import apply_masks, select_masks, sparsity_report
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.sparsity import apply_masks, select_masks, sparsity_report
 
 
 def test_global_selection_removes_exactly_the_lowest_scores():

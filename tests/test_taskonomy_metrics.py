@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtlprune.delta import delta_m, delta_t
-from mtlprune.metrics import (
+from mtlprune.analysis.delta import delta_m, delta_t
+from mtlprune.engine.metrics import (
     CosineNormalMetric,
     L1Metric,
     WeightedSegmentationMetric,
@@ -24,7 +24,7 @@ from mtlprune.metrics import (
     nyuv2_metric,
     taskonomy_metric,
 )
-from mtlprune.tasks import make_losses, task_loss
+from mtlprune.engine.tasks import make_losses, task_loss
 from mtlprune.vocabulary import DIRECTIONS, HIGHER, LOWER, METRICS, NYUV2_METRICS, direction
 
 NAN = math.nan
@@ -313,10 +313,10 @@ class _TinyTaskonomy:
 
 
 def test_train_and_evaluate_on_taskonomy_targets() -> None:
-    from mtlprune.evaluate import evaluate
-    from mtlprune.models.resnet import deeplab_resnet34
+    from mtlprune.engine.evaluate import evaluate
+    from mtlprune.engine.models.resnet import deeplab_resnet34
+    from mtlprune.engine.train import train
     from mtlprune.spec import TrainSpec
-    from mtlprune.train import train
 
     torch.manual_seed(0)
     channels = {"segment_semantic": 17, "normal": 3, "depth_zbuffer": 1, "keypoints2d": 1, "edge_texture": 1}

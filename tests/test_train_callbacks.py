@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mtlprune.engine.train import StepRunner, TrainCallback
 from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec
-from mtlprune.train import StepRunner, TrainCallback
 
 TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 
@@ -99,9 +99,9 @@ def test_schedule_and_offset_replay_a_longer_recipe():
 
 
 def test_ctx_log_is_tagged_with_the_phase_of_the_training_call_it_is_made_from(tmp_path):
-    from mtlprune.context import MethodContext
-    from mtlprune.data import build_dataset
-    from mtlprune.runner import build_model
+    from mtlprune.engine.build import build_model
+    from mtlprune.engine.context import MethodContext
+    from mtlprune.engine.data import build_dataset
     from tests.helpers import tiny_matrix
 
     cell = tiny_matrix(train={"steps": 1, "batch_size": 4}, finetune={"steps": 2, "batch_size": 4}).expand()[

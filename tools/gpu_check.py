@@ -1,6 +1,7 @@
 """`python -m tools.gpu_check`: step time and memory of a paper-size cell on this machine's accelerator.
 
-Times the trainer's own optimizer step (``mtlprune.train.StepRunner``) three ways on the same model and batch:
+Times the trainer's own optimizer step (``mtlprune.engine.train.StepRunner``) three ways on the same model
+and batch:
 dense, holding 90% global magnitude masks, and AdapMTL's soft thresholds with its controller. Reports steps/s,
 the ratios to the dense step, and peak device memory, as JSON. Defaults are the paper setting
 (Deeplab-ResNet34, NYU-v2's three tasks, 321×321, batch 16); ``--amp`` and ``--channels-last`` exercise the
@@ -20,10 +21,10 @@ from typing import Any
 
 import torch
 
+from mtlprune.engine.sparsity import select_masks
+from mtlprune.engine.train import StepRunner, to_device
 from mtlprune.registry import ARCHS, load_plugins
-from mtlprune.sparsity import select_masks
 from mtlprune.spec import TrainSpec
-from mtlprune.train import StepRunner, to_device
 
 TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 
@@ -147,13 +148,14 @@ def repeatability(
     amp: str = "none",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """``repeat`` identical short trainings under the stage's determinism settings (mtlprune.determinism);
+    """``repeat`` identical short trainings under the stage's determinism settings
+    (mtlprune.engine.determinism);
     the largest difference of each run's per-step losses and final weights from the first run's.
 
     On a CPU both are exactly 0 (one thread per stage); on CUDA they measure the tolerance that the kernels
     without a deterministic implementation leave (docs/design.md, Determinism).
     """
-    from mtlprune.determinism import seed_everything, stage_environment
+    from mtlprune.engine.determinism import seed_everything, stage_environment
 
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")

@@ -46,9 +46,9 @@ from mtlprune.analysis.figures import (  # noqa: E402
     training_overview,
 )
 from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve  # noqa: E402
+from mtlprune.analysis.report import build_report  # noqa: E402
 from mtlprune.analysis.stats_figures import cd_diagram, interval_plot  # noqa: E402
 from mtlprune.analysis.style import STYLES, StyleMap  # noqa: E402
-from mtlprune.report import build_report  # noqa: E402
 from tests.fake_store import build_fake_store, write_config  # noqa: E402
 
 METHODS = ("magnitude", "random", "gmp(frequency=10)", "snip", "adapmtl", "disparse-static")

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from mtlprune.delta import delta_m, delta_t
-from mtlprune.records import StageResult
+from mtlprune.analysis.delta import delta_m, delta_t
 from mtlprune.store import RESULT, SPEC, STATUS, read_json, read_result, read_status
+from mtlprune.store.records import StageResult
 
 BASE_COLUMNS = [
     "run_id",

@@ -1,6 +1,6 @@
 """Mask analytics from stored keep-masks alone: per-layer sparsity, cross-task IoU, overlap between methods.
 
-Everything here reads the bit-packed archives of :mod:`mtlprune.maskio` (``masks.npz``: a run's final
+Everything here reads the bit-packed archives of :mod:`mtlprune.store.maskio` (``masks.npz``: a run's final
 keep-masks; ``task_masks.npz``: what each task would keep on its own, for methods that select per task)
 and works on NumPy bool arrays: no torch, no model code, so it runs wherever the results are copied.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtlprune.maskio import MASKS, TASK_MASKS, read_masks, read_task_masks
+from mtlprune.store.maskio import MASKS, TASK_MASKS, read_masks, read_task_masks
 
 Masks = Mapping[str, np.ndarray]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from mtlprune.analysis.delta import delta_m, delta_t
 from mtlprune.analysis.load import BASE_COLUMNS
-from mtlprune.delta import delta_m, delta_t
 from mtlprune.vocabulary import DIRECTIONS, METRICS, TASKS
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_ROOT", "EXTRA_COLUMNS", "load_published"]

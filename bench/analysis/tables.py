@@ -819,7 +819,8 @@ def _caption(layout: _Layout, caption: str | None, style: _Style) -> str:
 
 
 def _delta_t_text(layout: _Layout, style: _Style) -> str:
-    """ΔT exactly as mtlprune.delta.delta_t computes it (sum over a task's metrics, mean over tasks)."""
+    """ΔT exactly as mtlprune.analysis.delta.delta_t computes it (sum over a task's metrics, mean over
+    tasks)."""
     if style.latex:
         text = (
             r"$\Delta_T$ (AdapMTL): per task $t$, $\Delta_T^t = 100 \sum_i s_i (M_i - M_i^{\mathrm{dense}})"

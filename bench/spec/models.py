@@ -19,7 +19,8 @@ from mtlprune.registry import ARCHS, DATASETS, METHODS, suggest
 from mtlprune.spec.identity import spec_hash
 
 # 2: CPU stages run on one thread with denormals flushed to zero, every RNG seeded from the run id, the
-# divergence rules (mtlprune.determinism, mtlprune.divergence); results of version 1 are not reused.
+# divergence rules (mtlprune.engine.determinism, mtlprune.engine.divergence); results of version 1 are not
+# reused.
 SCHEMA_VERSION = 2
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]

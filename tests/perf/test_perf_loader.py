@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlprune.data import batch_stream
 from mtlprune.datasets.nyuv2 import NYUv2
+from mtlprune.engine.data import batch_stream
+from mtlprune.engine.train import StepRunner
 from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec
-from mtlprune.train import StepRunner
 
 BATCH = 4
 CROP = (321, 321)

@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
+from mtlprune.engine.sparsity import select_masks
+from mtlprune.engine.train import StepRunner
 from mtlprune.registry import ARCHS
-from mtlprune.sparsity import select_masks
 from mtlprune.spec import TrainSpec
-from mtlprune.train import StepRunner
 
 TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 ARCH_NAMES = ["deeplab_resnet34", "mobilenetv2"]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mtlprune.report import build_report
+from mtlprune.analysis.report import build_report
 from tests.fake_store import build_fake_store
 
 METHODS = (

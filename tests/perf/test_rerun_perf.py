@@ -12,7 +12,8 @@ import time
 
 import yaml
 
-import mtlprune.runner
+import mtlprune.engine.cell
+import mtlprune.engine.dense
 from mtlprune.cli import main
 from tests.helpers import tiny_matrix_dict
 
@@ -30,7 +31,8 @@ def test_rerun_of_a_finished_matrix(benchmark, tmp_path, monkeypatch):
     def no_model(spec):
         raise AssertionError("a finished matrix must not build a model")
 
-    monkeypatch.setattr(mtlprune.runner, "build_model", no_model)
+    for module in (mtlprune.engine.dense, mtlprune.engine.cell):
+        monkeypatch.setattr(module, "build_model", no_model)
     benchmark.group = "mtlprune run, finished matrix"
     assert benchmark.pedantic(lambda: main(argv), rounds=3, iterations=1, warmup_rounds=0) == 0
     rerun_s = benchmark.stats.stats.median

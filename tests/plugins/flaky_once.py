@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
 from mtlprune.methods.base import MethodParams, NoParams, PruningMethod
 from mtlprune.registry import METHODS
 

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from mtlprune.context import MethodContext
+from mtlprune.engine.context import MethodContext
 from mtlprune.methods.base import PruningMethod
 from mtlprune.registry import METHODS
 

@@ -1,0 +1,307 @@
+"""What a pruning method sees: the model, the target, the data, budgeted training, and mask helpers.
+
+The runner builds one context per cell; a method drives its own recipe through it (docs/adding_a_method.md).
+Every mask goes through :meth:`MethodContext.apply_masks` (or a training callback's ``runner.set_masks``),
+which records it, so the runner can verify and store exactly what the method pruned. Every optimizer step
+goes through :meth:`MethodContext.train`, which counts it, so budgets are recorded, never claimed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlprune.engine.checkpoint import StageCheckpoint
+from mtlprune.engine.data import batch_stream
+from mtlprune.engine.divergence import DivergenceGuard
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.sparsity import Masks, Scope, apply_masks, select_masks
+from mtlprune.engine.tasks import make_losses
+from mtlprune.engine.train import TrainCallback, to_device, train
+from mtlprune.spec import RunSpec, TrainSpec
+
+Logger = Callable[[dict[str, Any]], None]
+
+DROPOUT_TYPES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def scoring_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in train mode (BN batch statistics) with dropout off: deterministic, original untouched.
+
+    Scoring passes (saliency, Taylor, per-task gradients) must not draw dropout masks (the score would be
+    a random draw) nor update the model's BN running statistics (the pruned model would start from other
+    weights than the dense one); a copy with dropout off does neither.
+    """
+    net = copy.deepcopy(model)
+    net.train()
+    for module in net.modules():
+        if isinstance(module, DROPOUT_TYPES):
+            module.eval()
+    return net
+
+
+@dataclass
+class MethodContext:
+    model: MTLModel
+    spec: RunSpec
+    train_set: Any
+    device: torch.device
+    logger: Logger = lambda record: None
+    masks: Masks | None = None
+    val_set: Any = None
+    num_workers: int = 0
+    steps_used: int = 0
+    selected_step: int | None = None
+    dense_dir: Path | None = None  # the dense stage's run directory (init, final and rewind weights)
+    recorded: dict[str, Any] = field(default_factory=dict)  # result.json "method_state"
+    task_masks: dict[str, Masks] = field(default_factory=dict)  # task → its own keep-masks (task_masks.npz)
+    checkpoint: StageCheckpoint | None = None  # the cell's in-stage checkpoint (resume after a kill)
+    channels_last: bool = False
+    pin_memory: bool = False
+    # The untrained network's task losses (the dense stage's step 0): every ctx.train call fails as
+    # diverged when a task loss stays above 10x its value (mtlprune.engine.divergence); None: no loss bound.
+    initial_losses: dict[str, float] | None = None
+    _phase: str = field(default="prune", repr=False)
+    _calls: int = field(default=0, repr=False)
+
+    # ------------------------------------------------------------------------------------------- facts
+
+    @property
+    def target(self) -> float:
+        return self.spec.target_sparsity
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.model.tasks
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded by (seed, salt): a method's own randomness, independent of training."""
+        return torch.Generator().manual_seed(self.spec.seed * 7_919 + 104_729 + salt)
+
+    def prunable(self) -> dict[str, nn.Parameter]:
+        """Conv and linear weights by name: the prunable set, the same for every method."""
+        return self.model.prunable_parameters()
+
+    def component_of(self, name: str) -> str:
+        """``backbone`` or ``head/<task>`` for a prunable parameter name."""
+        return self.model.component_of(name)
+
+    def scoring_copy(self) -> MTLModel:
+        """The model to score on: a copy with dropout off and BN on batch statistics (:func:`scoring_copy`).
+
+        Compute scores from its parameters (``copy.prunable_parameters()``, same names as ``prunable()``);
+        the cell's model stays exactly as it was.
+        """
+        return scoring_copy(self.model)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------- masks
+
+    def select_masks(
+        self,
+        scores: Mapping[str, Tensor],
+        scope: Scope = "global",
+        target: float | None = None,
+        current: Masks | None = None,
+    ) -> Masks:
+        """Keep-masks removing exactly the ``target`` fraction (default: the cell's) of the lowest scores.
+
+        ``scope``: ``global``, ``layer`` (uniform per layer), ``component`` (backbone and each head at the
+        target) or ``erk``; ``current`` keeps already-pruned weights pruned (iterative pruning).
+        """
+        return select_masks(
+            scores,
+            self.target if target is None else target,
+            scope,
+            component_of=self.component_of,
+            current=current,
+        )
+
+    def apply_masks(self, masks: Masks) -> None:
+        """Zero the pruned weights and record the masks (what the runner verifies and stores)."""
+        apply_masks(self.prunable(), masks)
+        self.masks = {n: m.detach().to(torch.bool).cpu() for n, m in masks.items()}
+
+    # ---------------------------------------------------------------------------------------- weights
+
+    def dense_weights(self, which: str = "final") -> dict[str, Tensor]:
+        """A state dict of the cell's dense stage: ``init`` (step 0), ``rewind`` (its early snapshot, after
+        ``train.rewind_at`` steps) or ``final`` (the trained dense model)."""
+        files = {"init": "init.pt", "rewind": "rewind.pt", "final": "model.pt"}
+        if which not in files:
+            raise ValueError(f"unknown dense snapshot {which!r}; allowed: {', '.join(files)}")
+        if self.dense_dir is None:
+            raise RuntimeError("this context has no dense stage (dense_dir is unset)")
+        path = self.dense_dir / files[which]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the dense stage has no {which!r} snapshot")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def rewind_step(self) -> int:
+        """The dense step the ``rewind`` snapshot was taken at."""
+        return self.spec.train.rewind_at
+
+    def load_weights(self, state: Mapping[str, Tensor], keep_masks: bool = True) -> None:
+        """Load a state dict into the model; with ``keep_masks`` the recorded masks are re-applied."""
+        self.model.load_state_dict(dict(state))
+        self.model.to(self.device)
+        if keep_masks and self.masks is not None:
+            apply_masks(self.prunable(), self.masks)
+
+    # --------------------------------------------------------------------------------------- training
+
+    def sparse_training_spec(self) -> TrainSpec:
+        """The budget of a method that trains from initialisation: dense + finetune steps on the dense recipe.
+
+        This is the default fairness rule (docs/protocols.md): an at-init method gets as many optimizer
+        steps as a method that starts from the dense model spends on dense training plus finetuning.
+        """
+        return self.spec.train.model_copy(update={"steps": self.spec.train.steps + self.spec.finetune.steps})
+
+    def train(
+        self,
+        spec: TrainSpec | None = None,
+        *,
+        phase: str = "train",
+        callbacks: Sequence[TrainCallback] = (),
+        step_offset: int = 0,
+        schedule: TrainSpec | None = None,
+    ) -> int:
+        """Train with the current masks held (callbacks may change them); returns the steps taken.
+
+        ``spec`` defaults to the cell's finetune budget. ``schedule`` (default ``spec``) supplies the LR
+        schedule, entered at ``step_offset`` (LR rewinding). Each call draws its own batch order. Steps are
+        added to ``steps_used``; the selected step (``eval.selection``) and the final masks are recorded.
+        """
+        spec = spec or self.spec.finetune
+        self._calls += 1
+        stage = self.checkpoint
+        if stage is not None and stage.skips(self._calls):
+            # Resuming: this call finished before the checkpoint; its effects come back with it.
+            return spec.steps
+        call_checkpoint = None
+        if stage is not None:
+            call_checkpoint = stage.for_call(self._calls, self._owner_state)
+            payload = stage.take(self._calls)
+            if payload is not None:
+                self._load_owner_state(payload["owner"])
+                call_checkpoint.resume = payload
+
+        def on_step(step: int, scalars: dict[str, float]) -> None:
+            self.logger({"phase": phase, "step": step, **scalars})
+
+        self._phase = phase  # what ctx.log calls (from callbacks) are tagged with while this call trains
+        try:
+            outcome = train(
+                self.model,
+                dataset_name=self.spec.data.dataset,
+                train_set=self.train_set,
+                spec=spec,
+                seed=self.spec.seed + self._calls,
+                device=self.device,
+                masks=self.masks,
+                on_step=on_step,
+                val_set=self.val_set,
+                selection=self.spec.eval.selection,
+                val_every=self.spec.eval.val_every,
+                num_workers=self.num_workers,
+                protocol=self.spec.eval.protocol,
+                callbacks=callbacks,
+                step_offset=step_offset,
+                schedule=schedule,
+                checkpoint=call_checkpoint,
+                channels_last=self.channels_last,
+                pin_memory=self.pin_memory,
+                guard=None if self.initial_losses is None else DivergenceGuard(self.initial_losses),
+            )
+        finally:
+            self._phase = "prune"  # between training calls a method selects, scores, prunes
+        if outcome.masks is not None:
+            self.masks = outcome.masks
+        self.steps_used += outcome.steps
+        self.selected_step = self.steps_used - outcome.steps + outcome.selected_step
+        return outcome.steps
+
+    def _owner_state(self) -> dict[str, Any]:
+        """The context's part of a checkpoint: what the method has pruned, spent and recorded so far."""
+        return {
+            "calls": self._calls,
+            "phase": self._phase,
+            "masks": self.masks,
+            "steps_used": self.steps_used,
+            "selected_step": self.selected_step,
+            "recorded": dict(self.recorded),
+            "task_masks": self.task_masks,
+        }
+
+    def _load_owner_state(self, state: Mapping[str, Any]) -> None:
+        self._calls, self._phase = int(state["calls"]), str(state["phase"])
+        self.masks = state["masks"]
+        self.steps_used, self.selected_step = int(state["steps_used"]), state["selected_step"]
+        self.recorded = dict(state["recorded"])
+        self.task_masks = dict(state["task_masks"])
+
+    def finetune(self, spec: TrainSpec | None = None) -> int:
+        """Train with the current masks held fixed, on the cell's finetune budget unless ``spec`` is given."""
+        return self.train(spec, phase="finetune")
+
+    # ---------------------------------------------------------------------------- scoring on batches
+
+    def batches(self, n: int, batch_size: int | None = None, salt: int = 0) -> Iterator[dict[str, Any]]:
+        """``n`` training batches (augmented as in training) on the device, in a seeded order of their own.
+
+        For scoring (SNIP, GraSP, DiSparse): these are forward/backward passes, not optimizer steps, so they
+        do not count toward ``steps_used``.
+        """
+        size = batch_size or self.spec.train.batch_size
+        seed = self.spec.seed * 1_000 + 977 + salt
+        for batch in batch_stream(self.train_set, size, seed, steps=n):
+            yield to_device(batch, self.device)
+
+    def task_losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Each task's training loss (the cell's dataset and protocol) for a forward pass."""
+        losses = make_losses(
+            self.spec.data.dataset,
+            self.tasks,
+            getattr(self.train_set, "class_weights", None),
+            self.spec.eval.protocol,
+        )
+        return {t: losses[t](outputs[t], batch[t]) for t in self.tasks}
+
+    def total_loss(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The weighted multi-task loss of the training recipe (fixed ``task_weights``, default 1)."""
+        weights = self.spec.train.task_weights or {}
+        return sum(weights.get(t, 1.0) * losses[t] for t in self.tasks)
+
+    # -------------------------------------------------------------------------------------------- log
+
+    def record_task_masks(self, task_masks: Mapping[str, Masks]) -> None:
+        """Keep each task's own keep-mask (what the task alone would keep) for cross-task mask analytics."""
+        self.task_masks = {
+            t: {n: m.detach().to(torch.bool).cpu() for n, m in ms.items()} for t, ms in task_masks.items()
+        }
+
+    def record(self, **values: Any) -> None:
+        """Keep final values of the method's own state (e.g. learned thresholds) in result.json."""
+        self.recorded.update(values)
+
+    def log(self, **scalars: Any) -> None:
+        """Write one record of scalars to the cell's log (``log.jsonl``), tagged with the current phase: the
+        ``phase`` of the training call it is made from (a callback's log), else ``prune``."""
+        self.logger({"phase": self._phase, **scalars})

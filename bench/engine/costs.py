@@ -1,0 +1,442 @@
+"""Inference cost: theoretical FLOPs counted from shapes and the weights themselves, and measured latency.
+
+FLOP conventions (one image, batch 1, eval mode):
+
+- A multiply-add is 2 FLOPs, as in `torch.utils.flop_counter.FlopCounterMode`.
+- Convolution, dense: 2 · out_positions · (C_in/groups · k_h · k_w) · C_out = 2 · out_positions ·
+  weight.numel(). Dilation does not change it; a depthwise conv (groups = C) costs 2 · C · k_h · k_w per
+  position. Transposed convs use input positions instead (as FlopCounterMode does).
+- Convolution, sparse: 2 · out_positions · nnz(weight): a pruned (zero) weight costs nothing.
+- Linear (aten mm/addmm/bmm): 2 · m · k · n dense; sparse: 2 · rows · nnz(weight).
+- Bias: 1 FLOP per output element (conv and linear), even where the bias is zero.
+- BatchNorm (eval: a per-channel affine): 2 per element. ReLU / ReLU6 / clamp: 1 per element.
+  Dropout in eval runs no op: 0.
+- Elementwise add/sub/mul/div between activations — residual adds, the ASPP branch sum — 1 per output
+  element per op (summing four branches is three adds).
+- Max-pool: (k_h · k_w − 1) comparisons per output element; avg-pool: k_h · k_w per output element;
+  global average / mean: 1 per input element.
+- Bilinear upsampling: 7 FLOPs per output element (4 multiplies by the interpolation weights + 3 adds;
+  the per-row/column index and weight computation is not counted).
+- Views, copies, concatenation, padding and allocation are free. Every non-conv/linear op costs the same
+  dense and sparse: masking only removes multiply-adds.
+- Ops that touch no activation only transform weights (e.g. a mask multiplied in a forward pre-hook):
+  they are input-independent, so they are free (constant-folded at deployment) and their result counts as
+  a weight — its zeros are seen by the sparse count.
+
+How ops are caught: the forward runs inside a `TorchDispatchMode` (the mechanism FlopCounterMode uses), so
+every aten op is seen, whether it comes from a module (`nn.Conv2d`) or is done functionally inside a
+forward (the residual `+`, the branch sum, `F.relu`). The component is tracked with forward pre/post hooks
+on each `model.heads[task]`: an op run inside head `t` → `head/<t>`; anything else the model runs is
+shared → `backbone`. No knowledge of BasicBlock/ASPP/InvertedResidual and no name matching is involved,
+so a new architecture is counted correctly as long as its ops have a formula here; an op on activations
+with no formula and not known to be free is listed in `FlopBreakdown.uncounted` and warned about.
+
+The forward is shape-only: inside the mode every activation op runs on meta copies of its inputs (after
+the weight's nnz is read from the real tensor), so counting a full-width model costs no compute on any
+device and never touches BN statistics. Should an op lack a meta kernel, the pass is repeated for real on
+the model's device with a zeros input. The head outputs are then upsampled bilinearly to `output_hw` with
+`mtlprune.engine.tasks.upsample_to`, exactly as evaluation does, and that upsampling is charged to the task's
+head.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
+
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.tasks import upsample_to
+
+aten = torch.ops.aten
+
+BACKBONE = "backbone"
+# Cost categories of a FlopBreakdown; CONV is the only one that differs between dense and sparse.
+CONV = "conv"  # conv and linear multiply-adds (what FlopCounterMode counts)
+BIAS = "bias"
+NORM = "norm"
+ACTIVATION = "activation"
+ELEMENTWISE = "elementwise"  # residual adds, branch sums
+POOL = "pool"
+UPSAMPLE = "upsample"
+BILINEAR_FLOPS_PER_OUTPUT = 7
+
+
+def _ops(*names: str) -> frozenset[Any]:
+    """aten op packets by name; one this torch version lacks is skipped."""
+    return frozenset(getattr(aten, n) for n in names if hasattr(aten, n))
+
+
+_CONV_OPS = _ops("convolution", "_convolution", "convolution_overrideable")
+_MM_OPS = _ops("mm", "addmm", "bmm", "baddbmm")
+_BN_OPS = _ops(
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training",
+    "_batch_norm_no_update",
+    "_batch_norm_with_update",
+    "cudnn_batch_norm",
+    "miopen_batch_norm",
+)
+_ACTIVATION_OPS = _ops(
+    "relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min", "clamp_min_",
+    "clamp_max", "clamp_max_", "threshold", "threshold_",
+)  # fmt: skip
+_ELEMENTWISE_OPS = _ops("add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_")
+_MAX_POOL_OPS = _ops("max_pool2d", "max_pool2d_with_indices")
+_MEAN_OPS = _ops("mean", "sum", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")
+# data movement and allocation; view ops (`OpOverload.is_view`) are free as well
+_FREE_OPS = _ops(
+    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full",
+    "full_like", "new_empty", "new_empty_strided", "new_zeros", "new_ones", "new_full", "fill_", "zero_",
+    "clone", "copy_", "_to_copy", "lift_fresh", "lift_fresh_copy", "_unsafe_view", "split",
+    "split_with_sizes", "unbind", "chunk", "cat", "stack", "constant_pad_nd", "index_select",
+    "upsample_nearest2d",
+    "native_dropout",  # only reached in training mode, which the count never uses
+)  # fmt: skip
+
+
+def _numel(shape: Iterable[int]) -> int:
+    return math.prod(int(s) for s in shape)
+
+
+def _first_tensor(out: Any) -> Tensor:
+    return next(t for t in tree_flatten(out)[0] if isinstance(t, Tensor))
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = list(value)
+    return (int(value[0]), int(value[0])) if len(value) == 1 else (int(value[0]), int(value[1]))
+
+
+@dataclass
+class FlopBreakdown:
+    """FLOPs by component (`backbone`, `head/<task>`) and category (`conv`, `bias`, `norm`, ...)."""
+
+    dense: dict[str, dict[str, int]] = field(default_factory=dict)
+    sparse: dict[str, dict[str, int]] = field(default_factory=dict)
+    uncounted: dict[str, int] = field(default_factory=dict)  # aten op → calls with no formula
+
+    def add(self, component: str, category: str, dense: int, sparse: int | None = None) -> None:
+        for table, value in ((self.dense, dense), (self.sparse, dense if sparse is None else sparse)):
+            row = table.setdefault(component, {})
+            row[category] = row.get(category, 0) + int(value)
+
+    def total(
+        self,
+        kind: str = "dense",
+        components: Iterable[str] | None = None,
+        categories: Iterable[str] | None = None,
+    ) -> int:
+        """Sum over the given components and categories (all when None)."""
+        table = {"dense": self.dense, "sparse": self.sparse}[kind]
+        comps = table.keys() if components is None else components
+        cats = None if categories is None else set(categories)
+        return sum(
+            v
+            for c in comps
+            for cat, v in table.get(c, {}).items()
+            if cats is None or cat in cats  # a component that ran no op counts 0
+        )
+
+
+def _meta(x: Any) -> Any:
+    return x.to("meta") if isinstance(x, Tensor) and x.device.type != "meta" else x
+
+
+def _nnz(t: Tensor) -> int:
+    """Non-zeros of a real tensor; a meta tensor has no values and counts as dense."""
+    return t.numel() if t.device.type == "meta" else int(torch.count_nonzero(t))
+
+
+class _Counter(TorchDispatchMode):
+    """Charges every op on the activations to the component on top of `stack` (see the module docstring).
+
+    Activations are the input and everything computed from it. An op that touches none only transforms
+    weights: it runs as it is and is not charged, and its result is a weight. With `to_meta`, each charged
+    op runs on meta copies of its inputs after the weight's nnz is read, so the pass needs no compute and
+    cannot change the model.
+    """
+
+    def __init__(self, breakdown: FlopBreakdown, to_meta: bool) -> None:
+        super().__init__()
+        self.breakdown = breakdown
+        self.to_meta = to_meta
+        self.stack: list[str] = [BACKBONE]
+        self.activations: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def mark(self, tree: Any) -> None:
+        for t in tree_flatten(tree)[0]:
+            if isinstance(t, Tensor):
+                self.activations[t] = True
+
+    def _is_activation(self, t: Any) -> bool:
+        return isinstance(t, Tensor) and t in self.activations
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if not any(self._is_activation(t) for t in tree_flatten((args, kwargs))[0]):
+            return func(*args, **kwargs)  # input-independent (a weight transform): constant-folded, free
+        weight_nnz = self._weight_nnz(func.overloadpacket, args)
+        originals = args
+        if self.to_meta:
+            args, kwargs = tree_map(_meta, args), tree_map(_meta, kwargs)
+        out = func(*args, **kwargs)
+        if self.to_meta:
+            out = tree_map(_meta, out)
+        self.mark(out)
+        # an in-place op writes an activation into its argument, whichever copy of it the op ran on
+        for schema_arg, original in zip(func._schema.arguments, originals, strict=False):
+            if schema_arg.alias_info is not None and schema_arg.alias_info.is_write:
+                self.mark(original)
+        self._charge(func, args, kwargs, out, weight_nnz)
+        return out
+
+    def _weight_nnz(self, packet: Any, args: Any) -> tuple[int, int] | None:
+        """(operand index, nnz) of the weight of a conv or matmul, read before any move to meta."""
+        if packet in _CONV_OPS:
+            return 1, _nnz(args[1])
+        if packet in _MM_OPS:
+            a, b = (args[0], args[1]) if packet in (aten.mm, aten.bmm) else (args[1], args[2])
+            if not self._is_activation(b):
+                return 1, _nnz(b)
+            if not self._is_activation(a):
+                return 0, _nnz(a)
+        return None  # activation × activation: dense
+
+    def _charge(
+        self, func: Any, args: Any, kwargs: Any, out: Any, weight_nnz: tuple[int, int] | None
+    ) -> None:
+        packet = func.overloadpacket
+        component = self.stack[-1]
+        add = self.breakdown.add
+        if packet in _CONV_OPS:
+            x, w, bias, transposed = args[0], args[1], args[2], bool(args[6])
+            y = _first_tensor(out)
+            positions = _numel(x.shape[2:]) if transposed else _numel(y.shape[2:])
+            positions *= int(y.shape[0])
+            nnz = weight_nnz[1] if weight_nnz else w.numel()
+            add(component, CONV, 2 * positions * w.numel(), 2 * positions * nnz)
+            if bias is not None:
+                add(component, BIAS, y.numel())
+        elif packet in _MM_OPS:
+            a = args[0] if packet in (aten.mm, aten.bmm) else args[1]
+            y = _first_tensor(out)
+            dense = 2 * y.numel() * int(a.shape[-1])
+            sparse = dense
+            if weight_nnz is not None:
+                # y = a @ b: a non-zero of b (k, n) meets the m rows of a, one of a (m, k) the n columns of b
+                idx, nnz = weight_nnz
+                sparse = 2 * nnz * int(y.shape[-2] if idx == 1 else y.shape[-1])
+            add(component, CONV, dense, sparse)
+            if packet in (aten.addmm, aten.baddbmm):
+                add(component, BIAS, y.numel())
+        elif packet in _BN_OPS:
+            add(component, NORM, 2 * args[0].numel())
+        elif packet in _ACTIVATION_OPS:
+            add(component, ACTIVATION, _first_tensor(out).numel())
+        elif packet in _ELEMENTWISE_OPS:
+            add(component, ELEMENTWISE, _first_tensor(out).numel())
+        elif packet in _MAX_POOL_OPS:
+            kh, kw = _pair(args[1] if len(args) > 1 else kwargs["kernel_size"])
+            add(component, POOL, (kh * kw - 1) * _first_tensor(out).numel())
+        elif packet is aten.avg_pool2d:
+            kh, kw = _pair(args[1] if len(args) > 1 else kwargs["kernel_size"])
+            add(component, POOL, kh * kw * _first_tensor(out).numel())
+        elif packet in _MEAN_OPS:
+            add(component, POOL, args[0].numel())
+        elif packet is aten.upsample_bilinear2d:
+            add(component, UPSAMPLE, BILINEAR_FLOPS_PER_OUTPUT * _first_tensor(out).numel())
+        elif packet in _FREE_OPS or func.is_view:
+            pass
+        else:
+            name = str(packet)
+            self.breakdown.uncounted[name] = self.breakdown.uncounted.get(name, 0) + 1
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the pass, then every submodule's own train/eval flag back (mixed modes survive)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _track_heads(model: MTLModel, counter: _Counter) -> list[Any]:
+    """Pre/post hooks that put `head/<task>` on the counter's stack while that head runs."""
+
+    def enter(name: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            counter.stack.append(name)
+
+        return hook
+
+    def leave(*_: Any) -> None:
+        counter.stack.pop()
+
+    handles = []
+    for task, head in model.heads.items():
+        handles.append(head.register_forward_pre_hook(enter(f"head/{task}")))
+        handles.append(head.register_forward_hook(leave, always_call=True))
+    return handles
+
+
+def _run_counted(
+    model: MTLModel,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int] | None,
+    in_channels: int,
+    to_meta: bool,
+) -> FlopBreakdown:
+    breakdown = FlopBreakdown()
+    for component in model.components():
+        breakdown.add(component, CONV, 0)
+    params = list(model.parameters())
+    counter = _Counter(breakdown, to_meta)
+    ref = params[0] if params else None
+    device = torch.device("meta") if to_meta or ref is None else ref.device
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    x = torch.zeros((1, in_channels, *input_hw), device=device, dtype=dtype)
+    counter.mark(x)
+    target = None if output_hw is None else torch.empty((1, *output_hw), device="meta")
+    handles = _track_heads(model, counter)
+    try:
+        with torch.no_grad(), counter:
+            outputs = model(x)
+            if target is not None:
+                for task in model.tasks:
+                    counter.stack.append(f"head/{task}")
+                    upsample_to(outputs[task], target)  # the evaluation's own upsampling
+                    counter.stack.pop()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return breakdown
+
+
+def flop_breakdown(
+    model: MTLModel,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int] | None = None,
+    *,
+    in_channels: int = 3,
+    shape_only: bool = True,
+) -> FlopBreakdown:
+    """FLOPs of one image's forward by component and category (conventions in the module docstring).
+
+    `shape_only=False` skips the meta-device pass and runs the forward for real on the model's device.
+    """
+    with _eval_mode(model):
+        try:
+            breakdown = _run_counted(model, input_hw, output_hw, in_channels, to_meta=shape_only)
+        except (NotImplementedError, RuntimeError):
+            if not shape_only or all(p.device.type == "meta" for p in model.parameters()):
+                raise
+            # some op has no meta kernel: count a real pass on the model's device instead
+            breakdown = _run_counted(model, input_hw, output_hw, in_channels, to_meta=False)
+    if breakdown.uncounted:
+        warnings.warn(
+            f"FLOPs not counted for ops with no formula in mtlprune.engine.costs: {breakdown.uncounted}",
+            stacklevel=2,
+        )
+    return breakdown
+
+
+def count_flops(
+    model: MTLModel,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int] | None = None,
+    *,
+    in_channels: int = 3,
+) -> dict[str, int]:
+    """Dense and sparse FLOPs of one image: whole multi-task forward, backbone, each head, each task path.
+
+    `output_hw` is the evaluation label resolution; each head's upsampling to it is part of that head
+    (None: no upsampling counted). A task's path is backbone + its head: what its inference alone costs.
+    """
+    breakdown = flop_breakdown(model, input_hw, output_hw, in_channels=in_channels)
+    result: dict[str, int] = {}
+    parts: dict[str, dict[str, int]] = {}
+    for kind in ("dense", "sparse"):
+        parts[kind] = {c: breakdown.total(kind, [c]) for c in model.components()}
+        result[f"flops_{kind}"] = sum(parts[kind].values())
+    for kind in ("dense", "sparse"):
+        result[f"flops_{kind}.backbone"] = parts[kind][BACKBONE]
+    for kind in ("dense", "sparse"):
+        for task in model.tasks:
+            result[f"flops_{kind}.head.{task}"] = parts[kind][f"head/{task}"]
+    for kind in ("dense", "sparse"):
+        for task in model.tasks:
+            result[f"flops_{kind}.path.{task}"] = parts[kind][BACKBONE] + parts[kind][f"head/{task}"]
+    return result
+
+
+def measure_latency(
+    model: nn.Module,
+    input_hw: tuple[int, int],
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+    device: torch.device | str = "cpu",
+    *,
+    in_channels: int = 3,
+) -> dict[str, float]:
+    """Wall time of `model(x)` in ms (median, min, max over `repeats` after `warmup` calls), eval, no_grad.
+
+    This is measured, not modelled: masked (zeroed) weights still run as dense tensors, so masks alone
+    give no speed-up; only a structurally smaller or sparse-kernel model would be faster. On CUDA the
+    device is synchronised before and after each timed call. The model is moved to `device` for the
+    measurement and back afterwards; its train/eval flags are restored.
+    """
+    if repeats < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(
+            f"need repeats >= 1, warmup >= 0, batch_size >= 1; got {repeats}, {warmup}, {batch_size}"
+        )
+    device = torch.device(device)
+    params = list(model.parameters())
+    home = params[0].device if params else None
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, in_channels, *input_hw), generator=generator).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times: list[float] = []
+    model.to(device)
+    try:
+        with _eval_mode(model), torch.no_grad():
+            for _ in range(warmup):
+                model(x)
+            for _ in range(repeats):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        if home is not None:
+            model.to(home)
+    return {
+        "latency_ms": statistics.median(times),
+        "latency_ms_min": min(times),
+        "latency_ms_max": max(times),
+        "latency_repeats": repeats,
+    }

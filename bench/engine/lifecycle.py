@@ -1,0 +1,116 @@
+"""What every stage does first and last: its spec file and running status; its evaluation, costs,
+provenance, result and done status."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlprune.engine.checkpoint import StageCheckpoint
+from mtlprune.engine.costs import count_flops, measure_latency
+from mtlprune.engine.evaluate import evaluate
+from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.spec import DenseSpec, RunSpec, RuntimeSpec, semantic_dump
+from mtlprune.store import SPEC, Store, atomic_write_json
+from mtlprune.store.provenance import device_name, provenance, timing
+from mtlprune.store.records import CellResult, DenseResult
+
+
+def begin_stage(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str, Any]) -> Path:
+    if spec.data.source == "disk" and spec.data.fingerprint is None:
+        raise ValueError(
+            f"data.fingerprint is not set for the {spec.data.dataset} data at {spec.data.root}: the run id "
+            "would not follow the data's content; fill it in with "
+            "mtlprune.plan.fingerprint.resolve_data(matrix, store root) first (mtlprune run does)"
+        )
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "run_id": run_id,
+        "spec": spec.model_dump(mode="json"),
+        "identity": semantic_dump(spec),
+        **extra,
+    }
+    atomic_write_json(run_dir / SPEC, payload)
+    store.write_status(
+        run_id, status="running", host=socket.gethostname(), pid=os.getpid(), started=time.time()
+    )
+    return run_dir
+
+
+def evaluate_on(
+    model: Any, test_set: Any, spec: DenseSpec | RunSpec, device: torch.device
+) -> dict[str, float]:
+    """The stage's test metrics under its evaluation protocol."""
+    return evaluate(model, test_set, spec.eval.effective_batch_size, device, protocol=spec.eval.protocol)
+
+
+def measure_costs(
+    model: MTLModel,
+    test_set: Any,
+    runtime: RuntimeSpec,
+    device: torch.device,
+    dense_result: DenseResult | None = None,
+) -> dict[str, Any]:
+    """Theoretical FLOPs at the evaluation resolution and, when asked, measured latency.
+
+    Latency is measured as it is: masked weights are stored and multiplied as dense tensors, so a pruned
+    model is no faster than the dense one unless a sparse kernel is used; the result says so.
+    """
+    sample = test_set[0]
+    input_hw = tuple(sample["input"].shape[-2:])
+    output_hw = tuple(sample[model.tasks[0]].shape[-2:])
+    out: dict[str, Any] = {"costs": {"input_hw": list(input_hw), **count_flops(model, input_hw, output_hw)}}
+    if runtime.measure_latency:
+        latency = measure_latency(model, input_hw, device=device)
+        latency["note"] = "masks are applied to dense tensors: no speed-up is expected from masking alone"
+        if dense_result is not None and dense_result.latency is not None:
+            latency["dense_latency_ms"] = dense_result.latency["latency_ms"]
+        out["latency"] = latency
+    return out
+
+
+def result_provenance(
+    start: float,
+    device: torch.device,
+    resume: dict[str, Any] | None,
+    determinism: dict[str, Any],
+    method_code: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Where, when and with what the result was produced (mtlprune.store.provenance), and whether it
+    resumed."""
+    end = time.time()
+    extra = {} if method_code is None else {"method_code": method_code}
+    return {
+        "wall_s": end - start,
+        "device": str(device),
+        "determinism": determinism,
+        "provenance": {
+            **provenance(device_name(str(device))),
+            **timing(start, end),
+            # CPU float reductions depend on the thread count: mtlprune.engine.determinism fixes it per stage
+            "torch_threads": torch.get_num_threads(),
+            **extra,
+        },
+        "resumed_from": None if resume is None else {"call": resume["call"], "step": resume["step"]},
+    }
+
+
+def finish_stage(
+    store: Store, run_id: str, result: DenseResult | CellResult, checkpoint: StageCheckpoint
+) -> None:
+    """Write the result, mark the stage done, and drop its checkpoint (in that order: a kill in between
+    leaves a finished stage with a stale checkpoint, never a lost result)."""
+    if checkpoint.loaded is not None:
+        raise RuntimeError(
+            f"{checkpoint.path} belongs to train() call {checkpoint.resume_call}, which this stage never "
+            "made: the method's code changed since the checkpoint; delete it to restart the stage"
+        )
+    store.write_result(run_id, result)
+    store.write_status(run_id, status="done", finished=time.time())
+    checkpoint.remove()
