@@ -1,13 +1,14 @@
-"""A fake result store in the exact layout of mtlprune.engine.stage, built in milliseconds and without torch.
+"""A fake result store in the exact layout the engine writes, built in milliseconds and without torch.
 
-`mtlprune.engine.stage.run_dense` / `run_cell` write ``<store>/runs/<run_id>/`` with ``spec.json``
-(``run_id``, the full ``spec`` dump, its ``identity`` and, for a cell, ``dense_run_id``), ``status.json``
-(``running`` with host/pid/started, then ``done`` with ``finished``, or ``failed`` with ``error`` and
-``traceback``), ``log.jsonl`` and, last, ``result.json`` (typed records, mtlprune.store.records);
-`mtlprune run` adds the manifest. This module writes the same files with made-up but plausible numbers
-(accuracy falls with sparsity, faster for weaker methods; per-component sparsities that pool exactly to the
-achieved sparsity), so report, figure and performance tests can use hundreds of cells. Failed, running and
-missing (planned, never started) cells are placed at fixed positions so tests can name them.
+`mtlprune.engine.dense.run_dense` / `mtlprune.engine.cell.run_cell` write ``<store>/runs/<run_id>/`` with
+``spec.json`` (``run_id``, the full ``spec`` dump, its ``identity`` and, for a cell, ``dense_run_id``),
+``status.json`` (``running`` with host/pid/started, then ``done`` with ``finished``, or ``failed`` with
+``error`` and ``traceback``), ``log.jsonl`` and, last, ``result.json`` (typed records,
+mtlprune.store.records); `mtlprune run` adds the manifest. This module writes the same files with made-up
+but plausible numbers (accuracy falls with sparsity, faster for weaker methods; per-component sparsities
+that pool exactly to the achieved sparsity), so report, figure and performance tests can use hundreds of
+cells. Failed, running and missing (planned, never started) cells are placed at fixed positions so tests can
+name them.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ HEAD_RATIO = {
 BACKBONE_SHARE = 0.7
 HEAD_SHARE = 0.1
 LOG_STEPS = 20  # records per training log (log_every 10)
-# What mtlprune.engine.stage records per stage under result.json "provenance" (mtlprune.store.provenance +
-# timing).
+# What the engine (mtlprune.engine.lifecycle) records per stage under result.json "provenance"
+# (mtlprune.store.provenance + timing).
 RUN_PROVENANCE = {
     "commit": "0123456789abcdef0123456789abcdef01234567",
     "dirty": False,

@@ -166,16 +166,21 @@ def _unique(stages: Iterable[Priced]) -> list[Priced]:
     return list(seen.values())
 
 
-def measured_times(store: Store, stages: Iterable[Priced]) -> tuple[StageTimes, list[Priced]]:
-    """The wall times of the finished ones of ``stages``, and the pending ones."""
+def measured_times(
+    store: Store, stages: Iterable[Priced], skip_damaged: bool = False
+) -> tuple[StageTimes, list[Priced]]:
+    """The wall times of the finished ones of ``stages``, and the pending ones. A damaged result fails here,
+    naming its file, unless ``skip_damaged`` (a run's ETA): then it is left out of the measurements."""
     times, pending = StageTimes(), []
     for stage in stages:
-        if store.is_done(stage.run_id):
-            times.add(
-                stage, store.result(stage.run_id).wall_s
-            )  # a damaged result fails here, naming its file
-        else:
+        if not store.is_done(stage.run_id):
             pending.append(stage)
+            continue
+        try:
+            times.add(stage, store.result(stage.run_id).wall_s)
+        except (OSError, ValueError):
+            if not skip_damaged:
+                raise
     return times, pending
 
 
