@@ -20,7 +20,7 @@ from mtlprune import registry
 from mtlprune.engine.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
 from mtlprune.engine.stage import run_stage
 from mtlprune.execution.matrix import run_matrix
-from mtlprune.plan.stages import plan
+from mtlprune.plan.stages import Stage, plan
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix
 
@@ -64,7 +64,7 @@ def test_workers_1_and_workers_2_give_bit_identical_numbers(tmp_path):
 @pytest.mark.slow
 def test_a_process_with_more_threads_gives_the_same_stage(tmp_path):
     matrix = tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5])
-    dense = matrix.dense_stages()[0]
+    dense = Stage(matrix.dense_stages()[0])
     numbers = []
     for threads in (2, 4):
         torch.set_num_threads(threads)

@@ -33,7 +33,7 @@ import torch
 from mtlprune.analysis import load_results
 from mtlprune.engine.stage import run_stage
 from mtlprune.execution.matrix import run_matrix
-from mtlprune.plan.stages import plan
+from mtlprune.plan.stages import Stage, plan
 from mtlprune.registry import METHODS, load_plugins
 from mtlprune.store import Store
 from tests.helpers import cells_of, dense_of, load_masks, tiny_matrix
@@ -177,8 +177,8 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_end(runs, name, tmp_path
     shutil.copytree(store.root / "data", resumed.root / "data")
     progress, _ = _kill_at(max(1, steps // 2 + 1))
     with pytest.raises(Killed):
-        run_stage(cell, resumed, matrix.runtime, progress)
+        run_stage(Stage(cell), resumed, matrix.runtime, progress)
     _rng_noise(5)  # the resuming process has a history of its own
-    outcome = run_stage(cell, resumed, matrix.runtime)
+    outcome = run_stage(Stage(cell), resumed, matrix.runtime)
     assert outcome.status == "done", outcome.error
     assert _fingerprint(resumed, cell.run_id) == _fingerprint(store, cell.run_id)

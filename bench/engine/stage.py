@@ -30,6 +30,8 @@ def run_stage(
     A cell whose dense stage has no result is ``blocked`` (with the dense stage's error when it failed).
     The caller holds the stage's lock (mtlprune.execution.locks); this function does no locking.
     """
+    if not isinstance(stage, Stage):
+        raise TypeError(f"run_stage takes a plan's Stage (mtlprune.plan.stages), got {type(stage).__name__}")
     run_id = stage.run_id
     if store.is_done(run_id):
         return StageOutcome(run_id, "done")
