@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from mtlprune.analysis.load import collapsed
-from mtlprune.analysis.report import _collapse_note, collapse_lines
+from mtlprune.analysis.report.attention import collapse_lines
+from mtlprune.analysis.report.attention import collapse_note as _collapse_note
 
 
 def _layers(**sparsities: tuple[str, float]) -> dict:

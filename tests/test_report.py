@@ -556,7 +556,7 @@ def test_control_cells_and_control_run_ids_in_the_fake_store(stats_reports):
 
 
 def test_one_seed_report_says_no_significance_is_possible_and_draws_none(stats_reports):
-    from mtlprune.analysis.report import ONE_SEED
+    from mtlprune.analysis.report.stats_section import ONE_SEED
 
     _, outcome = stats_reports[1]
     page = outcome.html.read_text(encoding="utf-8")

@@ -1,0 +1,140 @@
+"""The report's tables: the comparison of all cells, AdapMTL's Table 2 layout per setting and target, the
+dense model against the trivial predictor, ΔT AUC and Pareto dominance."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+from mtlprune.analysis.report.builder import SKIPPABLE, Builder, reason, slug
+from mtlprune.analysis.report.collect import ReportData
+
+
+def _main_metrics(frame: pd.DataFrame) -> list[str]:
+    from mtlprune.vocabulary import MAIN_METRIC
+
+    out: list[str] = []
+    for tasks in frame["tasks"].dropna().unique():
+        for task in str(tasks).split(","):
+            column = f"{task}.{MAIN_METRIC[task]}"
+            if column in frame and column not in out:
+                out.append(column)
+    deltas = ("achieved_sparsity", "delta_t", "delta_m", "delta_t_control")
+    return out + [c for c in deltas if c in frame and frame[c].notna().any()]
+
+
+def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
+    """Writes the .md/.tex tables; returns title → HTML of each, in page order."""
+    from mtlprune.analysis.html import markdown_table_html
+    from mtlprune.analysis.tables import comparison_table, table2_layout, to_latex, to_markdown
+
+    frame = data.frame
+    name = data.title.removeprefix("Report: ")
+    shown: dict[str, str] = {}
+    specs = [
+        ("comparison", _main_metrics(frame), f"Comparison of the methods, {name}: main metric of each task"),
+        ("comparison_all_metrics", None, f"Comparison of the methods, {name}: every metric"),
+    ]
+    for table_name, metrics, caption in specs:
+        try:
+            table = comparison_table(frame, metrics=metrics)
+            markdown = to_markdown(table, caption=caption)
+            latex = to_latex(table, caption=caption, label=f"tab:{slug(table_name)}")
+        except SKIPPABLE as exc:
+            builder.notes.append(f"table {table_name} not written: {reason(exc)}")
+            continue
+        builder.table(table_name, markdown, latex)
+        shown[caption] = markdown_table_html(markdown, table_id=table_name)
+    settings = frame[["dataset", "tasks", "arch", "target_sparsity"]].drop_duplicates()
+    for dataset, tasks, arch, target in settings.sort_values(
+        ["dataset", "tasks", "arch", "target_sparsity"]
+    ).itertuples(index=False):
+        table_name = slug("table2", dataset, arch, len(str(tasks).split(",")), "tasks", f"{target:g}")
+        caption = f"AdapMTL Table 2 layout: {dataset}, {arch}, target sparsity {target:g}"
+        try:
+            table = table2_layout(frame, dataset, arch, float(target), published=data.published, tasks=tasks)
+            markdown = to_markdown(table, caption=caption)
+            latex = to_latex(table, caption=caption, label=f"tab:{table_name}")
+        except SKIPPABLE as exc:
+            builder.notes.append(f"table {table_name} not written: {reason(exc)}")
+            continue
+        builder.table(table_name, markdown, latex)
+        shown[caption] = markdown_table_html(markdown, table_id=table_name)
+    return shown
+
+
+def headroom_tables(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
+    """The dense model against the trivial predictor (best constant prediction), with its convergence: its
+    own loss curve, and what the control row gained from the finetune budget (mtlprune.engine.convergence)."""
+    from mtlprune.analysis.dense import CONTROL_TOLERANCE, dense_vs_trivial
+    from mtlprune.analysis.html import frame_html
+
+    if dense.empty or not any(str(c).startswith("trivial.") for c in dense.columns):
+        notes.append("dense vs trivial predictor not shown: the dense results record no trivial predictor")
+        return {}
+    table = dense_vs_trivial(dense)
+    keep = [c for c in table.columns if c not in ("tasks", "protocol", "width", "head_width")]
+    unconverged = table[table["converged"].map(lambda v: v is False)]
+    warning = (
+        "<p class='note'>A dense model has not converged (its training loss still fell by more than 5% "
+        "within the last 20% of training): methods that train longer can beat it for reasons that are "
+        "not pruning.</p>"
+        if not unconverged.empty
+        else ""
+    )
+    controls = frame[(frame["method_name"] == "dense-finetune") & (frame["status"] == "done")]
+    gains = pd.to_numeric(controls["delta_t"], errors="coerce").dropna() if "delta_t" in controls else []
+    if len(gains):
+        mean = float(gains.mean())
+        verdict = (
+            f"more than ±{CONTROL_TOLERANCE:g}: the dense model had not converged, so read the methods "
+            "against the control (ΔT vs control)"
+            if (gains.abs() > CONTROL_TOLERANCE).any()
+            else f"within ±{CONTROL_TOLERANCE:g} for every seed"
+        )
+        warning += (
+            f"<p>The control row (the dense model finetuned on the finetune budget, unpruned) moves ΔT by "
+            f"{mean:+.1f} on average over {len(gains)} seed(s) (min {float(gains.min()):+.1f}, max "
+            f"{float(gains.max()):+.1f}): {html.escape(verdict)}.</p>"
+        )
+    title = "Dense model against the trivial predictor (main metric per task, mean over seeds)"
+    return {title: warning + frame_html(table[keep], digits=4, table_id="headroom")}
+
+
+def summary_tables(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
+    from mtlprune.analysis.html import frame_html
+    from mtlprune.analysis.summaries import delta_t_auc, pareto_dominated
+
+    out: dict[str, str] = {}
+    try:
+        auc = delta_t_auc(frame)
+        columns = [
+            c
+            for c in (
+                "dataset",
+                "arch",
+                "method",
+                "n_points",
+                "sparsity_min",
+                "sparsity_max",
+                "auc",
+                "auc_normalised",
+                "complete",
+            )
+            if c in auc
+        ]
+        out["Area under the ΔT–sparsity curve (per method and setting)"] = frame_html(
+            auc[columns], digits=2, table_id="auc"
+        )
+    except SKIPPABLE as exc:
+        notes.append(f"ΔT AUC not computed: {reason(exc)}")
+    try:
+        pareto = pareto_dominated(frame)
+        keep = [c for c in pareto.columns if c not in ("tasks", "protocol", "width", "head_width")]
+        out["Pareto dominance on the tasks' main metrics (per setting and target)"] = frame_html(
+            pareto[keep], digits=4, table_id="pareto"
+        )
+    except SKIPPABLE as exc:
+        notes.append(f"Pareto dominance not computed: {reason(exc)}")
+    return out
