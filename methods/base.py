@@ -34,8 +34,8 @@ class PruningMethod:
     starts_from: ClassVar[Literal["dense", "init"]] = "dense"
     # Largest |achieved − target| (fraction) the contract accepts; methods with learned sparsity widen it.
     sparsity_tolerance: ClassVar[float] = 0.001
-    # Params for the contract test suite's tiny run (tests/test_method_contract.py): shrink what is slow
-    # (rounds, update intervals) so every registered method runs in seconds on a CPU.
+    # Params for the contract test suite's tiny run (tests/methods/test_method_contract.py): shrink what is
+    # slow (rounds, update intervals) so every registered method runs in seconds on a CPU.
     contract_params: ClassVar[dict[str, Any]] = {}
     # A control row (the dense model finetuned, unpruned) runs at target 0 and is added by the planner once
     # per setting and seed (MatrixSpec.controls); it is never listed as a method of a matrix.

@@ -28,7 +28,7 @@ def tiny_matrix_dict(**overrides: Any) -> dict[str, Any]:
         "finetune": {"steps": 2, "batch_size": 4},
         "eval": {"batch_size": 4},
         # The control row (dense-finetune per setting and seed) is off here so that each test counts only
-        # the cells it lists; tests/test_control.py covers it.
+        # the cells it lists; tests/engine/test_control.py covers it.
         "controls": False,
         "runtime": {"device": "cpu"},
     }

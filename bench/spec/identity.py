@@ -5,7 +5,7 @@ Rules, so that stored results are neither silently invalidated nor aliased:
   never enters the hash;
 - a field whose value equals its declared default is omitted, so adding a field whose default reproduces
   the old behaviour keeps every existing hash. The defaults themselves are frozen by
-  ``tests/test_spec_identity.py`` (a snapshot of every default): changing one fails that test, and the
+  ``tests/spec/test_spec_identity.py`` (a snapshot of every default): changing one fails that test, and the
   change must either keep the old behaviour or bump ``SCHEMA_VERSION`` (which is always hashed);
 - keys are sorted, separators compact, floats in shortest round-trip form (Python's ``repr``);
 - the hash is sha256 of that JSON, first 16 hex digits.

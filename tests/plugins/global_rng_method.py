@@ -1,7 +1,7 @@
 """Test-only method whose mask is drawn from the global RNGs (torch, NumPy, python ``random``).
 
 A well-behaved method draws from ``ctx.generator``; this one shows that the runner's seeding makes even a
-method that does not the same whatever ran before it (tests/test_determinism.py).
+method that does not the same whatever ran before it (tests/engine/test_determinism.py).
 """
 
 from __future__ import annotations

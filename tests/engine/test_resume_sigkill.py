@@ -21,12 +21,12 @@ from mtlprune.cli import main
 from mtlprune.engine.checkpoint import CHECKPOINT, CHECKPOINT_INFO, read_checkpoint
 from mtlprune.plan.stages import plan
 from mtlprune.store import Store
+from tests.engine.test_resume import _fingerprint, _run_all
 from tests.helpers import tiny_matrix, tiny_matrix_dict
-from tests.test_resume import _fingerprint, _run_all
 
 pytestmark = pytest.mark.slow  # every test here trains stages end to end
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = tiny_matrix_dict(
     methods=[{"name": "magnitude"}, {"name": "imp", "params": {"rate": 0.5, "round_steps": 3}}],
     sparsities=[0.7],

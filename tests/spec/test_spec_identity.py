@@ -25,7 +25,7 @@ from mtlprune.spec import (
 )
 from tests.helpers import TASKS3, tiny_matrix, tiny_matrix_dict
 
-SNAPSHOT = Path(__file__).parent / "data" / "spec_defaults.json"
+SNAPSHOT = Path(__file__).parents[1] / "data" / "spec_defaults.json"
 
 
 def _cell(**overrides) -> RunSpec:
@@ -206,7 +206,7 @@ def test_yaml_is_read_with_safe_load(tmp_path):
 
 
 def test_demo_config_is_valid():
-    matrix = load_matrix(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    matrix = load_matrix(Path(__file__).parents[2] / "configs" / "demo.yaml")
     assert isinstance(matrix, MatrixSpec)
     assert [m.name for m in matrix.methods][:2] == ["random", "magnitude"]
     cells = matrix.expand()
@@ -244,6 +244,6 @@ def test_pretrained_file_must_exist_and_match_its_digest(tmp_path):
 
 
 def test_taskonomy_demo_config_is_valid():
-    matrix = load_matrix(Path(__file__).parents[1] / "configs" / "demo_taskonomy.yaml")
+    matrix = load_matrix(Path(__file__).parents[2] / "configs" / "demo_taskonomy.yaml")
     assert matrix.datasets[0].dataset == "taskonomy" and len(matrix.datasets[0].tasks) == 5
     assert len(matrix.expand()) == 6 + 1  # the methods × sparsities, then the control row

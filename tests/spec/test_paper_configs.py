@@ -10,7 +10,7 @@ from mtlprune.cli import main
 from mtlprune.engine.requirements import requirements
 from mtlprune.spec import load_matrix
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from mtlprune.analysis import load_results
 from mtlprune.cli import main
 from tests.helpers import tiny_matrix_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("plugin", ["taylor_example.py", "rounds_example.py"])

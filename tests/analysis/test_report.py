@@ -40,7 +40,7 @@ from mtlprune.cli import main
 from mtlprune.store.manifest import read_manifest, save_manifest, write_manifest
 from tests.fake_store import DENSE_METRICS, build_fake_store, write_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METHODS = ("magnitude", "random", "gmp(frequency=10)", "adapmtl", "disparse-static", "snip")
 ARCHS = ("deeplab_resnet34", "mobilenetv2")
 # Cell index = ((arch * 2 + seed) * 6 + method) * 2 + target (runner order).

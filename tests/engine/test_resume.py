@@ -1,8 +1,8 @@
 """Resume after a kill: a stage interrupted at any step ends exactly as an uninterrupted one.
 
 The in-process tests interrupt a stage with an exception that no stage code catches (like a kill, nothing
-after it runs) at every logged step in turn, then run the stage again; tests/test_resume_sigkill.py does
-the same with real SIGKILLs of a `mtlprune run` process.
+after it runs) at every logged step in turn, then run the stage again; tests/engine/test_resume_sigkill.py
+does the same with real SIGKILLs of a `mtlprune run` process.
 """
 
 from __future__ import annotations

@@ -248,6 +248,6 @@ def test_mask_analytics_never_import_torch(tiny_store):
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr

@@ -15,7 +15,7 @@ Methods declare small ``contract_params`` for this run (fewer rounds, shorter in
 The documented example plugins (tests/plugins/taylor_example.py and rounds_example.py, printed in
 docs/adding_a_method.md) run too. A
 plugin author runs this suite on their own method alone (module names or .py paths, comma-separated) with
-``MTLPRUNE_CONTRACT_PLUGINS=my_method.py python -m pytest tests/test_method_contract.py``.
+``MTLPRUNE_CONTRACT_PLUGINS=my_method.py python -m pytest tests/methods/test_method_contract.py``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from mtlprune.execution.matrix import run_matrix
 from mtlprune.plan.stages import Stage, plan
 from mtlprune.registry import METHODS, load_plugins
 from mtlprune.store import Store
+from tests.engine.test_resume import Killed, _fingerprint, _kill_at
 from tests.helpers import cells_of, dense_of, load_masks, tiny_matrix
-from tests.test_resume import Killed, _fingerprint, _kill_at
 
 pytestmark = pytest.mark.slow  # every test here trains stages end to end
 

@@ -14,7 +14,7 @@ import pytest
 
 from mtlprune.execution.locks import HOST, LOCK, LockHeld, StageLock, read_lock, stale_reason
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write_lock(run_dir: Path, **fields) -> Path:

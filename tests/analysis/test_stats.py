@@ -1,7 +1,7 @@
 """mtlprune.analysis.stats on hand-built frames: golden Holm, Friedman, Nemenyi CD, ranks, τ, intervals.
 
 Frames are `load_results`-shaped (one row per cell and seed) and built here so that every expected number
-can be worked by hand; the report's use of them is tested in tests/test_report.py.
+can be worked by hand; the report's use of them is tested in tests/analysis/test_report.py.
 """
 
 from __future__ import annotations

@@ -111,6 +111,6 @@ def test_analysis_never_imports_torch(store):
         f"load_results({str(store)!r}); assert 'torch' not in sys.modules, 'torch imported'"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr

@@ -32,7 +32,7 @@ from mtlprune.registry import METHODS, load_plugins
 from mtlprune.store import Store
 from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dict(**overrides) -> dict:

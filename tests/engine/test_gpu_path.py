@@ -16,8 +16,8 @@ from mtlprune.plan.stages import plan
 from mtlprune.registry import ARCHS
 from mtlprune.spec import RuntimeSpec, TrainSpec
 from mtlprune.store import Store
+from tests.engine.test_resume import Killed, _fingerprint, _kill_at
 from tests.helpers import tiny_matrix
-from tests.test_resume import Killed, _fingerprint, _kill_at
 from tools.gpu_check import check, repeatability, synthetic_batch
 
 TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
