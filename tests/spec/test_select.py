@@ -121,3 +121,19 @@ def test_run_status_and_report_work_on_the_selection_only(tmp_path, capsys):
     assert "cells: 1 done, 1 missing" in out
     assert (store / "tiny" / "report-method=magnitude" / "report.html").is_file()
     assert not (store / "tiny" / "report").exists()
+
+
+@pytest.mark.slow
+def test_a_selection_reaches_the_workers_of_a_local_pool(tmp_path):
+    """With --workers 2 the pool's processes run the selected stages only, as one process does."""
+    from mtlprune.execution.matrix import run_matrix
+    from mtlprune.store import Store
+
+    matrix = tiny_matrix(finetune={"steps": 1, "batch_size": 4})
+    only = Selection.parse(["method=random,sparsity=0.5"])
+    store = Store(tmp_path)
+    outcome = run_matrix(matrix, store, show_progress=False, workers=2, only=only)
+    selected = [s.run_id for s in plan(matrix, only)]
+    assert len(selected) == 2  # the dense stage and one cell
+    assert outcome.failed == {} and sorted(outcome.done) == sorted(selected)
+    assert {s.run_id for s in plan(matrix) if store.status(s.run_id) != "pending"} == set(selected)
