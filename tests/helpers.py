@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mtlprune.spec import MatrixSpec, parse_matrix
@@ -68,3 +69,12 @@ def dense_of(stages: list) -> list:
 def cells_of(stages: list) -> list:
     """The cells of a plan, in plan order."""
     return [s for s in stages if s.kind == "cell"]
+
+
+@dataclass(frozen=True)
+class Priced:
+    """What the estimate needs of a stage (mtlprune.plan.estimate.Priced), made up; a plan's Stage has it."""
+
+    run_id: str
+    kind: str
+    cost_key: tuple

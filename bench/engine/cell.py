@@ -13,15 +13,21 @@ from mtlprune.engine.build import (
     build_splits,
     load_state,
     pin_memory,
-    resolve_device,
     save_state,
     split_sizes,
 )
 from mtlprune.engine.context import MethodContext
 from mtlprune.engine.dense import dense_initial_losses
-from mtlprune.engine.determinism import seed_everything, stage_environment, stage_seed
+from mtlprune.engine.determinism import seed_everything, stage_seed
 from mtlprune.engine.divergence import check_final_metrics
-from mtlprune.engine.lifecycle import begin_stage, evaluate_on, finish_stage, measure_costs, result_provenance
+from mtlprune.engine.lifecycle import (
+    begin_stage,
+    evaluate_on,
+    finish_stage,
+    measure_costs,
+    result_provenance,
+    run_once,
+)
 from mtlprune.engine.logs import Progress, open_log
 from mtlprune.engine.sparsity import sparsity_report
 from mtlprune.registry import METHODS
@@ -37,11 +43,7 @@ def run_cell(
     spec: RunSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None
 ) -> CellResult:
     """Run one cell's method on its dense stage's checkpoint (or resume it), evaluate, write result.json."""
-    if store.is_done(spec.run_id):
-        return store.result(spec.run_id)
-    device = resolve_device(runtime)
-    with stage_environment(device, runtime.num_threads) as determinism:
-        return _run_cell(spec, store, runtime, device, determinism, progress)
+    return run_once(_run_cell, spec, store, runtime, progress)
 
 
 def _run_cell(

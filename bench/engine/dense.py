@@ -11,14 +11,20 @@ from mtlprune.engine.build import (
     build_model,
     build_splits,
     pin_memory,
-    resolve_device,
     save_state,
     split_sizes,
 )
 from mtlprune.engine.convergence import convergence_window, loss_convergence
-from mtlprune.engine.determinism import seed_everything, stage_environment, stage_seed
+from mtlprune.engine.determinism import seed_everything, stage_seed
 from mtlprune.engine.divergence import DivergenceGuard, check_final_metrics
-from mtlprune.engine.lifecycle import begin_stage, evaluate_on, finish_stage, measure_costs, result_provenance
+from mtlprune.engine.lifecycle import (
+    begin_stage,
+    evaluate_on,
+    finish_stage,
+    measure_costs,
+    result_provenance,
+    run_once,
+)
 from mtlprune.engine.logs import Progress, log_records, open_log
 from mtlprune.engine.models.pretrained import load_backbone_weights
 from mtlprune.engine.sparsity import sparsity_report
@@ -35,11 +41,7 @@ def run_dense(
     spec: DenseSpec, store: Store, runtime: RuntimeSpec, progress: Progress | None = None
 ) -> DenseResult:
     """Train the dense stage (or resume it), evaluate it and its trivial predictor, write result.json."""
-    if store.is_done(spec.run_id):
-        return store.result(spec.run_id)
-    device = resolve_device(runtime)
-    with stage_environment(device, runtime.num_threads) as determinism:
-        return _run_dense(spec, store, runtime, device, determinism, progress)
+    return run_once(_run_dense, spec, store, runtime, progress)
 
 
 def _run_dense(

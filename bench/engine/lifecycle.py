@@ -6,19 +6,42 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from mtlprune.engine.build import resolve_device
 from mtlprune.engine.checkpoint import StageCheckpoint
 from mtlprune.engine.costs import count_flops, measure_latency
+from mtlprune.engine.determinism import stage_environment
 from mtlprune.engine.evaluate import evaluate
+from mtlprune.engine.logs import Progress
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.spec import DenseSpec, RunSpec, RuntimeSpec, semantic_dump
 from mtlprune.store import SPEC, Store, atomic_write_json
 from mtlprune.store.provenance import device_name, provenance, timing
 from mtlprune.store.records import CellResult, DenseResult
+
+R = TypeVar("R", DenseResult, CellResult)
+S = TypeVar("S", DenseSpec, RunSpec)
+
+
+def run_once(
+    body: Callable[[S, Store, RuntimeSpec, torch.device, dict[str, Any], Progress | None], R],
+    spec: S,
+    store: Store,
+    runtime: RuntimeSpec,
+    progress: Progress | None,
+) -> R:
+    """A finished stage's stored result, else ``body`` run on the stage's device inside its determinism
+    environment (mtlprune.engine.determinism), which ``body`` records in the result."""
+    if store.is_done(spec.run_id):
+        return store.result(spec.run_id)  # type: ignore[return-value]
+    device = resolve_device(runtime)
+    with stage_environment(device, runtime.num_threads) as determinism:
+        return body(spec, store, runtime, device, determinism, progress)
 
 
 def begin_stage(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dict[str, Any]) -> Path:

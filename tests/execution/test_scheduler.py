@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from mtlprune.execution.matrix import run_matrix
 from mtlprune.plan.stages import plan
 from mtlprune.registry import METHODS, load_plugins
 from mtlprune.store import Store
-from tests.helpers import SMALL, load_masks, tiny_matrix, tiny_matrix_dict
+from tests.helpers import SMALL, Priced, load_masks, tiny_matrix, tiny_matrix_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -268,25 +267,16 @@ def test_status_names_the_holder_of_a_running_stage_and_flags_a_stale_lock(tmp_p
     assert "1 interrupted, 1 running" in out
 
 
-@dataclass(frozen=True)
-class _Priced:
-    """What the estimate needs of a stage (mtlprune.plan.estimate.Priced), made up."""
-
-    run_id: str
-    kind: str
-    cost_key: tuple
-
-
 def test_eta_is_the_estimate_of_the_pending_stages_over_the_workers():
     from mtlprune.plan.estimate import EtaModel, StageTimes, format_duration
 
     nyu = ("nyuv2", "deeplab_resnet34", 0.125)
-    dense = _Priced("d", "dense", (*nyu, 100))
-    mag = [_Priced(f"m{i}", "cell", (*nyu, "magnitude", 4)) for i in range(2)]
-    snip = [_Priced(f"s{i}", "cell", (*nyu, "snip", 4)) for i in range(2)]
+    dense = Priced("d", "dense", (*nyu, 100))
+    mag = [Priced(f"m{i}", "cell", (*nyu, "magnitude", 4)) for i in range(2)]
+    snip = [Priced(f"s{i}", "cell", (*nyu, "snip", 4)) for i in range(2)]
     times = StageTimes()
     for wall in (100.0, 140.0):
-        times.add(_Priced("old", "dense", (*nyu, 100)), wall)  # two earlier dense stages: 120 s
+        times.add(Priced("old", "dense", (*nyu, 100)), wall)  # two earlier dense stages: 120 s
     eta = EtaModel([dense, *mag, *snip], times, parallel=2)
     assert eta.eta_s() is None  # no cell measured yet
     eta.finished("m0", 10.0)  # magnitude 10 s; snip falls back to the cells of (nyuv2, resnet34, 0.125)
@@ -323,9 +313,9 @@ def test_reporter_is_lines_off_a_terminal_and_bars_on_one():
     stream = io.StringIO()
     lines = LineReporter(stream, every_steps=2)
     key = ("nyuv2", "deeplab_resnet34", 0.125)
-    pending = [_Priced("aaaa", "dense", key), _Priced("bbbb", "cell", key)]
+    pending = [Priced("aaaa", "dense", key), Priced("bbbb", "cell", key)]
     times = StageTimes()
-    times.add(_Priced("cccc", "cell", key), 4.0)
+    times.add(Priced("cccc", "cell", key), 4.0)
     lines.start(3, 1, EtaModel(pending, times))
     lines.stage_started("aaaa", "dense", "nyuv2 seed 0", total_steps=4)
     for step in range(4):

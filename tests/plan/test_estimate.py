@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from mtlprune.plan.estimate import CostEstimate, estimate_costs, format_duration
 from mtlprune.store import RESULT, Store, atomic_write_json
 from tests.fake_store import dense_result
+from tests.helpers import Priced
 
 NYU_MN = ("nyuv2", "mobilenetv2", 0.25)
 
@@ -24,15 +24,6 @@ def _finish_raw(store: Store, run_id: str, wall_s: object) -> None:
     """A damaged result.json: a valid record except for ``wall_s``."""
     payload = {**dense_result(run_id, {}).payload(), "wall_s": wall_s}
     atomic_write_json(store.run_dir(run_id) / RESULT, payload)
-
-
-@dataclass(frozen=True)
-class Priced:
-    """What the estimate needs of a stage (mtlprune.plan.estimate.Priced); a plan's Stage has it too."""
-
-    run_id: str
-    kind: str
-    cost_key: tuple
 
 
 def _dense(run_id: str, *key: object) -> Priced:
