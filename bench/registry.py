@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "mtlprune.methods"
-BUILTIN_PLUGIN_PACKAGES = ("mtlprune.engine.models", "mtlprune.datasets", "mtlprune.methods")
+BUILTIN_PLUGIN_PACKAGES = ("mtlprune.engine.models", "mtlprune.datasets.loaders", "mtlprune.methods")
 
 
 class UnknownNameError(KeyError):

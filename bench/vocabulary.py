@@ -1,18 +1,20 @@
-"""The fixed names of tasks and metrics (docs/protocols.md), torch-free so analysis can use them.
+"""Task and metric names, torch-free so the analysis layer can use them (docs/protocols.md).
 
 Every metric column is ``<task>.<metric>``; its direction is +1 when higher is better and -1 when lower is
-better. ΔT/Δm and every table read directions from here and nowhere else.
+better. A dataset plugin declares its `Vocabulary` (its tasks' metrics with directions, the subset that
+enters ΔT/Δm, each task's main metric) and registers it with :func:`register_vocabulary`; the tables below are
+the union over the registered datasets, and ΔT/Δm and every table read directions from here and nowhere
+else. The built-in datasets' vocabularies (``mtlprune.datasets.vocabularies``) and those of the
+``mtlprune.vocabularies`` entry-point group load on import, without torch; a plugin may also register its
+vocabulary when it is imported (``--plugin``).
 """
 
 from __future__ import annotations
 
-TASKS: tuple[str, ...] = (
-    "segment_semantic",
-    "normal",
-    "depth_zbuffer",
-    "keypoints2d",
-    "edge_texture",
-)
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 HIGHER = 1
 LOWER = -1
@@ -20,81 +22,91 @@ LOWER = -1
 # Evaluation protocols (docs/protocols.md): our pooled, corrected evaluation and the AdapMTL reference one.
 PROTOCOLS: tuple[str, ...] = ("standard", "adapmtl")
 
-# Angle metrics of surface normals, shared by both datasets (degrees and % of pixels).
-_NORMAL_ANGLES: dict[str, int] = {
-    "mean": LOWER,
-    "median": LOWER,
-    "within_11_25": HIGHER,
-    "within_22_5": HIGHER,
-    "within_30": HIGHER,
-}
-
-# Metrics per task under the `standard` protocol, per dataset, in reporting order.
-METRICS: dict[str, dict[str, dict[str, int]]] = {
-    "nyuv2": {
-        "segment_semantic": {"miou": HIGHER, "pixel_acc": HIGHER},
-        "normal": dict(_NORMAL_ANGLES),
-        "depth_zbuffer": {
-            "abs_err": LOWER,
-            "rel_err": LOWER,
-            "delta_1_25": HIGHER,
-            "delta_1_25_2": HIGHER,
-            "delta_1_25_3": HIGHER,
-        },
-    },
-    # Tiny-Taskonomy: the reference's one metric per task comes first (err, cos_sim, abs_err, err, err),
-    # then the extra pooled metrics that DiSparse's Table 3 prints (mIoU, pixel accuracy, angles, rel_err).
-    # depth abs_err / rel_err are in log-normalised units log(1+d)/log(2^16).
-    "taskonomy": {
-        "segment_semantic": {"err": LOWER, "miou": HIGHER, "pixel_acc": HIGHER},
-        "normal": {"cos_sim": HIGHER, **_NORMAL_ANGLES},
-        "depth_zbuffer": {"abs_err": LOWER, "rel_err": LOWER},
-        "keypoints2d": {"err": LOWER},
-        "edge_texture": {"err": LOWER},
-    },
-}
-# The metrics that enter ΔT / Δm, per dataset and task. NYU-v2: every metric (AdapMTL's Table 2 sums all
-# twelve). Tiny-Taskonomy: the one metric per task that the AdapMTL reference scores Taskonomy with
-# (seg err, normal cos_sim, depth abs_err, keypoint err, edge err); summing the five correlated angle
-# metrics with cos_sim would give normals six votes.
-DELTA_METRICS: dict[str, dict[str, tuple[str, ...]]] = {
-    "nyuv2": {task: tuple(metrics) for task, metrics in METRICS["nyuv2"].items()},
-    "taskonomy": {
-        "segment_semantic": ("err",),
-        "normal": ("cos_sim",),
-        "depth_zbuffer": ("abs_err",),
-        "keypoints2d": ("err",),
-        "edge_texture": ("err",),
-    },
-}
-# Kept for callers written before Taskonomy existed.
-NYUV2_METRICS: dict[str, dict[str, int]] = METRICS["nyuv2"]
+BUILTIN_VOCABULARIES = "mtlprune.datasets.vocabularies"
+ENTRY_POINT_GROUP = "mtlprune.vocabularies"
 
 
-def _merge_directions() -> dict[str, int]:
-    """One direction per column over all datasets; a column that two datasets disagree on is a bug."""
-    merged: dict[str, int] = {}
-    for dataset, tasks in METRICS.items():
-        for task, metrics in tasks.items():
-            for metric, sign in metrics.items():
-                column = f"{task}.{metric}"
-                if merged.setdefault(column, sign) != sign:
-                    raise AssertionError(
-                        f"column {column!r} has conflicting directions (again in {dataset!r})"
-                    )
-    return merged
+@dataclass(frozen=True)
+class Vocabulary:
+    """One dataset's metric vocabulary.
+
+    ``metrics``: task → metric → direction, in reporting order; ``delta``: task → the metrics that enter
+    ΔT/Δm; ``main``: task → the metric that summary tables and figures show first.
+    """
+
+    dataset: str
+    metrics: Mapping[str, Mapping[str, int]]
+    delta: Mapping[str, tuple[str, ...]]
+    main: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        where = f"vocabulary of dataset {self.dataset!r}"
+        for task, metrics in self.metrics.items():
+            bad = {m: d for m, d in metrics.items() if d not in (HIGHER, LOWER)}
+            if not metrics or bad:
+                raise ValueError(
+                    f"{where}: task {task!r} needs metrics with directions ±1, got {dict(metrics)}"
+                )
+        for name, table in (("delta", self.delta), ("main", self.main)):
+            if set(table) != set(self.metrics):
+                raise ValueError(
+                    f"{where}: {name} must name every task {sorted(self.metrics)}, got {sorted(table)}"
+                )
+        for task, chosen in self.delta.items():
+            unknown = [m for m in chosen if m not in self.metrics[task]]
+            if not chosen or unknown:
+                raise ValueError(f"{where}: delta metrics {chosen} of {task!r} must be some of its metrics")
+        for task, metric in self.main.items():
+            if metric not in self.metrics[task]:
+                raise ValueError(f"{where}: main metric {metric!r} of {task!r} is not one of its metrics")
 
 
-DIRECTIONS: dict[str, int] = _merge_directions()
+# The union over the registered vocabularies, kept up to date in place by register_vocabulary.
+METRICS: dict[str, dict[str, dict[str, int]]] = {}  # dataset → task → metric → direction
+DELTA_METRICS: dict[str, dict[str, tuple[str, ...]]] = {}  # dataset → task → ΔT/Δm metrics
+DIRECTIONS: dict[str, int] = {}  # "<task>.<metric>" → direction, over every dataset
+MAIN_METRIC: dict[str, str] = {}  # task → main metric, over every dataset
+TASKS: list[str] = []  # every task of a registered dataset, in registration order
 
-# The one metric per task that summary tables show first.
-MAIN_METRIC: dict[str, str] = {
-    "segment_semantic": "miou",
-    "normal": "mean",
-    "depth_zbuffer": "abs_err",
-    "keypoints2d": "err",
-    "edge_texture": "err",
-}
+
+def register_vocabulary(vocabulary: Vocabulary) -> Vocabulary:
+    """Add a dataset's vocabulary. A column whose direction, or a task whose main metric, differs from another
+    dataset's is an error: one column name means one thing in every table."""
+    name = vocabulary.dataset
+    if name in METRICS:
+        if METRICS[name] == {t: dict(m) for t, m in vocabulary.metrics.items()}:
+            return vocabulary  # the same declaration imported twice
+        raise ValueError(f"a different vocabulary for dataset {name!r} is already registered")
+    for task, metrics in vocabulary.metrics.items():
+        for metric, sign in metrics.items():
+            column = f"{task}.{metric}"
+            if DIRECTIONS.get(column, sign) != sign:
+                raise ValueError(f"dataset {name!r}: column {column!r} has the opposite direction elsewhere")
+        if MAIN_METRIC.get(task, vocabulary.main[task]) != vocabulary.main[task]:
+            raise ValueError(
+                f"dataset {name!r}: main metric {vocabulary.main[task]!r} of {task!r} differs from "
+                f"{MAIN_METRIC[task]!r} of another dataset"
+            )
+    METRICS[name] = {t: dict(m) for t, m in vocabulary.metrics.items()}
+    DELTA_METRICS[name] = {t: tuple(m) for t, m in vocabulary.delta.items()}
+    for task, metrics in vocabulary.metrics.items():
+        DIRECTIONS.update({f"{task}.{m}": d for m, d in metrics.items()})
+        MAIN_METRIC[task] = vocabulary.main[task]
+        if task not in TASKS:
+            TASKS.append(task)
+    return vocabulary
+
+
+def load_vocabularies() -> None:
+    """Import the built-in vocabularies and the ``mtlprune.vocabularies`` entry points (each registers)."""
+    importlib.import_module(BUILTIN_VOCABULARIES)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party vocabulary must say which one
+            raise ImportError(
+                f"vocabulary entry point {ep.name!r} ({ep.value}) failed to load: {exc}"
+            ) from exc
 
 
 def direction(column: str) -> int:
@@ -121,3 +133,6 @@ def dataset_metrics(dataset: str) -> dict[str, dict[str, int]]:
         return METRICS[dataset]
     except KeyError:
         raise KeyError(f"no metric vocabulary for dataset {dataset!r}; known: {', '.join(METRICS)}") from None
+
+
+load_vocabularies()  # after the definitions above: the vocabulary modules import them

@@ -1,5 +1,4 @@
-"""Dataset loaders (real on-disk formats) and the synthetic scene generator; importing registers them."""
-
-from mtlprune.datasets import nyuv2, taskonomy
-
-__all__ = ["nyuv2", "taskonomy"]
+"""Dataset plugins: loaders of the real on-disk formats (``loaders``: NYU-v2, Tiny-Taskonomy), their metric
+vocabularies (``vocabularies``, torch-free), the synthetic scene generator and ``data verify``. Importing the
+package itself imports nothing heavy: the registry imports ``mtlprune.datasets.loaders``, the vocabulary
+``mtlprune.datasets.vocabularies``."""

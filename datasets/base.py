@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mtlprune.vocabulary import PROTOCOLS
+from mtlprune.vocabulary import PROTOCOLS, Vocabulary
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -90,6 +90,22 @@ class AugmentedDataset(Dataset):
 
     task_channels: ClassVar[dict[str, int]] = {}
     dataset_label = "dataset"
+    # What the engine and the analysis ask of a dataset plugin besides its samples (docs/adding_a_dataset.md):
+    # its metric vocabulary (registered, torch-free), its losses and its metric accumulators per protocol.
+    vocabulary: ClassVar[Vocabulary]
+
+    @classmethod
+    def losses(
+        cls, tasks: tuple[str, ...], protocol: str, class_weights: Tensor | None = None
+    ) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+        """Task → ``fn(pred, target)`` under ``protocol`` (mtlprune.engine.tasks.make_losses asks here)."""
+        raise NotImplementedError(f"{cls.__name__} declares no losses")
+
+    @classmethod
+    def metric(cls, task: str, protocol: str, class_weights: Tensor | None = None) -> Any:
+        """A fresh accumulator (``update(pred, target)``, ``compute() -> {metric: value}``) for ``task``
+        under ``protocol`` (mtlprune.engine.metrics.make_metric asks here)."""
+        raise NotImplementedError(f"{cls.__name__} declares no metrics")
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ Training augmentation is a pure function of (seed, epoch, index), so a resumed r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +33,25 @@ from mtlprune.datasets.base import (
     listed_files,
 )
 from mtlprune.datasets.base import read_listing as read_json_listing
+from mtlprune.datasets.vocabularies import NYUV2
+from mtlprune.engine.metrics import (
+    DepthMetric,
+    NormalMetric,
+    ReferenceDepthMetric,
+    ReferenceNormalMetric,
+    ReferenceSegmentationMetric,
+    SegmentationMetric,
+)
+from mtlprune.engine.tasks import (
+    LossFn,
+    depth_loss,
+    normal_loss,
+    protocol_loss,
+    reference_depth_loss,
+    reference_normal_loss,
+    segmentation_loss,
+    table_entry,
+)
 from mtlprune.registry import DATASETS
 
 __all__ = [
@@ -113,6 +133,51 @@ class NYUv2(AugmentedDataset):
     listing_name = LISTING
     # The `adapmtl` protocol evaluates on test inputs and labels resized straight to this (H, W).
     reference_eval_size = (321, 321)
+    vocabulary = NYUV2
+    # The training losses of docs/protocols.md; under `adapmtl` the reference's normal and depth losses
+    # replace ours (at the head's resolution, mtlprune.engine.tasks.protocol_loss).
+    LOSSES: ClassVar[dict[str, LossFn]] = {
+        "segment_semantic": segmentation_loss,
+        "normal": normal_loss,
+        "depth_zbuffer": depth_loss,
+    }
+    REFERENCE_LOSSES: ClassVar[dict[str, LossFn]] = {
+        "normal": reference_normal_loss,
+        "depth_zbuffer": reference_depth_loss,
+    }
+    METRICS: ClassVar[dict[str, dict[str, Any]]] = {
+        "standard": {
+            "segment_semantic": SegmentationMetric,
+            "normal": NormalMetric,
+            "depth_zbuffer": DepthMetric,
+        },
+        "adapmtl": {
+            "segment_semantic": lambda: ReferenceSegmentationMetric(40),
+            "normal": lambda: ReferenceNormalMetric(encoded=True),
+            "depth_zbuffer": lambda: ReferenceDepthMetric(log_units=False),
+        },
+    }
+
+    @classmethod
+    def losses(
+        cls, tasks: tuple[str, ...], protocol: str, class_weights: Tensor | None = None
+    ) -> dict[str, LossFn]:
+        """Task → loss under ``protocol`` (the engine's make_losses asks here)."""
+        if class_weights is not None:
+            raise ValueError("class_weights were given but no loss of dataset 'nyuv2' uses them")
+        return {
+            task: protocol_loss(
+                table_entry(cls.LOSSES, task, "loss", "nyuv2"), cls.REFERENCE_LOSSES.get(task), protocol
+            )
+            for task in tasks
+        }
+
+    @classmethod
+    def metric(cls, task: str, protocol: str, class_weights: Tensor | None = None) -> Any:
+        """A fresh accumulator for ``task`` under ``protocol`` (the engine's make_metric asks here)."""
+        if class_weights is not None:
+            raise ValueError("nyuv2 metrics take no class_weights")
+        return table_entry(cls.METRICS[protocol], task, "metric", "nyuv2")()
 
     def __init__(
         self,

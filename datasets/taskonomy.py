@@ -37,7 +37,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +49,25 @@ from torch import Tensor
 
 from mtlprune.datasets.base import RUN_SPLITS, AugmentedDataset, DataFormatError, listed_files
 from mtlprune.datasets.base import read_listing as read_json_listing
+from mtlprune.datasets.vocabularies import TASKONOMY
+from mtlprune.engine.metrics import (
+    CosineNormalMetric,
+    L1Metric,
+    LogDepthMetric,
+    ReferenceDepthMetric,
+    ReferenceL1Metric,
+    ReferenceNormalMetric,
+    ReferenceSegmentationMetric,
+    WeightedSegmentationMetric,
+)
+from mtlprune.engine.tasks import (
+    LossFn,
+    protocol_loss,
+    table_entry,
+    taskonomy_l1_loss,
+    taskonomy_normal_loss,
+    taskonomy_segmentation_loss,
+)
 from mtlprune.registry import DATASETS
 
 LISTING = "taskonomy.json"
@@ -169,6 +191,60 @@ class Taskonomy(AugmentedDataset):
     listing_name = LISTING
     # The `adapmtl` protocol evaluates on test inputs and labels resized to this (H, W) (reference: 224).
     reference_eval_size = (224, 224)
+    vocabulary = TASKONOMY
+    # Losses of every protocol: the reference's Taskonomy losses are ours (the `adapmtl` protocol computes
+    # them at the head's resolution); segmentation is weighted by the class weights, bound in `losses`.
+    LOSSES: ClassVar[dict[str, LossFn]] = {
+        "normal": taskonomy_normal_loss,
+        "depth_zbuffer": taskonomy_l1_loss,
+        "keypoints2d": taskonomy_l1_loss,
+        "edge_texture": taskonomy_l1_loss,
+    }
+
+    @classmethod
+    def losses(
+        cls, tasks: tuple[str, ...], protocol: str, class_weights: Tensor | None = None
+    ) -> dict[str, LossFn]:
+        """Task → loss under ``protocol``; segmentation needs the dataset's ``class_weights`` (a task subset
+        without segmentation ignores them, since the loader always carries them)."""
+        out: dict[str, LossFn] = {}
+        for task in tasks:
+            if task == "segment_semantic":
+                if class_weights is None:
+                    raise ValueError("the taskonomy segment_semantic loss needs the dataset's class_weights")
+                out[task] = partial(
+                    protocol_loss(taskonomy_segmentation_loss, None, protocol), class_weights=class_weights
+                )
+                continue
+            known = {**cls.LOSSES, "segment_semantic": taskonomy_segmentation_loss}
+            table_entry(known, task, "loss", "taskonomy")
+            out[task] = protocol_loss(cls.LOSSES[task], None, protocol)
+        return out
+
+    @classmethod
+    def metric(cls, task: str, protocol: str, class_weights: Tensor | None = None) -> Any:
+        """A fresh accumulator for ``task`` under ``protocol``; segmentation needs the ``class_weights`` (17
+        classes on real data; their number decides)."""
+        if task == "segment_semantic" and class_weights is None:
+            raise ValueError("taskonomy segment_semantic metric needs the dataset's class_weights")
+        factories: dict[str, Callable[[], Any]] = {
+            "segment_semantic": lambda: WeightedSegmentationMetric(class_weights),
+            "normal": CosineNormalMetric,
+            "depth_zbuffer": LogDepthMetric,
+            "keypoints2d": lambda: L1Metric("keypoints2d", "err"),
+            "edge_texture": lambda: L1Metric("edge_texture", "err"),
+        }
+        if protocol == "adapmtl":
+            factories = {
+                "segment_semantic": lambda: ReferenceSegmentationMetric(
+                    torch.as_tensor(class_weights).numel(), class_weights
+                ),
+                "normal": lambda: ReferenceNormalMetric(encoded=False),
+                "depth_zbuffer": lambda: ReferenceDepthMetric(log_units=True),
+                "keypoints2d": lambda: ReferenceL1Metric("keypoints2d"),
+                "edge_texture": lambda: ReferenceL1Metric("edge_texture"),
+            }
+        return table_entry(factories, task, "metric", "taskonomy")()
 
     def __init__(
         self,

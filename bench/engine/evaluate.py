@@ -6,8 +6,8 @@ the dataset's ``reference_eval_size`` (NYU-v2 321×321, Taskonomy 224×224; the 
 map with nearest neighbour), batches of 16, predictions upsampled with nearest neighbour, and the
 reference's metric quirks (:mod:`mtlprune.engine.metrics.adapmtl`).
 
-The dataset's metric set is chosen by its registry name (``nyuv2``, ``taskonomy``), read from the test set
-unless given; Taskonomy's segmentation ``err`` takes the test set's ``class_weights``.
+The dataset plugin chooses each task's metric (``make_metric``); its registry name is read from the test set
+unless given, and a test set's ``class_weights`` (Taskonomy's segmentation ``err``) go along.
 """
 
 from __future__ import annotations
@@ -46,10 +46,15 @@ def evaluate(
 ) -> dict[str, float]:
     """`<task>.<metric>` → value over the whole test split.
 
-    ``dataset`` defaults to the test set's ``registry_name`` (set by ``DATASETS.register``), else ``nyuv2``.
+    ``dataset`` defaults to the test set's ``registry_name`` (set by ``DATASETS.register``).
     """
     if dataset is None:
-        dataset = getattr(test_set, "registry_name", "nyuv2")
+        dataset = getattr(test_set, "registry_name", None)
+        if dataset is None:
+            raise ValueError(
+                f"evaluate: the test set ({type(test_set).__name__}) is not a registered dataset (no "
+                "registry_name); pass dataset= to name whose metrics to use"
+            )
     class_weights = getattr(test_set, "class_weights", None)
     eval_size = getattr(test_set, "reference_eval_size", None) if protocol == "adapmtl" else None
     if protocol == "adapmtl" and eval_size is None:

@@ -1,4 +1,4 @@
-"""Task losses per dataset and evaluation protocol.
+"""Task losses: the building blocks a dataset plugin chooses from, and `make_losses`, which asks the plugin.
 
 ``standard``: predictions come out of the heads at backbone resolution (stride 8 for Deeplab-ResNet34,
 32 for MobileNetV2); they are upsampled bilinearly to the label size before the loss, so losses and
@@ -14,19 +14,22 @@ Tiny-Taskonomy targets arrive decoded by the loader: ``segment_semantic`` int64 
 ignore, float ``normal`` in [−1, 1], ``depth_zbuffer`` = log(1+d)/log(2^16), ``keypoints2d`` and
 ``edge_texture`` in [−1, 1], every float target NaN on invalid or padded pixels. Its segmentation loss is
 weighted by the dataset's ``class_weights`` (semseg_prior_factor.npy), the one piece of dataset state a loss
-needs; :func:`make_losses` binds it once so the trainer's hot loop stays a plain ``fn(pred, target)``.
+needs; the plugin binds it once so the trainer's hot loop stays a plain ``fn(pred, target)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlprune.registry import DATASETS
 from mtlprune.vocabulary import PROTOCOLS
+
+T = TypeVar("T")
 
 IGNORE = 255
 
@@ -146,60 +149,36 @@ def at_head_resolution(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-NYUV2_LOSSES: dict[str, LossFn] = {
-    "segment_semantic": segmentation_loss,
-    "normal": normal_loss,
-    "depth_zbuffer": depth_loss,
-}
-TASKONOMY_LOSSES: dict[str, LossFn] = {
-    "normal": taskonomy_normal_loss,
-    "depth_zbuffer": taskonomy_l1_loss,
-    "keypoints2d": taskonomy_l1_loss,
-    "edge_texture": taskonomy_l1_loss,
-}  # segment_semantic is built by make_losses: it needs the class weights
-LOSSES: dict[str, dict[str, LossFn]] = {"nyuv2": NYUV2_LOSSES, "taskonomy": TASKONOMY_LOSSES}
-# The adapmtl protocol's replacements of standard losses (before moving them to head resolution).
-REFERENCE_LOSSES: dict[str, dict[str, LossFn]] = {
-    "nyuv2": {"normal": reference_normal_loss, "depth_zbuffer": reference_depth_loss},
-    "taskonomy": {},
-}
-
-_WEIGHTED = {("taskonomy", "segment_semantic")}  # (dataset, task) pairs whose loss takes class_weights
-
 
 def make_losses(
     dataset: str, tasks: Sequence[str], class_weights: Tensor | None = None, protocol: str = "standard"
 ) -> dict[str, LossFn]:
     """Task → ``fn(pred, target)`` for one dataset and protocol, with dataset state (class weights) bound in.
 
-    Fails loudly rather than silently training a different objective: Taskonomy segmentation without
-    class weights, or class weights given to a dataset whose losses never use them (a Taskonomy task subset
-    without segmentation simply ignores them, since its loader always carries them).
+    The dataset plugin decides (its ``losses`` classmethod, docs/adding_a_dataset.md). It fails loudly rather
+    than silently training a different objective: a task without a loss, a loss that needs class weights
+    without them, or class weights given to a dataset whose losses never use them.
     """
-    if dataset not in LOSSES:
-        raise KeyError(f"no losses for dataset {dataset!r}; known: {sorted(LOSSES)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    reference = protocol == "adapmtl"
-    if class_weights is not None and not any(d == dataset for d, _ in _WEIGHTED):
-        raise ValueError(f"class_weights were given but no loss of dataset {dataset!r} uses them")
-    losses: dict[str, LossFn] = {}
-    for task in tasks:
-        if (dataset, task) in _WEIGHTED:
-            if class_weights is None:
-                raise ValueError(f"the {dataset} {task} loss needs the dataset's class_weights")
-            fn = taskonomy_segmentation_loss
-            losses[task] = partial(at_head_resolution(fn) if reference else fn, class_weights=class_weights)
-            continue
-        try:
-            fn = LOSSES[dataset][task]
-        except KeyError:
-            known = sorted({*LOSSES[dataset], *(t for d, t in _WEIGHTED if d == dataset)})
-            raise KeyError(f"no loss for task {task!r} of dataset {dataset!r}; known: {known}") from None
-        if reference:
-            fn = at_head_resolution(REFERENCE_LOSSES[dataset].get(task, fn))
-        losses[task] = fn
-    return losses
+    return DATASETS.get(dataset).losses(tuple(tasks), protocol, class_weights)
+
+
+def table_entry(table: Mapping[str, T], task: str, what: str, dataset: str) -> T:
+    """``table[task]``, or a KeyError naming the dataset and the tasks it has a ``what`` for."""
+    try:
+        return table[task]
+    except KeyError:
+        known = sorted(table)
+        raise KeyError(f"no {what} for task {task!r} of dataset {dataset!r}; known: {known}") from None
+
+
+def protocol_loss(standard: LossFn, reference: LossFn | None, protocol: str) -> LossFn:
+    """The loss a protocol trains with: ``standard`` as is; under ``adapmtl`` the reference's replacement
+    (else the standard loss) at the head's resolution, as the AdapMTL reference trains."""
+    if protocol == "adapmtl":
+        return at_head_resolution(reference or standard)
+    return standard
 
 
 def task_loss(

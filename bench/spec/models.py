@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtlprune.registry import ARCHS, DATASETS, METHODS, suggest
 from mtlprune.spec.identity import spec_hash
+from mtlprune.vocabulary import METRICS
 
 # 2: CPU stages run on one thread with denormals flushed to zero, every RNG seeded from the run id, the
 # divergence rules (mtlprune.engine.determinism, mtlprune.engine.divergence); results of version 1 are not
@@ -119,6 +120,12 @@ class DataSpec(StrictModel):
     @model_validator(mode="after")
     def _tasks_and_root(self) -> DataSpec:
         allowed = list(DATASETS.get(self.dataset).tasks)
+        vocabulary = METRICS.get(self.dataset, {})
+        if not vocabulary or any(task not in vocabulary for task in allowed):
+            raise ValueError(
+                f"dataset {self.dataset!r} has no metric vocabulary for its tasks {allowed}: a dataset "
+                "plugin registers one with mtlprune.vocabulary.register_vocabulary (docs/adding_a_dataset.md)"
+            )
         if not self.tasks:
             raise ValueError(f"tasks must name at least one task; allowed for {self.dataset}: {allowed}")
         for task in self.tasks:

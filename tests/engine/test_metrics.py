@@ -10,8 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtlprune.engine.metrics import DepthMetric, NormalMetric, SegmentationMetric, nyuv2_metric
-from mtlprune.vocabulary import NYUV2_METRICS
+from mtlprune.engine.metrics import DepthMetric, NormalMetric, SegmentationMetric, make_metric
+from mtlprune.vocabulary import METRICS
+
+NYUV2_METRICS = METRICS["nyuv2"]
+
+
+def nyuv2_metric(task: str):
+    """A fresh standard-protocol accumulator of NYU-v2, as the dataset plugin chooses it."""
+    return make_metric("nyuv2", task)
+
 
 # ---------------------------------------------------------------------------------------------- segmentation
 
@@ -299,7 +307,11 @@ def test_factory_and_vocabulary_names() -> None:
     assert nyuv2_metric("segment_semantic").num_classes == 40
     assert isinstance(nyuv2_metric("normal"), NormalMetric)
     assert isinstance(nyuv2_metric("depth_zbuffer"), DepthMetric)
-    with pytest.raises(KeyError, match="segment_semantic, normal, depth_zbuffer"):
+    with pytest.raises(
+        KeyError,
+        match=r"no metric for task 'keypoints2d' of dataset 'nyuv2'; "
+        r"known: \['depth_zbuffer', 'normal', 'segment_semantic'\]",
+    ):
         nyuv2_metric("keypoints2d")
     # compute() keys are exactly the vocabulary's metric names, in reporting order.
     for task, (pred, target) in {t: _random_batch(t, 0, 2) for t in NYUV2_METRICS}.items():

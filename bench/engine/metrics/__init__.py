@@ -2,7 +2,8 @@
 
 ``standard`` (:mod:`mtlprune.engine.metrics.standard`) pools every statistic over the split; ``adapmtl``
 (:mod:`mtlprune.engine.metrics.adapmtl`) reproduces the AdapMTL reference evaluation, quirks included.
-docs/protocols.md lists every difference. Both report the column names of ``mtlprune.vocabulary.METRICS``.
+docs/protocols.md lists every difference. Both report the column names of the dataset's vocabulary
+(``mtlprune.vocabulary.METRICS``); which accumulator measures which task is the dataset plugin's choice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from mtlprune.engine.metrics.adapmtl import (
     ReferenceL1Metric,
     ReferenceNormalMetric,
     ReferenceSegmentationMetric,
-    reference_metric,
 )
 from mtlprune.engine.metrics.standard import (
     CosineNormalMetric,
@@ -27,9 +27,8 @@ from mtlprune.engine.metrics.standard import (
     NormalMetric,
     SegmentationMetric,
     WeightedSegmentationMetric,
-    nyuv2_metric,
-    taskonomy_metric,
 )
+from mtlprune.registry import DATASETS
 from mtlprune.vocabulary import PROTOCOLS
 
 __all__ = [
@@ -47,9 +46,7 @@ __all__ = [
     "WeightedSegmentationMetric",
     "compute",
     "make_metric",
-    "nyuv2_metric",
     "resize_prediction",
-    "taskonomy_metric",
 ]
 
 
@@ -59,17 +56,10 @@ def _check_protocol(protocol: str) -> None:
 
 
 def make_metric(dataset: str, task: str, class_weights: Tensor | None = None, protocol: str = "standard"):
-    """A fresh accumulator for ``task`` of ``dataset`` under ``protocol`` (``update``, then ``compute``)."""
+    """A fresh accumulator for ``task`` of ``dataset`` under ``protocol`` (``update``, then ``compute``): the
+    dataset plugin chooses it (its ``metric`` classmethod, docs/adding_a_dataset.md)."""
     _check_protocol(protocol)
-    if protocol == "adapmtl":
-        return reference_metric(dataset, task, class_weights)
-    if dataset == "nyuv2":
-        if class_weights is not None:
-            raise ValueError("nyuv2 metrics take no class_weights")
-        return nyuv2_metric(task)
-    if dataset == "taskonomy":
-        return taskonomy_metric(task, class_weights)
-    raise KeyError(f"no metrics for dataset {dataset!r}; known: nyuv2, taskonomy")
+    return DATASETS.get(dataset).metric(task, protocol, class_weights)
 
 
 def resize_prediction(pred: Tensor, target: Tensor, protocol: str = "standard") -> Tensor:

@@ -46,7 +46,6 @@ __all__ = [
     "ReferenceL1Metric",
     "ReferenceNormalMetric",
     "ReferenceSegmentationMetric",
-    "reference_metric",
 ]
 
 NYU_DEPTH_MIN = 3e-5  # the reference's NYU-v2 depth validity threshold (gt > 3e-5)
@@ -281,36 +280,3 @@ class ReferenceL1Metric(_Accumulator):
 ReferenceMetric = (
     ReferenceSegmentationMetric | ReferenceNormalMetric | ReferenceDepthMetric | ReferenceL1Metric
 )
-
-
-def reference_metric(dataset: str, task: str, class_weights: Tensor | None = None) -> ReferenceMetric:
-    """A fresh ``adapmtl``-protocol accumulator for one task of ``dataset``."""
-    if dataset == "nyuv2":
-        if class_weights is not None:
-            raise ValueError("nyuv2 metrics take no class_weights")
-        factories = {
-            "segment_semantic": lambda: ReferenceSegmentationMetric(40),
-            "normal": lambda: ReferenceNormalMetric(encoded=True),
-            "depth_zbuffer": lambda: ReferenceDepthMetric(log_units=False),
-        }
-    elif dataset == "taskonomy":
-        if task == "segment_semantic" and class_weights is None:
-            raise ValueError("taskonomy segment_semantic metric needs the dataset's class_weights")
-        factories = {
-            # 17 classes on real data; the number of class weights decides (as in the standard metric).
-            "segment_semantic": lambda: ReferenceSegmentationMetric(
-                torch.as_tensor(class_weights).numel(), class_weights
-            ),
-            "normal": lambda: ReferenceNormalMetric(encoded=False),
-            "depth_zbuffer": lambda: ReferenceDepthMetric(log_units=True),
-            "keypoints2d": lambda: ReferenceL1Metric("keypoints2d"),
-            "edge_texture": lambda: ReferenceL1Metric("edge_texture"),
-        }
-    else:
-        raise KeyError(f"no metrics for dataset {dataset!r}; known: nyuv2, taskonomy")
-    try:
-        return factories[task]()
-    except KeyError:
-        raise KeyError(
-            f"no {dataset} metric for task {task!r}; allowed tasks: {', '.join(factories)}"
-        ) from None

@@ -60,8 +60,6 @@ __all__ = [
     "NormalMetric",
     "SegmentationMetric",
     "WeightedSegmentationMetric",
-    "nyuv2_metric",
-    "taskonomy_metric",
 ]
 
 
@@ -353,24 +351,6 @@ class DepthMetric(_Accumulator):
         return out
 
 
-_NYUV2_FACTORIES = {
-    "segment_semantic": SegmentationMetric,
-    "normal": NormalMetric,
-    "depth_zbuffer": DepthMetric,
-}
-
-
-def nyuv2_metric(task: str) -> SegmentationMetric | NormalMetric | DepthMetric:
-    """A fresh ``standard``-protocol accumulator for one NYU-v2 task."""
-    try:
-        factory = _NYUV2_FACTORIES[task]
-    except KeyError:
-        raise KeyError(
-            f"no NYU-v2 metric for task {task!r}; allowed tasks: {', '.join(_NYUV2_FACTORIES)}"
-        ) from None
-    return factory()
-
-
 # ------------------------------------------------------------------------------------------ Tiny-Taskonomy
 
 
@@ -545,19 +525,3 @@ class LogDepthMetric(L1Metric):
 
 
 Metric = SegmentationMetric | NormalMetric | DepthMetric | L1Metric
-TASKONOMY_TASKS = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
-
-
-def taskonomy_metric(task: str, class_weights: Tensor | None = None) -> Metric:
-    """A fresh ``standard``-protocol accumulator for one Tiny-Taskonomy task (seg needs the class weights)."""
-    if task == "segment_semantic":
-        if class_weights is None:
-            raise ValueError("taskonomy segment_semantic metric needs the dataset's class_weights")
-        return WeightedSegmentationMetric(class_weights)
-    if task == "normal":
-        return CosineNormalMetric()
-    if task == "depth_zbuffer":
-        return LogDepthMetric()
-    if task in ("keypoints2d", "edge_texture"):
-        return L1Metric(task, "err")
-    raise KeyError(f"no Taskonomy metric for task {task!r}; allowed tasks: {', '.join(TASKONOMY_TASKS)}")
