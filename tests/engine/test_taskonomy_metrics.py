@@ -420,3 +420,37 @@ def test_taskonomy_delta_t_golden() -> None:
         delta_t(T_PRUNED, T_DENSE, ["keypoints2d"])
     with pytest.raises(KeyError, match="cityscapes"):
         delta_t(T_PRUNED, T_DENSE, ["keypoints2d"], dataset="cityscapes")
+
+
+def test_a_vocabulary_is_checked_before_it_joins_the_tables() -> None:
+    from mtlprune.vocabulary import Vocabulary, register_vocabulary
+
+    seg = {"segment_semantic": {"miou": HIGHER}}
+    with pytest.raises(ValueError, match="needs metrics with directions ±1"):
+        Vocabulary(
+            "bad",
+            {"segment_semantic": {"miou": 2}},
+            {"segment_semantic": ("miou",)},
+            {"segment_semantic": "miou"},
+        )
+    with pytest.raises(ValueError, match="delta must name every task"):
+        Vocabulary("bad", seg, {}, {"segment_semantic": "miou"})
+    with pytest.raises(ValueError, match=r"delta metrics \('iou',\) of 'segment_semantic'"):
+        Vocabulary("bad", seg, {"segment_semantic": ("iou",)}, {"segment_semantic": "miou"})
+    with pytest.raises(ValueError, match="main metric 'acc' of 'segment_semantic' is not one of its metrics"):
+        Vocabulary("bad", seg, {"segment_semantic": ("miou",)}, {"segment_semantic": "acc"})
+    opposite = Vocabulary(
+        "bad",
+        {"segment_semantic": {"miou": LOWER}},
+        {"segment_semantic": ("miou",)},
+        {"segment_semantic": "miou"},
+    )
+    with pytest.raises(
+        ValueError, match="column 'segment_semantic.miou' has the opposite direction elsewhere"
+    ):
+        register_vocabulary(opposite)
+    assert "bad" not in METRICS  # nothing of a refused vocabulary is kept
+    with pytest.raises(ValueError, match="a different vocabulary for dataset 'nyuv2' is already registered"):
+        register_vocabulary(
+            Vocabulary("nyuv2", seg, {"segment_semantic": ("miou",)}, {"segment_semantic": "miou"})
+        )
