@@ -648,13 +648,10 @@ class AdapMTL(PruningMethod):
 
     def __init__(self, params: AdapMTLParams) -> None:  # type: ignore[override]
         super().__init__(params)
+        self.starts_from = params.start  # the params choose (the class's value is the default)
         if params.control == "faithful":
             # The reference rule does not enforce the target: the cell reports what it reached.
             self.sparsity_tolerance = 1.0
-
-    @property
-    def start(self) -> Literal["dense", "init"]:
-        return self.params.start
 
     def training_spec(self, ctx: MethodContext) -> TrainSpec:
         """The budget and recipe: finetune (from dense) or dense + finetune steps (from init), with the

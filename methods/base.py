@@ -43,11 +43,8 @@ class PruningMethod:
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
-
-    @property
-    def start(self) -> Literal["dense", "init"]:
-        """Where this configured instance starts; a method whose params choose it overrides this."""
-        return self.starts_from
+        # Where this configured instance starts: the class's ``starts_from``, unless a method whose params
+        # choose it (a ``start`` parameter) sets the instance's ``starts_from`` from them.
 
     def run(self, ctx: MethodContext) -> None:
         raise NotImplementedError
@@ -78,7 +75,7 @@ class OneShotMethod(PruningMethod):
 
     def run(self, ctx: MethodContext) -> None:
         ctx.apply_masks(self.masks(ctx))
-        if self.start == "init":
+        if self.starts_from == "init":
             ctx.train(ctx.sparse_training_spec(), phase="train")
         else:
             ctx.finetune()

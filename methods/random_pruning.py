@@ -44,9 +44,9 @@ class RandomPruning(OneShotMethod):
     Params = RandomParams
     starts_from = "dense"
 
-    @property
-    def start(self) -> Literal["dense", "init"]:
-        return self.params.start
+    def __init__(self, params: RandomParams) -> None:  # type: ignore[override]
+        super().__init__(params)
+        self.starts_from = params.start  # the params choose (the class's value is the default)
 
     def scores(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
         generator = ctx.generator()

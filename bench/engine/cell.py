@@ -16,7 +16,7 @@ from mtlprune.engine.build import (
     save_state,
     split_sizes,
 )
-from mtlprune.engine.context import MethodContext
+from mtlprune.engine.context import MethodContext, TrainingSession
 from mtlprune.engine.dense import dense_initial_losses
 from mtlprune.engine.determinism import seed_everything, stage_seed
 from mtlprune.engine.divergence import check_final_metrics
@@ -66,24 +66,21 @@ def _run_cell(
     train_set, val_set, test_set = build_splits(spec, store)
     model = build_model(spec)
     method = method_cls(spec.method.parsed_params())
-    checkpoint = "model.pt" if method.start == "dense" else "init.pt"
+    checkpoint = "model.pt" if method.starts_from == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
     model.to(device)
     logger, checkpoint = open_log(run_dir, runtime, progress)
     resume = checkpoint.loaded
-    ctx = MethodContext(
-        model=model,
-        spec=spec,
-        train_set=train_set,
-        device=device,
+    session = TrainingSession(
         logger=logger,
-        val_set=val_set,
-        num_workers=runtime.num_workers,
-        dense_dir=store.run_dir(dense_id),
         checkpoint=checkpoint,
+        num_workers=runtime.num_workers,
         channels_last=runtime.channels_last,
         pin_memory=pin_memory(runtime, device),
         initial_losses=dense_initial_losses(store, dense_id),
+    )
+    ctx = MethodContext(
+        model, spec, train_set, device, val_set=val_set, dense_dir=store.run_dir(dense_id), session=session
     )
     seed_everything(stage_seed(run_id))  # whatever ran before in this process, the method sees one world
     try:
@@ -92,14 +89,14 @@ def _run_cell(
         logger.close()
     report = sparsity_report(model, requested=spec.target_sparsity)
     check_sparsity(spec, method, report["achieved_sparsity"], ctx)
-    if ctx.masks is not None:
-        write_masks(run_dir / MASKS, ctx.masks)
-    if ctx.task_masks:
-        write_task_masks(run_dir / TASK_MASKS, ctx.task_masks)
+    if session.masks is not None:
+        write_masks(run_dir / MASKS, session.masks)
+    if session.task_masks:
+        write_task_masks(run_dir / TASK_MASKS, session.task_masks)
     if runtime.save_cell_models:
         save_state(run_dir / "model.pt", model.state_dict())
     dense_result = store.result(dense_id)
-    dense_steps = dense_result.steps_total if method.start == "dense" else 0
+    dense_steps = dense_result.steps_total if method.starts_from == "dense" else 0
     metrics = evaluate_on(model, test_set, spec, device)
     check_final_metrics(metrics, dense_result.trivial_metrics, direction)
     result = CellResult(
@@ -109,11 +106,11 @@ def _run_cell(
         metrics=metrics,
         sparsity=report,
         **measure_costs(model, test_set, runtime, device, dense_result=dense_result),
-        steps_total=dense_steps + ctx.steps_used,
-        steps_method=ctx.steps_used,
-        starts_from=method.start,
-        method_state=ctx.recorded,
-        selection={"rule": spec.eval.selection, "selected_step": ctx.selected_step},
+        steps_total=dense_steps + session.steps_used,
+        steps_method=session.steps_used,
+        starts_from=method.starts_from,
+        method_state=session.recorded,
+        selection={"rule": spec.eval.selection, "selected_step": session.selected_step},
         splits=split_sizes(train_set, val_set, test_set),
         **result_provenance(start, device, resume, determinism, code_identity(method_cls)),
     )

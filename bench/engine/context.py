@@ -1,9 +1,10 @@
-"""What a pruning method sees: the model, the target, the data, budgeted training, and mask helpers.
+"""What a pruning method sees (`MethodContext`) and what the engine keeps of a cell (`TrainingSession`).
 
-The runner builds one context per cell; a method drives its own recipe through it (docs/adding_a_method.md).
-Every mask goes through :meth:`MethodContext.apply_masks` (or a training callback's ``runner.set_masks``),
-which records it, so the runner can verify and store exactly what the method pruned. Every optimizer step
-goes through :meth:`MethodContext.train`, which counts it, so budgets are recorded, never claimed.
+The engine builds one session and one context per cell; a method drives its own recipe through the context
+(docs/adding_a_method.md). The context's facts are read-only: every mask goes through
+:meth:`MethodContext.apply_masks` (or a training callback's ``runner.set_masks``), which records it in the
+session, so the engine can verify and store exactly what the method pruned. Every optimizer step goes
+through :meth:`MethodContext.train`, which counts it, so budgets are recorded, never claimed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -54,28 +56,112 @@ def scoring_copy(model: nn.Module) -> nn.Module:
 
 
 @dataclass
-class MethodContext:
-    model: MTLModel
-    spec: RunSpec
-    train_set: Any
-    device: torch.device
+class TrainingSession:
+    """The engine's side of a cell, which the method never touches: where training logs and checkpoints go,
+    how batches are loaded, and the running account of what the method has pruned, spent and recorded (the
+    cell's result is written from it, and its checkpoint carries it)."""
+
     logger: Logger = lambda record: None
-    masks: Masks | None = None
-    val_set: Any = None
-    num_workers: int = 0
-    steps_used: int = 0
-    selected_step: int | None = None
-    dense_dir: Path | None = None  # the dense stage's run directory (init, final and rewind weights)
-    recorded: dict[str, Any] = field(default_factory=dict)  # result.json "method_state"
-    task_masks: dict[str, Masks] = field(default_factory=dict)  # task → its own keep-masks (task_masks.npz)
     checkpoint: StageCheckpoint | None = None  # the cell's in-stage checkpoint (resume after a kill)
+    num_workers: int = 0
     channels_last: bool = False
     pin_memory: bool = False
     # The untrained network's task losses (the dense stage's step 0): every ctx.train call fails as
     # diverged when a task loss stays above 10x its value (mtlprune.engine.divergence); None: no loss bound.
     initial_losses: dict[str, float] | None = None
-    _phase: str = field(default="prune", repr=False)
-    _calls: int = field(default=0, repr=False)
+    masks: Masks | None = None  # the masks held now (ctx.apply_masks, a training callback's set_masks)
+    steps_used: int = 0
+    selected_step: int | None = None
+    recorded: dict[str, Any] = field(default_factory=dict)  # result.json "method_state"
+    task_masks: dict[str, Masks] = field(default_factory=dict)  # task → its own keep-masks (task_masks.npz)
+    phase: str = "prune"  # what ctx.log records are tagged with: the training call's phase, else "prune"
+    calls: int = 0  # ctx.train calls so far (a resumed cell skips those its checkpoint already holds)
+
+    def owner_state(self) -> dict[str, Any]:
+        """The session's part of a checkpoint: what the method has pruned, spent and recorded so far."""
+        return {
+            "calls": self.calls,
+            "phase": self.phase,
+            "masks": self.masks,
+            "steps_used": self.steps_used,
+            "selected_step": self.selected_step,
+            "recorded": dict(self.recorded),
+            "task_masks": self.task_masks,
+        }
+
+    def load_owner_state(self, state: Mapping[str, Any]) -> None:
+        self.calls, self.phase = int(state["calls"]), str(state["phase"])
+        self.masks = state["masks"]
+        self.steps_used, self.selected_step = int(state["steps_used"]), state["selected_step"]
+        self.recorded = dict(state["recorded"])
+        self.task_masks = dict(state["task_masks"])
+
+
+class MethodContext:
+    """What a pruning method sees: read-only facts of its cell (model, spec, target, data, what it has pruned
+    and spent so far) and the actions that change the cell (``apply_masks``, ``train``/``finetune``,
+    ``load_weights``, ``record``, ``log``). The engine keeps the rest in a :class:`TrainingSession`."""
+
+    def __init__(
+        self,
+        model: MTLModel,
+        spec: RunSpec,
+        train_set: Any,
+        device: torch.device,
+        *,
+        val_set: Any = None,
+        dense_dir: Path | None = None,
+        session: TrainingSession | None = None,
+    ) -> None:
+        self._model, self._spec, self._device = model, spec, device
+        self._train_set, self._val_set = train_set, val_set
+        self._dense_dir = dense_dir  # the dense stage's run directory (init, final and rewind weights)
+        self._session = session or TrainingSession()
+
+    @property
+    def model(self) -> MTLModel:
+        return self._model
+
+    @property
+    def spec(self) -> RunSpec:
+        return self._spec
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def train_set(self) -> Any:
+        return self._train_set
+
+    @property
+    def val_set(self) -> Any:
+        return self._val_set
+
+    @property
+    def masks(self) -> Mapping[str, Tensor] | None:
+        """The keep-masks held now (read-only: they change through ``apply_masks`` or a callback)."""
+        masks = self._session.masks
+        return None if masks is None else MappingProxyType(masks)
+
+    @property
+    def task_masks(self) -> Mapping[str, Masks]:
+        """Each task's own keep-mask, as recorded by ``record_task_masks`` (read-only)."""
+        return MappingProxyType(self._session.task_masks)
+
+    @property
+    def recorded(self) -> Mapping[str, Any]:
+        """What ``record`` kept so far for result.json's ``method_state`` (read-only)."""
+        return MappingProxyType(self._session.recorded)
+
+    @property
+    def steps_used(self) -> int:
+        """Optimizer steps spent by ``train``/``finetune`` calls so far."""
+        return self._session.steps_used
+
+    @property
+    def selected_step(self) -> int | None:
+        return self._session.selected_step
 
     # ------------------------------------------------------------------------------------------- facts
 
@@ -136,7 +222,7 @@ class MethodContext:
     def apply_masks(self, masks: Masks) -> None:
         """Zero the pruned weights and record the masks (what the runner verifies and stores)."""
         apply_masks(self.prunable(), masks)
-        self.masks = {n: m.detach().to(torch.bool).cpu() for n, m in masks.items()}
+        self._session.masks = {n: m.detach().to(torch.bool).cpu() for n, m in masks.items()}
 
     # ---------------------------------------------------------------------------------------- weights
 
@@ -146,9 +232,9 @@ class MethodContext:
         files = {"init": "init.pt", "rewind": "rewind.pt", "final": "model.pt"}
         if which not in files:
             raise ValueError(f"unknown dense snapshot {which!r}; allowed: {', '.join(files)}")
-        if self.dense_dir is None:
+        if self._dense_dir is None:
             raise RuntimeError("this context has no dense stage (dense_dir is unset)")
-        path = self.dense_dir / files[which]
+        path = self._dense_dir / files[which]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the dense stage has no {which!r} snapshot")
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -161,8 +247,8 @@ class MethodContext:
         """Load a state dict into the model; with ``keep_masks`` the recorded masks are re-applied."""
         self.model.load_state_dict(dict(state))
         self.model.to(self.device)
-        if keep_masks and self.masks is not None:
-            apply_masks(self.prunable(), self.masks)
+        if keep_masks and self._session.masks is not None:
+            apply_masks(self.prunable(), self._session.masks)
 
     # --------------------------------------------------------------------------------------- training
 
@@ -190,72 +276,54 @@ class MethodContext:
         added to ``steps_used``; the selected step (``eval.selection``) and the final masks are recorded.
         """
         spec = spec or self.spec.finetune
-        self._calls += 1
-        stage = self.checkpoint
-        if stage is not None and stage.skips(self._calls):
+        session = self._session
+        session.calls += 1
+        stage = session.checkpoint
+        if stage is not None and stage.skips(session.calls):
             # Resuming: this call finished before the checkpoint; its effects come back with it.
             return spec.steps
         call_checkpoint = None
         if stage is not None:
-            call_checkpoint = stage.for_call(self._calls, self._owner_state)
-            payload = stage.take(self._calls)
+            call_checkpoint = stage.for_call(session.calls, session.owner_state)
+            payload = stage.take(session.calls)
             if payload is not None:
-                self._load_owner_state(payload["owner"])
+                session.load_owner_state(payload["owner"])
                 call_checkpoint.resume = payload
 
         def on_step(step: int, scalars: dict[str, float]) -> None:
-            self.logger({"phase": phase, "step": step, **scalars})
+            session.logger({"phase": phase, "step": step, **scalars})
 
-        self._phase = phase  # what ctx.log calls (from callbacks) are tagged with while this call trains
+        session.phase = phase  # what ctx.log calls (from callbacks) are tagged with while this call trains
         try:
             outcome = train(
                 self.model,
                 dataset_name=self.spec.data.dataset,
                 train_set=self.train_set,
                 spec=spec,
-                seed=self.spec.seed + self._calls,
+                seed=self.spec.seed + session.calls,
                 device=self.device,
-                masks=self.masks,
+                masks=session.masks,
                 on_step=on_step,
                 val_set=self.val_set,
                 selection=self.spec.eval.selection,
                 val_every=self.spec.eval.val_every,
-                num_workers=self.num_workers,
+                num_workers=session.num_workers,
                 protocol=self.spec.eval.protocol,
                 callbacks=callbacks,
                 step_offset=step_offset,
                 schedule=schedule,
                 checkpoint=call_checkpoint,
-                channels_last=self.channels_last,
-                pin_memory=self.pin_memory,
-                guard=None if self.initial_losses is None else DivergenceGuard(self.initial_losses),
+                channels_last=session.channels_last,
+                pin_memory=session.pin_memory,
+                guard=None if session.initial_losses is None else DivergenceGuard(session.initial_losses),
             )
         finally:
-            self._phase = "prune"  # between training calls a method selects, scores, prunes
+            session.phase = "prune"  # between training calls a method selects, scores, prunes
         if outcome.masks is not None:
-            self.masks = outcome.masks
-        self.steps_used += outcome.steps
-        self.selected_step = self.steps_used - outcome.steps + outcome.selected_step
+            session.masks = outcome.masks
+        session.steps_used += outcome.steps
+        session.selected_step = session.steps_used - outcome.steps + outcome.selected_step
         return outcome.steps
-
-    def _owner_state(self) -> dict[str, Any]:
-        """The context's part of a checkpoint: what the method has pruned, spent and recorded so far."""
-        return {
-            "calls": self._calls,
-            "phase": self._phase,
-            "masks": self.masks,
-            "steps_used": self.steps_used,
-            "selected_step": self.selected_step,
-            "recorded": dict(self.recorded),
-            "task_masks": self.task_masks,
-        }
-
-    def _load_owner_state(self, state: Mapping[str, Any]) -> None:
-        self._calls, self._phase = int(state["calls"]), str(state["phase"])
-        self.masks = state["masks"]
-        self.steps_used, self.selected_step = int(state["steps_used"]), state["selected_step"]
-        self.recorded = dict(state["recorded"])
-        self.task_masks = dict(state["task_masks"])
 
     def finetune(self, spec: TrainSpec | None = None) -> int:
         """Train with the current masks held fixed, on the cell's finetune budget unless ``spec`` is given."""
@@ -293,15 +361,15 @@ class MethodContext:
 
     def record_task_masks(self, task_masks: Mapping[str, Masks]) -> None:
         """Keep each task's own keep-mask (what the task alone would keep) for cross-task mask analytics."""
-        self.task_masks = {
+        self._session.task_masks = {
             t: {n: m.detach().to(torch.bool).cpu() for n, m in ms.items()} for t, ms in task_masks.items()
         }
 
     def record(self, **values: Any) -> None:
         """Keep final values of the method's own state (e.g. learned thresholds) in result.json."""
-        self.recorded.update(values)
+        self._session.recorded.update(values)
 
     def log(self, **scalars: Any) -> None:
         """Write one record of scalars to the cell's log (``log.jsonl``), tagged with the current phase: the
         ``phase`` of the training call it is made from (a callback's log), else ``prune``."""
-        self.logger({"phase": self._phase, **scalars})
+        self._session.logger({"phase": self._session.phase, **scalars})

@@ -422,7 +422,7 @@ def is_control(method_name: str) -> bool:
 
 def starts_from_dense(method: MethodSpec) -> bool:
     """Whether a configured method starts from the dense checkpoint (its params may choose)."""
-    return METHODS.get(method.name)(method.parsed_params()).start == "dense"
+    return METHODS.get(method.name)(method.parsed_params()).starts_from == "dense"
 
 
 class MethodSpec(StrictModel):

@@ -100,7 +100,7 @@ def test_schedule_and_offset_replay_a_longer_recipe():
 
 def test_ctx_log_is_tagged_with_the_phase_of_the_training_call_it_is_made_from(tmp_path):
     from mtlprune.engine.build import build_model
-    from mtlprune.engine.context import MethodContext
+    from mtlprune.engine.context import MethodContext, TrainingSession
     from mtlprune.engine.data import build_dataset
     from tests.helpers import tiny_matrix
 
@@ -114,7 +114,7 @@ def test_ctx_log_is_tagged_with_the_phase_of_the_training_call_it_is_made_from(t
         spec=cell,
         train_set=train_set,
         device=torch.device("cpu"),
-        logger=records.append,
+        session=TrainingSession(logger=records.append),
     )
 
     class LogEachStep(TrainCallback):

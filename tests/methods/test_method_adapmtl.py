@@ -352,7 +352,8 @@ def test_registry_tolerance_start_and_budget():
         assert METHODS.get(name) is cls and cls.sparsity_tolerance == 0.01
     assert AdapMTL(AdapMTLParams(control="faithful")).sparsity_tolerance == 1.0  # reports what it reached
     assert AdapMTL(AdapMTLParams()).sparsity_tolerance == 0.01
-    assert AdapMTL(AdapMTLParams(start="init")).start == "init" and STR(STRParams()).start == "dense"
+    assert AdapMTL(AdapMTLParams(start="init")).starts_from == "init"
+    assert STR(STRParams()).starts_from == "dense" and AdapMTL.starts_from == "dense"  # the class default
     train = TrainSpec(steps=100, weight_decay=1e-4)
     finetune = TrainSpec(steps=10, weight_decay=2e-4, lr=1e-4)
     ctx = SimpleNamespace(

@@ -64,7 +64,7 @@ def test_layer_scope_prunes_every_layer_exactly_to_the_target():
 
 def test_default_params_keep_the_previous_masks_and_finetune():
     matrix, cell, ctx, method, calls = _run_without_data()
-    assert method.start == "dense" and cell.method.params == {}
+    assert method.starts_from == "dense" and cell.method.params == {}
     # The recipe before scope "erk" and start existed: uniform scores from ctx.generator(), one global cut.
     generator = ctx.generator()
     scores = {n: torch.rand(p.shape, generator=generator) for n, p in ctx.prunable().items()}
@@ -75,7 +75,7 @@ def test_default_params_keep_the_previous_masks_and_finetune():
 
 def test_start_init_trains_on_the_at_init_budget():
     matrix, _, _, method, calls = _run_without_data({"start": "init"})
-    assert method.start == "init" and RandomPruning.starts_from == "dense"
+    assert method.starts_from == "init" and RandomPruning.starts_from == "dense"
     ((spec, phase),) = calls
     assert phase == "train" and spec.steps == matrix.train.steps + matrix.finetune.steps == 8
     assert spec.model_copy(update={"steps": matrix.train.steps}) == matrix.train  # the dense recipe
@@ -138,3 +138,20 @@ def test_each_start_trains_from_its_own_snapshot_and_budget(tiny_runs):
             assert torch.equal(started[key], want), (snapshot, key)
     init, final = load_state(dense_dir / "init.pt"), load_state(dense_dir / "model.pt")
     assert any(not torch.equal(init[k], final[k]) for k in init)  # the two snapshots really differ
+
+
+def test_the_context_is_read_only_for_a_method():
+    """Masks change through apply_masks (or a training callback) only; the engine's account stays its own."""
+    cell = tiny_matrix(sparsities=[0.5]).expand()[0]
+    ctx = MethodContext(model=build_model(cell), spec=cell, train_set=None, device=torch.device("cpu"))
+    assert ctx.masks is None and ctx.steps_used == 0 and dict(ctx.recorded) == {}
+    masks = ctx.select_masks({n: torch.rand(p.shape) for n, p in ctx.prunable().items()})
+    ctx.apply_masks(masks)
+    assert set(ctx.masks) == set(masks)
+    for name, value in (("masks", {}), ("steps_used", 5), ("model", None), ("recorded", {})):
+        with pytest.raises(AttributeError):
+            setattr(ctx, name, value)
+    with pytest.raises(TypeError):
+        ctx.masks["x"] = masks[next(iter(masks))]  # the mapping is a read-only view
+    ctx.record(threshold=0.5)
+    assert dict(ctx.recorded) == {"threshold": 0.5}
