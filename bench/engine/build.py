@@ -10,6 +10,7 @@ import torch
 
 from mtlprune.engine.data import build_dataset
 from mtlprune.engine.models.mtl import MTLModel
+from mtlprune.engine.train import Loading
 from mtlprune.registry import ARCHS, DATASETS
 from mtlprune.spec import DenseSpec, RunSpec, RuntimeSpec
 from mtlprune.store import Store, atomic_write_bytes
@@ -55,6 +56,11 @@ def build_splits(spec: DenseSpec | RunSpec, store: Store) -> tuple[Any, Any, Any
 
 def split_sizes(train_set: Any, val_set: Any, test_set: Any) -> dict[str, int]:
     return {"train": len(train_set), "val": 0 if val_set is None else len(val_set), "test": len(test_set)}
+
+
+def loading(runtime: RuntimeSpec, device: torch.device) -> Loading:
+    """How a stage's batches reach its device: the runtime's loader workers, memory format, pinning."""
+    return Loading(runtime.num_workers, runtime.channels_last, pin_memory(runtime, device))
 
 
 def pin_memory(runtime: RuntimeSpec, device: torch.device) -> bool:

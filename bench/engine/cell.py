@@ -12,7 +12,7 @@ from mtlprune.engine.build import (
     build_model,
     build_splits,
     load_state,
-    pin_memory,
+    loading,
     save_state,
     split_sizes,
 )
@@ -74,9 +74,7 @@ def _run_cell(
     session = TrainingSession(
         logger=logger,
         checkpoint=checkpoint,
-        num_workers=runtime.num_workers,
-        channels_last=runtime.channels_last,
-        pin_memory=pin_memory(runtime, device),
+        loading=loading(runtime, device),
         initial_losses=dense_initial_losses(store, dense_id),
     )
     ctx = MethodContext(

@@ -25,7 +25,7 @@ from mtlprune.engine.divergence import DivergenceGuard
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.engine.sparsity import Masks, Scope, apply_masks, select_masks
 from mtlprune.engine.tasks import make_losses
-from mtlprune.engine.train import TrainCallback, to_device, train
+from mtlprune.engine.train import Loading, TrainCallback, TrainingData, to_device, train
 from mtlprune.spec import RunSpec, TrainSpec
 
 Logger = Callable[[dict[str, Any]], None]
@@ -63,9 +63,7 @@ class TrainingSession:
 
     logger: Logger = lambda record: None
     checkpoint: StageCheckpoint | None = None  # the cell's in-stage checkpoint (resume after a kill)
-    num_workers: int = 0
-    channels_last: bool = False
-    pin_memory: bool = False
+    loading: Loading = field(default_factory=Loading)  # how batches reach the device
     # The untrained network's task losses (the dense stage's step 0): every ctx.train call fails as
     # diverged when a task loss stays above 10x its value (mtlprune.engine.divergence); None: no loss bound.
     initial_losses: dict[str, float] | None = None
@@ -297,24 +295,15 @@ class MethodContext:
         try:
             outcome = train(
                 self.model,
-                dataset_name=self.spec.data.dataset,
-                train_set=self.train_set,
+                TrainingData.of(self.spec, self.train_set, self.val_set, self.device, session.loading),
                 spec=spec,
                 seed=self.spec.seed + session.calls,
-                device=self.device,
                 masks=session.masks,
                 on_step=on_step,
-                val_set=self.val_set,
-                selection=self.spec.eval.selection,
-                val_every=self.spec.eval.val_every,
-                num_workers=session.num_workers,
-                protocol=self.spec.eval.protocol,
                 callbacks=callbacks,
                 step_offset=step_offset,
                 schedule=schedule,
                 checkpoint=call_checkpoint,
-                channels_last=session.channels_last,
-                pin_memory=session.pin_memory,
                 guard=None if session.initial_losses is None else DivergenceGuard(session.initial_losses),
             )
         finally:

@@ -10,7 +10,7 @@ import torch
 from mtlprune.engine.build import (
     build_model,
     build_splits,
-    pin_memory,
+    loading,
     save_state,
     split_sizes,
 )
@@ -28,7 +28,7 @@ from mtlprune.engine.lifecycle import (
 from mtlprune.engine.logs import Progress, log_records, open_log
 from mtlprune.engine.models.pretrained import load_backbone_weights
 from mtlprune.engine.sparsity import sparsity_report
-from mtlprune.engine.train import train
+from mtlprune.engine.train import TrainingData, train
 from mtlprune.engine.trivial import fit_trivial
 from mtlprune.registry import DATASETS
 from mtlprune.spec import DenseSpec, RuntimeSpec
@@ -83,23 +83,9 @@ def _run_dense(
 
     guard = DivergenceGuard()  # its reference: this stage's own step-0 task losses (checkpointed)
     try:
+        data = TrainingData.of(spec, train_set, val_set, device, loading(runtime, device))
         outcome = train(
-            model,
-            dataset_name=spec.data.dataset,
-            train_set=train_set,
-            spec=spec.train,
-            seed=spec.seed,
-            device=device,
-            on_step=on_step,
-            val_set=val_set,
-            selection=spec.eval.selection,
-            val_every=spec.eval.val_every,
-            num_workers=runtime.num_workers,
-            protocol=spec.eval.protocol,
-            checkpoint=call,
-            channels_last=runtime.channels_last,
-            pin_memory=pin_memory(runtime, device),
-            guard=guard,
+            model, data, spec=spec.train, seed=spec.seed, on_step=on_step, checkpoint=call, guard=guard
         )
     finally:
         logger.close()

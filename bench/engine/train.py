@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -261,27 +261,58 @@ def validation_loss(
     return total / count
 
 
+@dataclass(frozen=True)
+class Loading:
+    """How batches reach the device (the runtime's choice; never part of a result's identity)."""
+
+    num_workers: int = 0
+    channels_last: bool = False
+    pin_memory: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What every training call of a stage shares: its data, how its protocol trains and selects the final
+    step, and how batches reach the device."""
+
+    dataset_name: str
+    train_set: Any
+    device: torch.device
+    val_set: Any = None
+    selection: str = "last"
+    val_every: int = 50
+    protocol: str = "standard"
+    loading: Loading = field(default_factory=Loading)
+
+    @classmethod
+    def of(
+        cls, stage: Any, train_set: Any, val_set: Any, device: torch.device, loading: Loading
+    ) -> TrainingData:
+        """For a dense stage or a cell: its dataset and its ``eval`` selection, val_every and protocol."""
+        return cls(
+            dataset_name=stage.data.dataset,
+            train_set=train_set,
+            device=device,
+            val_set=val_set,
+            selection=stage.eval.selection,
+            val_every=stage.eval.val_every,
+            protocol=stage.eval.protocol,
+            loading=loading,
+        )
+
+
 def train(
     model: MTLModel,
+    data: TrainingData,
     *,
-    dataset_name: str,
-    train_set: Any,
     spec: TrainSpec,
     seed: int,
-    device: torch.device,
     masks: Masks | None = None,
     on_step: StepCallback | None = None,
-    val_set: Any = None,
-    selection: str = "last",
-    val_every: int = 50,
-    num_workers: int = 0,
-    protocol: str = "standard",
     callbacks: Sequence[TrainCallback] = (),
     step_offset: int = 0,
     schedule: TrainSpec | None = None,
     checkpoint: CallCheckpoint | None = None,
-    channels_last: bool = False,
-    pin_memory: bool = False,
     guard: DivergenceGuard | None = None,
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
@@ -295,6 +326,8 @@ def train(
     ``guard`` raises :class:`Divergence` when a task loss stays far above its untrained level
     (mtlprune.engine.divergence).
     """
+    dataset_name, train_set, val_set, device = data.dataset_name, data.train_set, data.val_set, data.device
+    selection, loading = data.selection, data.loading
     if selection == "best_val" and val_set is None:
         raise ValueError("selection 'best_val' needs a validation split (data.val_fraction > 0)")
     class_weights = getattr(train_set, "class_weights", None)
@@ -305,11 +338,11 @@ def train(
         device,
         masks,
         class_weights=class_weights,
-        protocol=protocol,
+        protocol=data.protocol,
         callbacks=callbacks,
         step_offset=step_offset,
         schedule=schedule,
-        channels_last=channels_last,
+        channels_last=loading.channels_last,
         guard=guard,
     )
     torch.manual_seed(seed)  # dropout draws
@@ -336,15 +369,15 @@ def train(
         seed,
         start=start,
         steps=spec.steps - start,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        num_workers=loading.num_workers,
+        pin_memory=loading.pin_memory,
     )
     resumed_at = start if resume is not None else None  # that state is the checkpoint itself
     for step, batch in zip(range(start, spec.steps), stream, strict=False):
         if checkpoint is not None and step != resumed_at and checkpoint.due(step, spec.steps):
             save(step)
         scalars = step_runner(to_device(batch, device), step)
-        if selection == "best_val" and ((step + 1) % val_every == 0 or step + 1 == spec.steps):
+        if selection == "best_val" and ((step + 1) % data.val_every == 0 or step + 1 == spec.steps):
             loss = validation_loss(
                 model,
                 val_set,

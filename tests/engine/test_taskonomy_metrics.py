@@ -320,7 +320,7 @@ class _TinyTaskonomy:
 def test_train_and_evaluate_on_taskonomy_targets() -> None:
     from mtlprune.engine.evaluate import evaluate
     from mtlprune.engine.models.resnet import deeplab_resnet34
-    from mtlprune.engine.train import train
+    from mtlprune.engine.train import TrainingData, train
     from mtlprune.spec import TrainSpec
 
     torch.manual_seed(0)
@@ -328,18 +328,10 @@ def test_train_and_evaluate_on_taskonomy_targets() -> None:
     model = deeplab_resnet34(channels, width=0.125, head_width=0.03125)
     data = _TinyTaskonomy(n=2)
     seen: list[dict[str, float]] = []
-    train(
-        model,
-        dataset_name="taskonomy",
-        train_set=data,
-        spec=TrainSpec(steps=1, batch_size=2),
-        seed=0,
-        device=torch.device("cpu"),
-        on_step=lambda step, scalars: seen.append(scalars),
-        val_set=data,
-        selection="best_val",
-        val_every=1,
+    training = TrainingData(
+        "taskonomy", data, torch.device("cpu"), val_set=data, selection="best_val", val_every=1
     )
+    train(model, training, spec=TrainSpec(steps=1, batch_size=2), seed=0, on_step=lambda s, x: seen.append(x))
     assert len(seen) == 1 and all(math.isfinite(s["loss"]) and math.isfinite(s["val_loss"]) for s in seen)
     metrics = evaluate(model, data, 2, torch.device("cpu"))  # dataset and weights read from the test set
     expected = [f"{t}.{m}" for t in channels for m in METRICS["taskonomy"][t]]
