@@ -208,7 +208,7 @@ def _convergence_warnings(stages: list[Any], store: Any) -> list[str]:
     loss was still falling at the end, or its control row gained more than the tolerance from the finetune
     budget."""
     from mtlprune.analysis.delta import delta_t
-    from mtlprune.analysis.dense import CONTROL_TOLERANCE, control_converged
+    from mtlprune.analysis.dense_results import CONTROL_TOLERANCE, control_converged
 
     lines = []
     controls = {

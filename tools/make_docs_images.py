@@ -36,7 +36,7 @@ from mtlprune.analysis import (  # noqa: E402
     task_iou,
 )
 from mtlprune.analysis.curves import load_log  # noqa: E402
-from mtlprune.analysis.dense import load_dense  # noqa: E402
+from mtlprune.analysis.dense_results import load_dense  # noqa: E402
 from mtlprune.analysis.figures import (  # noqa: E402
     delta_vs_sparsity,
     figure_bytes,

@@ -1,7 +1,7 @@
 """Analysis from stored results alone (pandas/matplotlib; never imports torch or model code)."""
 
 from mtlprune.analysis.curves import load_log, read_log
-from mtlprune.analysis.dense import dense_vs_trivial, load_dense
+from mtlprune.analysis.dense_results import dense_vs_trivial, load_dense
 from mtlprune.analysis.load import load_results
 from mtlprune.analysis.masks import (
     component_of,

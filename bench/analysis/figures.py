@@ -276,9 +276,9 @@ def metrics_vs_sparsity(
     """Each task metric vs achieved sparsity: rows = metrics, columns = settings, one line per method.
 
     ``metrics``: None = the main metric of each task (``mtlprune.vocabulary.MAIN_METRIC``), ``"all"`` = every
-    metric of the dataset's vocabulary, or a list of columns. ``dense`` (:func:`mtlprune.analysis.dense.
-    load_dense` output) adds the dense model of each setting as a dashed horizontal line (mean over its
-    seeds). The legend lists the methods drawn, then ``dense``.
+    metric of the dataset's vocabulary, or a list of columns. ``dense`` (the output of
+    :func:`mtlprune.analysis.dense_results.load_dense`) adds the dense model of each setting as a dashed
+    horizontal line (mean over its seeds). The legend lists the methods drawn, then ``dense``.
     """
     done = _done(frame)
     if done.empty:

@@ -5,7 +5,7 @@ first half of that window to the second: (mean first half − mean second half) 
 every step's loss (the dense stage keeps them, checkpointed, so a resumed stage measures the same). A model
 still learning shows a clear drop; a converged one only noise. The stage counts as converged when the drop
 is below ``TOLERANCE``. The second measure, the control row's ΔT against the dense model, is read from the
-store by the analysis layer (mtlprune.analysis.dense.control_converged).
+store by the analysis layer (mtlprune.analysis.dense_results.control_converged).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The claim loop every worker runs, in any number of processes, hosts or Slurm tasks at once.
 
 Pick a stage that is not done, whose dense stage is done (for a cell) and that no live worker holds; claim
-its lock (mtlprune.execution.locks); run it (mtlprune.engine.stage.run_stage resumes from the stage's
+its lock (mtlprune.execution.locks); run it (mtlprune.engine.runner.run_stage resumes from the stage's
 checkpoint and records a failure instead of raising); release; repeat. When only stages held by others
 remain, wait until they finish or their lock goes stale. So a killed run, a lost node or a second
 ``mtlprune run`` on the same store never repeats finished work, and an interrupted stage resumes where its
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlprune.engine.stage import StageOutcome, run_stage
+from mtlprune.engine.runner import StageOutcome, run_stage
 from mtlprune.execution.events import log_event
 from mtlprune.execution.locks import (
     HEARTBEAT_S,

@@ -24,7 +24,7 @@ from PIL import Image
 
 from mtlprune.analysis import load_published, load_results
 from mtlprune.analysis.curves import load_log, read_log
-from mtlprune.analysis.dense import load_dense
+from mtlprune.analysis.dense_results import load_dense
 from mtlprune.analysis.figures import (
     delta_vs_sparsity,
     metrics_vs_sparsity,

@@ -18,7 +18,7 @@ import torch
 
 from mtlprune import registry
 from mtlprune.engine.determinism import STAGE_CPU_THREADS, seed_everything, stage_environment, stage_seed
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.execution.matrix import run_matrix
 from mtlprune.plan.stages import Stage, plan
 from mtlprune.store import Store

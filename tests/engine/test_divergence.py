@@ -24,7 +24,7 @@ from mtlprune.engine.divergence import (
     DivergenceGuard,
     check_final_metrics,
 )
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.engine.trivial import fit_trivial
 from mtlprune.execution.matrix import run_matrix
 from mtlprune.plan.stages import plan

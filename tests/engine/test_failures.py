@@ -12,7 +12,7 @@ import torch
 import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 from mtlprune.engine.context import MethodContext
 from mtlprune.engine.failures import failure_kind, log_tail
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.engine.train import Divergence, TrainCallback
 from mtlprune.methods.base import PruningMethod
 from mtlprune.plan.stages import plan

@@ -10,7 +10,7 @@ import torch
 import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 from mtlprune.engine.build import pin_memory
 from mtlprune.engine.data import batch_stream
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.engine.train import StepRunner
 from mtlprune.plan.stages import plan
 from mtlprune.registry import ARCHS

@@ -16,7 +16,7 @@ import torch
 
 import mtlprune.methods  # noqa: F401  (registers the built-in methods)
 from mtlprune.engine.checkpoint import CHECKPOINT, read_checkpoint
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.plan.stages import plan
 from mtlprune.store import Store
 from tests.helpers import load_masks, tiny_matrix

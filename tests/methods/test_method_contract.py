@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from mtlprune.analysis import load_results
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.execution.matrix import run_matrix
 from mtlprune.plan.stages import Stage, plan
 from mtlprune.registry import METHODS, load_plugins

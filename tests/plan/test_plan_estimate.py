@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mtlprune.cli import main
-from mtlprune.engine.stage import run_stage
+from mtlprune.engine.runner import run_stage
 from mtlprune.plan.stages import plan
 from mtlprune.store import Store
 from tests.helpers import tiny_matrix, tiny_matrix_dict

@@ -105,7 +105,7 @@ def collect(
     """Cells (with missing ones added), dense stages and published numbers for a report; ``only`` keeps
     the selected cells (and their dense stages)."""
     from mtlprune.analysis import load_published
-    from mtlprune.analysis.dense import load_dense
+    from mtlprune.analysis.dense_results import load_dense
 
     notes: list[str] = []
     frame = load_results(root, manifests[0].cell_ids) if name is not None else load_results(root)

@@ -67,7 +67,7 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
 def headroom_tables(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
     """The dense model against the trivial predictor (best constant prediction), with its convergence: its
     own loss curve, and what the control row gained from the finetune budget (mtlprune.engine.convergence)."""
-    from mtlprune.analysis.dense import CONTROL_TOLERANCE, dense_vs_trivial
+    from mtlprune.analysis.dense_results import CONTROL_TOLERANCE, dense_vs_trivial
     from mtlprune.analysis.html import frame_html
 
     if dense.empty or not any(str(c).startswith("trivial.") for c in dense.columns):
