@@ -22,6 +22,14 @@ LOWER = -1
 # Evaluation protocols (docs/protocols.md): our pooled, corrected evaluation and the AdapMTL reference one.
 PROTOCOLS: tuple[str, ...] = ("standard", "adapmtl")
 
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` when it is one of :data:`PROTOCOLS`, else a ValueError naming the allowed ones."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return protocol
+
+
 BUILTIN_VOCABULARIES = "mtlprune.datasets.vocabularies"
 ENTRY_POINT_GROUP = "mtlprune.vocabularies"
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mtlprune.vocabulary import PROTOCOLS, Vocabulary
+from mtlprune.vocabulary import Vocabulary, check_protocol
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -122,8 +122,7 @@ class AugmentedDataset(Dataset):
             raise ValueError(
                 f"unknown {self.dataset_label} task(s) {unknown}; allowed: {list(self.task_channels)}"
             )
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        check_protocol(protocol)
         self.tasks_used = tuple(tasks)
         self.augment, self.crop, self.scale, self.flip = augment, tuple(crop), tuple(scale), flip
         self.seed, self.protocol, self.epoch = seed, protocol, 0

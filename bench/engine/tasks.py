@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlprune.registry import DATASETS
-from mtlprune.vocabulary import PROTOCOLS
+from mtlprune.vocabulary import check_protocol
 
 T = TypeVar("T")
 
@@ -159,9 +159,7 @@ def make_losses(
     than silently training a different objective: a task without a loss, a loss that needs class weights
     without them, or class weights given to a dataset whose losses never use them.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    return DATASETS.get(dataset).losses(tuple(tasks), protocol, class_weights)
+    return DATASETS.get(dataset).losses(tuple(tasks), check_protocol(protocol), class_weights)
 
 
 def table_entry(table: Mapping[str, T], task: str, what: str, dataset: str) -> T:

@@ -29,7 +29,7 @@ from mtlprune.engine.metrics.standard import (
     WeightedSegmentationMetric,
 )
 from mtlprune.registry import DATASETS
-from mtlprune.vocabulary import PROTOCOLS
+from mtlprune.vocabulary import PROTOCOLS, check_protocol
 
 __all__ = [
     "PROTOCOLS",
@@ -50,21 +50,16 @@ __all__ = [
 ]
 
 
-def _check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-
-
 def make_metric(dataset: str, task: str, class_weights: Tensor | None = None, protocol: str = "standard"):
     """A fresh accumulator for ``task`` of ``dataset`` under ``protocol`` (``update``, then ``compute``): the
     dataset plugin chooses it (its ``metric`` classmethod, docs/adding_a_dataset.md)."""
-    _check_protocol(protocol)
+    check_protocol(protocol)
     return DATASETS.get(dataset).metric(task, protocol, class_weights)
 
 
 def resize_prediction(pred: Tensor, target: Tensor, protocol: str = "standard") -> Tensor:
     """A prediction at the label's resolution: bilinear (standard) or nearest (adapmtl, as the reference)."""
-    _check_protocol(protocol)
+    check_protocol(protocol)
     size = tuple(target.shape[-2:])
     if tuple(pred.shape[-2:]) == size:
         return pred
