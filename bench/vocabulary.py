@@ -2,18 +2,20 @@
 
 Every metric column is ``<task>.<metric>``; its direction is +1 when higher is better and -1 when lower is
 better. A dataset plugin declares its `Vocabulary` (its tasks' metrics with directions, the subset that
-enters ΔT/Δm, each task's main metric) and registers it with :func:`register_vocabulary`; the tables below are
-the union over the registered datasets, and ΔT/Δm and every table read directions from here and nowhere
-else. The built-in datasets' vocabularies (``mtlprune.datasets.vocabularies``) and those of the
-``mtlprune.vocabularies`` entry-point group load on import, without torch; a plugin may also register its
-vocabulary when it is imported (``--plugin``).
+enters ΔT/Δm, each task's main metric, and how they are shown: the dataset's and tasks' display names and
+each metric's `MetricName` with its unit and display scale) and registers it with
+:func:`register_vocabulary`; the tables below are the union over the registered datasets, and ΔT/Δm, every
+table and every figure read directions, names and units from here and nowhere else. The built-in datasets'
+vocabularies (``mtlprune.datasets.vocabularies``) and those of the ``mtlprune.vocabularies`` entry-point group
+load on import, without torch; a plugin may also register its vocabulary when it is imported (``--plugin``).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 HIGHER = 1
@@ -35,17 +37,34 @@ ENTRY_POINT_GROUP = "mtlprune.vocabularies"
 
 
 @dataclass(frozen=True)
+class MetricName:
+    """How a metric is shown. ``text``: its name within its task (``mIoU``); ``latex``: the same as LaTeX
+    source when it needs math (None: ``text`` escaped); ``unit``: ``%``, ``°``, ``m`` or empty; ``scale``:
+    shown value = stored value × scale (mIoU is stored as a fraction and shown in %)."""
+
+    text: str
+    latex: str | None = None
+    unit: str = ""
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class Vocabulary:
     """One dataset's metric vocabulary.
 
     ``metrics``: task → metric → direction, in reporting order; ``delta``: task → the metrics that enter
-    ΔT/Δm; ``main``: task → the metric that summary tables and figures show first.
+    ΔT/Δm; ``main``: task → the metric that summary tables and figures show first. Display (optional):
+    ``title`` (``NYU-v2``; default the dataset name), ``task_names`` (task → short name, ``Seg``),
+    ``names`` (task → metric → :class:`MetricName`; default: the metric's own name, no unit, scale 1).
     """
 
     dataset: str
     metrics: Mapping[str, Mapping[str, int]]
     delta: Mapping[str, tuple[str, ...]]
     main: Mapping[str, str]
+    title: str = ""
+    task_names: Mapping[str, str] = field(default_factory=dict)
+    names: Mapping[str, Mapping[str, MetricName]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"vocabulary of dataset {self.dataset!r}"
@@ -67,6 +86,23 @@ class Vocabulary:
         for task, metric in self.main.items():
             if metric not in self.metrics[task]:
                 raise ValueError(f"{where}: main metric {metric!r} of {task!r} is not one of its metrics")
+        unknown_tasks = sorted((set(self.task_names) | set(self.names)) - set(self.metrics))
+        if unknown_tasks:
+            raise ValueError(f"{where}: display names for tasks {unknown_tasks} it does not have")
+        for task, names in self.names.items():
+            extra = sorted(set(names) - set(self.metrics[task]))
+            if extra:
+                raise ValueError(f"{where}: display names for metrics {extra} that {task!r} does not have")
+            for metric, name in names.items():
+                if not isinstance(name, MetricName) or not math.isfinite(name.scale) or name.scale <= 0:
+                    raise ValueError(
+                        f"{where}: name of {task}.{metric} must be a MetricName with a positive scale, "
+                        f"got {name!r}"
+                    )
+
+    def metric_name(self, task: str, metric: str) -> MetricName:
+        """The display name of ``<task>.<metric>``; the metric's own name when the vocabulary gives none."""
+        return self.names.get(task, {}).get(metric) or MetricName(metric)
 
 
 # The union over the registered vocabularies, kept up to date in place by register_vocabulary.
@@ -75,6 +111,8 @@ DELTA_METRICS: dict[str, dict[str, tuple[str, ...]]] = {}  # dataset → task �
 DIRECTIONS: dict[str, int] = {}  # "<task>.<metric>" → direction, over every dataset
 MAIN_METRIC: dict[str, str] = {}  # task → main metric, over every dataset
 TASKS: list[str] = []  # every task of a registered dataset, in registration order
+VOCABULARIES: dict[str, Vocabulary] = {}  # dataset → its registered vocabulary (display names, units)
+TASK_NAMES: dict[str, str] = {}  # task → short display name, over every dataset
 
 
 def register_vocabulary(vocabulary: Vocabulary) -> Vocabulary:
@@ -95,6 +133,14 @@ def register_vocabulary(vocabulary: Vocabulary) -> Vocabulary:
                 f"dataset {name!r}: main metric {vocabulary.main[task]!r} of {task!r} differs from "
                 f"{MAIN_METRIC[task]!r} of another dataset"
             )
+    for task, shown in vocabulary.task_names.items():
+        if TASK_NAMES.get(task, shown) != shown:
+            raise ValueError(
+                f"dataset {name!r}: task {task!r} is shown as {shown!r}, another dataset shows it as "
+                f"{TASK_NAMES[task]!r}"
+            )
+    VOCABULARIES[name] = vocabulary
+    TASK_NAMES.update(vocabulary.task_names)
     METRICS[name] = {t: dict(m) for t, m in vocabulary.metrics.items()}
     DELTA_METRICS[name] = {t: tuple(m) for t, m in vocabulary.delta.items()}
     for task, metrics in vocabulary.metrics.items():
@@ -141,6 +187,29 @@ def dataset_metrics(dataset: str) -> dict[str, dict[str, int]]:
         return METRICS[dataset]
     except KeyError:
         raise KeyError(f"no metric vocabulary for dataset {dataset!r}; known: {', '.join(METRICS)}") from None
+
+
+def metric_name(column: str, dataset: str | None = None) -> MetricName:
+    """Display name of a ``<task>.<metric>`` column: from ``dataset``'s vocabulary, else from the first
+    registered dataset that has the column (units may differ between datasets, so pass it when known)."""
+    task, _, metric = column.partition(".")
+    candidates = [VOCABULARIES[dataset]] if dataset in VOCABULARIES else []
+    candidates += [v for v in VOCABULARIES.values() if metric in v.metrics.get(task, {})]
+    for vocabulary in candidates:
+        if metric in vocabulary.metrics.get(task, {}):
+            return vocabulary.metric_name(task, metric)
+    return MetricName(metric)
+
+
+def task_name(task: str) -> str:
+    """Short display name of a task (``Seg``), the task itself when no vocabulary names it."""
+    return TASK_NAMES.get(task, task)
+
+
+def dataset_title(dataset: str) -> str:
+    """Display name of a dataset (``NYU-v2``), the dataset name itself when its vocabulary gives none."""
+    vocabulary = VOCABULARIES.get(dataset)
+    return vocabulary.title if vocabulary is not None and vocabulary.title else dataset
 
 
 load_vocabularies()  # after the definitions above: the vocabulary modules import them

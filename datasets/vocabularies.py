@@ -5,11 +5,15 @@ metric per task comes first (err, cos_sim, abs_err, err, err) and is the ΔT/Δm
 reference scores Taskonomy with; summing the five correlated angle metrics with cos_sim would give normals six
 votes), then the extra pooled metrics that DiSparse's Table 3 prints (mIoU, pixel accuracy, angles,
 rel_err). Taskonomy depth abs_err / rel_err are in log-normalised units log(1+d)/log(2^16).
+
+Display names and units (tables, figures): mIoU and pixel accuracy are stored as fractions and shown in %;
+normal angles in degrees and the share of pixels within an angle in %; NYU-v2 depth errors in metres; the
+δ accuracies in %. Taskonomy's errors are unitless (log-normalised depth, the reference's losses).
 """
 
 from __future__ import annotations
 
-from mtlprune.vocabulary import HIGHER, LOWER, Vocabulary, register_vocabulary
+from mtlprune.vocabulary import HIGHER, LOWER, MetricName, Vocabulary, register_vocabulary
 
 # Angle metrics of surface normals, shared by both datasets (degrees and % of pixels).
 NORMAL_ANGLES: dict[str, int] = {
@@ -25,6 +29,33 @@ MAIN = {
     "depth_zbuffer": "abs_err",
     "keypoints2d": "err",
     "edge_texture": "err",
+}
+
+TASK_NAMES = {
+    "segment_semantic": "Seg",
+    "normal": "Normal",
+    "depth_zbuffer": "Depth",
+    "keypoints2d": "Keypoint",
+    "edge_texture": "Edge",
+}
+PERCENT_OF_FRACTION = {"unit": "%", "scale": 100.0}
+NORMAL_NAMES = {
+    "cos_sim": MetricName("CosSim"),
+    "mean": MetricName("Mean", unit="°"),
+    "median": MetricName("Median", unit="°"),
+    "within_11_25": MetricName("11.25°", r"$11.25^\circ$", unit="%"),
+    "within_22_5": MetricName("22.5°", r"$22.5^\circ$", unit="%"),
+    "within_30": MetricName("30°", r"$30^\circ$", unit="%"),
+}
+SEGMENTATION_NAMES = {
+    "err": MetricName("Err"),
+    "miou": MetricName("mIoU", **PERCENT_OF_FRACTION),
+    "pixel_acc": MetricName("PixAcc", **PERCENT_OF_FRACTION),
+}
+DEPTH_ACCURACY_NAMES = {
+    "delta_1_25": MetricName("δ1.25", r"$\delta_{1.25}$", unit="%"),
+    "delta_1_25_2": MetricName("δ1.25²", r"$\delta_{1.25^2}$", unit="%"),
+    "delta_1_25_3": MetricName("δ1.25³", r"$\delta_{1.25^3}$", unit="%"),
 }
 
 _NYUV2_METRICS = {
@@ -44,6 +75,17 @@ NYUV2 = register_vocabulary(
         metrics=_NYUV2_METRICS,
         delta={task: tuple(metrics) for task, metrics in _NYUV2_METRICS.items()},
         main={task: MAIN[task] for task in _NYUV2_METRICS},
+        title="NYU-v2",
+        task_names={task: TASK_NAMES[task] for task in _NYUV2_METRICS},
+        names={
+            "segment_semantic": {m: SEGMENTATION_NAMES[m] for m in _NYUV2_METRICS["segment_semantic"]},
+            "normal": {m: NORMAL_NAMES[m] for m in _NYUV2_METRICS["normal"]},
+            "depth_zbuffer": {
+                "abs_err": MetricName("Abs err", unit="m"),
+                "rel_err": MetricName("Rel err"),
+                **DEPTH_ACCURACY_NAMES,
+            },
+        },
     )
 )
 TASKONOMY = register_vocabulary(
@@ -64,5 +106,14 @@ TASKONOMY = register_vocabulary(
             "edge_texture": ("err",),
         },
         main=MAIN,
+        title="Tiny-Taskonomy",
+        task_names=TASK_NAMES,
+        names={
+            "segment_semantic": SEGMENTATION_NAMES,
+            "normal": NORMAL_NAMES,
+            "depth_zbuffer": {"abs_err": MetricName("Abs err"), "rel_err": MetricName("Rel err")},
+            "keypoints2d": {"err": MetricName("Err")},
+            "edge_texture": {"err": MetricName("Err")},
+        },
     )
 )

@@ -6,7 +6,7 @@ Holm-adjusted p-values. They share the conventions of :mod:`mtlprune.analysis.ta
 number formatting, a ``Table: caption`` line and GFM pipes in Markdown that
 :func:`mtlprune.analysis.html.markdown_table_html` turns into the page's HTML, a booktabs ``table`` in LaTeX).
 The LaTeX is plain ASCII with every value and the caption escaped (``_``, ``%``, ``&``, ...), so it
-compiles with ``\\usepackage{booktabs}`` alone.
+compiles with ``\\usepackage{booktabs}`` and ``graphicx`` (wide tables shrink to the line width).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from mtlprune.analysis.latex import latex_table
 from mtlprune.analysis.stats import SETTING_KEYS, FriedmanResult, metric_sign
 from mtlprune.analysis.tables import KEY_HEADERS, LATEX, MARKDOWN, _key_text, _Style
 
@@ -37,31 +38,9 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
 CONTROL_LABEL = " (control)"
 
 
-# Characters a caption or label may carry that pdflatex cannot typeset as text, in LaTeX.
-UNICODE_LATEX: dict[str, str] = {
-    "Δ": r"$\Delta$",
-    "α": r"$\alpha$",
-    "χ": r"$\chi$",
-    "τ": r"$\tau$",
-    "²": r"$^2$",
-    "°": r"$^\circ$",
-    "±": r"$\pm$",
-    "×": r"$\times$",
-    "·": r"$\cdot$",
-    "≤": r"$\leq$",
-    "≥": r"$\geq$",
-    "−": "$-$",
-    "–": "--",
-    "—": "---",
-    "↑": r"$\uparrow$",
-    "↓": r"$\downarrow$",
-}
-
-
 def _escape(style: _Style, text: str) -> str:
-    """Text escaped for the format; in LaTeX also the Greek letters and symbols above, so it compiles."""
-    out = style.escape(text)
-    return "".join(UNICODE_LATEX.get(ch, ch) for ch in out) if style.latex else out
+    """Text escaped for the format (in LaTeX also the Greek letters and symbols, so it compiles)."""
+    return style.escape(text)
 
 
 def _metric_name(metric: str, style: _Style) -> str:
@@ -102,13 +81,10 @@ def _render(
         lines.append("| " + " | ".join(":---" if a == "l" else "---:" for a in align) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines) + "\n"
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}"]
-    if label:
-        lines.append(rf"\label{{{label}}}")
-    lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
     lines += [" & ".join(row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return latex_table(lines, caption, label=label)
 
 
 def _sentence(text: str | None, style: _Style) -> list[str]:

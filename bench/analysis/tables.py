@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mtlprune.analysis.labels import arch_title, column_label, column_name
+from mtlprune.analysis.latex import latex_escape, latex_table
 from mtlprune.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
-from mtlprune.vocabulary import DELTA_METRICS, DIRECTIONS, HIGHER, METRICS
+from mtlprune.vocabulary import DELTA_METRICS, HIGHER, METRICS, dataset_title
 
 __all__ = [
     "comparison_table",
@@ -56,10 +58,6 @@ DENSE = "dense"
 PARTIAL = "partial"
 MISSING = "missing"
 
-# Stored as fractions, shown in %.
-PERCENT_COLUMNS: frozenset[str] = frozenset(
-    {"segment_semantic.miou", "segment_semantic.pixel_acc", "achieved_sparsity"}
-)
 # Decimals per column (default 2): small-valued error metrics need more.
 DIGITS: dict[str, int] = {
     "depth_zbuffer.abs_err": 3,
@@ -68,30 +66,6 @@ DIGITS: dict[str, int] = {
     "normal.cos_sim": 3,
     "keypoints2d.err": 4,
     "edge_texture.err": 4,
-}
-TASK_SHORT: dict[str, str] = {
-    "segment_semantic": "Seg",
-    "normal": "Normal",
-    "depth_zbuffer": "Depth",
-    "keypoints2d": "Keypoint",
-    "edge_texture": "Edge",
-}
-# metric name → (Markdown, LaTeX) header text.
-METRIC_SHORT: dict[str, tuple[str, str]] = {
-    "miou": ("mIoU", "mIoU"),
-    "pixel_acc": ("PixAcc", "PixAcc"),
-    "err": ("Err", "Err"),
-    "cos_sim": ("CosSim", "CosSim"),
-    "mean": ("Mean", "Mean"),
-    "median": ("Median", "Median"),
-    "within_11_25": ("11.25°", r"$11.25^\circ$"),
-    "within_22_5": ("22.5°", r"$22.5^\circ$"),
-    "within_30": ("30°", r"$30^\circ$"),
-    "abs_err": ("Abs", "Abs"),
-    "rel_err": ("Rel", "Rel"),
-    "delta_1_25": ("δ1.25", r"$\delta_{1.25}$"),
-    "delta_1_25_2": ("δ1.25²", r"$\delta_{1.25^2}$"),
-    "delta_1_25_3": ("δ1.25³", r"$\delta_{1.25^3}$"),
 }
 # Header text of the identity columns a table may show.
 KEY_HEADERS: dict[str, str] = {
@@ -392,7 +366,7 @@ class _Style:
     def escape(self, text: str) -> str:
         if not self.latex:
             return text.replace("|", r"\|")
-        return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+        return latex_escape(text)
 
     def number(self, value: float, digits: int) -> str:
         text = f"{value:.{digits}f}"
@@ -426,63 +400,18 @@ class _Style:
         return "--" if self.latex else "–"
 
 
-_LATEX_ESCAPES: dict[str, str] = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
 MARKDOWN = _Style(latex=False)
 LATEX = _Style(latex=True)
 
 
 def _direction(column: str) -> int | None:
     """+1/−1 for metrics and ΔT/Δm (higher is better), None for columns without one (sparsity, costs)."""
-    if column in DIRECTIONS:
-        return DIRECTIONS[column]
-    if column in ("delta_t", "delta_m", "delta_t_control", "delta_m_control") or column.startswith(
-        ("delta_t.", "delta_m.")
-    ):
-        return HIGHER
-    return None
+    return column_name(column).direction
 
 
-def _scale(column: str) -> float:
-    return 100.0 if column in PERCENT_COLUMNS or column.startswith("sparsity.") else 1.0
-
-
-def _header(column: str, style: _Style) -> str:
-    """Short column header with its direction arrow (none for columns without a direction)."""
-    delta = r"$\Delta_T$" if style.latex else "ΔT"
-    if column == "delta_t":
-        text = delta
-    elif column.startswith("delta_t.") and column[8:] in TASK_SHORT:
-        text = f"{delta} {TASK_SHORT[column[8:]]}"
-    elif column == "delta_m":
-        text = r"$\Delta_m$" if style.latex else "Δm"
-    elif column == "delta_t_control":
-        text = f"{delta} vs control"
-    elif column == "delta_m_control":
-        text = (r"$\Delta_m$" if style.latex else "Δm") + " vs control"
-    elif column == "achieved_sparsity":
-        text = "Sparsity"
-    elif column == "sparsity.backbone":
-        text = "Sp. backbone"
-    elif column.startswith(("sparsity.head.", "sparsity.path.")) and column[14:] in TASK_SHORT:
-        text = f"Sp. {TASK_SHORT[column[14:]]} {column[9:13]}"
-    elif column in DIRECTIONS and column.split(".", 1)[1] in METRIC_SHORT:
-        task, metric = column.split(".", 1)
-        text = f"{TASK_SHORT[task]} {METRIC_SHORT[metric][1 if style.latex else 0]}"
-    else:
-        text = style.escape(column)
-    sign = _direction(column)
-    return text if sign is None else f"{text} {style.arrow(sign)}"
+def _header(column: str, style: _Style, dataset: str | None) -> str:
+    """Short column header with its direction arrow (units go into the caption)."""
+    return column_label(column, dataset, unit=False, latex=style.latex)
 
 
 def _percent(value: float) -> str:
@@ -498,6 +427,10 @@ def _key_text(column: str, value: Any) -> str:
         return f"{float(value):g}"
     if column == "tasks":
         return str(value).replace(",", ", ")
+    if column == "dataset":
+        return dataset_title(str(value))
+    if column == "arch":
+        return arch_title(str(value))
     return str(value)
 
 
@@ -527,6 +460,14 @@ class _Layout:
     protocols: list[str]
     datasets: list[str]
     digits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str | None:
+        """The one dataset of the table (its units and names apply), None when it has several."""
+        return self.datasets[0] if len(self.datasets) == 1 else None
+
+    def scale(self, column: str) -> float:
+        return column_name(column, self.dataset).scale
 
 
 def _varying(table: pd.DataFrame, column: str) -> bool:
@@ -668,7 +609,7 @@ def _highlights(layout: _Layout) -> list[list[str | None]]:
         sign = _direction(column)
         if sign is None:
             continue
-        digits, scale = layout.digits.get(column, 2), _scale(column)
+        digits, scale = layout.digits.get(column, 2), layout.scale(column)
         shown: dict[Hashable, list[tuple[int, float]]] = {}
         for i, row in enumerate(layout.rows):
             value = row.means[j]
@@ -701,7 +642,7 @@ def _cells(layout: _Layout, style: _Style) -> list[list[str]]:
             if math.isnan(mean):
                 cells.append(style.unavailable)
                 continue
-            digits, scale = layout.digits.get(column, 2), _scale(column)
+            digits, scale = layout.digits.get(column, 2), layout.scale(column)
             text = style.number(mean * scale, digits)
             if layout.with_std and not math.isnan(std):
                 text = f"{text} {style.pm} {style.number(std * scale, digits)}"
@@ -740,11 +681,42 @@ def _sentence(text: str) -> str:
     return text if not text or text[-1] in ".!?" else text + "."
 
 
-def _caption(layout: _Layout, caption: str | None, style: _Style) -> str:
-    """The caption: the caller's text, then setting, protocol(s), seeds, units, highlighting, ΔT, legend."""
+def _short_caption(layout: _Layout, caption: str | None, style: _Style) -> str:
+    """The caller's caption (plain text, escaped here), else one naming the table and its setting."""
+    if caption:
+        return style.escape(_sentence(caption))
+    what = "Every metric per method (layout of AdapMTL's Table 2)" if layout.kind == TABLE2 else "Comparison"
+    setting = [v for k, v in layout.setting if k in ("dataset", "arch")]
+    setting += [f"target {v}" for k, v in layout.setting if k == "target_sparsity"]
+    return style.escape(_sentence(what + (": " + ", ".join(setting) if setting else "")))
+
+
+def _units_text(layout: _Layout, style: _Style) -> str | None:
+    """ "Units: Seg mIoU, PixAcc, sparsities in %; Normal Mean, Median in °; Depth Abs err in m." (ΔT has its
+    own sentence.)"""
+    by_unit: dict[str, list[str]] = {}
+    for column in layout.metrics:
+        name = column_name(column, layout.dataset)
+        if not name.unit or column.startswith("delta_"):
+            continue
+        shown = "sparsities" if column == "achieved_sparsity" or column.startswith("sparsity.") else name.text
+        if shown not in by_unit.setdefault(name.unit, []):
+            by_unit[name.unit].append(shown)
+    if not by_unit:
+        return None
+    groups = [f"{', '.join(names)} in {unit}" for unit, names in by_unit.items()]
+    return style.escape("Units: " + "; ".join(groups) + ".")
+
+
+def _caption(layout: _Layout, caption: str | None, style: _Style, legend: bool = True) -> tuple[str, str]:
+    """(short caption, legend): the caption's first sentence, then setting, protocol(s), seeds, units,
+    highlighting, ΔT and the cell legend; the legend is empty when ``legend`` is False."""
+    short = _short_caption(layout, caption, style)
+    if not legend:
+        return short, ""
     esc = style.escape
-    parts = [_sentence(caption)] if caption else []
-    if layout.kind == TABLE2:
+    parts = []
+    if layout.kind == TABLE2 and caption:
         parts.append("Layout of AdapMTL's Table 2, one row per method.")
     if layout.setting:
         names = {"head_width": "head width", "target_sparsity": "target sparsity"}
@@ -773,17 +745,9 @@ def _caption(layout: _Layout, caption: str | None, style: _Style) -> str:
             "the paper's dense row.".replace("ΔT", r"$\Delta_T$" if style.latex else "ΔT")
         )
     has_sparsity = any(c == "achieved_sparsity" or c.startswith("sparsity.") for c in layout.metrics)
-    percent = [
-        name
-        for name, present in (
-            ("mIoU", "segment_semantic.miou" in layout.metrics),
-            ("pixel accuracy", "segment_semantic.pixel_acc" in layout.metrics),
-            ("sparsity", has_sparsity),
-        )
-        if present
-    ]
-    if percent:
-        parts.append(f"In {esc('%')}: " + ", ".join(percent) + ".")
+    units = _units_text(layout, style)
+    if units:
+        parts.append(units)
     if has_sparsity:
         parts.append(
             "Sparsity: share of zero weights among the prunable weights (overall, of the backbone, of a "
@@ -804,18 +768,16 @@ def _caption(layout: _Layout, caption: str | None, style: _Style) -> str:
     if "delta_m" in layout.metrics:
         dm = r"$\Delta_m$" if style.latex else "Δm"
         parts.append(f"{dm} (Maninis et al.): the same with a mean instead of a sum over a task's metrics.")
-    legend = []
+    cells = []
     if any(r.status == FAILED for r in layout.rows):
-        legend.append(
-            "failed: no seed finished" + ("" if style.latex else " (first error line in the notes)")
-        )
+        cells.append("failed: no seed finished" + ("" if style.latex else " (first error line in the notes)"))
     if any(r.n_seeds == 0 and r.status != FAILED for r in layout.rows):
-        legend.append(f"{style.missing}: not run yet")
+        cells.append(f"{style.missing}: not run yet")
     if any(r.n_seeds > 0 and any(math.isnan(m) for m in r.means) for r in layout.rows):
-        legend.append(f"{style.unavailable}: not available")
-    if legend:
-        parts.append(_sentence("; ".join(legend)))
-    return " ".join(parts)
+        cells.append(f"{style.unavailable}: not available")
+    if cells:
+        parts.append(_sentence("; ".join(cells)))
+    return short, " ".join(parts)
 
 
 def _delta_t_text(layout: _Layout, style: _Style) -> str:
@@ -843,11 +805,16 @@ def _delta_t_text(layout: _Layout, style: _Style) -> str:
         chosen = DELTA_METRICS.get(dataset)
         if chosen is None:
             continue
+        title = style.escape(dataset_title(dataset))
         if all(tuple(METRICS[dataset][t]) == ms for t, ms in chosen.items()):
-            sets.append(f"{style.escape(dataset)}: every metric of the task")
+            sets.append(f"{title}: every metric of the task")
         else:
-            columns = ", ".join(style.escape(f"{t}.{m}") for t, ms in chosen.items() for m in ms)
-            sets.append(f"{style.escape(dataset)}: {columns}")
+            columns = ", ".join(
+                column_label(f"{t}.{m}", dataset, unit=False, arrow=False, latex=style.latex)
+                for t, ms in chosen.items()
+                for m in ms
+            )
+            sets.append(f"{title}: {columns}")
     if sets:
         delta = r"$\Delta_T$" if style.latex else "ΔT"
         text += f" {delta} metrics: " + "; ".join(sets) + "."
@@ -858,19 +825,27 @@ def _delta_t_text(layout: _Layout, style: _Style) -> str:
 
 
 def to_markdown(
-    table: pd.DataFrame, caption: str | None = None, *, digits: Mapping[str, int] | None = None
+    table: pd.DataFrame,
+    caption: str | None = None,
+    *,
+    legend: bool = True,
+    digits: Mapping[str, int] | None = None,
 ) -> str:
     """A comparison or Table-2 frame as a Markdown (GFM) table: "Table: caption", the table, notes.
 
-    Failed cells carry a footnote with the first line of the error. ``digits`` overrides the decimals of
-    some columns (defaults: 2, more for small error metrics, see ``DIGITS``).
+    ``caption``: the short caption (default: one naming the table and its setting); ``legend``: append the
+    generated legend (setting, protocol, seeds, units, highlighting, ΔT, cell marks). Failed cells carry a
+    footnote with the first line of the error. ``digits`` overrides the decimals of some columns (defaults:
+    2, more for small error metrics, see ``DIGITS``).
     """
     layout = _layout(table, digits)
     style = MARKDOWN
     headers = [KEY_HEADERS.get(k, k) for k in layout.key_columns] + ["Method"]
-    headers += [_header(c, style) for c in layout.metrics]
+    headers += [_header(c, style, layout.dataset) for c in layout.metrics]
     align = [":---"] * (len(layout.key_columns) + 1) + ["---:"] * len(layout.metrics)
-    lines = [f"Table: {_caption(layout, caption, style)}", "", _md_row(headers), _md_row(align)]
+    short, text = _caption(layout, caption, style, legend)
+    title = f"{short} {text}" if text else short
+    lines = [f"Table: {title}", "", _md_row(headers), _md_row(align)]
     notes = []
     for row, cells in zip(layout.rows, _cells(layout, style), strict=True):
         label = _label_text(row, style)
@@ -893,23 +868,26 @@ def to_latex(
     caption: str | None = None,
     label: str | None = None,
     *,
+    legend: bool = True,
+    env: str = "table",
+    resize: bool = True,
     digits: Mapping[str, int] | None = None,
 ) -> str:
-    """A comparison or Table-2 frame as a LaTeX ``table`` with a booktabs ``tabular``.
+    """A comparison or Table-2 frame as a LaTeX float with a booktabs ``tabular``.
 
-    Needs ``\\usepackage{booktabs}``. ``caption`` is LaTeX source, used as given; generated text and every
-    value from the frame are escaped. Key columns are printed once per run of equal values, and a
-    ``\\midrule`` separates blocks (our rows from published ones in Table 2).
+    Needs ``\\usepackage{booktabs}`` and, with ``resize``, ``graphicx``. ``caption`` is plain text (escaped
+    like every value from the frame): the short caption, by default one naming the table and its setting;
+    ``legend`` appends the generated legend (``\\caption[short]{short legend}``). ``env="table*"`` spans both
+    columns of a two-column paper; ``resize`` shrinks a table wider than the line to fit it. Key columns are
+    printed once per run of equal values, and a ``\\midrule`` separates blocks (our rows from published ones
+    in Table 2).
     """
     layout = _layout(table, digits)
     style = LATEX
     headers = [KEY_HEADERS.get(k, k) for k in layout.key_columns] + ["Method"]
-    headers += [_header(c, style) for c in layout.metrics]
+    headers += [_header(c, style, layout.dataset) for c in layout.metrics]
     spec = "l" * (len(layout.key_columns) + 1) + "r" * len(layout.metrics)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_caption(layout, caption, style)}}}"]
-    if label:
-        lines.append(rf"\label{{{label}}}")
-    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
     previous: _Row | None = None
     for row, cells in zip(layout.rows, _cells(layout, style), strict=True):
         same = previous is not None and previous.section == row.section
@@ -921,8 +899,9 @@ def to_latex(
         ]
         lines.append(" & ".join([*keys, _label_text(row, style), *cells]) + r" \\")
         previous = row
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    short, text = _caption(layout, caption, style, legend)
+    return latex_table(lines, short, text, label, env=env, resize=resize)
 
 
 def table2_markdown(table: pd.DataFrame, caption: str | None = None, **kwargs: Any) -> str:
@@ -931,7 +910,12 @@ def table2_markdown(table: pd.DataFrame, caption: str | None = None, **kwargs: A
 
 
 def table2_latex(
-    table: pd.DataFrame, caption: str | None = None, label: str | None = None, **kwargs: Any
+    table: pd.DataFrame,
+    caption: str | None = None,
+    label: str | None = None,
+    *,
+    env: str = "table*",
+    **kwargs: Any,
 ) -> str:
-    """`to_latex` of a `table2_layout` frame."""
-    return to_latex(table, caption, label, **kwargs)
+    """`to_latex` of a `table2_layout` frame; across both columns by default (it has 20+ columns)."""
+    return to_latex(table, caption, label, env=env, **kwargs)

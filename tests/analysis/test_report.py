@@ -50,6 +50,7 @@ FAILED, RUNNING, MISSING = (
     30,
 )  # resnet/seed 0/random/0.5, resnet/seed 1/magnitude/0.9, mbv2/0/adapmtl/0.5
 CHROMIUM_SKIP = "chromium not installed (Debian package chromium)"
+PDFLATEX_SKIP = "pdflatex not installed (Debian packages texlive-latex-base, texlive-latex-recommended)"
 
 
 @pytest.fixture(scope="module")
@@ -364,10 +365,10 @@ def test_report_lists_failed_running_and_missing_cells_with_their_errors(report,
 def test_report_tables_mark_the_failed_cell_in_markdown_latex_and_html(report):
     _, out = report
     markdown = (out / "tables" / "comparison.md").read_text(encoding="utf-8")
-    (row,) = [line for line in markdown.splitlines() if line.startswith("| deeplab_resnet34 | 50% | random")]
+    (row,) = [line for line in markdown.splitlines() if line.startswith("| Deeplab-ResNet34 | 50% | random")]
     assert "(n=1 of 2)[^1]" in row
     assert re.search(
-        r"^\[\^1\]: random, deeplab_resnet34, 50%: 1 of 2 seeds failed: .*fake failure 2", markdown, re.M
+        r"^\[\^1\]: random, Deeplab-ResNet34, 50%: 1 of 2 seeds failed: .*fake failure 2", markdown, re.M
     )
     assert "random (n=1 of 2)" in (out / "tables" / "comparison.tex").read_text(encoding="utf-8")
     page = (out / "report.html").read_text(encoding="utf-8")
@@ -430,6 +431,23 @@ def test_an_unknown_style_is_refused_by_the_parser(fake, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(fake.root), "--style", "poster"])
     assert exit_info.value.code == 2 and "invalid choice: 'poster'" in capsys.readouterr().err
+
+
+def test_every_table_of_the_report_compiles_and_fits_a_two_column_page(report, tmp_path):
+    """Each .tex the report writes compiles with booktabs and graphicx; none runs past its column (or, for
+    the 20-column Table 2 layouts, past the page: they are table* floats shrunk to the text width)."""
+    _, out = report
+    tables = sorted((out / "tables").glob("*.tex"))
+    assert {p.name.split("_")[0] for p in tables} >= {"comparison", "table2"}
+    log = compile_in_two_column_paper(tables, tmp_path)
+    assert "Overfull \\hbox" not in log
+    pages = int(re.search(r"Output written on doc\.pdf \((\d+) pages?", log)[1])
+    assert pages == len(tables)
+    for path in tables:
+        tex = path.read_text(encoding="utf-8")
+        assert tex.isascii(), path  # every name and symbol escaped
+        wide = path.name.startswith(("table2_", "comparison_all_metrics"))
+        assert tex.startswith("\\begin{table*}[t]" if wide else "\\begin{table}[t]"), path
 
 
 def test_markdown_tables_become_html_with_bold_underline_notes_and_escapes():
@@ -514,7 +532,6 @@ def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
 # -------------------------------------------------------------------------------------- statistics
 
 STATS_METHODS = ("magnitude", "snip", "adapmtl", "lth(rewind_step=10)")
-PDFLATEX_SKIP = "pdflatex not installed (Debian packages texlive-latex-base, texlive-latex-recommended)"
 
 
 @pytest.fixture(scope="module")
@@ -600,23 +617,31 @@ def test_three_seed_report_writes_the_cd_figure_and_the_statistics_tables(stats_
     assert r"lth(rewind\_step=10)" in tex and tex.isascii()
 
 
-def test_statistics_latex_compiles(stats_reports, tmp_path):
+def compile_in_two_column_paper(tables: list[Path], tmp_path: Path) -> str:
+    """pdflatex of a two-column article that inputs ``tables``; its log (the test fails when it fails)."""
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
         pytest.skip(PDFLATEX_SKIP)
-    _, outcome = stats_reports[3]
-    tables = sorted(p for p in outcome.tables if p.name.startswith("stats_") and p.suffix == ".tex")
-    assert len(tables) == 3
-    body = "\n".join(rf"\input{{{p.as_posix()}}}" for p in tables)
+    body = "\n".join(rf"\input{{{p.as_posix()}}}" + "\n\\clearpage" for p in tables)
     (tmp_path / "doc.tex").write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
+        "\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        "\\begin{document}\n" + body + "\n\\end{document}\n"
     )
     proc = subprocess.run(
         [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "doc.pdf").read_bytes().startswith(b"%PDF-")
+    return (tmp_path / "doc.log").read_text(encoding="latin-1")
+
+
+def test_statistics_latex_compiles(stats_reports, tmp_path):
+    _, outcome = stats_reports[3]
+    tables = sorted(p for p in outcome.tables if p.name.startswith("stats_") and p.suffix == ".tex")
+    assert len(tables) == 3
+    log = compile_in_two_column_paper(tables, tmp_path)
+    assert "Overfull \\hbox" not in log

@@ -20,6 +20,7 @@ from mtlprune.analysis import (
     to_markdown,
     with_bootstrap,
 )
+from mtlprune.analysis.latex import latex_escape
 
 TASKS = "segment_semantic,normal,depth_zbuffer"
 SETTING = {"dataset": "nyuv2", "tasks": TASKS, "arch": "mobilenetv2", "width": 1.0, "head_width": 1.0}
@@ -85,18 +86,19 @@ DELTA_T_MD = (
     "ΔT (AdapMTL): per task t, ΔT_t = 100 · Σ_i s_i (M_i − M_i^dense) / M_i^dense, a sum over the task's "
     "ΔT metrics i with s_i = +1 if higher is better and −1 if lower is better; ΔT is the mean of ΔT_t over "
     "the tasks; the dense model has the same dataset, tasks, architecture, training, seed and protocol; "
-    "positive is better than dense. ΔT metrics: nyuv2: every metric of the task."
+    "positive is better than dense. ΔT metrics: NYU-v2: every metric of the task."
 )
 GOLDEN_MD = "\n".join(
     [
-        "Table: Demo. Setting: dataset nyuv2; tasks segment_semantic, normal, depth_zbuffer; arch "
-        "mobilenetv2; width 1; head width 1. Evaluation protocol: standard. Mean ± sample std (ddof 1) over "
-        "2 seeds per cell. n=k of N: only k of the N planned seeds finished. In %: mIoU. ↑/↓: higher/lower "
-        "is better; the best value of a column among rows of the same setting and protocol in bold, the "
+        "Table: Demo. Setting: dataset NYU-v2; tasks segment_semantic, normal, depth_zbuffer; arch "
+        "MobileNetV2; width 1; head width 1. Evaluation protocol: standard. Mean ± sample std (ddof 1) over "
+        "2 seeds per cell. n=k of N: only k of the N planned seeds finished. Units: Seg mIoU in %; Normal "
+        "Mean in °; Depth Abs err in m. ↑/↓: higher/lower is better; the best value of a column among rows "
+        "of the same setting and protocol in bold, the "
         f"second best underlined (compared as displayed). {DELTA_T_MD} failed: no seed finished (first error "
         "line in the notes); —: not run yet.",
         "",
-        "| Target | Method | Seg mIoU ↑ | Normal Mean ↓ | Depth Abs ↓ | ΔT ↑ |",
+        "| Target | Method | Seg mIoU ↑ | Normal Mean ↓ | Depth Abs err ↓ | ΔT ↑ |",
         "| :--- | :--- | ---: | ---: | ---: | ---: |",
         "| 50% | adapmtl | <u>36.00 ± 1.41</u> | 21.00 ± 0.00 | <u>0.650 ± 0.000</u> | **3.00 ± 1.41** |",
         "| 50% | disparse-static | — | — | — | — |",
@@ -116,21 +118,23 @@ GOLDEN_TEX = "\n".join(
     [
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{Demo. Setting: dataset nyuv2; tasks segment\_semantic, normal, depth\_zbuffer; arch "
-        r"mobilenetv2; width 1; head width 1. Evaluation protocol: standard. Mean $\pm$ sample std (ddof 1) "
-        r"over 2 seeds per cell. n=k of N: only k of the N planned seeds finished. In \%: mIoU. "
+        r"\caption[{Demo.}]{Demo. Setting: dataset NYU-v2; tasks segment\_semantic, normal, depth\_zbuffer; "
+        r"arch MobileNetV2; width 1; head width 1. Evaluation protocol: standard. Mean $\pm$ sample std "
+        r"(ddof 1) over 2 seeds per cell. n=k of N: only k of the N planned seeds finished. Units: Seg mIoU "
+        r"in \%; Normal Mean in $^\circ$; Depth Abs err in m. "
         r"$\uparrow$/$\downarrow$: higher/lower is better; the best value of a column among rows of the same "
         r"setting and protocol in bold, the second best underlined (compared as displayed). $\Delta_T$ "
         r"(AdapMTL): per task $t$, $\Delta_T^t = 100 \sum_i s_i (M_i - M_i^{\mathrm{dense}}) / "
         r"M_i^{\mathrm{dense}}$, a sum over the task's $\Delta_T$ metrics $i$ with $s_i = +1$ if higher is "
         r"better and $-1$ if lower is better; $\Delta_T$ is the mean of $\Delta_T^t$ over the tasks; the "
         r"dense model has the same dataset, tasks, architecture, training, seed and protocol; positive is "
-        r"better than dense. $\Delta_T$ metrics: nyuv2: every metric of the task. failed: no seed finished; "
+        r"better than dense. $\Delta_T$ metrics: NYU-v2: every metric of the task. failed: no seed finished; "
         r"---: not run yet.}",
         r"\label{tab:demo}",
+        r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
         r"\begin{tabular}{llrrrr}",
         r"\toprule",
-        r"Target & Method & Seg mIoU $\uparrow$ & Normal Mean $\downarrow$ & Depth Abs $\downarrow$ & "
+        r"Target & Method & Seg mIoU $\uparrow$ & Normal Mean $\downarrow$ & Depth Abs err $\downarrow$ & "
         r"$\Delta_T$ $\uparrow$ \\",
         r"\midrule",
         r"50\% & adapmtl & \underline{36.00 $\pm$ 1.41} & 21.00 $\pm$ 0.00 & \underline{0.650 $\pm$ 0.000} & "
@@ -148,6 +152,7 @@ GOLDEN_TEX = "\n".join(
         r"$-$10.00 $\pm$ 2.83 \\",
         r"\bottomrule",
         r"\end{tabular}",
+        "}",
         r"\end{table}",
         "",
     ]
@@ -244,7 +249,7 @@ def test_arrows_follow_the_vocabulary(frame):
     )
     header = to_markdown(table).splitlines()[2]
     assert header == "| Target | Method | Normal Mean ↓ | Seg PixAcc ↑ | Sparsity |"
-    tex_header = to_latex(table).splitlines()[5]  # \begin{table}, \centering, caption, tabular, \toprule
+    tex_header = to_latex(table).splitlines()[6]  # table, centering, caption, resizebox, tabular, toprule
     assert tex_header == r"Target & Method & Normal Mean $\downarrow$ & Seg PixAcc $\uparrow$ & Sparsity \\"
 
 
@@ -341,7 +346,7 @@ def test_table2_layout_columns_rows_and_published(frame, published):
 def test_table2_markdown_rows(frame, published):
     text = table2_markdown(table2_layout(frame, "nyuv2", "mobilenetv2", 0.9, published=published))
     header = (
-        "| Protocol | Method | Seg mIoU ↑ | Seg PixAcc ↑ | Normal Mean ↓ | Depth Abs ↓ "
+        "| Protocol | Method | Seg mIoU ↑ | Seg PixAcc ↑ | Normal Mean ↓ | Depth Abs err ↓ "
         "| Sp. backbone | Sparsity | ΔT ↑ |"
     )
     assert header in text.splitlines()
@@ -356,13 +361,15 @@ def test_table2_markdown_rows(frame, published):
     assert _md_cells(text, "magnitude") == [
         "standard", "magnitude", "20.00", "40.00", "25.00", "<u>0.800</u>", "85.00", "90.00", "-10.00",
     ]  # fmt: skip
-    assert "Layout of AdapMTL's Table 2, one row per method." in text
-    setting = "Setting: dataset nyuv2; tasks segment_semantic, normal, depth_zbuffer; arch mobilenetv2; "
+    title = "Table: Every metric per method (layout of AdapMTL's Table 2): NYU-v2, MobileNetV2, target 90%."
+    assert text.startswith(title)
+    setting = "Setting: dataset NYU-v2; tasks segment_semantic, normal, depth_zbuffer; arch MobileNetV2; "
     assert setting + "target sparsity 90%." in text
     assert "Mean over 2 seeds per cell." in text  # no std in Table 2
     tex = table2_latex(table2_layout(frame, "nyuv2", "mobilenetv2", 0.9, published=published), label="t2")
     assert r"adapmtl & dense (published) & 50.00 & -- & 18.00 & -- & -- & -- & 0.00 \\" in tex
     assert tex.count(r"\midrule") == 2  # under the header, and between our rows and the paper's
+    assert tex.startswith("\\begin{table*}[t]\n") and tex.endswith("\\end{table*}\n")  # both columns
 
 
 def test_table2_with_the_real_adapmtl_rows(frame):
@@ -470,3 +477,34 @@ def test_pareto_dominance_golden(frame):
     assert table.loc[(0.9, "snip"), "dominated_by"] == ["adapmtl"]
     assert table.loc[(0.9, "adapmtl"), "dominated_by"] == []
     assert table.loc[(0.9, "snip"), "segment_semantic.miou.mean"] == pytest.approx(0.26)
+
+
+# ------------------------------------------------------------------------------------------------ latex
+
+
+def test_latex_escape_golden():
+    assert latex_escape("deeplab_resnet34 at 90% & #1 {x} ~ ^") == (
+        r"deeplab\_resnet34 at 90\% \& \#1 \{x\} \textasciitilde{} \textasciicircum{}"
+    )
+    assert latex_escape("Δm ≤ 1° <x> a\\b") == (
+        r"$\Delta$m $\leq$ 1$^\circ$ \textless{}x\textgreater{} a\textbackslash{}b"
+    )
+
+
+def test_caption_is_escaped_and_legend_float_and_resize_are_options(frame):
+    table = comparison_table(frame, metrics=METRICS)
+    bare = to_latex(table, caption="deeplab_resnet34 at 90% & more", legend=False, env="table*", resize=False)
+    assert bare.splitlines()[:4] == [
+        r"\begin{table*}[t]",
+        r"\centering",
+        r"\caption{deeplab\_resnet34 at 90\% \& more.}",
+        r"\begin{tabular}{llrrrr}",
+    ]
+    assert bare.endswith("\\end{tabular}\n\\end{table*}\n") and "resizebox" not in bare
+    full = to_latex(table, caption="Short")
+    assert full.splitlines()[2].startswith(r"\caption[{Short.}]{Short. Setting: dataset NYU-v2;")
+    assert to_markdown(table, caption="Short", legend=False).splitlines()[0] == "Table: Short."
+    # Without a caption, a short one names the table and its setting.
+    assert to_markdown(table, legend=False).splitlines()[0] == "Table: Comparison: NYU-v2, MobileNetV2."
+    with pytest.raises(ValueError, match="env must be one of table, table\\*, got 'figure'"):
+        to_latex(table, env="figure")

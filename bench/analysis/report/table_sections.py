@@ -27,6 +27,7 @@ def _main_metrics(frame: pd.DataFrame) -> list[str]:
 def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
     """Writes the .md/.tex tables; returns title → HTML of each, in page order."""
     from mtlprune.analysis.html import markdown_table_html
+    from mtlprune.analysis.labels import setting_title
     from mtlprune.analysis.tables import comparison_table, table2_layout, to_latex, to_markdown
 
     frame = data.frame
@@ -40,7 +41,12 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
         try:
             table = comparison_table(frame, metrics=metrics)
             markdown = to_markdown(table, caption=caption)
-            latex = to_latex(table, caption=caption, label=f"tab:{slug(table_name)}")
+            latex = to_latex(
+                table,
+                caption=caption,
+                label=f"tab:{slug(table_name)}",
+                env="table*" if metrics is None else "table",
+            )
         except SKIPPABLE as exc:
             builder.notes.append(f"table {table_name} not written: {reason(exc)}")
             continue
@@ -51,11 +57,14 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
         ["dataset", "tasks", "arch", "target_sparsity"]
     ).itertuples(index=False):
         table_name = slug("table2", dataset, arch, len(str(tasks).split(",")), "tasks", f"{target:g}")
-        caption = f"AdapMTL Table 2 layout: {dataset}, {arch}, target sparsity {target:g}"
+        caption = (
+            f"Every metric per method (AdapMTL Table 2 layout): {setting_title(dataset, arch)}, "
+            f"{len(str(tasks).split(','))} tasks, target sparsity {100 * target:g}%"
+        )
         try:
             table = table2_layout(frame, dataset, arch, float(target), published=data.published, tasks=tasks)
             markdown = to_markdown(table, caption=caption)
-            latex = to_latex(table, caption=caption, label=f"tab:{table_name}")
+            latex = to_latex(table, caption=caption, label=f"tab:{table_name}", env="table*")
         except SKIPPABLE as exc:
             builder.notes.append(f"table {table_name} not written: {reason(exc)}")
             continue
