@@ -5,7 +5,10 @@ and the method's own scalars such as ``adapmtl.sparsity``, ``adapmtl.threshold.<
 ``gmp.sparsity``) and one record per method event (no ``step``). A method's steps restart at 0 in each
 training call and phase, so plotting against ``step`` would fold the phases onto each other:
 :func:`read_log` adds ``x``, a step counter that keeps increasing across phases and rounds (events sit at
-the position of the last step before them), which is what the curves are drawn against.
+the position of the last step before them), which is what the curves are drawn against. While the logged
+steps increase, ``x`` is the logged step itself (a log of steps 0, 4, 7 is drawn at 0, 4, 7, even across a
+phase change); only where a step restarts (is not above the one before) does ``x`` continue after the last
+position.
 """
 
 from __future__ import annotations
@@ -59,11 +62,10 @@ def read_log(path: str | Path) -> pd.DataFrame:
             raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         step = record.get("step")
         if isinstance(step, int | float) and not isinstance(step, bool):
-            key = (record.get("phase"), step)
-            if previous is not None and (key[0] != previous[0] or step <= previous[1]):
-                offset = last_x + 1  # a new phase or round: continue after the last step seen
+            if previous is not None and step <= previous:
+                offset = last_x + 1  # the step restarts (a new phase or round): continue after the last x
             last_x = offset + int(step)
-            previous = key
+            previous = step
         records.append({"x": last_x, **record})
     frame = pd.DataFrame(records)
     for column in ("x", "phase", "step"):

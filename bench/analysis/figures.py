@@ -13,12 +13,18 @@ are the mean over seeds of the finished cells at each target sparsity, drawn at 
 sparsity; the band is ± one sample std over seeds (absent for a single seed). As in
 :func:`mtlprune.analysis.aggregate`, a metric that is NaN in one seed makes that point NaN (a gap), never a
 partial mean.
+
+Every axis speaks the tables' language (:mod:`mtlprune.analysis.labels`): display names with unit and
+direction (``Seg mIoU (%) ↑``), values in the tables' units (fractions shown in %), sparsity in %, datasets
+and architectures by their display names. A panel with nothing to draw says so on the panel, and a figure
+with fewer than two points in all says so on the figure and with a :class:`SparseFigureWarning`.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +36,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from mtlprune.analysis.curves import (
     component_sparsity_columns,
@@ -37,9 +44,11 @@ from mtlprune.analysis.curves import (
     overall_sparsity_columns,
     threshold_columns,
 )
+from mtlprune.analysis.labels import column_label, column_scale, setting_title
 from mtlprune.analysis.style import (
     DENSE_COLOR,
     DENSE_LABEL,
+    REFERENCE_COLOR,
     FigureStyle,
     StyleMap,
     base_name,
@@ -47,41 +56,38 @@ from mtlprune.analysis.style import (
     style_context,
 )
 from mtlprune.store import atomic_write_bytes
-from mtlprune.vocabulary import DIRECTIONS, MAIN_METRIC, METRICS, TASKS
+from mtlprune.vocabulary import DIRECTIONS, MAIN_METRIC, METRICS, TASKS, task_name
 
 __all__ = [
     "DELTA_LABELS",
     "SPARSITY_X",
+    "SparseFigureWarning",
     "delta_t_vs_sparsity",
     "delta_vs_sparsity",
     "figure_bytes",
     "metrics_vs_sparsity",
+    "published_points",
     "save_figure",
     "sparsity_allocation",
     "training_curves",
     "training_overview",
 ]
 
-SPARSITY_X = "achieved sparsity"
-STEP_X = "optimizer step (all phases)"
+SPARSITY_X = "Sparsity (%)"
+STEP_X = "Optimizer step (all phases)"
 DELTA_LABELS = {
-    "delta_t": "ΔT vs dense (%)",
-    "delta_m": "Δm vs dense (%)",
-    "delta_t_control": "ΔT vs control (%)",
-    "delta_m_control": "Δm vs control (%)",
+    "delta_t": "ΔT vs dense (%) ↑",
+    "delta_m": "Δm vs dense (%) ↑",
+    "delta_t_control": "ΔT vs control (%) ↑",
+    "delta_m_control": "Δm vs control (%) ↑",
 }
+NO_DATA = "no finished value here"
+GRID_COLUMNS = 4  # panels per row of a wrapped grid ("all metrics"): 7 in / 4 ≈ 1.7 in per panel
 SETTING_KEYS = ("dataset", "tasks", "arch", "width", "head_width", "protocol")
 # Keys a published row is matched on (its widths are unknown and its protocol is the paper's own).
 PUBLISHED_KEYS = ("dataset", "tasks", "arch")
 PUBLISHED_PREFIX = "published: "
 TARGET_LABEL = "target"
-SHORT_TASK = {
-    "segment_semantic": "seg",
-    "normal": "normal",
-    "depth_zbuffer": "depth",
-    "keypoints2d": "keypoints",
-    "edge_texture": "edges",
-}
 # Lines inside one run's curves (tasks, components, threshold groups): not method colours.
 PART_COLORS = tuple(matplotlib.colormaps["Dark2"].colors)
 BAND_ALPHA = 0.18
@@ -118,6 +124,27 @@ def save_figure(
 # ------------------------------------------------------------------------------------------ helpers
 
 
+class SparseFigureWarning(UserWarning):
+    """A figure that has fewer than two points to show (it still renders, and says so on itself)."""
+
+
+def _say_if_sparse(fig: Figure, axes: Any, points: int, what: str) -> None:
+    """Write "no data" on empty panels; note and warn when the whole figure has fewer than two points."""
+    for ax in np.ravel(axes):
+        if ax.get_visible() and not ax.has_data():
+            ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    if points < 2:
+        message = f"{what}: only {points} point(s) to show" if points else f"{what}: nothing to show"
+        fig.text(0.5, 0.5, message, ha="center", va="center", color="0.25", fontsize="large", alpha=0.8)
+        warnings.warn(message, SparseFigureWarning, stacklevel=3)
+
+
+def _percent_axis(ax: Axes, axis: str = "x") -> None:
+    """Ticks at round percentages (70, 75, … not 0.700, 0.725, …)."""
+    locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(locator)
+
+
 def _done(frame: pd.DataFrame) -> pd.DataFrame:
     if "status" not in frame:
         raise KeyError("the frame has no 'status' column; expected load_results() output")
@@ -144,7 +171,7 @@ def _settings(frame: pd.DataFrame) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _setting_titles(settings: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
-    """Panel titles: dataset and arch always, then whatever else varies between the settings shown."""
+    """Panel titles: dataset and arch (display names) always, then whatever else varies between them."""
     varying = [
         k
         for k in ("tasks", "width", "head_width", "protocol")
@@ -152,28 +179,30 @@ def _setting_titles(settings: list[tuple[str, dict[str, Any]]]) -> dict[str, str
     ]
     titles = {}
     for key, values in settings:
-        parts = [str(values.get("dataset")), str(values.get("arch"))]
+        parts = [setting_title(str(values.get("dataset")), str(values.get("arch")))]
         for k in varying:
             value = values.get(k)
             if k == "tasks":
-                value = "+".join(SHORT_TASK.get(t, t) for t in str(value).split(","))
-            parts.append(f"{k} {value}" if k in ("width", "head_width") else str(value))
+                value = "+".join(task_name(t) for t in str(value).split(","))
+            parts.append(f"{k.replace('_', ' ')} {value}" if k in ("width", "head_width") else str(value))
         titles[key] = " · ".join(parts)
     return titles
 
 
-def _metric_label(metric: str) -> str:
-    arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(metric, 0), "")
-    task, _, name = metric.partition(".")
-    return f"{SHORT_TASK.get(task, task)} {name}{arrow}"
+def _dataset_of(rows: pd.DataFrame) -> str | None:
+    """The one dataset of some rows (its units apply), None when there are several."""
+    values = rows["dataset"].dropna().unique() if "dataset" in rows else []
+    return str(values[0]) if len(values) == 1 else None
 
 
 def _points(rows: pd.DataFrame, y: str) -> pd.DataFrame:
-    """Per (method, target): x = mean achieved sparsity, y mean and sample std over seeds, n seeds."""
-    x = rows["achieved_sparsity"].astype(float).fillna(rows["target_sparsity"].astype(float))
+    """Per (method, target): x = mean achieved sparsity (%), y mean and sample std over seeds in the
+    column's display unit, n seeds."""
+    x = rows["achieved_sparsity"].astype(float).fillna(rows["target_sparsity"].astype(float)) * 100.0
+    scale = column_scale(y, _dataset_of(rows))
     data = pd.DataFrame(
         {"method": rows["method"], "target": rows["target_sparsity"].astype(float), "x": x}
-    ).assign(y=pd.to_numeric(rows[y], errors="coerce").astype(float))
+    ).assign(y=pd.to_numeric(rows[y], errors="coerce").astype(float) * scale)
     grouped = data.groupby(["method", "target"], sort=True)
     out = grouped.agg(x=("x", "mean"), y=("y", "mean"), std=("y", "std"), n=("y", "size"))
     has_nan = data["y"].isna().groupby([data["method"], data["target"]], sort=True).any()
@@ -198,6 +227,22 @@ def _draw_method(ax: Axes, points: pd.DataFrame, label: str, styles: StyleMap) -
 
 def _method_handles(labels: Sequence[str], styles: StyleMap) -> list[Line2D]:
     return [Line2D([], [], label=lab, color=styles[lab].color, marker=styles[lab].marker) for lab in labels]
+
+
+def _bar_handles(labels: Sequence[str], styles: StyleMap) -> list[Any]:
+    """Legend patches of bars: colour and hatch (bars have no marker)."""
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(
+            facecolor=styles[lab].color,
+            hatch=styles[lab].hatch or None,
+            edgecolor="white" if styles[lab].hatch else styles[lab].color,
+            linewidth=0.0,
+            label=lab,
+        )
+        for lab in labels
+    ]
 
 
 def _dense_handle() -> Line2D:
@@ -272,13 +317,17 @@ def metrics_vs_sparsity(
     styles: StyleMap | None = None,
     style: str | FigureStyle = "paper",
     title: str | None = None,
+    columns: int | None = None,
 ) -> Figure:
-    """Each task metric vs achieved sparsity: rows = metrics, columns = settings, one line per method.
+    """Each task metric vs achieved sparsity, one line per method; one legend for the whole figure.
 
     ``metrics``: None = the main metric of each task (``mtlprune.vocabulary.MAIN_METRIC``), ``"all"`` = every
-    metric of the dataset's vocabulary, or a list of columns. ``dense`` (the output of
-    :func:`mtlprune.analysis.dense_results.load_dense`) adds the dense model of each setting as a dashed
-    horizontal line (mean over its seeds). The legend lists the methods drawn, then ``dense``.
+    metric of the dataset's vocabulary, or a list of columns. Layout: rows = metrics and columns = settings,
+    or, with ``columns`` (default 4 for ``"all"``), one panel per (setting, metric) wrapped into a grid of
+    that many columns, each panel titled with its metric, so that twelve metrics fit a two-column page.
+    ``dense`` (the output of :func:`mtlprune.analysis.dense_results.load_dense`) adds the dense model of each
+    setting as a dashed horizontal line (mean over its seeds). The legend lists the methods drawn, then
+    ``dense``.
     """
     done = _done(frame)
     if done.empty:
@@ -286,6 +335,10 @@ def metrics_vs_sparsity(
     metric_list = _metric_list(done, metrics)
     if not metric_list:
         raise ValueError("no metric column with a value in the finished cells")
+    if columns is None and metrics == "all":
+        columns = GRID_COLUMNS
+    if columns is not None and columns < 1:
+        raise ValueError(f"columns must be a positive number of panels per row, got {columns}")
     styles = _styles_for(done, styles)
     settings = _settings(done)
     titles = _setting_titles(settings)
@@ -295,40 +348,61 @@ def metrics_vs_sparsity(
     if dense is not None and not dense.empty:
         dense = dense[dense["status"] == "done"]
         dense_keys = _key_series(dense, keys) if all(k in dense for k in keys) else None
+    # (setting index, metric) per panel and its grid position
+    panels = [(c, m) for c in range(len(settings)) for m in metric_list]
+    if columns is None:
+        n_rows, n_cols = len(metric_list), len(settings)
+        where = {(c, m): (r, c) for c in range(len(settings)) for r, m in enumerate(metric_list)}
+    else:
+        n_cols = min(columns, len(panels))
+        n_rows = math.ceil(len(panels) / n_cols)
+        where = {panel: divmod(i, n_cols) for i, panel in enumerate(panels)}
     drawn: list[str] = []
     has_dense = False
+    n_points = 0
     with style_context(style) as fs:
         methods = sorted(done["method"].astype(str).unique())
-        fig, axes = _figure(
-            len(metric_list), len(settings), fs, [*methods, "dense"], sharex=True, sharey="row"
-        )
-        for col, (key, _values) in enumerate(settings):
+        share = {"sharex": True, "sharey": "row"} if columns is None else {"sharex": True}
+        fig, axes = _figure(n_rows, n_cols, fs, [*methods, "dense"], **share)
+        for (col, metric), (r, c) in where.items():
+            key = settings[col][0]
             rows = done[cell_keys == key]
-            for row, metric in enumerate(metric_list):
-                ax = axes[row][col]
-                all_points = _points(rows, metric)
-                for method in methods:
-                    points = all_points[all_points["method"] == method]
-                    if points["y"].notna().any():
-                        _draw_method(ax, points, method, styles)
-                        drawn.append(method)
-                if dense_keys is not None and metric in dense:
-                    ref = pd.to_numeric(dense.loc[dense_keys == key, metric], errors="coerce").dropna()
-                    if not ref.empty:
-                        ax.axhline(float(ref.mean()), color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
-                        has_dense = True
-                if row == 0:
+            dataset = _dataset_of(rows)
+            ax = axes[r][c]
+            all_points = _points(rows, metric)
+            for method in methods:
+                points = all_points[all_points["method"] == method]
+                if points["y"].notna().any():
+                    _draw_method(ax, points, method, styles)
+                    drawn.append(method)
+                    n_points += int(points["y"].notna().sum())
+            if dense_keys is not None and metric in dense:
+                ref = pd.to_numeric(dense.loc[dense_keys == key, metric], errors="coerce").dropna()
+                if not ref.empty:
+                    value = float(ref.mean()) * column_scale(metric, dataset)
+                    ax.axhline(value, color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
+                    has_dense = True
+            _percent_axis(ax)
+            label = column_label(metric, dataset)
+            if columns is None:
+                if r == 0:
                     ax.set_title(titles[key])
-                if col == 0:
-                    ax.set_ylabel(_metric_label(metric))
-                if row == len(metric_list) - 1:
-                    ax.set_xlabel(SPARSITY_X)
+                if c == 0:
+                    ax.set_ylabel(label)
+            else:
+                ax.set_title(label if len(settings) == 1 else f"{label}\n{titles[key]}")
+            if r == n_rows - 1 or (columns is not None and (r + 1) * n_cols + c >= len(panels)):
+                ax.set_xlabel(SPARSITY_X)
+                ax.xaxis.set_tick_params(labelbottom=True)
+        for i in range(len(panels), n_rows * n_cols):  # the grid's unused tail
+            axes[i // n_cols][i % n_cols].set_visible(False)
         labels = [m for m in methods if m in drawn]
-        _legend(
-            fig, _method_handles(labels, styles) + ([_dense_handle()] if has_dense else []), len(settings)
-        )
+        _legend(fig, _method_handles(labels, styles) + ([_dense_handle()] if has_dense else []), n_cols)
         if title:
             fig.suptitle(title)
+        elif columns is not None and len(settings) == 1:
+            fig.suptitle(titles[settings[0][0]])
+        _say_if_sparse(fig, axes, n_points, "metrics vs sparsity")
     return fig
 
 
@@ -344,6 +418,19 @@ def _published_rows(
     rows = published[mask & (published["method"] != DENSE_LABEL)]
     bases = {base_name(m) for m in methods}
     return rows[rows["method"].astype(str).map(base_name).isin(bases)]
+
+
+def published_points(frame: pd.DataFrame, published: pd.DataFrame | None) -> int:
+    """How many published points :func:`delta_vs_sparsity` would draw for ``frame`` (for captions)."""
+    done = _done(frame)
+    if done.empty:
+        return 0
+    methods, count = set(done["method"].astype(str)), 0
+    for _, values in _settings(done):
+        rows = _published_rows(published, values, methods)
+        shown = [d for d in ("delta_t", "delta_m") if d in rows]
+        count += int(rows[shown].notna().any(axis=1).sum()) if shown and not rows.empty else 0
+    return count
 
 
 def delta_vs_sparsity(
@@ -376,6 +463,7 @@ def delta_vs_sparsity(
     methods = sorted(done["method"].astype(str).unique())
     drawn: list[str] = []
     tables: list[str] = []
+    n_points = 0
     with style_context(style) as fs:
         fig, axes = _figure(
             len(rows_with), len(settings), fs, [*methods, "dense", "published"], sharex=True, sharey="row"
@@ -392,13 +480,14 @@ def delta_vs_sparsity(
                     if points["y"].notna().any():
                         _draw_method(ax, points, method, styles)
                         drawn.append(method)
+                        n_points += int(points["y"].notna().sum())
                 if not pub.empty and delta in pub:
                     for _, point in pub[pub[delta].notna()].iterrows():
                         style_ = styles[str(point["method"])]
                         x = point["achieved_sparsity"]
                         x = point["target_sparsity"] if pd.isna(x) else x
                         ax.plot(
-                            [float(x)],
+                            [100.0 * float(x)],
                             [float(point[delta])],
                             linestyle="none",
                             marker=style_.marker,
@@ -412,6 +501,7 @@ def delta_vs_sparsity(
                         name = f"{point['source']} {point['table']}"
                         if name not in tables:
                             tables.append(name)
+                _percent_axis(ax)
                 if row == 0:
                     ax.set_title(titles[key])
                 if col == 0:
@@ -434,6 +524,7 @@ def delta_vs_sparsity(
         _legend(fig, handles, len(settings))
         if title:
             fig.suptitle(title)
+        _say_if_sparse(fig, axes, n_points, "ΔT vs sparsity")
     return fig
 
 
@@ -450,7 +541,7 @@ def delta_t_vs_sparsity(frame: pd.DataFrame, out_stem: Path) -> list[Path]:
 def _components(tasks: str, frame: pd.DataFrame) -> list[tuple[str, str]]:
     """(column, tick label) of the backbone and each head, in task order, where the frame has them."""
     out = [("sparsity.backbone", "backbone")]
-    out += [(f"sparsity.head.{t}", SHORT_TASK.get(t, t)) for t in str(tasks).split(",")]
+    out += [(f"sparsity.head.{t}", task_name(t)) for t in str(tasks).split(",")]
     return [(c, label) for c, label in out if c in frame and frame[c].notna().any()]
 
 
@@ -471,12 +562,16 @@ def sparsity_allocation(
     if done.empty:
         raise ValueError("no finished cell to plot (every cell is failed, pending or missing)")
     styles = _styles_for(done, styles)
+    done = done[done["target_sparsity"].astype(float) > 0]  # the unpruned control has nothing to allocate
+    if done.empty:
+        raise ValueError("no finished pruned cell to plot (only unpruned control cells)")
     settings = _settings(done)
     titles = _setting_titles(settings)
     cell_keys = _key_series(done, _keys(done))
     targets = sorted(done["target_sparsity"].astype(float).unique())
     methods = sorted(done["method"].astype(str).unique())
     drawn: list[str] = []
+    n_points = 0
     with style_context(style) as fs:
         fig, axes = _figure(len(settings), len(targets), fs, [*methods, "dense"], sharey=True)
         width = 0.8 / len(methods)
@@ -495,7 +590,7 @@ def sparsity_allocation(
                     cells = at[at["method"] == method]
                     if cells.empty:
                         continue
-                    values_ = cells[[c for c, _ in components]].astype(float)
+                    values_ = cells[[c for c, _ in components]].astype(float) * 100.0
                     std = values_.std(ddof=1) if len(values_) > 1 else None
                     style_ = styles[method]
                     ax.bar(
@@ -503,29 +598,34 @@ def sparsity_allocation(
                         values_.mean().to_numpy(),
                         width=width,
                         color=style_.color,
+                        hatch=style_.hatch or None,
+                        edgecolor="white" if style_.hatch else None,
+                        linewidth=0.0,
                         label=method,
                         yerr=None if std is None else std.to_numpy(),
                         error_kw={"elinewidth": 0.6, "capsize": 0},
                     )
                     drawn.append(method)
-                ax.axhline(target, color=DENSE_COLOR, linestyle=":", label=TARGET_LABEL)
+                    n_points += int(values_.mean().notna().sum())
+                ax.axhline(100.0 * target, color=DENSE_COLOR, linestyle=":", label=TARGET_LABEL)
                 ax.set_xticks(positions, [label for _, label in components])
-                ax.set_ylim(0.0, 1.0)
+                ax.set_ylim(0.0, 100.0)
                 ax.grid(axis="x", visible=False)
-                ax.set_title(
-                    f"{titles[key]} · target {target:g}" if len(settings) > 1 else f"target {target:g}"
-                )
+                if row == 0:
+                    ax.set_title(f"Target {100 * target:g}%")
                 if row == len(settings) - 1:
-                    ax.set_xlabel("component (backbone, task heads)")
-                if col == 0:
-                    ax.set_ylabel("sparsity of component")
-        handles = _method_handles([m for m in methods if m in drawn], styles)
+                    ax.set_xlabel("Component")
+                if col == 0:  # the setting names the row, so titles stay short
+                    setting = f"{titles[key]}\n" if len(settings) > 1 else ""
+                    ax.set_ylabel(f"{setting}Sparsity of component (%)")
+        handles = _bar_handles([m for m in methods if m in drawn], styles)
         handles.append(Line2D([], [], color=DENSE_COLOR, linestyle=":", label=TARGET_LABEL))
         _legend(fig, handles, len(targets))
         fig.suptitle(
             title
-            or ("per-component sparsity" + (f": {titles[settings[0][0]]}" if len(settings) == 1 else ""))
+            or ("Per-component sparsity" + (f": {titles[settings[0][0]]}" if len(settings) == 1 else ""))
         )
+        _say_if_sparse(fig, axes, n_points, "sparsity allocation")
     return fig
 
 
@@ -546,7 +646,7 @@ def _part_label(part: str) -> str:
     """``head.segment_semantic`` → ``seg head``; other groups (backbone, layer names) as they are."""
     if part.startswith("head."):
         task = part.removeprefix("head.")
-        return f"{SHORT_TASK.get(task, task)} head"
+        return f"{task_name(task)} head"
     return part
 
 
@@ -589,33 +689,44 @@ def training_curves(
     thresholds = threshold_columns(log)
     panels: list[tuple[str, list[tuple[str, str, Any]]]] = []
     if losses or "loss" in step_rows:
-        lines = [(c, SHORT_TASK.get(t, t), _part_color(t)) for t, c in losses.items()]
+        lines = [(c, task_name(t), _part_color(t)) for t, c in losses.items()]
         if "loss" in step_rows and step_rows["loss"].notna().any():
-            lines.append(("loss", "total", "black"))
-        panels.append(("training loss", lines))
+            lines.append(("loss", "total", REFERENCE_COLOR))
+        panels.append(("Training loss", lines))
     if overall or components:
-        lines = [(c, "overall" if i == 0 else c, "black") for i, c in enumerate(overall)]
+        lines = [(c, "overall" if i == 0 else c, REFERENCE_COLOR) for i, c in enumerate(overall)]
         lines += [(c, _part_label(part), _part_color(part)) for part, c in components.items()]
-        panels.append(("sparsity", lines))
+        panels.append(("Sparsity (%)", lines))
     if thresholds:
         lines = [(c, _part_label(group), _part_color(group)) for group, c in thresholds.items()]
-        panels.append(("threshold", lines))
+        panels.append(("Threshold", lines))
     if not panels:
         raise ValueError("the log has no loss, sparsity or threshold columns to plot")
     with style_context(style) as fs:
         fig = Figure(figsize=(fs.width(1), fs.panel_height * len(panels) + 0.3), layout="constrained")
         axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+        n_points = 0
         for i, (ax, (ylabel, lines)) in enumerate(zip(axes, panels, strict=True)):
-            source = step_rows if ylabel == "training loss" else log
+            source = step_rows if ylabel == "Training loss" else log
+            scale = 100.0 if ylabel == "Sparsity (%)" else 1.0
             for column, label, color in lines:
                 data = source[["x", column]].dropna()
-                dashed = ylabel == "training loss" and column == "loss"
-                ax.plot(data["x"], data[column], color=color, label=label, linestyle="--" if dashed else "-")
+                dashed = ylabel == "Training loss" and column == "loss"
+                ax.plot(
+                    data["x"],
+                    data[column] * scale,
+                    color=color,
+                    label=label,
+                    linestyle="--" if dashed else "-",
+                    marker="o" if len(data) == 1 else None,  # a single record is a point, not an empty line
+                )
+                n_points = max(n_points, len(data))
             ax.set_ylabel(ylabel)
             ax.legend(frameon=False, fontsize="small", loc="best")
             _phase_marks(ax, log, label=i == 0)
         axes[-1].set_xlabel(STEP_X)
-        fig.suptitle(title or "training curves")
+        fig.suptitle(title or "Training curves")
+        _say_if_sparse(fig, axes, n_points, "training curves")
     return fig
 
 
@@ -635,23 +746,34 @@ def training_overview(
     sparsity = {m: overall_sparsity_columns(log) for m, log in logs.items()}
     panels = ["loss"] + (["sparsity"] if any(sparsity.values()) else [])
     drawn: list[str] = []
+    n_points = 0
     with style_context(style) as fs:
         fig, axes = _figure(1, len(panels), fs, sorted(logs), sharex=True)
         for method in sorted(logs):
             log, style_ = logs[method], styles[method]
             steps = log[log["step"].notna()] if "step" in log else log.iloc[0:0]
+            series = []
             if "loss" in steps and steps["loss"].notna().any():
-                axes[0][0].plot(steps["x"], steps["loss"], color=style_.color, label=method)
-                drawn.append(method)
+                series.append((axes[0][0], steps[["x", "loss"]].dropna(), "loss", 1.0))
             if sparsity[method]:
-                data = log[["x", sparsity[method][0]]].dropna()
-                axes[0][1].plot(data["x"], data[sparsity[method][0]], color=style_.color, label=method)
+                column = sparsity[method][0]
+                series.append((axes[0][1], log[["x", column]].dropna(), column, 100.0))
+            for ax, data, column, scale in series:
+                ax.plot(
+                    data["x"],
+                    data[column] * scale,
+                    color=style_.color,
+                    label=method,
+                    marker=style_.marker if len(data) == 1 else None,  # one record: a visible point
+                )
                 drawn.append(method)
-        axes[0][0].set(ylabel="total training loss", xlabel=STEP_X)
+                n_points = max(n_points, len(data))
+        axes[0][0].set(ylabel="Total training loss", xlabel=STEP_X)
         if len(panels) > 1:
-            axes[0][1].set(ylabel="sparsity while training", xlabel=STEP_X)
+            axes[0][1].set(ylabel="Sparsity while training (%)", xlabel=STEP_X)
         labels = [m for m in sorted(logs) if m in drawn]
         _legend(fig, [Line2D([], [], color=styles[m].color, label=m) for m in labels], len(panels))
         if title:
             fig.suptitle(title)
+        _say_if_sparse(fig, axes, n_points, "training overview")
     return fig

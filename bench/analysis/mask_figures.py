@@ -22,12 +22,13 @@ from matplotlib.figure import Figure
 
 from mtlprune.analysis.masks import OVERALL, layer_sparsity
 from mtlprune.store import atomic_write_bytes
+from mtlprune.vocabulary import task_name
 
-SPARSITY_LABEL = "sparsity (pruned fraction)"
-DEPTH_LABEL = "depth within component (layer order)"
-IOU_X_LABEL = "backbone layer (depth order)"
+SPARSITY_LABEL = "Sparsity (pruned fraction)"
+DEPTH_LABEL = "Depth within component (layer order)"
+IOU_X_LABEL = "Backbone layer (depth order)"
 IOU_Y_LABEL = "IoU of the tasks' keep-masks"
-METHOD_LABEL = "method"
+METHOD_LABEL = "Method"
 
 
 def _write(fig: Figure, out_stem: Path | None) -> None:
@@ -45,6 +46,12 @@ def _write(fig: Figure, out_stem: Path | None) -> None:
 def _short(name: str) -> str:
     """A layer label for plots: ``backbone.layer3.0.conv1.weight`` → ``layer3.0.conv1``."""
     return name.removeprefix("backbone.").removeprefix("heads.").removesuffix(".weight")
+
+
+def _component_title(component: str) -> str:
+    """``head/segment_semantic`` → ``Seg head``; ``backbone`` as it is (the tables' task names)."""
+    kind, _, task = component.replace(".", "/").partition("/")
+    return f"{task_name(task)} {kind}" if task and kind in ("head", "path") else component
 
 
 def layer_sparsity_heatmap(
@@ -67,7 +74,8 @@ def layer_sparsity_heatmap(
     grid = frame.pivot(index="depth", columns="component", values="sparsity")[components]
     pooled = frame.groupby("component", sort=False)[["params", "kept"]].sum()
     column_labels = [
-        f"{c}\n{100 * (1 - pooled.loc[c, 'kept'] / pooled.loc[c, 'params']):.1f}%" for c in components
+        f"{_component_title(c)}\n{100 * (1 - pooled.loc[c, 'kept'] / pooled.loc[c, 'params']):.1f}%"
+        for c in components
     ]
     n_rows = len(grid)
     fig = Figure(figsize=(2.0 + 1.15 * len(components), 1.4 + 0.17 * n_rows), layout="constrained")
@@ -88,7 +96,7 @@ def layer_sparsity_heatmap(
     ax.set_facecolor("0.94")  # blank cells: no layer at that depth in this component
     ax.set_xticklabels(column_labels, rotation=0, fontsize=7)
     ax.set_yticks(np.arange(n_rows) + 0.5, [str(d) for d in grid.index], rotation=0, fontsize=6)
-    ax.set(xlabel="component (overall sparsity)", ylabel=DEPTH_LABEL, title=title or "per-layer sparsity")
+    ax.set(xlabel="Component (overall sparsity)", ylabel=DEPTH_LABEL, title=title or "Per-layer sparsity")
     _write(fig, out_stem)
     return fig
 

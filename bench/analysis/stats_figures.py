@@ -34,7 +34,7 @@ from mtlprune.analysis.style import DENSE_COLOR, FigureStyle, StyleMap, style_co
 
 __all__ = ["cd_diagram", "interval_plot"]
 
-TARGET_X = "target sparsity"
+TARGET_X = "Target sparsity"
 DODGE = 0.7  # width of a target's group of methods, in target slots
 CONTROL_SUFFIX = " (control)"
 

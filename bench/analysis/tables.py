@@ -29,6 +29,7 @@ Rendering choices, fixed so that two tables of the benchmark always read the sam
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from mtlprune.analysis.seeds import FAILED, GROUP_KEYS, MEASURED, OPTIONAL_KEYS
 from mtlprune.vocabulary import DELTA_METRICS, HIGHER, METRICS, dataset_title
 
 __all__ = [
+    "EmptyTableWarning",
     "comparison_table",
     "table2_latex",
     "table2_layout",
@@ -67,6 +69,13 @@ DIGITS: dict[str, int] = {
     "keypoints2d.err": 4,
     "edge_texture.err": 4,
 }
+NO_VALUES = "No cell has finished yet: the table has no values."
+
+
+class EmptyTableWarning(UserWarning):
+    """A table without a single finished cell (it still renders, and its caption says so)."""
+
+
 # Header text of the identity columns a table may show.
 KEY_HEADERS: dict[str, str] = {
     "dataset": "Dataset",
@@ -712,10 +721,13 @@ def _caption(layout: _Layout, caption: str | None, style: _Style, legend: bool =
     """(short caption, legend): the caption's first sentence, then setting, protocol(s), seeds, units,
     highlighting, ΔT and the cell legend; the legend is empty when ``legend`` is False."""
     short = _short_caption(layout, caption, style)
+    empty = not any(r.n_seeds > 0 for r in layout.rows if r.status != PUBLISHED)
+    if empty:
+        warnings.warn(f"table {short!r} has no finished cell: no values", EmptyTableWarning, stacklevel=4)
     if not legend:
-        return short, ""
+        return (f"{short} {NO_VALUES}" if empty else short), ""
     esc = style.escape
-    parts = []
+    parts = [NO_VALUES] if empty else []
     if layout.kind == TABLE2 and caption:
         parts.append("Layout of AdapMTL's Table 2, one row per method.")
     if layout.setting:

@@ -214,10 +214,10 @@ def test_figures_from_a_real_store(tiny_store, tmp_path):
     masks = load_masks(tiny_store, ids["magnitude"])
     fig = layer_sparsity_heatmap(masks, out_stem=tmp_path / "sparsity")
     _assert_figure(
-        fig, "component (overall sparsity)", "depth within component (layer order)", tmp_path / "sparsity"
+        fig, "Component (overall sparsity)", "Depth within component (layer order)", tmp_path / "sparsity"
     )
     assert [t.get_text().split("\n")[0] for t in fig.axes[0].get_xticklabels()] == [
-        "backbone", "head/segment_semantic", "head/normal", "head/depth_zbuffer"
+        "backbone", "Seg head", "Normal head", "Depth head"
     ]  # fmt: skip
 
     # Per-task masks written by hand: three tasks that keep different backbone weights.
@@ -231,11 +231,11 @@ def test_figures_from_a_real_store(tiny_store, tmp_path):
     iou = task_iou(load_task_masks(tiny_store, ids["magnitude"]))
     assert (iou["layer"] != OVERALL).sum() == sum(n.startswith("backbone.") for n in masks)
     fig = task_iou_curve(iou, out_stem=tmp_path / "iou")
-    _assert_figure(fig, "backbone layer (depth order)", "IoU of the tasks' keep-masks", tmp_path / "iou")
+    _assert_figure(fig, "Backbone layer (depth order)", "IoU of the tasks' keep-masks", tmp_path / "iou")
     assert len(fig.axes[0].get_lines()) == 2  # 3 tasks: all-task IoU and the mean pairwise IoU
 
     fig = overlap_heatmap(overlap_matrix(tiny_store, frame, 0.7), out_stem=tmp_path / "overlap")
-    _assert_figure(fig, "method", "method", tmp_path / "overlap")
+    _assert_figure(fig, "Method", "Method", tmp_path / "overlap")
 
 
 @pytest.mark.slow

@@ -20,14 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.lines import Line2D
 from PIL import Image
 
 from mtlprune.analysis import load_published, load_results
 from mtlprune.analysis.curves import load_log, read_log
 from mtlprune.analysis.dense_results import load_dense
 from mtlprune.analysis.figures import (
+    SparseFigureWarning,
     delta_vs_sparsity,
     metrics_vs_sparsity,
+    published_points,
     save_figure,
     sparsity_allocation,
     training_curves,
@@ -35,7 +39,7 @@ from mtlprune.analysis.figures import (
 )
 from mtlprune.analysis.html import markdown_table_html
 from mtlprune.analysis.report import collect, resolve_source
-from mtlprune.analysis.style import ROSTER, MethodStyle, StyleMap
+from mtlprune.analysis.style import DENSE_COLOR, PALETTE, ROSTER, MethodStyle, StyleMap
 from mtlprune.cli import main
 from mtlprune.store.manifest import read_manifest, save_manifest, write_manifest
 from tests.fake_store import DENSE_METRICS, build_fake_store, write_config
@@ -98,8 +102,23 @@ def report(fake, tmp_path_factory):
 def test_roster_methods_keep_their_style_whatever_else_is_plotted():
     alone = StyleMap(["adapmtl"])
     crowded = StyleMap(["adapmtl", "snip", "random", "my-plugin", "gmp(frequency=10)", "zzz"])
-    assert alone["adapmtl"] == crowded["adapmtl"] == MethodStyle("#d62728", "D")  # roster slot 3
-    assert StyleMap(["magnitude"])["magnitude"] == MethodStyle("#1f77b4", "o")  # roster slot 0
+    assert alone["adapmtl"] == crowded["adapmtl"] == MethodStyle("#CC6677", "D")  # roster slot 3: rose
+    assert StyleMap(["magnitude"])["magnitude"] == MethodStyle("#332288", "o")  # roster slot 0: indigo
+
+
+def test_colours_are_distinct_colour_blind_safe_and_never_black_or_grey():
+    # The reported collision: random and a plugin in the same colour, close to the dense line's grey.
+    styles = StyleMap(["magnitude", "random", "my-plugin"])
+    colours = [styles[m].color for m in ("magnitude", "random", "my-plugin")]
+    assert len(set(colours)) == 3 and set(colours) <= set(PALETTE)
+    assert not {"#000000", "black", DENSE_COLOR} & set(PALETTE)
+    # Up to nine methods, nine colours; beyond, (colour, marker) pairs stay distinct and bars get hatches.
+    nine = StyleMap(ROSTER[:9])
+    assert len({nine[m].color for m in ROSTER[:9]}) == 9 and {nine[m].hatch for m in ROSTER[:9]} == {""}
+    full = StyleMap(ROSTER)
+    shared = [m for m in ROSTER if sum(full[o].color == full[m].color for o in ROSTER) > 1]
+    assert len({(full[m].color, full[m].hatch) for m in ROSTER}) == len(ROSTER)
+    assert shared and all(full[m].hatch for m in shared if m in ROSTER[9:])
 
 
 def test_styles_are_distinct_within_a_map():
@@ -140,13 +159,17 @@ def test_hashed_slots_do_not_depend_on_the_python_hash_seed():
 def test_metrics_figure_facets_labels_legend_and_dense_line(frame, dense):
     fig = metrics_vs_sparsity(frame, dense, style="screen")
     axes = np.array(fig.axes).reshape(3, 2)
-    assert [ax.get_title() for ax in axes[0]] == ["nyuv2 · deeplab_resnet34", "nyuv2 · mobilenetv2"]
-    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["seg miou ↑", "normal mean ↓", "depth abs_err ↓"]
-    assert [ax.get_xlabel() for ax in axes[-1]] == ["achieved sparsity"] * 2
+    assert [ax.get_title() for ax in axes[0]] == ["NYU-v2 · Deeplab-ResNet34", "NYU-v2 · MobileNetV2"]
+    labels = ["Seg mIoU (%) ↑", "Normal Mean (°) ↓", "Depth Abs err (m) ↓"]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == labels
+    assert [ax.get_xlabel() for ax in axes[-1]] == ["Sparsity (%)"] * 2
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [*sorted(METHODS), "dense"]
-    for col, arch in enumerate(ARCHS):
+    for col, arch in enumerate(ARCHS):  # mIoU in %, like the tables
         (line,) = [ln for ln in axes[0][col].get_lines() if ln.get_label() == "dense"]
-        assert list(line.get_ydata()) == [DENSE_METRICS[arch]["segment_semantic.miou"]] * 2
+        miou = 100 * DENSE_METRICS[arch]["segment_semantic.miou"]
+        assert list(line.get_ydata()) == pytest.approx([miou] * 2)
+        ticks = axes[-1][col].get_xticks()
+        assert all(t == round(t) and round(t) % 5 == 0 for t in ticks)  # round percentages
 
 
 def test_metrics_figure_plots_the_mean_of_the_finished_seeds(frame, dense):
@@ -156,13 +179,13 @@ def test_metrics_figure_plots_the_mean_of_the_finished_seeds(frame, dense):
     (adapmtl,) = [ln for ln in ax.get_lines() if ln.get_label() == "adapmtl"]
     cells = done[done["method"] == "adapmtl"].sort_values("target_sparsity")
     expected = cells.groupby("target_sparsity")["segment_semantic.miou"].mean()
-    assert list(adapmtl.get_xdata()) == [0.5, 0.9]
-    assert list(adapmtl.get_ydata()) == pytest.approx(list(expected))
+    assert list(adapmtl.get_xdata()) == [50.0, 90.0]  # achieved sparsity in %
+    assert list(adapmtl.get_ydata()) == pytest.approx(list(100 * expected))
     # random at 0.5 failed in seed 0: its point is seed 1 alone, not a mean with a missing value.
     (random_line,) = [ln for ln in ax.get_lines() if ln.get_label() == "random"]
     seed1 = done[(done["method"] == "random") & (done["target_sparsity"] == 0.5)]
     assert len(seed1) == 1 and random_line.get_ydata()[0] == pytest.approx(
-        seed1["segment_semantic.miou"].iloc[0]
+        100 * seed1["segment_semantic.miou"].iloc[0]
     )
 
 
@@ -180,36 +203,39 @@ def test_a_seed_with_a_nan_metric_makes_the_point_a_gap_not_a_partial_mean():
             "segment_semantic.miou": [0.2, 0.4, 0.1, math.nan],
         }
     )
-    (line,) = [
-        ln for ln in metrics_vs_sparsity(rows, style="screen").axes[0].get_lines() if ln.get_label() == "m"
-    ]
-    assert line.get_ydata()[0] == pytest.approx(0.3) and math.isnan(line.get_ydata()[1])
+    with pytest.warns(SparseFigureWarning, match="metrics vs sparsity: only 1 point"):  # 0.9 is a gap
+        fig = metrics_vs_sparsity(rows, style="screen")
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "m"]
+    assert line.get_ydata()[0] == pytest.approx(30.0) and math.isnan(line.get_ydata()[1])
 
 
 def test_delta_figure_shows_published_points_hollow_in_the_method_colour(frame):
     styles = StyleMap(frame["method"])
     fig = delta_vs_sparsity(frame, load_published(), styles=styles, style="screen")
     axes = np.array(fig.axes).reshape(2, 2)
-    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["ΔT vs dense (%)", "Δm vs dense (%)"]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["ΔT vs dense (%) ↑", "Δm vs dense (%) ↑"]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == [*sorted(METHODS), "dense", "published: adapmtl table2"]
     hollow = [ln for ln in axes[0][1].get_lines() if ln.get_markerfacecolor() == "none"]
     # AdapMTL Table 2 (MobileNetV2, 3 tasks, 90%) prints ΔT for adapmtl (+2.66) and snip (−9.99).
     points = {(ln.get_markeredgecolor(), float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in hollow}
-    assert points == {(styles["adapmtl"].color, 0.9, 2.66), (styles["snip"].color, 0.9, -9.99)}
+    assert points == {(styles["adapmtl"].color, 90.0, 2.66), (styles["snip"].color, 90.0, -9.99)}
     assert not [
         ln for ln in axes[0][0].get_lines() if ln.get_markerfacecolor() == "none"
     ]  # no 3-task ResNet table
+    assert published_points(frame, load_published()) == 2  # the report's caption mentions them
+    assert published_points(frame[frame["arch"] == "deeplab_resnet34"], load_published()) == 0
 
 
 def test_allocation_bars_are_the_component_sparsities(frame):
     fig = sparsity_allocation(frame, style="screen")
     assert len(fig.axes) == 4  # 2 archs × 2 targets
     ax = fig.axes[1]  # deeplab_resnet34, target 0.9
-    assert ax.get_title() == "nyuv2 · deeplab_resnet34 · target 0.9"
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["backbone", "seg", "normal", "depth"]
+    assert ax.get_title() == "Target 90%"
+    assert fig.axes[0].get_ylabel() == "NYU-v2 · Deeplab-ResNet34\nSparsity of component (%)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["backbone", "Seg", "Normal", "Depth"]
     (target,) = [ln for ln in ax.get_lines() if ln.get_label() == "target"]
-    assert list(target.get_ydata()) == [0.9, 0.9]
+    assert list(target.get_ydata()) == [90.0, 90.0]
     cells = frame[(frame["arch"] == "deeplab_resnet34") & (frame["target_sparsity"] == 0.9)]
     cells = cells[(cells["method"] == "adapmtl") & (cells["status"] == "done")]
     columns = [
@@ -217,7 +243,7 @@ def test_allocation_bars_are_the_component_sparsities(frame):
         *(f"sparsity.head.{t}" for t in ("segment_semantic", "normal", "depth_zbuffer")),
     ]
     (bars,) = [c for c in ax.containers if c.get_label() == "adapmtl"]
-    assert [b.get_height() for b in bars] == pytest.approx(list(cells[columns].mean()))
+    assert [b.get_height() for b in bars] == pytest.approx(list(100 * cells[columns].mean()))
 
 
 def test_one_method_has_one_colour_and_marker_in_every_figure(frame, dense, fake):
@@ -230,8 +256,11 @@ def test_one_method_has_one_colour_and_marker_in_every_figure(frame, dense, fake
         seen = set()
         for fig in figures:
             (handle,) = [h for h in fig.legends[0].legend_handles if h.get_label() == method]
-            seen.add((handle.get_color(), handle.get_marker()))
-        seen.add((StyleMap(METHODS)[method].color, StyleMap(METHODS)[method].marker))
+            if isinstance(handle, Line2D):
+                seen.add((to_hex(handle.get_color()), handle.get_marker()))
+            else:  # a bar's legend patch: its colour (bars have no marker)
+                seen.add((to_hex(handle.get_facecolor()), StyleMap(METHODS)[method].marker))
+        seen.add((to_hex(StyleMap(METHODS)[method].color), StyleMap(METHODS)[method].marker))
         assert len(seen) == 1, method
     logs = {
         m: load_log(fake.root, frame[(frame.method == m) & (frame.status == "done")].run_id.iloc[0])
@@ -266,17 +295,17 @@ def test_read_log_puts_phases_on_one_step_axis_and_names_a_bad_line(tmp_path):
 def test_training_curves_panels_and_task_colours(frame, fake):
     run_id = frame[(frame["method"] == "adapmtl") & (frame["status"] == "done")]["run_id"].iloc[0]
     fig = training_curves(load_log(fake.root, run_id), style="screen")
-    assert [ax.get_ylabel() for ax in fig.axes] == ["training loss", "sparsity", "threshold"]
-    assert fig.axes[-1].get_xlabel() == "optimizer step (all phases)"
+    assert [ax.get_ylabel() for ax in fig.axes] == ["Training loss", "Sparsity (%)", "Threshold"]
+    assert fig.axes[-1].get_xlabel() == "Optimizer step (all phases)"
     loss, sparsity, threshold = ([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
-    assert loss == ["depth", "normal", "seg", "total"]
-    assert sparsity == ["overall", "backbone", "depth head", "normal head", "seg head"]
-    assert threshold == ["backbone", "depth head", "normal head", "seg head"]
+    assert loss == ["Depth", "Normal", "Seg", "total"]
+    assert sparsity == ["overall", "backbone", "Depth head", "Normal head", "Seg head"]
+    assert threshold == ["backbone", "Depth head", "Normal head", "Seg head"]
     colour = {ln.get_label(): ln.get_color() for ax in fig.axes for ln in ax.get_lines()}
-    assert colour["seg"] == colour["seg head"] and colour["depth"] == colour["depth head"]
+    assert colour["Seg"] == colour["Seg head"] and colour["Depth"] == colour["Depth head"]
     magnitude = frame[(frame["method"] == "magnitude") & (frame["status"] == "done")]["run_id"].iloc[0]
     assert [ax.get_ylabel() for ax in training_curves(load_log(fake.root, magnitude)).axes] == [
-        "training loss"
+        "Training loss"
     ]
 
 
@@ -294,7 +323,7 @@ def test_saved_figures_embed_truetype_and_have_paper_widths(frame, fake, tmp_pat
     pdf = one[0].read_bytes()
     assert pdf.startswith(b"%PDF-") and b"/FontFile2" in pdf and b"/Type3" not in pdf
     assert Image.open(one[1]).size[0] == round(3.3 * 300)  # one column, 300 dpi
-    assert Image.open(two[1]).size[0] == round(6.9 * 300)  # two columns
+    assert Image.open(two[1]).size[0] == round(7.0 * 300)  # two columns
 
 
 # ---------------------------------------------------------------------------------------- manifest
@@ -527,6 +556,57 @@ def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
     assert box.x0 - 1 <= inside.x0 and inside.x1 <= box.x1 + 1
     assert box.y0 - 1 <= inside.y0
     assert len(legend.get_texts()) >= 16
+    # Every one of the 16 series has its own (colour, marker) pair, none of them the dense line's grey.
+    series = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() in labels]
+    pairs = {ln.get_label(): (to_hex(ln.get_color()), ln.get_marker()) for ln in series}
+    assert len(pairs) == 16 and len(set(pairs.values())) == 16
+    assert to_hex(DENSE_COLOR) not in {c for c, _ in pairs.values()}
+
+
+def test_all_metrics_is_a_grid_that_fits_a_two_column_page(frame, dense):
+    fig = metrics_vs_sparsity(frame[frame["arch"] == "mobilenetv2"], dense, metrics="all", style="paper")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 12  # the NYU-v2 vocabulary: 2 + 5 + 5 metrics
+    assert fig.get_figwidth() == 7.0 and fig.get_figheight() < 6.5  # 3 rows × 4, not one column of 12
+    titles = ["Seg mIoU (%) ↑", "Seg PixAcc (%) ↑", "Normal Mean (°) ↓"]
+    assert [ax.get_title() for ax in visible[:3]] == titles
+    assert fig.get_suptitle() == "NYU-v2 · MobileNetV2"
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    (legend,) = fig.legends
+    renderer = canvas.get_renderer()
+    box, inside = fig.get_window_extent(renderer), legend.get_window_extent(renderer)
+    assert box.x0 - 1 <= inside.x0 and inside.x1 <= box.x1 + 1 and box.y0 - 1 <= inside.y0
+    assert [t.get_text() for t in legend.get_texts()] == [*sorted(METHODS), "dense"]
+
+
+def test_a_single_record_is_a_visible_point_and_curves_use_the_logged_step(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in (
+                {"phase": "finetune", "step": 0, "loss": 2.0},
+                {"phase": "finetune", "step": 4, "loss": 1.0},
+                {"phase": "finetune2", "step": 7, "loss": 0.5},  # a phase change, steps continuing
+            )
+        )
+    )
+    log = read_log(path)
+    assert list(log["x"]) == [0, 4, 7]  # the logged steps, not the record order
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"phase": "finetune", "step": 3, "loss": 1.0}) + "\n")
+    fig = training_overview({"magnitude": read_log(one), "snip": log}, style="screen")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert list(lines["snip"].get_xdata()) == [0, 4, 7] and lines["snip"].get_marker() == "None"
+    assert list(lines["magnitude"].get_xdata()) == [3]
+    assert lines["magnitude"].get_marker() == StyleMap(["magnitude", "snip"])["magnitude"].marker
+    assert not fig.texts
+    with pytest.warns(SparseFigureWarning, match="training overview: only 1 point"):
+        alone = training_overview({"magnitude": read_log(one)}, style="screen")
+    assert [t.get_text() for t in alone.texts] == ["training overview: only 1 point(s) to show"]
 
 
 # -------------------------------------------------------------------------------------- statistics

@@ -21,6 +21,7 @@ from mtlprune.analysis import (
     with_bootstrap,
 )
 from mtlprune.analysis.latex import latex_escape
+from mtlprune.analysis.tables import EmptyTableWarning
 
 TASKS = "segment_semantic,normal,depth_zbuffer"
 SETTING = {"dataset": "nyuv2", "tasks": TASKS, "arch": "mobilenetv2", "width": 1.0, "head_width": 1.0}
@@ -508,3 +509,13 @@ def test_caption_is_escaped_and_legend_float_and_resize_are_options(frame):
     assert to_markdown(table, legend=False).splitlines()[0] == "Table: Comparison: NYU-v2, MobileNetV2."
     with pytest.raises(ValueError, match="env must be one of table, table\\*, got 'figure'"):
         to_latex(table, env="figure")
+
+
+def test_a_table_without_a_finished_cell_says_so(frame):
+    pending = frame[frame["status"].isin(["failed", "pending"])]
+    table = comparison_table(pending, metrics=METRICS)
+    with pytest.warns(EmptyTableWarning, match="no finished cell"):
+        text = to_markdown(table, caption="Nothing yet", legend=False)
+    assert text.splitlines()[0] == "Table: Nothing yet. No cell has finished yet: the table has no values."
+    with pytest.warns(EmptyTableWarning):
+        assert "No cell has finished yet" in to_latex(table)

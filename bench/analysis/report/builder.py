@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +48,24 @@ class Builder:
     ) -> HtmlFigure | None:
         """Draws and writes one figure; it joins the Figures section under ``group`` (None: the caller
         places the returned figure itself). None, with a note, when it cannot be drawn."""
-        from mtlprune.analysis.figures import save_figure
+        from mtlprune.analysis.figures import SparseFigureWarning, save_figure
         from mtlprune.analysis.html import Figure as HtmlFigure
 
         try:
-            fig = draw()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SparseFigureWarning)
+                fig = draw()
         except SKIPPABLE as exc:
             self.notes.append(f"figure {name} not drawn: {reason(exc)}")
             return None
+        for warning in caught:
+            if issubclass(warning.category, SparseFigureWarning):
+                self.notes.append(f"figure {name} is nearly empty: {warning.message}")
+                caption = f"{caption} (nearly empty: {warning.message})"
+            else:
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )  # not ours to swallow
         paths = save_figure(fig, self.out / "figures" / name, style=self.style)
         self.figures += paths
         png = next(p for p in paths if p.suffix == ".png").read_bytes()

@@ -27,7 +27,9 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
     """Draws the per-setting comparison figures, then the single-run ones for one run per method."""
     from mtlprune.analysis import figures as F
     from mtlprune.analysis.curves import component_sparsity_columns, load_log, threshold_columns
+    from mtlprune.analysis.labels import setting_title
     from mtlprune.analysis.style import StyleMap
+    from mtlprune.vocabulary import dataset_title, task_name
 
     frame, style = data.frame, builder.style
     styles = StyleMap(str(m) for m in frame["method"].dropna().unique())
@@ -35,7 +37,7 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
     for dataset, tasks in frame[["dataset", "tasks"]].drop_duplicates().itertuples(index=False):
         part = frame[(frame["dataset"] == dataset) & (frame["tasks"] == tasks)]
         key = slug(dataset, len(str(tasks).split(",")), "tasks")
-        where = f"{dataset} ({str(tasks).replace(',', ', ')})"
+        where = f"{dataset_title(dataset)} ({', '.join(task_name(t) for t in str(tasks).split(','))})"
         group = f"Results: {where}"
         builder.figure(
             group,
@@ -43,12 +45,16 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
             f"main metric of each task vs achieved sparsity, mean ± std over seeds; dashed: dense, {where}",
             lambda part=part: F.metrics_vs_sparsity(part, data.dense, styles=styles, style=style),
         )
+        hollow = (
+            "; hollow markers: the published numbers of the same setting (their paper's protocol)"
+            if F.published_points(part, data.published)
+            else ""
+        )
         builder.figure(
             group,
             f"delta_{key}",
             "ΔT and Δm vs achieved sparsity against the dense model and ΔT against the control (the dense "
-            "model finetuned on the same budget, unpruned, at sparsity 0); hollow markers: published "
-            f"numbers of the same setting where there are any, {where}",
+            f"model finetuned on the same budget, unpruned, at sparsity 0){hollow}, {where}",
             lambda part=part: F.delta_vs_sparsity(part, data.published, styles=styles, style=style),
         )
         builder.figure(
@@ -70,7 +76,8 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
         builder.notes.append("no training curves or mask figures: no finished cell")
         return
     first = picked.iloc[0]
-    setting = f"{first['dataset']} · {first['arch']} · target {first['target_sparsity']:g}"
+    target = f"target {100 * float(first['target_sparsity']):g}%"
+    setting = f"{setting_title(str(first['dataset']), str(first['arch']))} · {target}"
     logs: dict[str, pd.DataFrame] = {}
     for row in picked.itertuples(index=False):
         try:

@@ -50,6 +50,8 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
         except SKIPPABLE as exc:
             builder.notes.append(f"table {table_name} not written: {reason(exc)}")
             continue
+        if not (table["n_seeds"] > 0).any():
+            builder.notes.append(f"table {table_name} is empty: no cell has finished yet")
         builder.table(table_name, markdown, latex)
         shown[caption] = markdown_table_html(markdown, table_id=table_name)
     settings = frame[["dataset", "tasks", "arch", "target_sparsity"]].drop_duplicates()
