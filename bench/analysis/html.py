@@ -61,6 +61,11 @@ SCRIPT = """
     document.body.setAttribute('data-images-total',String(imgs.length));
     document.body.setAttribute('data-images-ok',String(ok));
     document.body.setAttribute('data-table-rows',String(document.querySelectorAll('table tbody tr').length));
+    var page=document.documentElement.clientWidth;
+    var over=Array.prototype.slice.call(document.querySelectorAll('table')).filter(function(t){
+      var box=(t.closest('.scroll')||t).getBoundingClientRect();return box.left<-1||box.right>page+1;});
+    document.body.setAttribute('data-tables-overflowing',String(over.length));
+    document.body.setAttribute('data-page-overflow',String(Math.max(0,document.documentElement.scrollWidth-page)));
   }
   if(document.readyState==='complete'){check();}else{window.addEventListener('load',check);}
 })();

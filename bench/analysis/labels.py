@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 from mtlprune.analysis.latex import latex_escape
 from mtlprune.vocabulary import DIRECTIONS, HIGHER, dataset_title, metric_name, task_name
 
@@ -21,6 +23,7 @@ __all__ = [
     "column_label",
     "column_name",
     "column_scale",
+    "display_frame",
     "setting_title",
 ]
 
@@ -113,3 +116,80 @@ def column_label(
         up = name.direction == HIGHER
         text += (r" $\uparrow$" if up else r" $\downarrow$") if latex else (" ↑" if up else " ↓")
     return text
+
+
+# Columns of the summary frames (AUC, Pareto, dense vs trivial, ranks): display name, scale to shown unit.
+SUMMARY_COLUMNS: dict[str, tuple[str, float]] = {
+    "dataset": ("Dataset", 1.0),
+    "tasks": ("Tasks", 1.0),
+    "arch": ("Arch", 1.0),
+    "width": ("Width", 1.0),
+    "head_width": ("Head width", 1.0),
+    "protocol": ("Protocol", 1.0),
+    "method": ("Method", 1.0),
+    "target_sparsity": ("Target (%)", 100.0),
+    "n_targets": ("Targets", 1.0),
+    "n_points": ("Points", 1.0),
+    "n_seeds": ("Seeds", 1.0),
+    "n_blocks": ("Blocks", 1.0),
+    "sparsity_min": ("Sparsity from (%)", 100.0),
+    "sparsity_max": ("Sparsity to (%)", 100.0),
+    "auc": ("ΔT area (% × sparsity)", 1.0),
+    "auc_normalised": ("Mean ΔT over the range (%)", 1.0),
+    "complete": ("Every target", 1.0),
+    "dominated": ("Dominated", 1.0),
+    "dominated_by": ("Dominated by", 1.0),
+    "metric": ("Metric", 1.0),
+    "converged": ("Converged", 1.0),
+    "convergence_drop": ("Loss drop in the last 20% (%)", 100.0),
+    "mean_rank": ("Mean rank", 1.0),
+    "mean_value": ("Mean ΔT (%)", 1.0),
+    "wins": ("Wins", 1.0),
+    "method_a": ("Method", 1.0),
+    "method_b": ("Against", 1.0),
+    "n_pairs": ("Seed pairs", 1.0),
+    "mean_a": ("Mean ΔT (%)", 1.0),
+    "mean_b": ("Mean ΔT of the best (%)", 1.0),
+    "diff_mean": ("Difference (%)", 1.0),
+    "ci_low": ("95% CI low", 1.0),
+    "ci_high": ("95% CI high", 1.0),
+    "excludes_zero": ("CI excludes 0", 1.0),
+    "seed_a": ("Seed A", 1.0),
+    "seed_b": ("Seed B", 1.0),
+    "n_methods": ("Methods", 1.0),
+    "tau": ("Kendall τ", 1.0),
+    "p_value": ("p", 1.0),
+}
+
+
+def display_frame(frame: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """A summary frame as a page shows it: display names and units for its columns, values scaled (a
+    fraction in %), datasets, architectures and metric columns by their display names. ``<metric>.mean``
+    columns, metrics in a ``metric`` column and ``dense``/``trivial`` values follow the metric's unit."""
+    out = pd.DataFrame(index=frame.index)
+    metric_values = frame["metric"].astype(str) if "metric" in frame else None
+    for column in frame.columns:
+        values = frame[column]
+        if column in ("dense", "trivial") and metric_values is not None:
+            scales = metric_values.map(lambda m: column_scale(m, dataset))
+            out[column.capitalize()] = pd.to_numeric(values, errors="coerce") * scales
+        elif column == "metric":
+            out["Metric"] = values.map(lambda m: column_label(str(m), dataset))
+        elif column == "dataset":
+            out["Dataset"] = values.map(lambda d: dataset_title(str(d)))
+        elif column == "arch":
+            out["Arch"] = values.map(lambda a: arch_title(str(a)))
+        elif str(column).endswith(".mean"):
+            metric = str(column).removesuffix(".mean")
+            out[column_label(metric, dataset)] = pd.to_numeric(values, errors="coerce") * column_scale(
+                metric, dataset
+            )
+        elif column in SUMMARY_COLUMNS:
+            name, scale = SUMMARY_COLUMNS[column]
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            out[name] = values * scale if numeric and scale != 1.0 else values
+        else:
+            out[str(column)] = values
+    if len(out.columns) != len(frame.columns):
+        raise ValueError(f"two columns of {list(frame.columns)} have the same display name")
+    return out

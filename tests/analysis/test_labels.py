@@ -64,3 +64,33 @@ def test_display_names_are_checked_on_registration():
                 task_names={"segment_semantic": "Sem"},
             )
         )
+
+
+def test_display_frame_renames_and_scales_summary_columns():
+    import pandas as pd
+
+    from mtlprune.analysis.labels import display_frame
+
+    frame = pd.DataFrame(
+        {
+            "dataset": ["nyuv2"],
+            "arch": ["mobilenetv2"],
+            "method": ["snip"],
+            "sparsity_min": [0.5],
+            "auc_normalised": [-3.25],
+            "segment_semantic.miou.mean": [0.2],
+            "depth_zbuffer.abs_err.mean": [0.61],
+            "dominated": [True],
+        }
+    )
+    shown = display_frame(frame, "nyuv2")
+    assert list(shown.columns) == [
+        "Dataset", "Arch", "Method", "Sparsity from (%)", "Mean ΔT over the range (%)",
+        "Seg mIoU (%) ↑", "Depth Abs err (m) ↓", "Dominated",
+    ]  # fmt: skip
+    assert shown.iloc[0].tolist() == ["NYU-v2", "MobileNetV2", "snip", 50.0, -3.25, 20.0, 0.61, True]
+    trivial = pd.DataFrame({"metric": ["segment_semantic.miou", "normal.mean"], "dense": [0.3, 18.0]})
+    assert display_frame(trivial).to_dict("list") == {
+        "Metric": ["Seg mIoU (%) ↑", "Normal Mean (°) ↓"],
+        "Dense": [30.0, 18.0],
+    }

@@ -512,16 +512,32 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         "--virtual-time-budget=10000",
     ]
     url = (out / "report.html").as_uri()
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
-    ).stdout
-    body = re.search(r"<body([^>]*)>", dom)
-    assert body is not None, dom[:500]
-    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body[1]))
+    for width in (1400, 1000):  # a laptop and a narrow window: every table fits or scrolls in its box
+        dom = subprocess.run(
+            [chromium, *flags, f"--window-size={width},900", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        body = re.search(r"<body([^>]*)>", dom)
+        assert body is not None, dom[:500]
+        attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body[1]))
+        assert attrs["tables-overflowing"] == "0" and attrs["page-overflow"] == "0", (width, attrs)
     n_png = len(list((out / "figures").glob("*.png")))
     assert attrs["images-total"] == attrs["images-ok"] == str(n_png)
     assert int(attrs["table-rows"]) > 48  # the comparison table alone has one row per cell group
     assert dom.count('<tr class="failed">') == 1
+    # The main comparison comes first: the main-metric table and the ΔT figure, before anything else.
+    sections = re.findall(r'<section id="([^"]+)">', dom)
+    assert sections[:2] == ["main", "attention"]
+    main = dom[dom.index('<section id="main">') : dom.index('<section id="attention">')]
+    assert 'id="comparison"' in main or "id='comparison'" in main
+    assert 'id="fig-delta_nyuv2_3_tasks"' in main and dom.count('id="fig-delta_nyuv2_3_tasks"') == 1
+    # Summaries speak the tables' language too: display names, % instead of fractions.
+    auc = dom[dom.index('id="auc"') if 'id="auc"' in dom else dom.index("id='auc'") :]
+    assert "<th>Sparsity from (%)</th>" in auc[: auc.index("</thead>")] and "sparsity_min" not in dom
+    pareto = dom[dom.index('id="pareto"') if 'id="pareto"' in dom else dom.index("id='pareto'") :]
+    assert "<th>Seg mIoU (%) ↑</th>" in pareto[: pareto.index("</thead>")]
     shot = tmp_path / "shot.png"
     subprocess.run(
         [chromium, *flags, "--window-size=1200,900", f"--screenshot={shot}", url],

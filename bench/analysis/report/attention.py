@@ -9,8 +9,10 @@ from typing import Any
 
 import pandas as pd
 
+from mtlprune.analysis.labels import arch_title
 from mtlprune.analysis.report.collect import MISSING, ReportData
 from mtlprune.store import Store
+from mtlprune.vocabulary import dataset_title
 
 LEFT = ' class="l"'
 
@@ -90,16 +92,22 @@ def attention_section(data: ReportData) -> str:
     for row in ranked.itertuples(index=False):
         status = str(row.status)
         details = _failure_details(data.store, str(row.run_id)) if status == "failed" else ""
-        cells = [(status, True), (str(row.run_id), True), (str(row.dataset), True), (str(row.arch), True)]
-        cells += [(str(row.method), True), (f"{float(row.target_sparsity):g}", False), (str(row.seed), False)]
+        cells = [(status, True), (str(row.run_id), True), (dataset_title(str(row.dataset)), True)]
+        cells += [(arch_title(str(row.arch)), True), (str(row.method), True)]
+        cells += [(f"{100 * float(row.target_sparsity):g}", False), (str(row.seed), False)]
         rows.append(_tr(status, [*cells, (_text(row.error), True)], details))
     for row in dense_bad.itertuples(index=False):
         status = str(row.status)
-        cells = [(f"dense {status}", True), (str(row.run_id), True), (str(row.dataset), True)]
-        cells += [(str(row.arch), True), ("(dense stage)", True), ("0", False), (str(row.seed), False)]
+        cells = [(f"dense {status}", True), (str(row.run_id), True), (dataset_title(str(row.dataset)), True)]
+        cells += [
+            (arch_title(str(row.arch)), True),
+            ("(dense stage)", True),
+            ("0", False),
+            (str(row.seed), False),
+        ]
         rows.append(_tr(status, [*cells, (_text(row.error), True)]))
-    heads = [("status", True), ("run", True), ("dataset", True), ("arch", True), ("method", True)]
-    heads += [("target", False), ("seed", False), ("error", True)]
+    heads = [("Status", True), ("Run", True), ("Dataset", True), ("Arch", True), ("Method", True)]
+    heads += [("Target (%)", False), ("Seed", False), ("Error", True)]
     head = "".join(f"<th{LEFT if left else ''}>{h}</th>" for h, left in heads)
     return (
         f"<p>{len(unfinished)} of {len(frame)} cells have no result; they are left out of the figures and "

@@ -8,7 +8,7 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtlprune.analysis.report.attention import attention_section
 from mtlprune.analysis.report.builder import Builder, ReportOutcome, slug
@@ -18,6 +18,9 @@ from mtlprune.analysis.report.stats_section import statistics_section
 from mtlprune.analysis.report.table_sections import headroom_tables, summary_tables, table_sections
 from mtlprune.spec.select import Selection
 from mtlprune.store import Store, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from mtlprune.analysis.html import Section
 
 REPORT_HTML = "report.html"
 
@@ -69,6 +72,29 @@ def run_provenance(data: ReportData) -> dict[str, Any]:
     return out
 
 
+MAIN_TABLE = "comparison"  # table_sections' first table: the main metric of each task, ΔT, sparsity
+MAIN_FIGURE = "delta_"  # the ΔT/Δm-vs-sparsity figure of each dataset
+
+
+def _main_comparison(tables: dict[str, str], builder: Builder) -> Section:
+    """The page's first section: the comparison table of the main metrics and the ΔT figures, taken out of
+    the Tables and Figures sections (each appears once on the page)."""
+    from mtlprune.analysis.html import Section
+
+    body = []
+    first = next(iter(tables), None)
+    if first is not None and f"id='{MAIN_TABLE}'" in tables[first]:
+        body.append(f"<h3>{html.escape(first)}</h3>" + tables.pop(first))
+    for group, figures in builder.embedded.items():
+        main = [f for f in figures if f.name.startswith(MAIN_FIGURE)]
+        builder.embedded[group] = [f for f in figures if not f.name.startswith(MAIN_FIGURE)]
+        body += [f.html() for f in main]
+    builder.embedded = {g: figs for g, figs in builder.embedded.items() if figs}
+    if not body:
+        body.append("<p>No comparison could be drawn; see Cells without a result and Left out.</p>")
+    return Section("main", "Main comparison", "\n".join(body))
+
+
 def build_report(
     source: str | Path,
     store: str | Path | None = None,
@@ -99,7 +125,8 @@ def build_report(
     }
     counts = dict(Counter(str(s) for s in data.frame["status"]).most_common())
 
-    sections = [Section("attention", "Cells without a result", attention_section(data))]
+    sections = [_main_comparison(tables, builder)]
+    sections.append(Section("attention", "Cells without a result", attention_section(data)))
     figure_parts = [
         Section(slug("fig", group), group, "\n".join(f.html() for f in figs))
         for group, figs in builder.embedded.items()

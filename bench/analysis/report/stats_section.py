@@ -40,6 +40,7 @@ def statistics_section(data: ReportData, builder: Builder) -> Section:
     tests, paired differences to the best method, rank stability; with one seed, the reason why not."""
     from mtlprune.analysis import stats as S
     from mtlprune.analysis.html import Section, frame_html, markdown_table_html
+    from mtlprune.analysis.labels import display_frame
     from mtlprune.analysis.stats_figures import cd_diagram, interval_plot
     from mtlprune.analysis.stats_tables import (
         intervals_latex,
@@ -71,7 +72,7 @@ def statistics_section(data: ReportData, builder: Builder) -> Section:
             body += (
                 f"<p>Average ranks over {n_blocks} complete blocks (setting, target, seed), descriptive "
                 "only:</p>"
-            ) + frame_html(ranks, digits=2, table_id="stats-ranks-descriptive")
+            ) + frame_html(display_frame(ranks), digits=2, table_id="stats-ranks-descriptive")
         except SKIPPABLE as exc:
             builder.notes.append(f"average ranks not computed: {reason(exc)}")
         return Section("statistics", "Statistics", body)
@@ -142,7 +143,7 @@ def statistics_section(data: ReportData, builder: Builder) -> Section:
                 f"Paired difference to the best-ranked method ({best})",
                 f"<p>ΔT of each method minus {html.escape(best)}'s, per setting and target, over the seeds "
                 "both finished, with its 95% paired-bootstrap interval.</p>"
-                + frame_html(diffs[keep], digits=2, table_id="stats-differences"),
+                + frame_html(display_frame(diffs[keep]), digits=2, table_id="stats-differences"),
             )
         )
     try:
@@ -155,7 +156,7 @@ def statistics_section(data: ReportData, builder: Builder) -> Section:
             Section(
                 "stats-stability",
                 "Rank stability across seeds",
-                text + frame_html(stability.pairs, digits=3, table_id="stats-stability"),
+                text + frame_html(display_frame(stability.pairs), digits=3, table_id="stats-stability"),
             )
         )
     except SKIPPABLE as exc:

@@ -80,6 +80,7 @@ def headroom_tables(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) 
     own loss curve, and what the control row gained from the finetune budget (mtlprune.engine.convergence)."""
     from mtlprune.analysis.dense_results import CONTROL_TOLERANCE, dense_vs_trivial
     from mtlprune.analysis.html import frame_html
+    from mtlprune.analysis.labels import display_frame
 
     if dense.empty or not any(str(c).startswith("trivial.") for c in dense.columns):
         notes.append("dense vs trivial predictor not shown: the dense results record no trivial predictor")
@@ -110,11 +111,12 @@ def headroom_tables(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) 
             f"{float(gains.max()):+.1f}): {html.escape(verdict)}.</p>"
         )
     title = "Dense model against the trivial predictor (main metric per task, mean over seeds)"
-    return {title: warning + frame_html(table[keep], digits=4, table_id="headroom")}
+    return {title: warning + frame_html(display_frame(table[keep]), digits=3, table_id="headroom")}
 
 
 def summary_tables(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
     from mtlprune.analysis.html import frame_html
+    from mtlprune.analysis.labels import display_frame
     from mtlprune.analysis.summaries import delta_t_auc, pareto_dominated
 
     out: dict[str, str] = {}
@@ -136,7 +138,7 @@ def summary_tables(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
             if c in auc
         ]
         out["Area under the ΔT–sparsity curve (per method and setting)"] = frame_html(
-            auc[columns], digits=2, table_id="auc"
+            display_frame(auc[columns]), digits=2, table_id="auc"
         )
     except SKIPPABLE as exc:
         notes.append(f"ΔT AUC not computed: {reason(exc)}")
@@ -144,7 +146,7 @@ def summary_tables(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
         pareto = pareto_dominated(frame)
         keep = [c for c in pareto.columns if c not in ("tasks", "protocol", "width", "head_width")]
         out["Pareto dominance on the tasks' main metrics (per setting and target)"] = frame_html(
-            pareto[keep], digits=4, table_id="pareto"
+            display_frame(pareto[keep]), digits=3, table_id="pareto"
         )
     except SKIPPABLE as exc:
         notes.append(f"Pareto dominance not computed: {reason(exc)}")
