@@ -7,8 +7,9 @@ import inspect
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +17,9 @@ from rich.table import Table
 from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
 from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 from mtlprune.store import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from mtlprune.plan.compute import ComputePlan, DataNeeds, ModelSize
 
 EXECUTORS = ("local", "slurm", "submitit-local")  # mtlprune.execution.slurm.EXECUTORS, without importing it
 console = Console(soft_wrap=False, width=160)
@@ -90,16 +94,19 @@ def _unknown_data(matrix: MatrixSpec, unknown: dict[int, str]) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from mtlprune.engine.requirements import requirements
+    from mtlprune.engine.requirements import data_needs, model_sizes, planned_stages
+    from mtlprune.plan.compute import compute_plan, parse_step_time
     from mtlprune.plan.estimate import estimate_costs
     from mtlprune.plan.fingerprint import identity_known, resolve_data_lenient
     from mtlprune.plan.stages import plan
     from mtlprune.store import Store
 
+    step_time = parse_step_time(args.step_time) if args.step_time is not None else None  # bad input: at once
     store = Store(args.store)
     matrix, unknown = resolve_data_lenient(_load(args), store.root)
     only = _only(args)
     stages = plan(matrix, only)
+    planned = {p.run_id: p for p in planned_stages(stages)}
     dense = [s.spec for s in stages if s.kind == "dense"]
     cells = [s.spec for s in stages if s.kind == "cell"]
 
@@ -107,31 +114,220 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return (run_id, store.status(run_id)) if known else (UNKNOWN_ID, "unknown")
 
     table = Table(title=f"{matrix.name}: {len(dense)} dense stage(s), {len(cells)} cell(s)")
-    for column in ("stage", "run_id", "dataset/tasks", "arch", "method", "target", "seed", "needs", "status"):
-        table.add_column(column)
+    columns = (
+        "stage",
+        "run_id",
+        "dataset/tasks",
+        "arch",
+        "method",
+        "target",
+        "seed",
+        "needs",
+        "steps",
+        "status",
+    )
+    for column in columns:
+        table.add_column(column, justify="right" if column == "steps" else "left")
     for d in dense:
         arch = f"{d.arch.name} w{d.arch.width:g}/h{d.arch.head_width:g}"
         data = f"{d.data.dataset}:{','.join(d.data.tasks)}"
         run_id, status = shown(d.run_id, identity_known(d.data))
-        table.add_row("dense", run_id, data, arch, "—", "—", str(d.seed), "—", status)
+        steps = f"{planned[d.run_id].steps:,}"
+        table.add_row("dense", run_id, data, arch, "—", "—", str(d.seed), "—", steps, status)
     for c in cells:
         arch = f"{c.arch.name} w{c.arch.width:g}/h{c.arch.head_width:g}"
         data = f"{c.data.dataset}:{','.join(c.data.tasks)}"
         run_id, status = shown(c.run_id, identity_known(c.data))
         row = ("cell", run_id, data, arch, c.method.label, f"{c.target_sparsity:g}", str(c.seed))
-        table.add_row(*row, shown(c.dense().run_id, identity_known(c.data))[0], status)
+        needs = shown(c.dense().run_id, identity_known(c.data))[0]
+        table.add_row(*row, needs, f"{planned[c.run_id].steps:,}", status)
     console.print(table)
     for line in _unknown_data(matrix, unknown):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print("[bold]What the run needs[/bold]")
-    for line in requirements(matrix):  # of the whole matrix, also with --only
-        console.print(f"  {line}", markup=False, highlight=False)
     unknown_ids = [s.run_id for s in stages if not identity_known(s.spec.data)]  # counted as pending
     estimate = estimate_costs(store.root, stages, unknown=unknown_ids)
+    pending = set(estimate.per_stage)
+    needs, sizes = data_needs(matrix), model_sizes(matrix)  # of the whole matrix, also with --only
+    costs = compute_plan(
+        list(planned.values()),
+        step_time=step_time,
+        measured=estimate.per_stage,
+        done=[s.run_id for s in stages if s.run_id not in pending],
+        data=needs,
+        models=sizes,
+        loader_workers=matrix.runtime.num_workers,
+        on_cpu=matrix.runtime.device == "cpu",
+    )
+    console.print("[bold]What the run needs[/bold]")
+    for line in [*_data_lines(needs.values()), *_model_lines(sizes.values())]:
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(_compute_table(costs), markup=False, highlight=False)
+    for line in _compute_lines(costs, matrix):
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     wall = estimate.wall_line(matrix.runtime.workers)
     for line in [estimate.line, *([wall] if wall else []), *estimate.notes]:
         console.print(f"  {line}", markup=False, highlight=False)
     return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return " / ".join(f"{n:,} {split}" for split, n in counts.items())
+
+
+def _data_lines(needs: Iterable[DataNeeds]) -> list[str]:
+    """Per dataset: where it is, what its listing holds, and what the published data has."""
+    lines = []
+    for need in needs:
+        head = f"data {need.dataset} ({need.source}): "
+        if need.source == "synthetic":
+            lines.append(f"{head}{need.root}: {_counts(need.found or {})} samples")
+            continue
+        expected = (
+            f"expected {_counts(need.expected)} ({need.reference})"
+            if need.expected
+            else f"expected: {need.reference or 'no published counts'}"
+        )
+        if need.problem is not None:
+            lines.append(f"{head}MISSING: {need.problem}; {expected}")
+            continue
+        lines.append(f"{head}{need.root}: found {_counts(need.found or {})}; {expected}")
+        mismatches = need.mismatches()
+        if mismatches:
+            lines.append(f"  WARNING: the listing is not the published split ({'; '.join(mismatches)})")
+    return lines
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _model_lines(sizes: Iterable[ModelSize]) -> list[str]:
+    """Per model: all and prunable parameters, and the split over backbone and heads."""
+    lines = []
+    for size in sizes:
+        lines.append(
+            f"model {size.arch} width {size.width:g}/{size.head_width:g} ({', '.join(size.tasks)}): "
+            f"{_millions(size.total)} parameters, {_millions(size.total_prunable)} prunable"
+        )
+        split = ", ".join(
+            f"{component} {_millions(n)} ({_millions(size.prunable.get(component, 0))} prunable)"
+            for component, n in size.parameters.items()
+        )
+        lines.append(f"  {split}; heads are {100 * size.heads_share:.1f}% of the parameters")
+    return lines
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def _compute_table(costs: ComputePlan) -> Table:
+    """Stages grouped by what they cost (kind, setting, method, steps): steps, time, Slurm request."""
+    from mtlprune.plan.compute import slurm_time
+    from mtlprune.plan.estimate import format_duration
+
+    def setting_of(spec: Any) -> str:
+        return f"{spec.data.dataset} {spec.arch.name} w{spec.arch.width:g}/h{spec.arch.head_width:g}"
+
+    settings = {setting_of(c.planned.stage.spec) for c in costs.stages}
+    source = costs.step_time.describe() if costs.step_time is not None else "the times of finished stages"
+    title = f"compute per stage{f' of {next(iter(settings))}' if len(settings) == 1 else ''}, from {source}"
+    table = Table(title=title)
+    columns = ["stage", "targets", "stages", "pending", "steps each", "steps_total each", "time each",
+               "--time", "device mem", "--mem"]  # fmt: skip
+    if len(settings) > 1:
+        columns.insert(1, "setting")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("stage", "setting", "targets") else "right")
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for cost in costs.stages:
+        p = cost.planned
+        spec = p.stage.spec
+        label = spec.method.label if p.kind == "cell" else "dense"
+        key = (p.kind, setting_of(spec), label, p.steps, p.steps_total, p.step_kind)
+        groups.setdefault(key, []).append(cost)
+    for (_kind, setting, label, steps, steps_total, _), members in groups.items():
+        targets = sorted({m.planned.stage.spec.target_sparsity for m in members if m.planned.kind == "cell"})
+        waiting = [m for m in members if not m.done]
+        seconds = [m.seconds for m in waiting]
+        if not waiting:
+            time_text = limit = "—"
+        elif any(t is None for t in seconds):
+            time_text = limit = "?"
+        else:
+            time_text = format_duration(max(t for t in seconds if t is not None))
+            limit = slurm_time(max(m.slurm_minutes for m in waiting))
+        memories = [m.memory for m in members if m.memory is not None]
+        device = mem = "?"
+        if memories:
+            known = all(m.activations_known for m in memories)
+            device = _size(max(m.device_bytes for m in memories)) + ("" if known else " + activations")
+            mem = f"{max(m.slurm_mem_gib for m in memories)}G"
+        row = [label, ", ".join(f"{t:g}" for t in targets) or "—", str(len(members)), str(len(waiting)),
+               f"{steps:,}", f"{steps_total:,}", time_text, limit, device, mem]  # fmt: skip
+        if len(settings) > 1:
+            row.insert(1, setting)
+        table.add_row(*row)
+    return table
+
+
+def _compute_lines(costs: ComputePlan, matrix: MatrixSpec) -> list[str]:
+    """The totals: optimizer steps, GPU time and hours of what is pending, and the Slurm request."""
+    from mtlprune.plan.compute import gpu_hours, slurm_time
+    from mtlprune.plan.estimate import format_duration
+
+    n_dense = sum(1 for c in costs.stages if c.planned.kind == "dense")
+    n_cells = len(costs.stages) - n_dense
+    lines = [
+        f"steps: {costs.steps():,} optimizer steps in all: {costs.steps('dense'):,} in {n_dense} dense "
+        f"stage(s), {costs.steps('cell'):,} in {n_cells} cell(s) (a cell's steps_total also counts its dense "
+        "stage's when it starts from the dense model)"
+    ]
+    pending = costs.pending
+    total = costs.pending_seconds
+    unit = "CPU-hours" if matrix.runtime.device == "cpu" else "GPU-hours"
+    if not pending:
+        lines.append("time: nothing pending")
+    elif total is None:
+        lines.append(
+            "time: unknown; pass --step-time SECONDS, or --step-time FILE.json from "
+            "python -m tools.gpu_check --json FILE (docs/slurm.md)"
+        )
+    else:
+        workers = matrix.runtime.workers
+        wall = (
+            f"; with {workers} workers ≈ {format_duration(total / workers)} of wall time"
+            if workers > 1
+            else ""
+        )
+        lines.append(
+            f"time: {len(pending)} pending stage(s) ≈ {format_duration(total)} = {gpu_hours(total):.1f} "
+            f"{unit}{wall}"
+        )
+    requests = []
+    for kind, name in (("dense", "dense stages"), ("cell", "cells")):
+        minutes, mem = costs.slurm_minutes(kind), costs.slurm_mem_gib(kind)
+        if minutes is None and mem is None:
+            continue
+        parts = [f"--time {slurm_time(minutes)}" if minutes is not None else "--time ?"]
+        if mem is not None:
+            parts.append(f"--mem {mem}G")
+        requests.append(f"{name} {' '.join(parts)}")
+    if requests:
+        lines.append(
+            f"Slurm per task: {'; '.join(requests)} (the longest pending stage's time × 1.5 rounded up to 15 "
+            "min; host memory estimate × 1.5; docs/slurm.md)"
+        )
+    limit = matrix.runtime.slurm.timeout_min
+    over = costs.over_limit(limit)
+    if over:
+        lines.append(
+            f"  {len(over)} pending stage(s) need more than runtime.slurm.time {matrix.runtime.slurm.time}: "
+            f"each would be requeued at the limit and resume from its checkpoint (up to max_requeue "
+            f"{matrix.runtime.slurm.max_requeue} times); pass --time to cover them"
+        )
+    lines.extend(costs.notes)
+    return lines
 
 
 def _checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
@@ -517,6 +713,15 @@ def build_parser() -> argparse.ArgumentParser:
         _only_option(p)
         if name == "run":
             _run_options(p)
+        if name == "plan":
+            p.add_argument(
+                "--step-time",
+                metavar="SECONDS|FILE.json",
+                default=None,
+                help="seconds per optimizer step for every stage, or the JSON that `python -m "
+                "tools.gpu_check --json FILE` writes (per step kind); gives per-stage time, GPU-hours and a "
+                "Slurm --time and --mem (docs/slurm.md). Without it: the times of finished stages",
+            )
     for name in ("methods", "archs", "datasets"):
         _plugin_option(sub.add_parser(name, help=f"list registered {name}"))
     _report_parser(sub)

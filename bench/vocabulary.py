@@ -191,13 +191,14 @@ def dataset_metrics(dataset: str) -> dict[str, dict[str, int]]:
 
 def metric_name(column: str, dataset: str | None = None) -> MetricName:
     """Display name of a ``<task>.<metric>`` column: from ``dataset``'s vocabulary, else from the first
-    registered dataset that has the column (units may differ between datasets, so pass it when known)."""
+    registered dataset that names the column (one column means one thing everywhere; units may still differ
+    between datasets, so pass ``dataset`` when known), else the metric's own name."""
     task, _, metric = column.partition(".")
     candidates = [VOCABULARIES[dataset]] if dataset in VOCABULARIES else []
-    candidates += [v for v in VOCABULARIES.values() if metric in v.metrics.get(task, {})]
+    candidates += list(VOCABULARIES.values())
     for vocabulary in candidates:
-        if metric in vocabulary.metrics.get(task, {}):
-            return vocabulary.metric_name(task, metric)
+        if metric in vocabulary.names.get(task, {}):
+            return vocabulary.names[task][metric]
     return MetricName(metric)
 
 

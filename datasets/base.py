@@ -93,6 +93,22 @@ class AugmentedDataset(Dataset):
     # What the engine and the analysis ask of a dataset plugin besides its samples (docs/adding_a_dataset.md):
     # its metric vocabulary (registered, torch-free), its losses and its metric accumulators per protocol.
     vocabulary: ClassVar[Vocabulary]
+    # Its JSON listing (file name under the root, the fields of an entry), and what `mtlprune plan` shows
+    # beside the samples a root holds: the split sizes of the published data (empty where none are
+    # published) and, in a few words, where they come from (docs/datasets.md).
+    listing_name: ClassVar[str]
+    entry_fields: ClassVar[tuple[str, ...]] = ()
+    expected_counts: ClassVar[dict[str, int]] = {}
+    expected_source: ClassVar[str] = ""
+
+    @classmethod
+    def count_samples(cls, root: str | Path) -> dict[str, int]:
+        """Samples per split a run reads (the entries of the listing's ``train`` and ``test`` lists): one JSON
+        read, cheap for any dataset size; a missing or malformed listing is a DataFormatError naming it."""
+        return {
+            split: len(read_listing(Path(root), cls.listing_name, split, cls.entry_fields, cls.dataset_label))
+            for split in RUN_SPLITS
+        }
 
     @classmethod
     def losses(

@@ -131,6 +131,10 @@ class NYUv2(AugmentedDataset):
     task_channels = TASK_CHANNELS
     dataset_label = "NYU-v2"
     listing_name = LISTING
+    entry_fields = ENTRY_FIELDS
+    # The standard split of NYU Depth V2's 1449 labelled frames, as AdaShare's formatted release lists it.
+    expected_counts: ClassVar[dict[str, int]] = {"train": 795, "test": 654}
+    expected_source = "the 795/654 split of NYU Depth V2 in AdaShare's formatted NYU-v2"
     # The `adapmtl` protocol evaluates on test inputs and labels resized straight to this (H, W).
     reference_eval_size = (321, 321)
     vocabulary = NYUV2

@@ -189,6 +189,13 @@ class Taskonomy(AugmentedDataset):
     task_channels = TASK_CHANNELS
     dataset_label = "Taskonomy"
     listing_name = LISTING
+    entry_fields = ENTRY_FIELDS
+    # The Tiny split is defined by buildings, not frames: no per-split frame count is published with it.
+    expected_counts: ClassVar[dict[str, int]] = {}
+    expected_source = (
+        "the Tiny split of Taskonomy: 25 train / 5 validation / 5 test buildings, listed by AdaShare's "
+        "taskonomy.json; no frame counts are published"
+    )
     # The `adapmtl` protocol evaluates on test inputs and labels resized to this (H, W) (reference: 224).
     reference_eval_size = (224, 224)
     vocabulary = TASKONOMY

@@ -645,6 +645,7 @@ class AdapMTL(PruningMethod):
     starts_from = "dense"
     sparsity_tolerance: ClassVar[float] = 0.01
     contract_params: ClassVar[dict[str, Any]] = {}
+    step_kind = "adapmtl"  # soft-thresholded weights and its controller (tools.gpu_check times them apart)
 
     def __init__(self, params: AdapMTLParams) -> None:  # type: ignore[override]
         super().__init__(params)

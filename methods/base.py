@@ -6,6 +6,10 @@ model, a ``starts_from`` ("dense": the shared dense checkpoint, or "init": the s
 measured afterwards from the weights, never taken from the method. :class:`OneShotMethod` is the short
 form for methods that select once: they give ``scores(ctx)`` (or ``masks(ctx)``) and the base class
 applies them and trains by the fairness rule.
+
+``planned_steps(spec)`` says, before anything runs, how many optimizer steps the method will take in a cell
+(``mtlprune plan`` prices the matrix with it); its default is the fairness rule, and a method that spends
+otherwise overrides it (tests/methods/test_planned_steps.py checks it against what a run records).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from mtlprune.engine.context import MethodContext
-from mtlprune.spec import StrictModel
+from mtlprune.plan.compute import fairness_steps
+from mtlprune.spec import RunSpec, StrictModel
 
 
 class MethodParams(StrictModel):
@@ -40,6 +45,9 @@ class PruningMethod:
     # A control row (the dense model finetuned, unpruned) runs at target 0 and is added by the planner once
     # per setting and seed (MatrixSpec.controls); it is never listed as a method of a matrix.
     control: ClassVar[bool] = False
+    # What one of its optimizer steps costs like, for `mtlprune plan`'s time estimate from the step times
+    # tools.gpu_check measures: "masked" (masks held), "dense" (no masks), "adapmtl" (soft thresholds).
+    step_kind: ClassVar[str] = "masked"
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -48,6 +56,16 @@ class PruningMethod:
 
     def run(self, ctx: MethodContext) -> None:
         raise NotImplementedError
+
+    def planned_steps(self, spec: RunSpec) -> int:
+        """The optimizer steps this configured method will take in cell ``spec`` — what its result records
+        as ``steps_method`` — so that ``mtlprune plan`` can price a matrix before it runs.
+
+        The default is the fairness rule (docs/protocols.md), which ``MethodContext`` budgets: the finetune
+        steps from ``dense``, dense + finetune steps from ``init``. A method that spends otherwise (rounds,
+        a budget of its own) overrides this with the same arithmetic as its ``run``.
+        """
+        return fairness_steps(self.starts_from, spec.train.steps, spec.finetune.steps)
 
 
 class OneShotMethod(PruningMethod):

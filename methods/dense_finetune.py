@@ -21,6 +21,7 @@ class DenseFinetune(PruningMethod):
 
     starts_from = "dense"
     control = True
+    step_kind = "dense"  # nothing is masked: its steps cost what a dense step costs
 
     def run(self, ctx: MethodContext) -> None:
         ctx.finetune()

@@ -55,7 +55,7 @@ from pydantic import Field
 from mtlprune.engine.context import MethodContext
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.registry import METHODS
-from mtlprune.spec import TrainSpec
+from mtlprune.spec import RunSpec, TrainSpec
 
 Scope = Literal["global", "layer", "component"]
 _EPS = 1e-12  # float slack: 1 − 0.8² is 0.35999…, which must still count as reaching 0.36
@@ -141,6 +141,13 @@ class LotteryTicket(PruningMethod):
             # The dense schedule (its horizon and period) replayed from step k.
             ctx.train(spec, phase="retrain", step_offset=offset, schedule=ctx.spec.train)
 
+    def planned_steps(self, spec: RunSpec) -> int:
+        """N rounds × (T − k) retraining steps (N × ``round_steps`` when given), as ``run`` takes them."""
+        p: LTHParams = self.params  # type: ignore[assignment]
+        offset = spec.train.rewind_at if p.rewind == "early" else 0
+        per_round = replay_spec(spec.train, offset, p.round_steps).steps
+        return len(round_targets(spec.target_sparsity, p.rate)) * per_round
+
 
 class IMPParams(MethodParams):
     rate: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of the remaining weights pruned per round")
@@ -189,6 +196,17 @@ class IterativeMagnitude(PruningMethod):
                 ctx.finetune(ctx.spec.finetune.model_copy(update={"steps": p.round_steps}))
             else:
                 ctx.finetune()
+
+    def planned_steps(self, spec: RunSpec) -> int:
+        """N rounds × finetune steps (× ``round_steps`` when given; × (T − k) with ``lr_rewind``), as in
+        ``run``."""
+        p: IMPParams = self.params  # type: ignore[assignment]
+        rounds = len(round_targets(spec.target_sparsity, p.rate))
+        if rounds == 0:
+            return 0
+        if p.lr_rewind:
+            return rounds * replay_spec(spec.train, spec.train.rewind_at, p.round_steps).steps
+        return rounds * (p.round_steps if p.round_steps is not None else spec.finetune.steps)
 
 
 __all__ = ["IterativeMagnitude", "LotteryTicket", "replay_spec", "round_targets"]

@@ -56,6 +56,58 @@ def test_plan_lists_dense_stages_and_cells_without_running(tmp_path, capsys):
     assert not store.exists()  # nothing ran, nothing was written
 
 
+def _plan_line(out: str, start: str) -> str:
+    return next(line.strip() for line in out.splitlines() if line.strip().startswith(start))
+
+
+def test_plan_prices_each_stage_from_a_step_time(tmp_path, capsys):
+    config = _write_config(tmp_path)  # 6 dense steps; random and magnitude at 0.5 and 0.9, 2 steps each
+    assert main(["plan", str(config), "--store", str(tmp_path / "store"), "--step-time", "600"]) == 0
+    out = capsys.readouterr().out
+    assert _plan_line(out, "steps:").startswith(
+        "steps: 14 optimizer steps in all: 6 in 1 dense stage(s), 8 in 4 cell(s)"
+    )
+    # dense 6 × 600 s + evaluating 4 test frames (4 / batch 4 × 600 s / 3 = 200 s) = 3800 s; each cell 1400 s
+    assert _plan_line(out, "time:") == "time: 5 pending stage(s) ≈ 2 h 37 min = 2.6 CPU-hours"
+    # 3800 s × 1.5 = 95 min → 1:45:00; 1400 s × 1.5 = 35 min → 0:45:00
+    slurm = _plan_line(out, "Slurm per task:")
+    assert slurm.startswith(
+        "Slurm per task: dense stages --time 1:45:00 --mem 7G; cells --time 0:45:00 --mem 7G"
+    )
+    assert "compute per stage of nyuv2 deeplab_resnet34 w0.125/h0.03125, from 600 s per step" in out
+    assert "pending stage(s) need more than runtime.slurm.time" not in out  # 4:00:00 covers them
+
+
+def test_plan_says_which_stages_outgrow_the_configured_slurm_time(tmp_path, capsys):
+    config = _write_config(tmp_path, runtime={"device": "cpu", "slurm": {"time": "1:00:00"}})
+    assert main(["plan", str(config), "--store", str(tmp_path / "store"), "--step-time", "600"]) == 0
+    out = capsys.readouterr().out
+    assert _plan_line(out, "1 pending stage(s) need more than runtime.slurm.time 1:00:00")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "error: --step-time '-1' must be a number of seconds > 0, got -1.0"),
+        ("abc", "error: --step-time 'abc': neither a number of seconds nor an existing file"),
+        (
+            "missing.json",
+            "error: --step-time 'missing.json': neither a number of seconds nor an existing file",
+        ),
+        ("{nokey}", "missing key 'seconds_per_step.dense'"),
+    ],
+)
+def test_plan_rejects_a_bad_step_time_in_one_line(tmp_path, capsys, value, message):
+    if value == "{nokey}":
+        value = str(tmp_path / "times.json")
+        Path(value).write_text(json.dumps({"device": "cpu"}))
+    config = _write_config(tmp_path)
+    assert main(["plan", str(config), "--store", str(tmp_path / "store"), "--step-time", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) or (message in err and value in err)
+    assert err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_status_reports_done_pending_and_failed(tmp_path, capsys):
     config = _write_config(tmp_path, methods=[{"name": "magnitude"}], sparsities=[0.5])

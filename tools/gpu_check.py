@@ -8,6 +8,11 @@ the ratios to the dense step, and peak device memory, as JSON. Defaults are the 
 GPU path. It runs on a CPU too (small ``--size``/``--width`` for a quick check); the numbers then mean little.
 ``--repeat N`` instead trains N identical short runs and reports how far they differ: the determinism
 tolerance of the device (exactly 0 on a CPU).
+
+``--json FILE`` also writes the timing to FILE, with the keys ``mtlprune plan --step-time FILE`` reads
+(``seconds_per_step`` and ``peak_memory_gib`` per step kind — dense, masked, adapmtl — ``setting`` with arch,
+widths, size, batch and amp, and ``device``): a measured step time turned into per-stage time, GPU-hours and
+a Slurm request (docs/slurm.md).
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtlprune.engine.sparsity import select_masks
 from mtlprune.engine.train import StepRunner, to_device
+from mtlprune.plan.compute import STEP_KINDS, STEP_TIME_FORMAT
 from mtlprune.registry import ARCHS, load_plugins
 from mtlprune.spec import TrainSpec
+from mtlprune.store import atomic_write_json
 
 TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 
@@ -119,6 +127,7 @@ def check(
     )
     dense_ms = results["dense"]["step_ms"]
     return {
+        "format": STEP_TIME_FORMAT,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "setting": {
             "arch": arch,
@@ -134,6 +143,10 @@ def check(
         },
         **results,
         "ratio_to_dense": {k: results[k]["step_ms"] / dense_ms for k in ("masked", "adapmtl")},
+        # What `mtlprune plan --step-time FILE` reads: seconds per optimizer step and peak device memory per
+        # step kind (None on a CPU, which has no device memory to report).
+        "seconds_per_step": {k: results[k]["step_ms"] / 1e3 for k in STEP_KINDS},
+        "peak_memory_gib": {k: results[k]["peak_memory_gib"] for k in STEP_KINDS},
     }
 
 
@@ -205,11 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of timing: train this many identical short runs (--steps, default 20 here) and report "
         "how far they differ (the determinism tolerance of this device)",
     )
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="also write the timing to FILE, for `mtlprune plan --step-time FILE` (docs/slurm.md)",
+    )
     args = parser.parse_args(argv)
     load_plugins([])
     if args.repeat:
         if args.repeat < 2:
             parser.error("--repeat needs at least 2 runs to compare")
+        if args.json is not None:
+            parser.error("--json records step times for `mtlprune plan`; --repeat measures none")
         steps = args.steps if "--steps" in (argv if argv is not None else sys.argv) else 20
         out = repeatability(
             repeat=args.repeat,
@@ -239,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     json.dump(out, sys.stdout, indent=2)
     print()
+    if args.json is not None:
+        atomic_write_json(args.json, out)
+        print(f"wrote {args.json}: mtlprune plan CONFIG --step-time {args.json}", file=sys.stderr)
     return 0
 
 

@@ -5,8 +5,10 @@
 
 The store is tests/fake_store.py's (the runner's exact layout, made-up numbers): 2 architectures × 3 seeds
 × 6 methods × 3 targets with one failed and one missing cell, masks stored. Figures use the paper style at
-150 dpi and the report screenshot is taken with headless Chromium (Debian package ``chromium``); every PNG
-is quantised to a 256-colour palette so each stays well under 150 KB in the repository.
+150 dpi and the report screenshot is taken with headless Chromium (Debian package ``chromium``);
+``paper_page.png`` is a two-column LaTeX page (pdflatex, TeX Live's base packages) with a generated
+figure and tables as a paper would include them, rendered with pypdfium2. Every PNG is quantised to a
+256-colour palette so each stays well under 150 KB in the repository.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mtlprune.analysis import (  # noqa: E402
@@ -89,6 +93,94 @@ def screenshot(html: Path, path: Path, profile: Path) -> None:
     write_png(raw.read_bytes(), path, width=900)
 
 
+PAPER_PAGE = r"""\documentclass[twocolumn,10pt]{article}
+\usepackage[letterpaper,margin=0.75in,columnsep=0.3in]{geometry}
+\usepackage{booktabs}
+\usepackage{graphicx}
+\pagestyle{empty}
+\begin{document}
+\section{Results}
+Figure~\ref{fig:delta} plots $\Delta_T$ against the sparsity each method reached, with the dense model
+as the dashed line at zero and the published numbers of AdapMTL's Table~2 as hollow markers in the
+method's colour. Every number, name and unit comes from the benchmark's report: the figure is the PDF that
+\texttt{mtlprune report} writes, included at the column width, and the tables are its \texttt{.tex}
+output, input unchanged. Table~\ref{tab:comparison} fits one column; Table~\ref{tab:table2} spans both
+(a \texttt{table*} float, which \LaTeX{} places at the top of the next page, shrunk to the text width).
+\begin{figure}[t]
+\centering
+\includegraphics[width=\columnwidth]{%(figure)s}
+\caption{$\Delta_T$ against achieved sparsity on NYU-v2 with MobileNetV2, mean $\pm$ std over three
+seeds (made-up numbers of the test store).}
+\label{fig:delta}
+\end{figure}
+%(comparison)s
+%(table2)s
+The comparison table gives the main metric of each task with its standard deviation over seeds; bold and
+underlined values are the best and second best of each block of rows, compared as displayed.
+\end{document}
+"""
+PAGE_DPI = 110
+
+
+def paper_page(
+    frame: pd.DataFrame, published: pd.DataFrame, styles: StyleMap, work: Path, path: Path
+) -> None:
+    """A two-column paper page with a report figure and two report tables, compiled and rendered."""
+    from mtlprune.analysis.figures import save_figure
+    from mtlprune.analysis.tables import comparison_table, table2_latex, table2_layout, to_latex
+
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        raise SystemExit("pdflatex not installed (texlive-latex-base): no paper page")
+    import pypdfium2
+
+    work.mkdir(parents=True, exist_ok=True)
+    mbv2 = frame[frame["arch"] == "mobilenetv2"]
+    fig = delta_vs_sparsity(mbv2, published, deltas=("delta_t",), styles=styles, style="paper")
+    save_figure(fig, work / "delta", style="paper", formats=("pdf",))
+    main = comparison_table(
+        mbv2,
+        metrics=["segment_semantic.miou", "normal.mean", "depth_zbuffer.abs_err", "delta_t"],
+    )
+    comparison = to_latex(
+        main, caption="Main metrics on NYU-v2, MobileNetV2", label="tab:comparison", legend=False
+    )
+    table2 = table2_latex(
+        table2_layout(frame, "nyuv2", "mobilenetv2", 0.9, published=published),
+        caption="Every metric at 90% sparsity on NYU-v2, MobileNetV2 (layout of AdapMTL's Table 2)",
+        label="tab:table2",
+        legend=False,
+    )
+    source = PAPER_PAGE % {"table2": table2, "figure": "delta.pdf", "comparison": comparison}
+    (work / "page.tex").write_text(source, encoding="utf-8")
+    for _ in range(2):  # twice: references
+        proc = subprocess.run(
+            [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "page.tex"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"pdflatex failed on {work / 'page.tex'}:\n{proc.stdout[-2000:]}")
+    pdf = pypdfium2.PdfDocument(str(work / "page.pdf"))
+    write_png(_png(pdf[0].render(scale=PAGE_DPI / 72).to_pil()), path)  # the figure and the 1-column table
+    # the next page begins with the table* float: its ink, at a resolution that keeps 5-pt text legible
+    top = pdf[1].render(scale=2 * PAGE_DPI / 72).to_pil().convert("RGB")
+    ink = np.asarray(top.convert("L")) < 200
+    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    gap = rows[1:] - rows[:-1]  # the float ends at the first tall white band below it
+    end = rows[np.argmax(gap > 2 * PAGE_DPI)] if (gap > 2 * PAGE_DPI).any() else rows[-1]
+    box = (int(columns[0]) - 20, int(rows[0]) - 20, int(columns[-1]) + 20, int(end) + 20)
+    write_png(_png(top.crop(box)), path.with_name(path.stem + "_table2.png"), width=1100)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img")
@@ -133,6 +225,7 @@ def main() -> int:
         }
         for name, fig in figures.items():
             write_png(figure_bytes(fig, "png", DOCS_STYLE), args.out / f"{name}.png")
+        paper_page(frame, published, styles, Path(tmp) / "paper", args.out / "paper_page.png")
         config = write_config(Path(tmp) / "fake.yaml", "fake")
         outcome = build_report(config, store=root, out=Path(tmp) / "report", style="screen")
         screenshot(outcome.html, args.out / "report.png", Path(tmp) / "profile")

@@ -249,13 +249,22 @@ def _dense_handle() -> Line2D:
     return Line2D([], [], color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
 
 
+def _text_width(text: str, font_size: float) -> float:
+    """Width in inches of ``text`` set in the current rc font at ``font_size`` points."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    width, _, _ = TextToPath().get_text_width_height_descent(text, FontProperties(size=font_size), False)
+    return width / 72
+
+
 def _legend_cols(labels: Sequence[str], width_in: float, font_size: float) -> int:
-    """As many legend columns as fit the figure's width with its longest label (never wider than it)."""
+    """As many legend columns as fit the figure's width with its widest label (never wider than it)."""
     if not labels:
         return 1
-    em = (font_size - 1) / 72  # legend.fontsize, in inches
-    # handle (1.8 em) + pad (0.8 em) + column spacing (1.0 em) + the text (about 0.55 em a character)
-    column = em * (3.6 + 0.55 * max(len(str(label)) for label in labels))
+    size = font_size - 1  # legend.fontsize
+    # handle (1.8 em) + pad (0.8 em) + column spacing (1.0 em) + the widest label as set in the rc font
+    column = size / 72 * 3.6 + max(_text_width(str(label), size) for label in labels)
     return max(1, min(len(labels), int(0.97 * width_in // column)))
 
 
@@ -464,9 +473,21 @@ def delta_vs_sparsity(
     drawn: list[str] = []
     tables: list[str] = []
     n_points = 0
+    published_labels = sorted(
+        {
+            f"{PUBLISHED_PREFIX}{row['source']} {row['table']}"
+            for _, values in settings
+            for _, row in _published_rows(published, values, set(methods)).iterrows()
+        }
+    )  # sized into the legend before the figure is made, so the panels keep their height
     with style_context(style) as fs:
         fig, axes = _figure(
-            len(rows_with), len(settings), fs, [*methods, "dense", "published"], sharex=True, sharey="row"
+            len(rows_with),
+            len(settings),
+            fs,
+            [*methods, "dense", *published_labels],
+            sharex=True,
+            sharey="row",
         )
         for col, (key, values) in enumerate(settings):
             rows = done[cell_keys == key]

@@ -42,6 +42,7 @@ figure{margin:1rem 0;padding:.5rem;border:1px solid #eee}figure img{max-width:10
 figcaption{font-size:.9rem;color:#444}figcaption a{margin-left:.5rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 th,td{border-bottom:1px solid #e5e5e5;padding:.2rem .5rem;text-align:right;vertical-align:top}
+td:not(.l){white-space:nowrap}
 th{background:#f6f6f6;position:sticky;top:0}
 td.l,th.l{text-align:left}caption{caption-side:top;text-align:left;font-size:.85rem;color:#444;
 padding:.3rem 0;max-width:1100px}

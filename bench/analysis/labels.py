@@ -44,13 +44,18 @@ DELTA_NAMES: dict[str, tuple[str, str]] = {  # column → (text, LaTeX)
 @dataclass(frozen=True)
 class ColumnName:
     """A column as shown: ``text`` and ``latex`` (escaped, ready to typeset), ``unit``, ``scale`` (shown =
-    stored × scale), ``direction`` (+1 higher is better, −1 lower, None: neither, e.g. a sparsity)."""
+    stored × scale), ``direction`` (+1 higher is better, −1 lower, None: neither, e.g. a sparsity).
+    ``group`` names the columns it belongs with (the task of a metric, ``Sparsity``) and ``short`` /
+    ``short_latex`` the column within it, for two-level table headers (``Seg`` over ``mIoU``)."""
 
     text: str
     latex: str
     unit: str
     scale: float
     direction: int | None
+    group: str | None = None
+    short: str = ""
+    short_latex: str = ""
 
 
 def arch_title(arch: str) -> str:
@@ -69,28 +74,45 @@ def column_name(column: str, dataset: str | None = None) -> ColumnName:
     if column in DIRECTIONS:
         name = metric_name(column, dataset)
         shown = task_name(column.partition(".")[0])
-        latex = f"{latex_escape(shown)} {name.latex if name.latex is not None else latex_escape(name.text)}"
-        return ColumnName(f"{shown} {name.text}", latex, name.unit, name.scale, DIRECTIONS[column])
+        short_latex = name.latex if name.latex is not None else latex_escape(name.text)
+        return ColumnName(
+            f"{shown} {name.text}",
+            f"{latex_escape(shown)} {short_latex}",
+            name.unit,
+            name.scale,
+            DIRECTIONS[column],
+            shown,
+            name.text,
+            short_latex,
+        )
     if column in DELTA_NAMES:
         text, latex = DELTA_NAMES[column]
-        return ColumnName(text, latex, "%", 1.0, HIGHER)
+        return ColumnName(text, latex, "%", 1.0, HIGHER, None, text, latex)
     for prefix in ("delta_t.", "delta_m."):
         if column.startswith(prefix):
             text, latex = DELTA_NAMES[prefix[:-1]]
             task = task_name(column.removeprefix(prefix))
-            return ColumnName(f"{text} {task}", f"{latex} {latex_escape(task)}", "%", 1.0, HIGHER)
+            return ColumnName(
+                f"{text} {task}", f"{latex} {latex_escape(task)}", "%", 1.0, HIGHER, task, text, latex
+            )
     if column == "achieved_sparsity":
-        return ColumnName("Sparsity", "Sparsity", "%", 100.0, None)
+        return ColumnName("Sparsity", "Sparsity", "%", 100.0, None, "Sparsity", "overall", "overall")
     if column == "target_sparsity":
-        return ColumnName("Target", "Target", "%", 100.0, None)
+        return ColumnName("Target", "Target", "%", 100.0, None, None, "Target", "Target")
     if column == "sparsity.backbone":
-        return ColumnName("Sp. backbone", "Sp. backbone", "%", 100.0, None)
+        return ColumnName(
+            "Sp. backbone", "Sp. backbone", "%", 100.0, None, "Sparsity", "backbone", "backbone"
+        )
     for kind in ("head", "path"):
         prefix = f"sparsity.{kind}."
         if column.startswith(prefix):
-            text = f"Sp. {task_name(column.removeprefix(prefix))} {kind}"
-            return ColumnName(text, latex_escape(text), "%", 100.0, None)
-    return ColumnName(column, latex_escape(column), "", 1.0, None)
+            task = task_name(column.removeprefix(prefix))
+            text = f"Sp. {task} {kind}"
+            short = task if kind == "head" else f"{task} {kind}"
+            return ColumnName(
+                text, latex_escape(text), "%", 100.0, None, "Sparsity", short, latex_escape(short)
+            )
+    return ColumnName(column, latex_escape(column), "", 1.0, None, None, column, latex_escape(column))
 
 
 def column_scale(column: str, dataset: str | None = None) -> float:

@@ -875,6 +875,38 @@ def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _latex_header(layout: _Layout) -> list[str]:
+    """The header rows: columns of one group (a task's metrics and its ΔT, the sparsities) share a
+    ``\\multicolumn`` label with a ``\\cmidrule`` under it and show their short names below (``Seg`` over
+    ``mIoU``, as the papers' tables do); without two neighbours in one group, one row of full names."""
+    names = [column_name(c, layout.dataset) for c in layout.metrics]
+    runs: list[tuple[str | None, int]] = []  # (group, length) of consecutive columns
+    for name in names:
+        if runs and name.group is not None and runs[-1][0] == name.group:
+            runs[-1] = (name.group, runs[-1][1] + 1)
+        else:
+            runs.append((name.group, 1))
+    keys = [KEY_HEADERS.get(k, k) for k in layout.key_columns] + ["Method"]
+    if all(n < 2 for _, n in runs):
+        return [" & ".join(keys + [_header(c, LATEX, layout.dataset) for c in layout.metrics]) + r" \\"]
+    top, rules, bottom, start = [""] * len(keys), [], list(keys), len(keys) + 1
+    index = 0
+    for group, n in runs:
+        grouped = group is not None and n >= 2
+        if grouped:
+            top.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(group)}}}")
+            rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        else:
+            top += [""] * n
+        for name, column in zip(names[index : index + n], layout.metrics[index : index + n], strict=True):
+            text = name.short_latex if grouped else name.latex
+            arrow = "" if name.direction is None else " " + LATEX.arrow(name.direction)
+            bottom.append(text + arrow if grouped else _header(column, LATEX, layout.dataset))
+        index += n
+        start += n
+    return [" & ".join(top) + r" \\", " ".join(rules), " & ".join(bottom) + r" \\"]
+
+
 def to_latex(
     table: pd.DataFrame,
     caption: str | None = None,
@@ -896,10 +928,8 @@ def to_latex(
     """
     layout = _layout(table, digits)
     style = LATEX
-    headers = [KEY_HEADERS.get(k, k) for k in layout.key_columns] + ["Method"]
-    headers += [_header(c, style, layout.dataset) for c in layout.metrics]
     spec = "l" * (len(layout.key_columns) + 1) + "r" * len(layout.metrics)
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", *_latex_header(layout), r"\midrule"]
     previous: _Row | None = None
     for row, cells in zip(layout.rows, _cells(layout, style), strict=True):
         same = previous is not None and previous.section == row.section

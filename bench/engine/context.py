@@ -26,6 +26,7 @@ from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.engine.sparsity import Masks, Scope, apply_masks, select_masks
 from mtlprune.engine.tasks import make_losses
 from mtlprune.engine.train import Loading, TrainCallback, TrainingData, to_device, train
+from mtlprune.plan.compute import fairness_steps
 from mtlprune.spec import RunSpec, TrainSpec
 
 Logger = Callable[[dict[str, Any]], None]
@@ -256,7 +257,8 @@ class MethodContext:
         This is the default fairness rule (docs/protocols.md): an at-init method gets as many optimizer
         steps as a method that starts from the dense model spends on dense training plus finetuning.
         """
-        return self.spec.train.model_copy(update={"steps": self.spec.train.steps + self.spec.finetune.steps})
+        steps = fairness_steps("init", self.spec.train.steps, self.spec.finetune.steps)
+        return self.spec.train.model_copy(update={"steps": steps})
 
     def train(
         self,

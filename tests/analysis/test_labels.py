@@ -46,6 +46,16 @@ def test_a_dataset_without_display_names_falls_back_to_its_code_names():
     register_vocabulary(Vocabulary("labels-toy", {"glow": {"l1": -1}}, {"glow": ("l1",)}, {"glow": "l1"}))
     assert column_label("glow.l1", "labels-toy") == "glow l1 ↓"
     assert task_name("glow") == "glow" and metric_name("glow.l1") == MetricName("l1")
+    # A column another dataset names keeps that name and unit: one column means one thing everywhere.
+    register_vocabulary(
+        Vocabulary(
+            "labels-toy-2",
+            {"segment_semantic": {"miou": 1}},
+            {"segment_semantic": ("miou",)},
+            {"segment_semantic": "miou"},
+        )
+    )
+    assert column_label("segment_semantic.miou", "labels-toy-2") == "Seg mIoU (%) ↑"
 
 
 def test_display_names_are_checked_on_registration():

@@ -550,11 +550,13 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
     """16 methods with long labels: the legend takes as many columns as fit, and never leaves the figure."""
-    from mtlprune.analysis.figures import _legend_cols, delta_vs_sparsity
+    from mtlprune.analysis.figures import _legend_cols, _text_width, delta_vs_sparsity
 
-    # 7-pt paper text → 6-pt legend: em = 1/12 in; a 30-character label needs (3.6 + 16.5) em = 1.675 in
+    # 7-pt text → 6-pt legend (DejaVu Sans outside a style): 30 × "x" is 1.480 in wide, plus 3.6 em of
+    # handle and spacing (0.3 in): a column takes 1.780 in
+    assert _text_width("x" * 30, 6.0) == pytest.approx(1.4797, abs=1e-3)
     assert _legend_cols(["x" * 30], 3.3, 7.0) == 1
-    assert _legend_cols(["x" * 30] * 5, 6.9, 7.0) == 3  # 0.97 · 6.9 / 1.675 = 3.99… → 3
+    assert _legend_cols(["x" * 30] * 5, 6.9, 7.0) == 3  # 0.97 · 6.9 / 1.780 = 3.76 → 3
     assert _legend_cols(["ab"] * 3, 6.9, 7.0) == 3  # never more columns than entries
     assert _legend_cols([], 3.3, 7.0) == 1
     labels = [f"method-{i}(parameter_{i}=value)" for i in range(16)]

@@ -371,6 +371,15 @@ def test_table2_markdown_rows(frame, published):
     assert r"adapmtl & dense (published) & 50.00 & -- & 18.00 & -- & -- & -- & 0.00 \\" in tex
     assert tex.count(r"\midrule") == 2  # under the header, and between our rows and the paper's
     assert tex.startswith("\\begin{table*}[t]\n") and tex.endswith("\\end{table*}\n")  # both columns
+    # Two-level header: a task's (or the sparsities') neighbouring columns share a label and a rule.
+    lines = tex.splitlines()
+    head = lines[lines.index(r"\toprule") + 1 : lines.index(r"\toprule") + 4]
+    assert head == [
+        r" &  & \multicolumn{2}{c}{Seg} &  &  & \multicolumn{2}{c}{Sparsity} &  \\",
+        r"\cmidrule(lr){3-4} \cmidrule(lr){7-8}",
+        r"Protocol & Method & mIoU $\uparrow$ & PixAcc $\uparrow$ & Normal Mean $\downarrow$ & "
+        r"Depth Abs err $\downarrow$ & backbone & overall & $\Delta_T$ $\uparrow$ \\",
+    ]
 
 
 def test_table2_with_the_real_adapmtl_rows(frame):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -18,7 +19,7 @@ from mtlprune.spec import RuntimeSpec, TrainSpec
 from mtlprune.store import Store
 from tests.engine.test_resume import Killed, _fingerprint, _kill_at
 from tests.helpers import tiny_matrix
-from tools.gpu_check import check, repeatability, synthetic_batch
+from tools.gpu_check import check, main, repeatability, synthetic_batch
 
 TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 
@@ -128,6 +129,25 @@ def test_gpu_check_reports_each_variant_and_consistent_ratios():
         assert ms > 0 and out[variant]["steps_per_s"] == pytest.approx(1e3 / ms)
         assert out["ratio_to_dense"][variant] == pytest.approx(ms / out["dense"]["step_ms"])
     assert out["dense"]["peak_memory_gib"] is None  # no device memory to report on a CPU
+
+
+def test_gpu_check_json_is_what_plan_step_time_reads(tmp_path, capsys):
+    from mtlprune.plan.compute import parse_step_time
+
+    path = tmp_path / "cpu.json"
+    args = ["--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--width", "0.125",
+            "--head-width", "0.0625", "--device", "cpu", "--json", str(path)]  # fmt: skip
+    assert main(args) == 0
+    assert f"wrote {path}" in capsys.readouterr().err
+    written = json.loads(path.read_text())
+    step = parse_step_time(str(path))
+    assert step.seconds == {k: written[k]["step_ms"] / 1e3 for k in ("dense", "masked", "adapmtl")}
+    assert step.device == "cpu" and step.peak_memory_gib == {}  # no device memory on a CPU
+    assert step.setting == {"arch": "deeplab_resnet34", "width": 0.125, "head_width": 0.0625, "size": 32,
+                            "batch": 2, "amp": "none"}  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["--repeat", "2", "--json", str(path)])  # a determinism check times nothing
+    assert "--json records step times" in capsys.readouterr().err
 
 
 def test_repeated_trainings_are_bit_identical_on_a_cpu():

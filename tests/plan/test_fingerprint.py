@@ -325,7 +325,7 @@ def test_plan_prints_fingerprinted_ids(synthetic_root, tmp_path, capsys):
     resolved = resolve_data(_disk_matrix(root), tmp_path / "other-store")
     for cell in [c for c in resolved.expand() if c.data.source == "disk"]:
         assert cell.run_id in out
-    assert "(unknown)" not in out and f"data nyuv2: {root.resolve()} (found nyu_v2_3task.json)" in out
+    assert "(unknown)" not in out and f"data nyuv2 (disk): {root.resolve()}: found 8 train / 4 test" in out
 
 
 def test_plan_without_the_data_says_the_ids_are_unknown(tmp_path, capsys):

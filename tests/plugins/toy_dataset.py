@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from mtlprune import DATASETS
 from mtlprune.engine.metrics import SegmentationMetric
 from mtlprune.engine.tasks import LossFn, protocol_loss, segmentation_loss, table_entry, upsample_to
-from mtlprune.vocabulary import HIGHER, LOWER, Vocabulary, register_vocabulary
+from mtlprune.vocabulary import HIGHER, LOWER, MetricName, Vocabulary, register_vocabulary
 
 VOCABULARY = register_vocabulary(
     Vocabulary(
@@ -31,6 +31,9 @@ VOCABULARY = register_vocabulary(
         },
         delta={"segment_semantic": ("miou",), "saliency": ("mae",)},
         main={"segment_semantic": "miou", "saliency": "mae"},
+        title="Toy",
+        task_names={"segment_semantic": "Seg", "saliency": "Sal"},
+        names={"saliency": {"mae": MetricName("MAE"), "max_err": MetricName("Max err")}},
     )
 )
 CLASSES = 3

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mtlprune.cli import main
-from mtlprune.engine.requirements import requirements
+from mtlprune.engine.requirements import data_needs, model_sizes
 from mtlprune.spec import load_matrix
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -40,19 +40,28 @@ def test_paper_config_plans_without_data(config, arch, params, prunable, tmp_pat
     assert (t.steps, t.batch_size, t.optimizer, t.lr, t.betas) == (20000, 16, "adam", 1e-3, (0.5, 0.999))
     assert (t.lr_schedule, t.lr_step, t.lr_gamma) == ("step", 4000, 0.5)
 
-    lines = requirements(matrix)
-    assert "NYUV2_ROOT" in lines[0] and "MISSING" in lines[0]
-    assert f"{params} parameters, {prunable} prunable" in lines[1]
+    (need,) = data_needs(matrix).values()
+    assert "NYUV2_ROOT" in need.problem and need.found is None
+    assert need.expected == {"train": 795, "test": 654}  # the paper's split, shown beside what is found
+    (size,) = model_sizes(matrix).values()
+    assert (f"{size.total / 1e6:.2f}M", f"{size.total_prunable / 1e6:.2f}M") == (params, prunable)
     assert main(["plan", str(CONFIGS / config), "--store", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "What the run needs" in out and "export NYUV2_ROOT" in out
+    assert f"{params} parameters, {prunable} prunable" in out and "expected 795 train / 654 test" in out
+    # 20k dense steps; cells: snip and disparse-dynamic from init 40k each, IMP 11 rounds × 2000, the rest
+    # (LTH one round of T, magnitude, both AdapMTL rows, the control) 20k each.
+    assert "steps: 222,000 optimizer steps in all: 20,000 in 1 dense stage(s), 202,000 in 8 cell(s)" in out
 
     monkeypatch.setenv("NYUV2_ROOT", str(tmp_path / "nyu"))
-    assert "nyu_v2_3task.json does not exist" in requirements(matrix)[0]
+    (need,) = data_needs(matrix).values()
+    assert "nyu_v2_3task.json does not exist" in need.problem
 
 
 def test_env_root_resolves_to_a_dataset_root(synthetic_root, monkeypatch):
     monkeypatch.setenv("NYUV2_ROOT", str(synthetic_root))
     matrix = load_matrix(CONFIGS / "adapmtl_nyuv2_resnet34.yaml")
     assert matrix.datasets[0].resolved_root() == synthetic_root
-    assert requirements(matrix)[0] == f"data nyuv2: {synthetic_root} (found nyu_v2_3task.json)"
+    (need,) = data_needs(matrix).values()
+    assert (need.root, need.problem, need.found) == (str(synthetic_root), None, {"train": 8, "test": 4})
+    assert need.mismatches() == ["train: found 8, expected 795", "test: found 4, expected 654"]
