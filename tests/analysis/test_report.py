@@ -579,6 +579,10 @@ def test_a_long_roster_legend_fits_inside_a_one_column_figure(tmp_path):
     pairs = {ln.get_label(): (to_hex(ln.get_color()), ln.get_marker()) for ln in series}
     assert len(pairs) == 16 and len(set(pairs.values())) == 16
     assert to_hex(DENSE_COLOR) not in {c for c, _ in pairs.values()}
+    # Bars have no marker: where 16 methods share nine colours, (colour, hatch) tells them apart.
+    bars = sparsity_allocation(load_results(store.root), style="paper").axes[0].containers
+    looks = {c.get_label(): (to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch()) for c in bars}
+    assert len(looks) == 16 and len(set(looks.values())) == 16
 
 
 def test_all_metrics_is_a_grid_that_fits_a_two_column_page(frame, dense):
