@@ -42,6 +42,7 @@ from mtlprune.analysis import (  # noqa: E402
 from mtlprune.analysis.curves import load_log  # noqa: E402
 from mtlprune.analysis.dense_results import load_dense  # noqa: E402
 from mtlprune.analysis.figures import (  # noqa: E402
+    delta_vs_cost,
     delta_vs_sparsity,
     figure_bytes,
     metrics_vs_sparsity,
@@ -209,6 +210,7 @@ def main() -> int:
             "metrics_vs_sparsity": metrics_vs_sparsity(frame, dense, styles=styles, style=DOCS_STYLE),
             "delta_vs_sparsity": delta_vs_sparsity(frame, published, styles=styles, style=DOCS_STYLE),
             "sparsity_allocation": sparsity_allocation(frame, styles=styles, style=DOCS_STYLE),
+            "delta_vs_cost": delta_vs_cost(frame, styles=styles, style=DOCS_STYLE),
             "training_curves": training_curves(
                 load_log(root, run["adapmtl"]), style=DOCS_STYLE, title="adapmtl"
             ),

@@ -63,6 +63,7 @@ __all__ = [
     "SPARSITY_X",
     "SparseFigureWarning",
     "delta_t_vs_sparsity",
+    "delta_vs_cost",
     "delta_vs_sparsity",
     "figure_bytes",
     "metrics_vs_sparsity",
@@ -195,10 +196,13 @@ def _dataset_of(rows: pd.DataFrame) -> str | None:
     return str(values[0]) if len(values) == 1 else None
 
 
-def _points(rows: pd.DataFrame, y: str) -> pd.DataFrame:
-    """Per (method, target): x = mean achieved sparsity (%), y mean and sample std over seeds in the
-    column's display unit, n seeds."""
-    x = rows["achieved_sparsity"].astype(float).fillna(rows["target_sparsity"].astype(float)) * 100.0
+def _points(rows: pd.DataFrame, y: str, x_column: str | None = None, x_scale: float = 1.0) -> pd.DataFrame:
+    """Per (method, target): x = mean achieved sparsity (%) or the mean of ``x_column`` × ``x_scale``, y mean
+    and sample std over seeds in the column's display unit, n seeds."""
+    if x_column is None:
+        x = rows["achieved_sparsity"].astype(float).fillna(rows["target_sparsity"].astype(float)) * 100.0
+    else:
+        x = pd.to_numeric(rows[x_column], errors="coerce").astype(float) * x_scale
     scale = column_scale(y, _dataset_of(rows))
     data = pd.DataFrame(
         {"method": rows["method"], "target": rows["target_sparsity"].astype(float), "x": x}
@@ -546,6 +550,96 @@ def delta_vs_sparsity(
         if title:
             fig.suptitle(title)
         _say_if_sparse(fig, axes, n_points, "ΔT vs sparsity")
+    return fig
+
+
+# Cost axes of delta_vs_cost: (axis label, frame columns in order of preference, scale to the shown unit).
+# Stored parameters: a multi-model method (ECS) stores base + non-zero deltas + heads (`params_stored`);
+# a pruned model its non-zero weights (`params_nonzero`). FLOPs: a data-dependent shared-forward count where
+# a method reports one (`flops_shared`), else the weight-sparse count every cell has (`flops_sparse`).
+COST_AXES: dict[str, tuple[str, tuple[str, ...], float]] = {
+    "params": ("Stored parameters (M)", ("params_stored", "params_nonzero"), 1e-6),
+    "flops": ("FLOPs per image (G)", ("flops_shared", "flops_sparse"), 1e-9),
+}
+
+
+def _cost_column(rows: pd.DataFrame, cost: str) -> pd.Series:
+    """Each row's cost: the first of the axis's columns that the row has a value for."""
+    _, columns, _ = COST_AXES[cost]
+    out = pd.Series(math.nan, index=rows.index, dtype=float)
+    for column in columns:
+        if column in rows:
+            out = out.fillna(pd.to_numeric(rows[column], errors="coerce").astype(float))
+    return out
+
+
+def delta_vs_cost(
+    frame: pd.DataFrame,
+    costs: Sequence[str] = ("params", "flops"),
+    delta: str = "delta_t",
+    styles: StyleMap | None = None,
+    style: str | FigureStyle = "paper",
+    title: str | None = None,
+) -> Figure:
+    """ΔT against what a model stores and computes, every method on the same axes.
+
+    Rows = ``costs`` (``params``: stored parameters in millions; ``flops``: FLOPs per image in billions,
+    :data:`COST_AXES`), columns = settings. One line per method over its targets (for a multi-model method
+    such as ECS, a curve over delta density), mean over seeds; the dense model is the grey cross at ΔT 0
+    and its own cost (all parameters, dense FLOPs). This is the comparison axis for methods whose
+    "sparsity" is not pruning sparsity: a pruning method moves left of the dense cross, ECS stores more.
+    """
+    done = _done(frame)
+    unknown = [c for c in costs if c not in COST_AXES]
+    if unknown:
+        raise ValueError(f"unknown cost axis {unknown}; allowed: {', '.join(COST_AXES)}")
+    if done.empty or delta not in done or not done[delta].notna().any():
+        raise ValueError(f"no finished cell with a value of {delta!r} to plot")
+    done = done.assign(**{f"_cost_{c}": _cost_column(done, c) for c in costs})
+    rows_with = [c for c in costs if done[f"_cost_{c}"].notna().any()]
+    if not rows_with:
+        raise ValueError(f"no finished cell records a cost among {[COST_AXES[c][1] for c in costs]}")
+    styles = _styles_for(done, styles)
+    settings = _settings(done)
+    titles = _setting_titles(settings)
+    cell_keys = _key_series(done, _keys(done))
+    methods = sorted(done["method"].astype(str).unique())
+    drawn: list[str] = []
+    n_points = 0
+    dense_refs = {"params": "params_total", "flops": "flops_dense"}
+    with style_context(style) as fs:
+        fig, axes = _figure(len(rows_with), len(settings), fs, [*methods, "dense"], sharey="row")
+        has_dense = False
+        for col, (key, _values) in enumerate(settings):
+            rows = done[cell_keys == key]
+            for row, cost in enumerate(rows_with):
+                ax = axes[row][col]
+                label, _, scale = COST_AXES[cost]
+                ax.axhline(0.0, color=DENSE_COLOR, linestyle="--", linewidth=0.6)
+                all_points = _points(rows, delta, x_column=f"_cost_{cost}", x_scale=scale)
+                for method in methods:
+                    points = all_points[all_points["method"] == method].sort_values("x")
+                    if points["y"].notna().any() and points["x"].notna().any():
+                        _draw_method(ax, points, method, styles)
+                        drawn.append(method)
+                        n_points += int(points["y"].notna().sum())
+                reference = dense_refs[cost]
+                if reference in rows and rows[reference].notna().any():
+                    x = float(pd.to_numeric(rows[reference], errors="coerce").mean()) * scale
+                    ax.plot([x], [0.0], linestyle="none", marker="X", color=DENSE_COLOR, label=DENSE_LABEL)
+                    has_dense = True
+                if row == 0:
+                    ax.set_title(titles[key])
+                if col == 0:
+                    ax.set_ylabel(DELTA_LABELS.get(delta, delta))
+                ax.set_xlabel(label)
+        handles = _method_handles([m for m in methods if m in drawn], styles)
+        if has_dense:
+            handles.append(Line2D([], [], linestyle="none", marker="X", color=DENSE_COLOR, label=DENSE_LABEL))
+        _legend(fig, handles, len(settings))
+        if title:
+            fig.suptitle(title)
+        _say_if_sparse(fig, axes, n_points, "ΔT vs cost")
     return fig
 
 

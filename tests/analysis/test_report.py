@@ -29,6 +29,7 @@ from mtlprune.analysis.curves import load_log, read_log
 from mtlprune.analysis.dense_results import load_dense
 from mtlprune.analysis.figures import (
     SparseFigureWarning,
+    delta_vs_cost,
     delta_vs_sparsity,
     metrics_vs_sparsity,
     published_points,
@@ -225,6 +226,38 @@ def test_delta_figure_shows_published_points_hollow_in_the_method_colour(frame):
     ]  # no 3-task ResNet table
     assert published_points(frame, load_published()) == 2  # the report's caption mentions them
     assert published_points(frame[frame["arch"] == "deeplab_resnet34"], load_published()) == 0
+
+
+def test_delta_vs_cost_puts_every_method_on_stored_parameters_and_flops():
+    rows = pd.DataFrame(
+        {
+            "status": "done",
+            "dataset": "nyuv2",
+            "tasks": "segment_semantic",
+            "arch": "a",
+            "method": ["m", "m", "ecs", "ecs"],
+            "target_sparsity": [0.5, 0.9, 0.5, 0.9],
+            "achieved_sparsity": [0.5, 0.9, math.nan, math.nan],
+            "seed": 0,
+            "delta_t": [-1.0, -5.0, 2.0, 1.0],
+            "params_nonzero": [2.0e6, 0.4e6, 3.0e6, 3.0e6],
+            "params_stored": [math.nan, math.nan, 5.5e6, 4.6e6],  # base + non-zero deltas + heads
+            "params_total": 4.0e6,
+            "flops_sparse": [3e9, 1e9, 8e9, 8e9],
+            "flops_dense": 8e9,
+        }
+    )
+    fig = delta_vs_cost(rows, style="screen")
+    params, flops = fig.axes
+    lines = {ln.get_label(): ln for ln in params.get_lines()}
+    assert list(lines["m"].get_xdata()) == pytest.approx([0.4, 2.0])  # M, sorted by cost
+    assert list(lines["m"].get_ydata()) == [-5.0, -1.0]
+    assert list(lines["ecs"].get_xdata()) == pytest.approx([4.6, 5.5])  # params_stored wins where present
+    assert list(lines["dense"].get_xdata()) == [4.0] and list(lines["dense"].get_ydata()) == [0.0]
+    assert params.get_xlabel() == "Stored parameters (M)" and flops.get_xlabel() == "FLOPs per image (G)"
+    assert list({ln.get_label(): ln for ln in flops.get_lines()}["m"].get_xdata()) == [1.0, 3.0]
+    with pytest.raises(ValueError, match="unknown cost axis \\['latency'\\]"):
+        delta_vs_cost(rows, costs=("latency",))
 
 
 def test_allocation_bars_are_the_component_sparsities(frame):

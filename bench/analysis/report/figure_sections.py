@@ -59,6 +59,14 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
         )
         builder.figure(
             group,
+            f"cost_{key}",
+            "ΔT against stored parameters and against FLOPs per image, every method on the same axes (a "
+            "multi-model method such as ECS stores base, non-zero deltas and heads; the grey cross is the "
+            f"dense model), {where}",
+            lambda part=part: F.delta_vs_cost(part, styles=styles, style=style),
+        )
+        builder.figure(
+            group,
             f"allocation_{key}",
             f"sparsity of the backbone and of each task head per method and target, {where}",
             lambda part=part: F.sparsity_allocation(part, styles=styles, style=style),
