@@ -723,7 +723,8 @@ def _caption(layout: _Layout, caption: str | None, style: _Style, legend: bool =
     short = _short_caption(layout, caption, style)
     empty = not any(r.n_seeds > 0 for r in layout.rows if r.status != PUBLISHED)
     if empty:
-        warnings.warn(f"table {short!r} has no finished cell: no values", EmptyTableWarning, stacklevel=4)
+        plain = _short_caption(layout, caption, MARKDOWN)
+        warnings.warn(f"table {plain!r} has no finished cell: no values", EmptyTableWarning, stacklevel=4)
     if not legend:
         return (f"{short} {NO_VALUES}" if empty else short), ""
     esc = style.escape

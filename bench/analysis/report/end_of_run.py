@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path
     """``<store>/<matrix name>/results.parquet`` + ΔT figure (PNG, PDF) + the printed summary."""
     from rich.table import Table
 
-    from mtlprune.analysis.figures import delta_t_vs_sparsity
+    from mtlprune.analysis.figures import SparseFigureWarning, delta_t_vs_sparsity
 
     out = store.root / matrix.name
     run_ids = [cell.run_id for cell in matrix.expand()]
@@ -65,6 +66,10 @@ def write_run_report(matrix: MatrixSpec, store: Store, console: Console) -> Path
         why = f" ({notes[0]})" if notes else ""
         console.print(f"results: {out / 'results.parquet'}; no ΔT figure: no cell has a ΔT{why}")
         return out
-    figures = delta_t_vs_sparsity(frame, out / "delta_t_vs_sparsity")
-    console.print(f"results: {out / 'results.parquet'}; figures: {', '.join(str(p) for p in figures)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SparseFigureWarning)
+        figures = delta_t_vs_sparsity(frame, out / "delta_t_vs_sparsity")
+    sparse = [f" ({w.message})" for w in caught if issubclass(w.category, SparseFigureWarning)]
+    shown = ", ".join(str(p) for p in figures)
+    console.print(f"results: {out / 'results.parquet'}; figures: {shown}{''.join(sparse)}")
     return out

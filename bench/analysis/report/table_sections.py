@@ -4,6 +4,7 @@ dense model against the trivial predictor, ΔT AUC and Pareto dominance."""
 from __future__ import annotations
 
 import html
+import warnings
 
 import pandas as pd
 
@@ -24,11 +25,24 @@ def _main_metrics(frame: pd.DataFrame) -> list[str]:
     return out + [c for c in deltas if c in frame and frame[c].notna().any()]
 
 
+def _render(table: pd.DataFrame, caption: str, name: str, env: str, notes: list[str]) -> tuple[str, str]:
+    """Markdown and LaTeX of one table; a table without a finished cell is noted once (not warned twice)."""
+    from mtlprune.analysis.tables import EmptyTableWarning, to_latex, to_markdown
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmptyTableWarning)
+        markdown = to_markdown(table, caption=caption)
+        latex = to_latex(table, caption=caption, label=f"tab:{slug(name)}", env=env)
+    if any(issubclass(w.category, EmptyTableWarning) for w in caught):
+        notes.append(f"table {name} is empty: no cell has finished yet")
+    return markdown, latex
+
+
 def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
     """Writes the .md/.tex tables; returns title → HTML of each, in page order."""
     from mtlprune.analysis.html import markdown_table_html
     from mtlprune.analysis.labels import setting_title
-    from mtlprune.analysis.tables import comparison_table, table2_layout, to_latex, to_markdown
+    from mtlprune.analysis.tables import comparison_table, table2_layout
 
     frame = data.frame
     name = data.title.removeprefix("Report: ")
@@ -40,18 +54,11 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
     for table_name, metrics, caption in specs:
         try:
             table = comparison_table(frame, metrics=metrics)
-            markdown = to_markdown(table, caption=caption)
-            latex = to_latex(
-                table,
-                caption=caption,
-                label=f"tab:{slug(table_name)}",
-                env="table*" if metrics is None else "table",
-            )
+            env = "table*" if metrics is None else "table"
+            markdown, latex = _render(table, caption, table_name, env, builder.notes)
         except SKIPPABLE as exc:
             builder.notes.append(f"table {table_name} not written: {reason(exc)}")
             continue
-        if not (table["n_seeds"] > 0).any():
-            builder.notes.append(f"table {table_name} is empty: no cell has finished yet")
         builder.table(table_name, markdown, latex)
         shown[caption] = markdown_table_html(markdown, table_id=table_name)
     settings = frame[["dataset", "tasks", "arch", "target_sparsity"]].drop_duplicates()
@@ -65,8 +72,7 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
         )
         try:
             table = table2_layout(frame, dataset, arch, float(target), published=data.published, tasks=tasks)
-            markdown = to_markdown(table, caption=caption)
-            latex = to_latex(table, caption=caption, label=f"tab:{table_name}", env="table*")
+            markdown, latex = _render(table, caption, table_name, "table*", builder.notes)
         except SKIPPABLE as exc:
             builder.notes.append(f"table {table_name} not written: {reason(exc)}")
             continue
