@@ -139,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         data = f"{c.data.dataset}:{','.join(c.data.tasks)}"
         run_id, status = shown(c.run_id, identity_known(c.data))
         row = ("cell", run_id, data, arch, c.method.label, f"{c.target_sparsity:g}", str(c.seed))
-        needs = shown(c.dense().run_id, identity_known(c.data))[0]
+        needs = "+".join(shown(d.run_id, identity_known(c.data))[0] for d in c.needs())
         table.add_row(*row, needs, f"{planned[c.run_id].steps:,}", status)
     console.print(table)
     for line in _unknown_data(matrix, unknown):
@@ -281,7 +281,7 @@ def _compute_lines(costs: ComputePlan, matrix: MatrixSpec) -> list[str]:
     lines = [
         f"steps: {costs.steps():,} optimizer steps in all: {costs.steps('dense'):,} in {n_dense} dense "
         f"stage(s), {costs.steps('cell'):,} in {n_cells} cell(s) (a cell's steps_total also counts its dense "
-        "stage's when it starts from the dense model)"
+        "stage's when it starts from the dense model, and those of the stages its method asks for)"
     ]
     pending = costs.pending
     total = costs.pending_seconds

@@ -10,6 +10,12 @@ applies them and trains by the fairness rule.
 ``planned_steps(spec)`` says, before anything runs, how many optimizer steps the method will take in a cell
 (``mtlprune plan`` prices the matrix with it); its default is the fairness rule, and a method that spends
 otherwise overrides it (tests/methods/test_planned_steps.py checks it against what a run records).
+
+A method that needs trained models other than the shared dense one (ECS's single-task base) asks the planner
+for them with ``extra_stages(spec)``: dense stages planned once per setting like the shared one, run before
+the cell, read through ``ctx.stage_weights`` and counted in the cell's ``steps_total``. A method whose target
+is not a pruning sparsity of the prunable set (ECS: the density of each task's weight delta) says so with
+``sparsity_axis``; the runner then checks the target on that axis.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch import Tensor
 
 from mtlprune.engine.context import MethodContext
 from mtlprune.plan.compute import fairness_steps
-from mtlprune.spec import RunSpec, StrictModel
+from mtlprune.spec import DenseSpec, RunSpec, StrictModel
 
 
 class MethodParams(StrictModel):
@@ -36,7 +42,9 @@ class PruningMethod:
     """Base of every method: ``Params``, where it starts, its sparsity tolerance, and ``run(ctx)``."""
 
     Params: ClassVar[type[BaseModel]] = NoParams
-    starts_from: ClassVar[Literal["dense", "init"]] = "dense"
+    # "dense": the shared dense checkpoint; "init": its initialisation; "base": a stage the method plans
+    # itself (``extra_stages``), whose steps count in ``steps_total`` instead of the dense stage's.
+    starts_from: ClassVar[Literal["dense", "init", "base"]] = "dense"
     # Largest |achieved − target| (fraction) the contract accepts; methods with learned sparsity widen it.
     sparsity_tolerance: ClassVar[float] = 0.001
     # Params for the contract test suite's tiny run (tests/methods/test_method_contract.py): shrink what is
@@ -48,6 +56,9 @@ class PruningMethod:
     # What one of its optimizer steps costs like, for `mtlprune plan`'s time estimate from the step times
     # tools.gpu_check measures: "masked" (masks held), "dense" (no masks), "adapmtl" (soft thresholds).
     step_kind: ClassVar[str] = "masked"
+    # What the cell's target sparsity means: "prunable" (zeros of the prunable set, every pruning method)
+    # or "delta" (zeros of each task's weight delta, ECS: ``sparsity.delta.<task>``, checked per task).
+    sparsity_axis: ClassVar[Literal["prunable", "delta"]] = "prunable"
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -66,6 +77,13 @@ class PruningMethod:
         a budget of its own) overrides this with the same arithmetic as its ``run``.
         """
         return fairness_steps(self.starts_from, spec.train.steps, spec.finetune.steps)
+
+    def extra_stages(self, spec: RunSpec) -> list[DenseSpec]:
+        """Dense stages this configured method needs in cell ``spec`` besides the shared dense stage (none by
+        default). The planner runs each once per setting, before the cells, shared by every cell that asks
+        for the same one; the method reads them with ``ctx.stage_weights`` and their steps count in the
+        cell's ``steps_total``. Raise ``ValueError`` for a cell the method cannot run (a missing task)."""
+        return []
 
 
 class OneShotMethod(PruningMethod):

@@ -66,6 +66,10 @@ def _run_cell(
     train_set, val_set, test_set = build_splits(spec, store)
     model = build_model(spec)
     method = method_cls(spec.method.parsed_params())
+    extra_stages = method.extra_stages(spec)
+    for stage in extra_stages:
+        if not store.is_done(stage.run_id):
+            raise RuntimeError(f"stage {stage.run_id} has no result; it must finish before cell {run_id}")
     checkpoint = "model.pt" if method.starts_from == "dense" else "init.pt"
     model.load_state_dict(load_state(store.run_dir(dense_id) / checkpoint))
     model.to(device)
@@ -78,15 +82,23 @@ def _run_cell(
         initial_losses=dense_initial_losses(store, dense_id),
     )
     ctx = MethodContext(
-        model, spec, train_set, device, val_set=val_set, dense_dir=store.run_dir(dense_id), session=session
+        model,
+        spec,
+        train_set,
+        device,
+        val_set=val_set,
+        dense_dir=store.run_dir(dense_id),
+        session=session,
+        stage_dirs={stage.run_id: store.run_dir(stage.run_id) for stage in extra_stages},
     )
     seed_everything(stage_seed(run_id))  # whatever ran before in this process, the method sees one world
     try:
         method.run(ctx)
     finally:
         logger.close()
+    model = ctx.model  # the method may have replaced it (ctx.replace_model: ECS's delta-shared model)
     report = sparsity_report(model, requested=spec.target_sparsity)
-    check_sparsity(spec, method, report["achieved_sparsity"], ctx)
+    check_sparsity(spec, method, report, ctx)
     if session.masks is not None:
         write_masks(run_dir / MASKS, session.masks)
     if session.task_masks:
@@ -95,6 +107,7 @@ def _run_cell(
         save_state(run_dir / "model.pt", model.state_dict())
     dense_result = store.result(dense_id)
     dense_steps = dense_result.steps_total if method.starts_from == "dense" else 0
+    dense_steps += sum(store.result(stage.run_id).steps_total for stage in extra_stages)
     metrics = evaluate_on(model, test_set, spec, device)
     check_final_metrics(metrics, dense_result.trivial_metrics, direction)
     result = CellResult(
@@ -116,8 +129,12 @@ def _run_cell(
     return result
 
 
-def check_sparsity(spec: RunSpec, method: Any, achieved: float, ctx: MethodContext) -> None:
-    """A method that misses its target, or un-zeroes a pruned weight, fails its cell loudly."""
+def check_sparsity(spec: RunSpec, method: Any, report: dict[str, Any], ctx: MethodContext) -> None:
+    """A method that misses its target, or un-zeroes a pruned weight, fails its cell loudly.
+
+    The target is checked on the method's ``sparsity_axis``: the prunable set's sparsity, or (``delta``)
+    each task's delta sparsity ``sparsity.delta.<task>`` on its own.
+    """
     if ctx.masks is not None:
         params = ctx.prunable()
         for name, mask in ctx.masks.items():
@@ -127,8 +144,16 @@ def check_sparsity(spec: RunSpec, method: Any, achieved: float, ctx: MethodConte
                     f"{spec.method.name}: {leaked} pruned weights of {name} are non-zero after training"
                 )
     tolerance = method.sparsity_tolerance  # an instance may derive it from its params
-    if abs(achieved - spec.target_sparsity) > tolerance:
-        raise RuntimeError(
-            f"{spec.method.name}: achieved sparsity {achieved:.4f} misses target {spec.target_sparsity} "
-            f"by more than the method's tolerance {tolerance}"
-        )
+    axis = getattr(method, "sparsity_axis", "prunable")
+    if axis == "delta":
+        achieved = {k: v for k, v in report.items() if k.startswith("sparsity.delta.")}
+        if not achieved:
+            raise RuntimeError(f"{spec.method.name}: sparsity axis 'delta', but the model has no deltas")
+    else:
+        achieved = {"achieved sparsity": report["achieved_sparsity"]}
+    for what, value in achieved.items():
+        if abs(value - spec.target_sparsity) > tolerance:
+            raise RuntimeError(
+                f"{spec.method.name}: {what} {value:.4f} misses target {spec.target_sparsity} "
+                f"by more than the method's tolerance {tolerance}"
+            )

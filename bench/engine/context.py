@@ -25,9 +25,9 @@ from mtlprune.engine.divergence import DivergenceGuard
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.engine.sparsity import Masks, Scope, apply_masks, select_masks
 from mtlprune.engine.tasks import make_losses
-from mtlprune.engine.train import Loading, TrainCallback, TrainingData, to_device, train
+from mtlprune.engine.train import Loading, Optimization, TrainCallback, TrainingData, to_device, train
 from mtlprune.plan.compute import fairness_steps
-from mtlprune.spec import RunSpec, TrainSpec
+from mtlprune.spec import DenseSpec, RunSpec, TrainSpec
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -111,10 +111,13 @@ class MethodContext:
         val_set: Any = None,
         dense_dir: Path | None = None,
         session: TrainingSession | None = None,
+        stage_dirs: Mapping[str, Path] | None = None,
     ) -> None:
         self._model, self._spec, self._device = model, spec, device
         self._train_set, self._val_set = train_set, val_set
         self._dense_dir = dense_dir  # the dense stage's run directory (init, final and rewind weights)
+        # run id → run directory of each stage the method asked for (PruningMethod.extra_stages)
+        self._stage_dirs = dict(stage_dirs or {})
         self._session = session or TrainingSession()
 
     @property
@@ -238,6 +241,31 @@ class MethodContext:
             raise FileNotFoundError(f"{path}: the dense stage has no {which!r} snapshot")
         return torch.load(path, map_location="cpu", weights_only=True)
 
+    def stage_weights(self, stage: DenseSpec, which: str = "final") -> dict[str, Tensor]:
+        """A state dict of a stage the method asked for (``PruningMethod.extra_stages``): ``final`` (its
+        trained model) or ``init``."""
+        files = {"init": "init.pt", "final": "model.pt"}
+        if which not in files:
+            raise ValueError(f"unknown stage snapshot {which!r}; allowed: {', '.join(files)}")
+        run_dir = self._stage_dirs.get(stage.run_id)
+        if run_dir is None:
+            raise KeyError(
+                f"stage {stage.run_id} ({','.join(stage.data.tasks)}) is not one this cell's method asked "
+                "for in extra_stages(spec)"
+            )
+        path = run_dir / files[which]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the stage has no {which!r} snapshot")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def replace_model(self, model: MTLModel) -> None:
+        """Make ``model`` the cell's model (moved to the device): a method whose result is another kind of
+        model than the one it started from (ECS's delta-shared model). The runner checks, stores and
+        evaluates ``ctx.model`` after ``run``; masks recorded so far name the old model's parameters and are
+        dropped."""
+        self._model = model.to(self.device)
+        self._session.masks = None
+
     def rewind_step(self) -> int:
         """The dense step the ``rewind`` snapshot was taken at."""
         return self.spec.train.rewind_at
@@ -268,12 +296,16 @@ class MethodContext:
         callbacks: Sequence[TrainCallback] = (),
         step_offset: int = 0,
         schedule: TrainSpec | None = None,
+        optimization: Optimization | None = None,
     ) -> int:
         """Train with the current masks held (callbacks may change them); returns the steps taken.
 
         ``spec`` defaults to the cell's finetune budget. ``schedule`` (default ``spec``) supplies the LR
-        schedule, entered at ``step_offset`` (LR rewinding). Each call draws its own batch order. Steps are
-        added to ``steps_used``; the selected step (``eval.selection``) and the final masks are recorded.
+        schedule, entered at ``step_offset`` (LR rewinding). ``optimization``: the method's own parameter
+        groups (which parameters train, with which LR, weight decay and clip; mtlprune.engine.train)
+        instead of the recipe's optimizer over every trainable parameter. Each call draws its own batch
+        order. Steps are added to ``steps_used``; the selected step (``eval.selection``) and the final masks
+        are recorded.
         """
         spec = spec or self.spec.finetune
         session = self._session
@@ -307,6 +339,7 @@ class MethodContext:
                 schedule=schedule,
                 checkpoint=call_checkpoint,
                 guard=None if session.initial_losses is None else DivergenceGuard(session.initial_losses),
+                optimization=optimization,
             )
         finally:
             session.phase = "prune"  # between training calls a method selects, scores, prunes

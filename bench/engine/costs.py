@@ -11,6 +11,13 @@ FLOP conventions (one image, batch 1, eval mode):
 - Bias: 1 FLOP per output element (conv and linear), even where the bias is zero.
 - BatchNorm (eval: a per-channel affine): 2 per element. ReLU / ReLU6 / clamp: 1 per element.
   Dropout in eval runs no op: 0.
+- LayerNorm: 5 per element to normalise (mean: 1 add; x − μ: 1; its square: 1 and the variance sum: 1;
+  × 1/σ: 1), + 1 per element for the weight and + 1 for the bias: 7 with both (the per-row 1/√(σ² + ε)
+  is not counted).
+- GELU: 5 per element (x/√2, erf, + 1, × x, × 0.5; a transcendental function counts 1, as exp below).
+- Softmax: 5 per input element (max: 1 comparison; x − max: 1; exp: 1; the sum: 1; the division: 1).
+- Attention: q kᵀ and (softmax) v are activation × activation matmuls (aten bmm): 2 · m · k · n, the same
+  dense and sparse; the 1/√d scaling is an elementwise multiply.
 - Elementwise add/sub/mul/div between activations — residual adds, the ASPP branch sum — 1 per output
   element per op (summing four branches is three adds).
 - Max-pool: (k_h · k_w − 1) comparisons per output element; avg-pool: k_h · k_w per output element;
@@ -93,6 +100,12 @@ _ACTIVATION_OPS = _ops(
     "relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min", "clamp_min_",
     "clamp_max", "clamp_max_", "threshold", "threshold_",
 )  # fmt: skip
+_LAYER_NORM_OPS = _ops("native_layer_norm")
+LAYER_NORM_FLOPS_PER_ELEMENT = 5  # + 1 each for an elementwise weight and bias (module docstring)
+_GELU_OPS = _ops("gelu", "gelu_")
+GELU_FLOPS_PER_ELEMENT = 5
+_SOFTMAX_OPS = _ops("_softmax", "_safe_softmax")
+SOFTMAX_FLOPS_PER_ELEMENT = 5
 _ELEMENTWISE_OPS = _ops("add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_")
 _MAX_POOL_OPS = _ops("max_pool2d", "max_pool2d_with_indices")
 _MEAN_OPS = _ops("mean", "sum", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")
@@ -248,6 +261,14 @@ class _Counter(TorchDispatchMode):
             add(component, NORM, 2 * args[0].numel())
         elif packet in _ACTIVATION_OPS:
             add(component, ACTIVATION, _first_tensor(out).numel())
+        elif packet in _LAYER_NORM_OPS:
+            x, weight, bias = args[0], args[2] if len(args) > 2 else None, args[3] if len(args) > 3 else None
+            per_element = LAYER_NORM_FLOPS_PER_ELEMENT + (weight is not None) + (bias is not None)
+            add(component, NORM, per_element * x.numel())
+        elif packet in _GELU_OPS:
+            add(component, ACTIVATION, GELU_FLOPS_PER_ELEMENT * _first_tensor(out).numel())
+        elif packet in _SOFTMAX_OPS:
+            add(component, ACTIVATION, SOFTMAX_FLOPS_PER_ELEMENT * args[0].numel())
         elif packet in _ELEMENTWISE_OPS:
             add(component, ELEMENTWISE, _first_tensor(out).numel())
         elif packet in _MAX_POOL_OPS:

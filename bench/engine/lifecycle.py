@@ -18,6 +18,7 @@ from mtlprune.engine.costs import count_flops, measure_latency
 from mtlprune.engine.determinism import stage_environment
 from mtlprune.engine.evaluate import evaluate
 from mtlprune.engine.logs import Progress
+from mtlprune.engine.models.delta import DeltaSharedMTL
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.spec import DenseSpec, RunSpec, RuntimeSpec, semantic_dump
 from mtlprune.store import SPEC, Store, atomic_write_json
@@ -88,13 +89,55 @@ def measure_costs(
     sample = test_set[0]
     input_hw = tuple(sample["input"].shape[-2:])
     output_hw = tuple(sample[model.tasks[0]].shape[-2:])
-    out: dict[str, Any] = {"costs": {"input_hw": list(input_hw), **count_flops(model, input_hw, output_hw)}}
+    if isinstance(model, DeltaSharedMTL):  # a multi-model method (ECS): each task's own network
+        flops = delta_flops(model, input_hw, output_hw)
+    else:
+        flops = count_flops(model, input_hw, output_hw)
+    out: dict[str, Any] = {"costs": {"input_hw": list(input_hw), **flops}}
     if runtime.measure_latency:
         latency = measure_latency(model, input_hw, device=device)
         latency["note"] = "masks are applied to dense tensors: no speed-up is expected from masking alone"
         if dense_result is not None and dense_result.latency is not None:
             latency["dense_latency_ms"] = dense_result.latency["latency_ms"]
         out["latency"] = latency
+    return out
+
+
+def delta_flops(
+    model: DeltaSharedMTL, input_hw: tuple[int, int], output_hw: tuple[int, int] | None
+) -> dict[str, int]:
+    """Static FLOPs of a delta-shared model (ECS) without activation sharing, from each task's own network
+    (``DeltaSharedMTL.standalone``) counted as any model is: ``flops_<kind>.path.<task>`` is that network,
+    ``.backbone`` the base backbone, ``.delta.<task>`` a sub-task's backbone pass (W_b + δ_t, dense in
+    compute: a sparse delta added to dense weights leaves them dense), ``.head.<task>`` each head, and
+    ``flops_<kind>`` all of them: the base backbone once, every sub-task's backbone pass, every head.
+
+    Activation sharing (thresholded activation deltas at evaluation) makes a sub-task's cost depend on the
+    data; that count (``flops_shared``, docs/accounting.md) is not made here.
+    """
+    out: dict[str, int] = {}
+    parts: dict[str, dict[str, int]] = {}
+    for task in model.tasks:
+        counted = count_flops(model.standalone(task), input_hw, output_hw)
+        for kind in ("dense", "sparse"):
+            parts.setdefault(kind, {})
+            head = counted[f"flops_{kind}.head.{task}"]
+            parts[kind][f"head.{task}"] = head
+            parts[kind][f"path.{task}"] = counted[f"flops_{kind}.path.{task}"]
+            backbone = counted[f"flops_{kind}.backbone"]
+            parts[kind]["backbone" if task == model.base_task else f"delta.{task}"] = backbone
+    for kind in ("dense", "sparse"):
+        p = parts[kind]
+        out[f"flops_{kind}"] = (
+            p["backbone"]
+            + sum(p[f"delta.{t}"] for t in model.sub_tasks)
+            + sum(p[f"head.{t}"] for t in model.tasks)
+        )
+        out[f"flops_{kind}.backbone"] = p["backbone"]
+        for prefix in ("delta", "head", "path"):
+            for task in model.tasks:
+                if f"{prefix}.{task}" in p:
+                    out[f"flops_{kind}.{prefix}.{task}"] = p[f"{prefix}.{task}"]
     return out
 
 

@@ -132,7 +132,8 @@ def activation_elements(model: MTLModel, crop: tuple[int, int]) -> int | None:
 
 def planned_stages(stages: Sequence[Stage]) -> list[PlannedStage]:
     """Each stage with its optimizer steps: a dense stage's ``train.steps``; a cell's from its method
-    (``PruningMethod.planned_steps``: the fairness rule, or the method's own count), with its step kind."""
+    (``PruningMethod.planned_steps``: the fairness rule, or the method's own count), with its step kind and
+    the steps of the stages its method asks for (``extra_stages``, counted in its ``steps_total``)."""
     out = []
     for stage in stages:
         spec = stage.spec
@@ -145,5 +146,6 @@ def planned_stages(stages: Sequence[Stage]) -> list[PlannedStage]:
         except ValueError as exc:
             raise ValueError(f"cell {stage.label}: {exc}") from None
         kind = getattr(method, "step_kind", "masked")
-        out.append(PlannedStage(stage, steps, kind, method.starts_from))
+        extra = sum(d.train.steps for d in spec.extra_stages())
+        out.append(PlannedStage(stage, steps, kind, method.starts_from, extra))
     return out

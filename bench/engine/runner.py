@@ -27,7 +27,8 @@ def run_stage(
 ) -> StageOutcome:
     """Run one stage (resuming from its checkpoint when it has one); a failure is recorded, not raised.
 
-    A cell whose dense stage has no result is ``blocked`` (with the dense stage's error when it failed).
+    A cell whose dense stage (or a stage its method asks for) has no result is ``blocked`` (with that
+    stage's error when it failed).
     The caller holds the stage's lock (mtlprune.execution.locks); this function does no locking.
     """
     if not isinstance(stage, Stage):
@@ -38,11 +39,11 @@ def run_stage(
     try:
         spec = stage.spec
         if isinstance(spec, RunSpec):
-            dense_id = spec.dense().run_id
-            if not store.is_done(dense_id):
-                record = store.status_record(dense_id)
-                why = (record and record.error) or f"status {store.status(dense_id)}"
-                raise StageBlocked(f"its dense stage {dense_id} has no result ({why})")
+            for dense_id in stage.requires:  # its dense stage, then any its method asks for
+                if not store.is_done(dense_id):
+                    record = store.status_record(dense_id)
+                    why = (record and record.error) or f"status {store.status(dense_id)}"
+                    raise StageBlocked(f"its dense stage {dense_id} has no result ({why})")
             run_cell(spec, store, runtime, progress)
         else:
             run_dense(spec, store, runtime, progress)

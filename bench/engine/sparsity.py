@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mtlprune.engine.models.delta import DeltaSharedMTL
 from mtlprune.engine.models.mtl import MTLModel
 
 Scope = Literal["global", "layer", "component", "erk"]
@@ -165,7 +166,10 @@ def sparsity_report(model: MTLModel, requested: float = 0.0) -> dict[str, Any]:
     """Zeros counted in the weights: overall prunable, per component, per task path, per layer, all params.
 
     Flat scalar keys become `load_results()` columns; ``layers`` (per prunable tensor) stays in result.json.
+    A delta-shared model (ECS) is reported on its own axis (:func:`delta_sparsity_report`).
     """
+    if isinstance(model, DeltaSharedMTL):
+        return delta_sparsity_report(model, requested)
     params = model.prunable_parameters()
     zeros: dict[str, int] = {}
     total: dict[str, int] = {}
@@ -199,4 +203,87 @@ def sparsity_report(model: MTLModel, requested: float = 0.0) -> dict[str, Any]:
             total["backbone"] + total[head]
         )
     report["layers"] = layers
+    return report
+
+
+def _zeros(t: Tensor) -> int:
+    return t.numel() - int(torch.count_nonzero(t.detach()))
+
+
+@torch.no_grad()
+def delta_sparsity_report(model: DeltaSharedMTL, requested: float = 0.0) -> dict[str, Any]:
+    """What a delta-shared model (ECS) stores, counted from its weights (docs/accounting.md).
+
+    Its target is a delta sparsity: ``achieved_sparsity`` is the zeros of every sub-task's delta over their
+    size, ``sparsity.delta.<task>`` each sub-task's (what the runner checks), ``params_delta.<task>`` and
+    ``params_delta_nonzero.<task>`` its size and non-zeros. Stored parameters: ``params_stored`` = every
+    parameter of the base backbone + Σ non-zeros of the deltas + every head parameter; the positions of the
+    non-zeros cost one bit per delta entry, ``params_index_bits``, reported apart. ``sparsity.backbone`` and
+    ``sparsity.head.<task>`` are the pruning sparsity of the base's and the heads' conv and linear weights
+    (0 unless they hold zeros), ``sparsity.path.<task>`` that of the weights one task runs with (W_b + δ_t
+    and its head); ``layers`` lists those weights (collapse is judged on them), ``delta_layers`` the deltas.
+    """
+    deltas = model.prunable_parameters()
+    delta_layers: dict[str, dict[str, Any]] = {}
+    zeros: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for name, p in deltas.items():
+        task = model.component_of(name).removeprefix("delta/")
+        z, n = _zeros(p), p.numel()
+        delta_layers[name] = {"component": f"delta/{task}", "params": n, "zeros": z, "sparsity": z / n}
+        zeros[task] = zeros.get(task, 0) + z
+        size[task] = size.get(task, 0) + n
+    total_delta = sum(size.values())
+    zeros_delta = sum(zeros.values())
+    achieved = zeros_delta / total_delta if total_delta else 0.0
+    base_params = sum(p.numel() for p in model.backbone.parameters())
+    head_params = sum(p.numel() for p in model.heads.parameters())
+    all_params = [p.detach() for p in model.parameters()]
+    all_total = sum(p.numel() for p in all_params)
+    all_zeros = sum(_zeros(p) for p in all_params)
+    report: dict[str, Any] = {
+        "axis": "delta",
+        "achieved_sparsity": achieved,
+        "requested_sparsity": requested,
+        "sparsity_gap": achieved - requested,
+        "prunable_params": total_delta,
+        "prunable_nonzero": total_delta - zeros_delta,
+        "params_total": all_total,
+        "params_nonzero": all_total - all_zeros,
+        "sparsity.all_params": all_zeros / all_total,
+        "params_base": base_params,
+        "params_heads": head_params,
+        "params_stored": base_params + (total_delta - zeros_delta) + head_params,
+        "params_index_bits": total_delta,
+    }
+    for task in model.sub_tasks:
+        report[f"sparsity.delta.{task}"] = zeros[task] / size[task]
+        report[f"params_delta.{task}"] = size[task]
+        report[f"params_delta_nonzero.{task}"] = size[task] - zeros[task]
+    # The pruning view of the weights each task runs with (conv and linear weights, as for every method).
+    layers: dict[str, dict[str, Any]] = {}
+    counts: dict[str, list[int]] = {}
+    for name, p in model.base_prunable().items():
+        component = model.component_of(name)
+        z, n = _zeros(p), p.numel()
+        layers[name] = {"component": component, "params": n, "zeros": z, "sparsity": z / n}
+        counts.setdefault(component, [0, 0])
+        counts[component][0] += z
+        counts[component][1] += n
+    report["sparsity.backbone"] = counts["backbone"][0] / counts["backbone"][1]
+    prunable_backbone = {
+        n.removeprefix("backbone.") for n in model.base_prunable() if n.startswith("backbone.")
+    }
+    for task in model.tasks:
+        head_z, head_n = counts[f"head/{task}"]
+        report[f"sparsity.head.{task}"] = head_z / head_n
+        if task == model.base_task:
+            path_z = counts["backbone"][0]
+        else:
+            base = dict(model.backbone.named_parameters())
+            delta = model.delta(task)
+            path_z = sum(_zeros(base[n] + delta[n]) for n in prunable_backbone)
+        report[f"sparsity.path.{task}"] = (path_z + head_z) / (counts["backbone"][1] + head_n)
+    report["layers"] = layers
+    report["delta_layers"] = delta_layers
     return report

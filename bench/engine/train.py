@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,11 +26,55 @@ from mtlprune.spec import TrainSpec
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: list[nn.Parameter] | list[dict[str, Any]], spec: TrainSpec
+) -> torch.optim.Optimizer:
     if spec.optimizer == "adam":
         # torch Adam's weight_decay is coupled L2 (added to the gradient), as in the AdapMTL reference.
         return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters a method trains with a learning rate, weight decay or gradient clip of their own.
+
+    ``lr`` is the group's base LR (the recipe's LR schedule multiplies it, as it multiplies the recipe's
+    ``lr``); None: the recipe's. ``weight_decay`` None: the recipe's. ``max_grad_norm``: the group's
+    gradients are clipped to this total L2 norm after masking, before the update (None: no clip).
+    """
+
+    name: str
+    params: tuple[nn.Parameter, ...]
+    lr: float | None = None
+    weight_decay: float | None = None
+    max_grad_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """A method's own optimizer setup for one ``ctx.train`` call: only the parameters of ``groups`` train
+    (every other parameter stays as it is), with ``algorithm`` ``recipe`` (the recipe's Adam or SGD) or
+    ``adamw`` (decoupled weight decay, ``betas``/``eps``). The default setup trains every parameter that
+    requires a gradient in one group with the recipe's optimizer."""
+
+    groups: tuple[ParamGroup, ...]
+    algorithm: Literal["recipe", "adamw"] = "recipe"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def build(self, spec: TrainSpec) -> torch.optim.Optimizer:
+        groups = [
+            {
+                "params": list(g.params),
+                "lr": spec.lr if g.lr is None else g.lr,
+                "weight_decay": spec.weight_decay if g.weight_decay is None else g.weight_decay,
+            }
+            for g in self.groups
+        ]
+        if self.algorithm == "adamw":
+            return torch.optim.AdamW(groups, lr=spec.lr, betas=self.betas, eps=self.eps)
+        return make_optimizer(groups, spec)
 
 
 def lr_factor(spec: TrainSpec, step: int) -> float:
@@ -56,6 +100,8 @@ class TrainCallback:
       dense gradient a regrowth criterion needs); ``runner.set_masks`` may change the masks here.
     - ``after_step(step, runner)``: after the optimizer step and mask re-application; may change the masks
       (gradual pruning) and may return scalars to log for this step.
+    - ``extra_loss(step, outputs)``: named loss terms added to the weighted task loss of this step before
+      the backward pass (penalties: ECS's L0 gate and activation-L1 terms); logged as ``extra.<name>``.
     """
 
     def loss_weights(self, step: int, losses: Mapping[str, Tensor]) -> Mapping[str, float] | None:
@@ -65,6 +111,9 @@ class TrainCallback:
         return None
 
     def after_step(self, step: int, runner: StepRunner) -> Mapping[str, float] | None:
+        return None
+
+    def extra_loss(self, step: int, outputs: Mapping[str, Tensor]) -> Mapping[str, Tensor] | None:
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -100,6 +149,7 @@ class StepRunner:
         schedule: TrainSpec | None = None,
         channels_last: bool = False,
         guard: DivergenceGuard | None = None,
+        optimization: Optimization | None = None,
     ) -> None:
         self.model, self.dataset_name, self.spec = model.to(device).train(), dataset_name, spec
         self.guard = guard
@@ -127,7 +177,16 @@ class StepRunner:
         self.masked_masks: list[Tensor] = []
         if masks:
             self.set_masks(masks)
-        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+        # Each optimizer group's base LR, which the schedule multiplies (the schedule's lr unless a method's
+        # group has its own), and the groups whose gradients are clipped.
+        self.clipped: list[tuple[list[nn.Parameter], float]] = []
+        if optimization is None:
+            self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+            self.base_lrs = [self.schedule.lr]
+        else:
+            self.optimizer = optimization.build(spec)
+            self.base_lrs = [self.schedule.lr if g.lr is None else g.lr for g in optimization.groups]
+            self.clipped = [(list(g.params), g.max_grad_norm) for g in optimization.groups if g.max_grad_norm]
 
     def set_masks(self, masks: Masks) -> None:
         """Hold ``masks`` from now on (pruned weights are zeroed at once); a callback may call this."""
@@ -140,18 +199,26 @@ class StepRunner:
         self.masked_masks = [m for _, m in self.masked]
 
     def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr * lr_factor(self.schedule, step + self.step_offset)
+        factor = lr_factor(self.schedule, step + self.step_offset)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base_lr * factor
         inputs = batch["input"]
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.model(inputs)
-            losses = {t: self.losses[t](outputs[t], batch[t]).float() for t in self.model.tasks}
+            # The tasks the model computed (all, unless a model trains some of its tasks at a time: ECS)
+            tasks = [t for t in self.model.tasks if t in outputs]
+            losses = {t: self.losses[t](outputs[t], batch[t]).float() for t in tasks}
         weights = self.weights
         for callback in self.callbacks:
             weights = callback.loss_weights(step, losses) or weights
-        total = sum(weights[t] * losses[t] for t in self.model.tasks)
+        total = sum(weights[t] * losses[t] for t in tasks)
+        extras: dict[str, Tensor] = {}
+        for callback in self.callbacks:
+            extras.update(callback.extra_loss(step, outputs) or {})
+        for term in extras.values():
+            total = total + term
         loss_value = float(total.detach())
         task_values = {t: float(v.detach()) for t, v in losses.items()}
         if not math.isfinite(loss_value):
@@ -175,7 +242,10 @@ class StepRunner:
         if self.masked:
             with torch.no_grad():  # fused multi-tensor multiplies: one dispatch for all masked tensors
                 with_grad = [(p.grad, m) for p, m in self.masked if p.grad is not None]
-                torch._foreach_mul_([g for g, _ in with_grad], [m for _, m in with_grad])
+                if with_grad:  # none when the masked tensors are outside this call's forward (ECS)
+                    torch._foreach_mul_([g for g, _ in with_grad], [m for _, m in with_grad])
+        for params, max_norm in self.clipped:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when a gradient overflowed; the scale then drops
             self.scaler.update()
@@ -187,6 +257,7 @@ class StepRunner:
         scalars = {
             "loss": loss_value,
             **{f"loss.{t}": v for t, v in task_values.items()},
+            **{f"extra.{name}": float(v.detach()) for name, v in extras.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if weights is not self.weights:
@@ -254,7 +325,7 @@ def validation_loss(
     for batch in eval_batches(val_set, batch_size):
         batch = to_device(batch, device)
         outputs = model(batch["input"])
-        loss = sum(weights[t] * losses[t](outputs[t], batch[t]) for t in model.tasks)
+        loss = sum(weights[t] * losses[t](outputs[t], batch[t]) for t in model.tasks if t in outputs)
         total += float(loss) * batch["input"].shape[0]
         count += batch["input"].shape[0]
     model.train(was_training)
@@ -314,6 +385,7 @@ def train(
     schedule: TrainSpec | None = None,
     checkpoint: CallCheckpoint | None = None,
     guard: DivergenceGuard | None = None,
+    optimization: Optimization | None = None,
 ) -> TrainResult:
     """Run `spec.steps` optimizer steps; with ``selection="best_val"`` end on the weights of the step with
     the lowest validation loss (evaluated every `val_every` steps and after the last one).
@@ -324,7 +396,8 @@ def train(
     ``TrainResult.masks``. With ``checkpoint`` the state is saved at the start, every ``checkpoint.every``
     steps and at the end, and a loaded checkpoint (``checkpoint.resume``) is continued from its step.
     ``guard`` raises :class:`Divergence` when a task loss stays far above its untrained level
-    (mtlprune.engine.divergence).
+    (mtlprune.engine.divergence). ``optimization``: a method's own parameter groups (learning rates,
+    weight decay, clipping) instead of the recipe's one optimizer over every trainable parameter.
     """
     dataset_name, train_set, val_set, device = data.dataset_name, data.train_set, data.val_set, data.device
     selection, loading = data.selection, data.loading
@@ -344,6 +417,7 @@ def train(
         schedule=schedule,
         channels_last=loading.channels_last,
         guard=guard,
+        optimization=optimization,
     )
     torch.manual_seed(seed)  # dropout draws
     best: tuple[float, int, dict[str, Tensor], Masks | None] | None = None

@@ -1,6 +1,6 @@
 """The claim loop every worker runs, in any number of processes, hosts or Slurm tasks at once.
 
-Pick a stage that is not done, whose dense stage is done (for a cell) and that no live worker holds; claim
+Pick a stage that is not done, whose dense stages are done (for a cell) and that no live worker holds; claim
 its lock (mtlprune.execution.locks); run it (mtlprune.engine.runner.run_stage resumes from the stage's
 checkpoint and records a failure instead of raising); release; repeat. When only stages held by others
 remain, wait until they finish or their lock goes stale. So a killed run, a lost node or a second
@@ -53,7 +53,7 @@ class Board:
         self.retry_failed, self.started_at = retry_failed, started_at
         self.attempted: set[str] = set()  # run by this worker (or given up): never again in this call
         self._done: set[str] = set()
-        self._needs = {s.run_id: s.needs for s in stages}
+        self._requires = {s.run_id: s.requires for s in stages}
 
     def is_done(self, run_id: str) -> bool:
         if run_id not in self._done and self.store.is_done(run_id):
@@ -67,8 +67,8 @@ class Board:
         record = self.store.status_record(run_id)
         if record is None or record.status != "failed":
             return False
-        needs = self._needs.get(run_id)
-        if record.kind == "blocked" and needs is not None and self.is_done(needs):
+        requires = self._requires.get(run_id)
+        if record.kind == "blocked" and requires and all(self.is_done(r) for r in requires):
             return run_id in self.attempted  # what blocked it is gone: it runs (once)
         if run_id in self.attempted or not self.retry_failed:
             return True
@@ -80,7 +80,7 @@ class Board:
             return "done"
         if stage.run_id in self.attempted or self.settled_failed(stage.run_id):
             return "settled"
-        if stage.needs is not None and not self.is_done(stage.needs) and not self.settled_failed(stage.needs):
+        if any(not self.is_done(r) and not self.settled_failed(r) for r in stage.requires):
             return "wait"
         return "ready"  # a cell whose dense stage failed for good is run, and run_stage marks it blocked
 
@@ -195,7 +195,7 @@ def run_one(
 ) -> str:
     """Bring one stage to an end (what a Slurm array task does); returns its store status afterwards.
 
-    Its dense stage is run first when nobody holds it, waited for when somebody does. The stage itself is
+    Its dense stages are run first when nobody holds them, waited for when somebody does. The stage itself is
     left to whoever holds it, except an earlier incarnation of this same job (a requeue), whose lock is
     taken over: the stage then resumes from its checkpoint.
     """
@@ -203,7 +203,7 @@ def run_one(
     if run_id not in by_id:
         raise KeyError(f"stage {run_id} is not in this matrix's plan")
     target = by_id[run_id]
-    chain = [by_id[target.needs], target] if target.needs else [target]
+    chain = [*(by_id[r] for r in target.requires), target]
     locks = locks or LockOptions()
 
     def give_up(stage: Stage, held: LockInfo | None) -> bool:

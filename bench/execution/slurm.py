@@ -181,7 +181,7 @@ def pending_for_submission(
         held = lock_summary(store.run_dir(stage.run_id))
         if held is not None and held[1] is None:
             continue  # a live worker has it
-        if stage.needs is not None and board.settled_failed(stage.needs):
+        if any(board.settled_failed(r) for r in stage.requires):
             blocked.append(stage)
         else:
             submit.append(stage)

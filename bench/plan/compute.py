@@ -102,7 +102,8 @@ class PlannedStage:
     stage: Stage
     steps: int
     step_kind: str
-    starts_from: str | None = None  # a cell's starting point ("dense" or "init"); None for a dense stage
+    starts_from: str | None = None  # a cell's start ("dense", "init", "base"); None for a dense stage
+    extra_steps: int = 0  # a cell's share of the stages its method asks for (``PruningMethod.extra_stages``)
 
     @property
     def kind(self) -> str:
@@ -115,18 +116,20 @@ class PlannedStage:
     @property
     def steps_total(self) -> int:
         """What the stage's result will record as ``steps_total``: a cell that starts from the trained dense
-        model also counts its dense stage's steps (bench/engine/cell.py)."""
+        model also counts its dense stage's steps, and every cell the steps of the stages its method asked
+        for (bench/engine/cell.py)."""
         spec = self.stage.spec
         if isinstance(spec, RunSpec) and self.starts_from == "dense":
-            return self.steps + spec.train.steps
-        return self.steps
+            return self.steps + spec.train.steps + self.extra_steps
+        return self.steps + self.extra_steps
 
     @property
     def recipe(self) -> TrainSpec:
-        """The training recipe most of its steps follow: the finetune recipe for a cell that starts from the
-        dense model, the dense recipe otherwise (batch size, optimizer, precision)."""
+        """The training recipe most of its steps follow: the finetune recipe for a cell that starts from a
+        trained model (the dense one, or a base stage of its own), the dense recipe otherwise (batch size,
+        optimizer, precision)."""
         spec = self.stage.spec
-        if isinstance(spec, RunSpec) and self.starts_from == "dense":
+        if isinstance(spec, RunSpec) and self.starts_from in ("dense", "base"):
             return spec.finetune
         return spec.train
 

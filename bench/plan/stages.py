@@ -1,5 +1,6 @@
 """The matrix as stages (docs/design.md, "Stages"): one dense stage per (data, arch, train, eval, seed),
-shared by every method and sparsity, then one cell per RunSpec, which needs its dense stage.
+shared by every method and sparsity, then one cell per RunSpec, which needs its dense stage (and any dense
+stage its method asks for, such as ECS's single-task base: ``Stage.requires``).
 
 `Stage` is the one stage type: the engine runs it, the executors schedule it, the estimate prices it.
 """
@@ -32,8 +33,14 @@ class Stage:
 
     @cached_property
     def needs(self) -> str | None:
-        """The run id of the dense stage a cell starts from (None for a dense stage)."""
+        """The run id of the cell's shared dense stage, its ΔT reference (None for a dense stage)."""
         return self.spec.dense().run_id if isinstance(self.spec, RunSpec) else None
+
+    @cached_property
+    def requires(self) -> tuple[str, ...]:
+        """Run ids of every dense stage that must be done before the cell runs: its shared dense stage, then
+        those its method asks for (``PruningMethod.extra_stages``); empty for a dense stage."""
+        return tuple(d.run_id for d in self.spec.needs()) if isinstance(self.spec, RunSpec) else ()
 
     @property
     def label(self) -> str:

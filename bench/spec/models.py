@@ -511,6 +511,16 @@ class RunSpec(StrictModel):
     def dense(self) -> DenseSpec:
         return DenseSpec(data=self.data, arch=self.arch, train=self.train, eval=self.eval, seed=self.seed)
 
+    def extra_stages(self) -> list[DenseSpec]:
+        """The dense stages this cell's method asks for besides :meth:`dense` (``PruningMethod.extra_stages``:
+        ECS's single-task base), in the method's order; planned once per setting and run before the cell."""
+        method = METHODS.get(self.method.name)(self.method.parsed_params())
+        return list(method.extra_stages(self))
+
+    def needs(self) -> list[DenseSpec]:
+        """Every dense stage that must be done before this cell runs: its dense stage, then the extra ones."""
+        return [self.dense(), *self.extra_stages()]
+
     def control(self) -> RunSpec:
         """The control cell of this cell's setting: the dense model finetuned on the same budget, unpruned."""
         return self.model_copy(update={"method": MethodSpec(name=CONTROL_METHOD), "target_sparsity": 0.0})
@@ -574,6 +584,28 @@ class MatrixSpec(StrictModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _extra_stages_plannable(self) -> MatrixSpec:
+        """A method that plans stages of its own (ECS's single-task base) can do so for every setting."""
+        for i, method in enumerate(self.methods):
+            instance = METHODS.get(method.name)(method.parsed_params())
+            for j, data in enumerate(self.datasets):
+                cell = RunSpec(
+                    data=data,
+                    arch=self.archs[0],
+                    train=self.train,
+                    finetune=self.finetune,
+                    eval=self.eval,
+                    method=method,
+                    target_sparsity=self.sparsities[0],
+                    seed=self.seeds[0],
+                )
+                try:
+                    instance.extra_stages(cell)
+                except ValueError as exc:
+                    raise ValueError(f"methods[{i}] ({method.label}) with datasets[{j}]: {exc}") from None
+        return self
+
     def expand(self) -> list[RunSpec]:
         """Cells in a deterministic order: datasets, archs, seeds, methods, sparsities (as written); with
         ``controls``, each (dataset, arch, seed) block ends with its control cell when a method of the matrix
@@ -598,9 +630,10 @@ class MatrixSpec(StrictModel):
         return cells
 
     def dense_stages(self) -> list[DenseSpec]:
-        """The distinct dense stages the cells need, in first-use order."""
+        """The distinct dense stages the cells need (their shared dense stages and any stage a method asks
+        for, :meth:`RunSpec.extra_stages`), in first-use order."""
         seen: dict[str, DenseSpec] = {}
         for cell in self.expand():
-            dense = cell.dense()
-            seen.setdefault(dense.run_id, dense)
+            for dense in cell.needs():
+                seen.setdefault(dense.run_id, dense)
         return list(seen.values())

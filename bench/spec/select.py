@@ -146,7 +146,7 @@ class Selection:
             for c, t in zip(cells, cell_trees, strict=True)
             if all(self._holds(t, k, v) for k, v in self.clauses)
         ]
-        needed = {c.dense().run_id for c in kept_cells}
+        needed = {d.run_id for c in kept_cells for d in c.needs()}
         kept_dense = [
             d
             for d, t in zip(dense, dense_trees, strict=True)

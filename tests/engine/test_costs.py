@@ -4,6 +4,7 @@ sparsity."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.engine.models.resnet import deeplab_resnet34
 from mtlprune.engine.sparsity import apply_masks, select_masks
 from mtlprune.engine.tasks import upsample_to
+from mtlprune.registry import ARCHS
 
 TASKS = {"segment_semantic": 13, "normal": 3, "depth_zbuffer": 1}
 
@@ -330,3 +332,115 @@ def test_measure_latency() -> None:
     assert model.training
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(model, (16, 16), repeats=0)
+
+
+# --- transformers: LayerNorm, GELU, softmax, attention matmuls (the ViT of ECS) ------------------------
+class _NormActSoftmax(nn.Module):
+    """Three LayerNorms (weight and bias, weight only, none), GELU and softmax over channels-last tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.affine = nn.LayerNorm(dim)
+        self.weight_only = nn.LayerNorm(dim, bias=False)
+        self.plain = nn.LayerNorm(dim, elementwise_affine=False)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.permute(0, 2, 3, 1)
+        y = self.plain(self.weight_only(self.act(self.affine(y))))
+        return y.softmax(dim=-1).permute(0, 3, 1, 2)
+
+
+def test_layer_norm_gelu_softmax_golden() -> None:
+    model = MTLModel(nn.Identity(), {"t": _NormActSoftmax(4)})
+    bd = flop_breakdown(model, (2, 3), in_channels=4)
+    # 4 channels × 2×3 positions = 24 elements per op.
+    # LayerNorm: 5 per element to normalise, + 1 for a weight, + 1 for a bias: (7 + 6 + 5) · 24 = 432
+    # GELU 5 · 24 = 120; softmax 5 · 24 = 120                                                   → 240
+    assert bd.dense["head/t"] == {CONV: 0, NORM: 432, ACTIVATION: 240}
+    assert bd.uncounted == {}
+
+
+def _vit(arch: str, meta: bool) -> MTLModel:
+    torch.manual_seed(0)
+    kwargs = {"width": 1.0, "head_width": 1.0} if meta else {"width": 0.25, "head_width": 0.03125}
+    if meta:
+        with torch.device("meta"):
+            return ARCHS.get(arch)(TASKS, **kwargs)
+    return ARCHS.get(arch)(TASKS, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("arch", "meta", "input_hw"),
+    [("vit_t_convnext", False, (50, 70)), ("vit_b16_convnext", True, (64, 80))],
+    ids=["tiny-cpu-resized", "vit-b16-meta"],
+)
+def test_vit_matmuls_agree_with_flop_counter_mode(arch: str, meta: bool, input_hw) -> None:
+    model = _vit(arch, meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no op of the ViT or its heads lacks a formula
+        bd = flop_breakdown(model, input_hw, OUTPUT_HW)
+    assert bd.uncounted == {}
+    per_module = _flop_counter(model, input_hw, OUTPUT_HW).get_flop_counts()
+    # patch conv, Linear (addmm), attention (bmm), depthwise and 1×1 convs: exactly FlopCounterMode
+    assert bd.total("dense", ["backbone"], [CONV]) == sum(per_module["MTLModel.backbone"].values())
+    for task in TASKS:
+        assert bd.total("dense", [f"head/{task}"], [CONV]) == sum(
+            per_module[f"MTLModel.heads.{task}"].values()
+        )
+    assert {str(op) for op in per_module["MTLModel.backbone"]} >= {
+        "aten.bmm",
+        "aten.addmm",
+        "aten.convolution",
+    }
+    for category in (NORM, ACTIVATION, BIAS, ELEMENTWISE):
+        assert bd.total("dense", ["backbone"], [category]) > 0, category
+
+
+def test_vit_b16_flops_at_416_by_hand() -> None:
+    """ECS's NYU-v2 setting: 416² → 26×26 = 676 patch tokens + 1 global token; D 768, 12 blocks, E 3072."""
+    with torch.device("meta"):
+        model = ARCHS.get("vit_b16_convnext")({"segment_semantic": 40})
+    bd = flop_breakdown(model, (416, 416))
+    patches, tokens, dim = 676, 677, 768
+    patch_embed = 2 * patches * (3 * 16 * 16) * dim
+    linears = 2 * tokens * 12 * dim * dim  # qkv 3D² + proj D² + fc1 4D² + fc2 4D² per token
+    attention = 2 * 2 * tokens * tokens * dim  # q kᵀ and (softmax) v over all heads
+    backbone = patch_embed + 12 * (linears + attention)
+    assert bd.total("dense", ["backbone"], [CONV]) == backbone == 132_694_806_528
+    assert f"{backbone / 2e9:.2f}" == "66.35"  # GMACs; the reference notes round it to ≈ 66.4
+    c, positions = 3072 // 16, 104 * 104  # 4×4 sub-pixels per token
+    head = 2 * patches * dim * 3072 + 2 * (2 * positions * 49 * c + 2 * 2 * positions * 4 * c * c)
+    head += 2 * positions * c * 40  # final 1×1 conv to NYU-v2's 40 classes
+    assert bd.total("dense", ["head/segment_semantic"], [CONV]) == head
+    assert f"{head / 2e9:.1f}" == "8.3"  # GMACs: the notes' ≈ 8.3 for one E = 3072 head
+
+
+def test_vit_sparse_linear_flops_count_nonzeros() -> None:
+    model = _vit("vit_t_convnext", meta=False)
+    params = model.prunable_parameters()
+    generator = torch.Generator().manual_seed(0)
+    apply_masks(
+        params, select_masks({n: torch.rand(p.shape, generator=generator) for n, p in params.items()}, 0.8)
+    )
+    rows: dict[str, int] = {}  # how many times each weight is applied (tokens / positions), seen from outside
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+            per_row = module.out_features if isinstance(module, nn.Linear) else out.shape[1] * out.shape[0]
+            rows[name] = out.numel() // per_row
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.register_forward_hook(record(name))
+    with _eval_mode(model), torch.no_grad():
+        model(torch.zeros(1, 3, *INPUT_HW))
+    bd = flop_breakdown(model, INPUT_HW)
+    removed = 2 * sum(
+        rows[n.removesuffix(".weight")] * (p.numel() - int(p.count_nonzero())) for n, p in params.items()
+    )
+    assert removed > 0
+    # attention's activation × activation matmuls stay dense; every pruned weight saves 2 FLOPs per row
+    assert bd.total("sparse", categories=[CONV]) == bd.total("dense", categories=[CONV]) - removed

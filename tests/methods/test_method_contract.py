@@ -3,10 +3,12 @@
 One tiny matrix runs every method at 70% sparsity (and the control row at 0), twice in two stores, the
 second time each cell after a different predecessor and different draws from the global RNGs; each method
 must then:
-- reach the target, counted from its final weights, within its declared ``sparsity_tolerance``;
+- reach the target, counted from its final weights (the masked tensors: ECS's deltas), within its declared
+  ``sparsity_tolerance``;
 - leave every pruned weight exactly zero, with stored masks that match the weights;
 - give identical masks and metrics for the same seed, whatever ran before it in the process;
-- record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense);
+- record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense,
+  and the steps of any stage it asked for, such as ECS's single-task base);
 - evaluate and land in ``load_results()`` with finite metrics and ΔT;
 - killed in the middle of its training, resume from its checkpoint to exactly the same end (its callbacks'
   state must be in their ``state_dict``; bench/engine/checkpoint.py).
@@ -78,7 +80,8 @@ def runs(tmp_path_factory):
     outcome = run_matrix(matrix, stores[0], show_progress=False)
     assert outcome.failed == {}, {k: stores[0].status_record(k).error for k in outcome.failed}
     stages = plan(matrix)
-    assert run_stage(dense_of(stages)[0], stores[1], matrix.runtime).status == "done"
+    for dense in dense_of(stages):  # the shared dense stage, and any a method asks for (ECS's base)
+        assert run_stage(dense, stores[1], matrix.runtime).status == "done"
     for i, cell in enumerate(reversed(cells_of(stages))):
         _rng_noise(i + 1)
         outcome = run_stage(cell, stores[1], matrix.runtime)
@@ -150,6 +153,7 @@ def test_every_optimizer_step_is_counted(runs, name):
     trained = [r for r in records if "step" in r and "loss" in r]  # one record per optimizer step
     assert result.steps_method == len(trained) > 0
     dense_share = matrix.train.steps if result.starts_from == "dense" else 0
+    dense_share += sum(d.train.steps for d in cells[name].extra_stages())  # stages the method asked for
     assert result.steps_total == dense_share + result.steps_method
 
 
@@ -172,8 +176,8 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_end(runs, name, tmp_path
     records = [json.loads(line) for line in (store.run_dir(cell.run_id) / "log.jsonl").open()]
     steps = sum(1 for r in records if "step" in r)
     resumed = Store(tmp_path)
-    dense_id = cell.dense().run_id
-    shutil.copytree(store.run_dir(dense_id), resumed.run_dir(dense_id))
+    for dense_id in Stage(cell).requires:  # its dense stage and any its method asked for
+        shutil.copytree(store.run_dir(dense_id), resumed.run_dir(dense_id))
     shutil.copytree(store.root / "data", resumed.root / "data")
     progress, _ = _kill_at(max(1, steps // 2 + 1))
     with pytest.raises(Killed):

@@ -123,3 +123,4 @@ def test_planned_steps_are_what_every_method_of_the_roster_records(tmp_path):
     assert by_label["lth(rate=0.5)"] == 2 * (6 - 1)
     assert by_label["lth(rate=0.9,rewind=init)"] == 6
     assert by_label["random(start=init)"] == 6 + 2
+    assert by_label["ecs"] == by_label["ecs-weights"] == 2 * 2  # two sub-tasks, each on the finetune budget

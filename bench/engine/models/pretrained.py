@@ -3,7 +3,10 @@
 The references train from scratch; this is an opt-in for users who have a torchvision
 ImageNet checkpoint on disk. Our backbones use torchvision's key names (ResNet: ``conv1``, ``layer1.0``, …;
 MobileNetV2: ``features.<i>...``, as the references do), so such a file loads once its classifier is dropped.
-Loading is strict: any missing, unexpected or mis-shaped key is an error, never a silent partial load.
+A backbone whose checkpoints come in other formats maps them itself: a ``convert_pretrained(state)`` method
+returns the state under its own key names and the keys it dropped (the ViT encoder reads MultiMAE/MultiViT
+and timm/MAE files, mtlprune.engine.models.vit). Loading is strict: any missing, unexpected or mis-shaped key
+is an error, never a silent partial load.
 """
 
 from __future__ import annotations
@@ -54,16 +57,26 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
-    """Load a local checkpoint into `backbone` strictly; return the classifier keys that were dropped.
+    """Load a local checkpoint into `backbone` strictly; return the keys that were dropped (classifier,
+    or what the backbone's ``convert_pretrained`` dropped).
 
     Raises FileNotFoundError for a missing file and ValueError for an unreadable one or any key mismatch;
     the message names the file and the first offending keys with expected vs found shapes.
     """
     state = read_state_dict(path)
     expected = backbone.state_dict()
-    dropped = [k for k in state if k.startswith(CLASSIFIER_PREFIXES) and k not in expected]
-    for k in dropped:
-        del state[k]
+    convert: Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], list[str]]] | None = getattr(
+        backbone, "convert_pretrained", None
+    )
+    if convert is not None:
+        try:
+            state, dropped = convert(state)
+        except ValueError as e:
+            raise ValueError(f"pretrained weights {str(path)!r}: {e}") from e
+    else:
+        dropped = [k for k in state if k.startswith(CLASSIFIER_PREFIXES) and k not in expected]
+        for k in dropped:
+            del state[k]
 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
