@@ -45,6 +45,7 @@ from mtlprune.analysis.curves import (
     threshold_columns,
 )
 from mtlprune.analysis.labels import column_label, column_scale, setting_title
+from mtlprune.analysis.load import on_pruning_axis
 from mtlprune.analysis.style import (
     DENSE_COLOR,
     DENSE_LABEL,
@@ -150,6 +151,12 @@ def _done(frame: pd.DataFrame) -> pd.DataFrame:
     if "status" not in frame:
         raise KeyError("the frame has no 'status' column; expected load_results() output")
     return frame[frame["status"] == "done"]
+
+
+def _on_pruning_axis(done: pd.DataFrame) -> pd.DataFrame:
+    """Rows on the pruning-sparsity axis; a multi-model method's delta sparsity (ECS) is drawn in
+    :func:`delta_vs_cost` instead, never on this axis."""
+    return on_pruning_axis(done)
 
 
 def _keys(frame: pd.DataFrame, keys: Sequence[str] = SETTING_KEYS) -> list[str]:
@@ -342,7 +349,7 @@ def metrics_vs_sparsity(
     setting as a dashed horizontal line (mean over its seeds). The legend lists the methods drawn, then
     ``dense``.
     """
-    done = _done(frame)
+    done = _on_pruning_axis(_done(frame))
     if done.empty:
         raise ValueError("no finished cell to plot (every cell is failed, pending or missing)")
     metric_list = _metric_list(done, metrics)
@@ -465,7 +472,7 @@ def delta_vs_sparsity(
     Note that published numbers follow their paper's evaluation protocol (``protocol`` column), which may
     differ from the runs'.
     """
-    done = _done(frame)
+    done = _on_pruning_axis(_done(frame))
     rows_with = [d for d in deltas if d in done and done[d].notna().any()]
     if done.empty or not rows_with:
         raise ValueError(f"no finished cell with a value of {list(deltas)} to plot")
@@ -673,7 +680,7 @@ def sparsity_allocation(
     A dotted line marks the target. Methods that prune globally leave the small heads nearly dense and
     the backbone above target; AdapMTL's learned per-component thresholds show here.
     """
-    done = _done(frame)
+    done = _on_pruning_axis(_done(frame))
     if done.empty:
         raise ValueError("no finished cell to plot (every cell is failed, pending or missing)")
     styles = _styles_for(done, styles)

@@ -115,6 +115,8 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, StageResu
     row["steps_total"] = result.steps_total
     row["wall_s"] = result.wall_s
     row.update(_scalars(result.sparsity))
+    # "prunable" (pruning sparsity) or "delta" (a multi-model method's weight deltas, e.g. ECS): its own axis
+    row["sparsity_axis"] = str(result.sparsity.get("axis", "prunable"))
     row["collapsed_layers"], row["collapsed_components"] = collapsed(result.sparsity)
     row.update(_scalars(result.costs or {}))
     row.update({f"latency.{k}": v for k, v in _scalars(result.latency or {}).items()})
@@ -172,3 +174,15 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
         order = {rid: i for i, rid in enumerate(run_ids)}
         frame = frame.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
     return frame
+
+
+def on_pruning_axis(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose sparsity is a pruning sparsity (``sparsity_axis`` not ``delta``).
+
+    A multi-model method (ECS) reports the sparsity of its per-task weight deltas: another axis, so figures
+    over sparsity, the AUC over sparsity, Pareto dominance per target and the rank statistics per target
+    leave its rows out; tables keep them and say so, and the cost figure compares everyone.
+    """
+    if "sparsity_axis" not in frame:
+        return frame
+    return frame[frame["sparsity_axis"].fillna("prunable") != "delta"]

@@ -257,8 +257,17 @@ def comparison_table(
     columns = _default_metrics(frame) if metrics is None else _check_metrics(frame, metrics)
     then = [k for k in ("tasks", "protocol") if k not in group]
     table = _sort(_cell_rows(frame, columns), group, then)
-    table.attrs.update(kind=COMPARISON, metrics=columns, group=group, keys=keys)
+    table.attrs.update(
+        kind=COMPARISON, metrics=columns, group=group, keys=keys, delta_axis=_delta_axis(frame)
+    )
     return table
+
+
+def _delta_axis(frame: pd.DataFrame) -> list[str]:
+    """Method labels whose sparsity is of weight deltas (a multi-model method, ECS), not of the weights."""
+    if "sparsity_axis" not in frame:
+        return []
+    return sorted(set(frame.loc[frame["sparsity_axis"] == "delta", "method"].astype(str)))
 
 
 def _table2_columns(dataset: str, tasks: list[str], sources: list[pd.DataFrame]) -> list[str]:
@@ -352,7 +361,13 @@ def table2_layout(
     for column in columns:
         out[column] = table[f"{column}.mean"].astype(float)
     out.attrs.update(
-        kind=TABLE2, metrics=columns, dataset=dataset, arch=arch, target=float(target), tasks=tasks
+        delta_axis=_delta_axis(ours),
+        kind=TABLE2,
+        metrics=columns,
+        dataset=dataset,
+        arch=arch,
+        target=float(target),
+        tasks=tasks,
     )
     return out
 
@@ -469,6 +484,7 @@ class _Layout:
     protocols: list[str]
     datasets: list[str]
     digits: dict[str, int] = field(default_factory=dict)
+    delta_axis: list[str] = field(default_factory=list)  # methods whose sparsity is of weight deltas
 
     @property
     def dataset(self) -> str | None:
@@ -608,6 +624,7 @@ def _layout(table: pd.DataFrame, digits: Mapping[str, int] | None) -> _Layout:
         )
     layout = _comparison_layout(table) if kind == COMPARISON else _table2_layout_of(table)
     layout.digits = {**DIGITS, **(digits or {})}
+    layout.delta_axis = list(table.attrs.get("delta_axis", []))
     return layout
 
 
@@ -758,6 +775,12 @@ def _caption(layout: _Layout, caption: str | None, style: _Style, legend: bool =
             "the paper's dense row.".replace("ΔT", r"$\Delta_T$" if style.latex else "ΔT")
         )
     has_sparsity = any(c == "achieved_sparsity" or c.startswith("sparsity.") for c in layout.metrics)
+    if layout.delta_axis and has_sparsity:
+        methods = ", ".join(esc(m) for m in layout.delta_axis)
+        parts.append(
+            f"{methods}: a base model plus sparse per-task weight deltas; their sparsity is that of the "
+            "deltas (its own axis, not a pruning sparsity): compare them on stored parameters and FLOPs."
+        )
     units = _units_text(layout, style)
     if units:
         parts.append(units)

@@ -260,6 +260,17 @@ def test_delta_vs_cost_puts_every_method_on_stored_parameters_and_flops():
         delta_vs_cost(rows, costs=("latency",))
 
 
+def test_delta_axis_rows_stay_off_the_sparsity_axis_and_on_the_cost_axis(frame):
+    ecs = frame[(frame["method"] == "snip") & (frame["status"] == "done")].assign(
+        method="ecs", sparsity_axis="delta", params_stored=1e6
+    )
+    both = pd.concat([frame, ecs], ignore_index=True)
+    sparsity_fig = metrics_vs_sparsity(both, style="screen")
+    assert "ecs" not in [t.get_text() for t in sparsity_fig.legends[0].get_texts()]
+    cost_fig = delta_vs_cost(both, costs=("params",), style="screen")
+    assert "ecs" in [t.get_text() for t in cost_fig.legends[0].get_texts()]
+
+
 def test_allocation_bars_are_the_component_sparsities(frame):
     fig = sparsity_allocation(frame, style="screen")
     assert len(fig.axes) == 4  # 2 archs × 2 targets

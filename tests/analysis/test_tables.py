@@ -528,3 +528,16 @@ def test_a_table_without_a_finished_cell_says_so(frame):
     assert text.splitlines()[0] == "Table: Nothing yet. No cell has finished yet: the table has no values."
     with pytest.warns(EmptyTableWarning):
         assert "No cell has finished yet" in to_latex(table)
+
+
+def test_methods_on_the_delta_axis_are_named_in_the_caption(frame):
+    axis = frame["method"].map(lambda m: "delta" if m == "adapmtl" else "prunable")
+    marked = frame.assign(sparsity_axis=axis.where(frame["status"] == "done"))
+    table = comparison_table(marked, metrics=[*METRICS, "achieved_sparsity"])
+    assert table.attrs["delta_axis"] == ["adapmtl"]
+    text = to_markdown(table)
+    assert (
+        "adapmtl: a base model plus sparse per-task weight deltas; their sparsity is that of the deltas"
+        in text
+    )
+    assert "deltas" not in to_markdown(comparison_table(frame, metrics=[*METRICS, "achieved_sparsity"]))

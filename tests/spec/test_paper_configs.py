@@ -65,3 +65,36 @@ def test_env_root_resolves_to_a_dataset_root(synthetic_root, monkeypatch):
     (need,) = data_needs(matrix).values()
     assert (need.root, need.problem, need.found) == (str(synthetic_root), None, {"train": 8, "test": 4})
     assert need.mismatches() == ["train: found 8, expected 795", "test: found 4, expected 654"]
+
+
+def test_ecs_paper_config_plans_without_data(tmp_path, monkeypatch, capsys):
+    """ViT-B/16 at 416×416 on NYU-v2, segmentation the base: the ECS paper's shape, planned here."""
+    monkeypatch.delenv("NYUV2_ROOT", raising=False)
+    matrix = load_matrix(CONFIGS / "ecs_nyuv2_vitb16.yaml")
+    (data,) = matrix.datasets
+    assert data.crop == (416, 416) and data.tasks[0] == "segment_semantic"
+    (arch,) = matrix.archs
+    assert (arch.name, arch.width, arch.head_width) == ("vit_b16_convnext", 1.0, 1.0)
+    ecs = matrix.methods[0].parsed_params()
+    assert (matrix.methods[0].name, ecs.base, ecs.control) == ("ecs", "single_task", "target")
+    # Two dense stages: the multi-task one every pruning method starts from, and ECS's single-task base.
+    dense = matrix.dense_stages()
+    assert sorted(d.data.tasks for d in dense) == [("segment_semantic",), data.tasks]
+    sizes = model_sizes(matrix)
+    totals = sorted(f"{s.total / 1e6:.2f}M" for s in sizes.values())
+    assert totals == ["88.63M", "91.31M"]  # 85.65M ViT-B/16 + 2.98M (E 3072) + 2 × 1.34M (E 1536) heads
+    assert main(["plan", str(CONFIGS / "ecs_nyuv2_vitb16.yaml"), "--store", str(tmp_path)]) == 0
+    assert "vit_b16_convnext width 1/1" in capsys.readouterr().out
+
+
+def test_ecs_demo_config_validates_on_the_cpu_vit():
+    matrix = load_matrix(CONFIGS / "demo_ecs.yaml")
+    assert [m.name for m in matrix.methods] == [
+        "ecs",
+        "ecs-weights",
+        "magnitude",
+        "adapmtl",
+        "disparse-static",
+    ]
+    assert [a.name for a in matrix.archs] == ["vit_t_convnext"] and matrix.sparsities == [0.5, 0.9]
+    assert len(matrix.dense_stages()) == 2 and len(matrix.expand()) == 11  # 5 methods × 2 targets + control

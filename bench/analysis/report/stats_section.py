@@ -41,6 +41,7 @@ def statistics_section(data: ReportData, builder: Builder) -> Section:
     from mtlprune.analysis import stats as S
     from mtlprune.analysis.html import Section, frame_html, markdown_table_html
     from mtlprune.analysis.labels import display_frame
+    from mtlprune.analysis.load import on_pruning_axis
     from mtlprune.analysis.stats_figures import cd_diagram, interval_plot
     from mtlprune.analysis.stats_tables import (
         intervals_latex,
@@ -52,7 +53,8 @@ def statistics_section(data: ReportData, builder: Builder) -> Section:
     )
     from mtlprune.analysis.style import StyleMap
 
-    frame, metric, style = data.frame, STATS_METRIC, builder.style
+    # Blocks are (setting, target, seed): a delta-sparsity target (ECS) is not comparable with a pruning one.
+    frame, metric, style = on_pruning_axis(data.frame), STATS_METRIC, builder.style
     name = data.title.removeprefix("Report: ")
     if metric not in frame or pd.to_numeric(frame[metric], errors="coerce").notna().sum() == 0:
         return Section("statistics", "Statistics", "<p>No finished cell has a ΔT: no statistics.</p>")

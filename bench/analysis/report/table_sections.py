@@ -123,9 +123,11 @@ def headroom_tables(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) 
 def summary_tables(frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
     from mtlprune.analysis.html import frame_html
     from mtlprune.analysis.labels import display_frame
+    from mtlprune.analysis.load import on_pruning_axis
     from mtlprune.analysis.summaries import delta_t_auc, pareto_dominated
 
     out: dict[str, str] = {}
+    frame = on_pruning_axis(frame)  # both summaries are over pruning sparsity (targets)
     try:
         auc = delta_t_auc(frame)
         columns = [
