@@ -631,8 +631,9 @@ def delta_vs_cost(
                         drawn.append(method)
                         n_points += int(points["y"].notna().sum())
                 reference = dense_refs[cost]
-                if reference in rows and rows[reference].notna().any():
-                    x = float(pd.to_numeric(rows[reference], errors="coerce").mean()) * scale
+                pruned = on_pruning_axis(rows)  # a delta-shared model's totals are not the dense model's
+                if reference in pruned and pruned[reference].notna().any():
+                    x = float(pd.to_numeric(pruned[reference], errors="coerce").mean()) * scale
                     ax.plot([x], [0.0], linestyle="none", marker="X", color=DENSE_COLOR, label=DENSE_LABEL)
                     has_dense = True
                 if row == 0:

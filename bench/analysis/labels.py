@@ -31,7 +31,9 @@ __all__ = [
 ARCH_NAMES: dict[str, str] = {
     "deeplab_resnet34": "Deeplab-ResNet34",
     "mobilenetv2": "MobileNetV2",
-    "resnet18_mtl": "ResNet-18",
+    "vit_b16_convnext": "ViT-B/16",
+    "vit_s16_convnext": "ViT-S/16",
+    "vit_t_convnext": "ViT-Ti/8 (4 blocks)",
 }
 DELTA_NAMES: dict[str, tuple[str, str]] = {  # column → (text, LaTeX)
     "delta_t": ("ΔT", r"$\Delta_T$"),

@@ -118,7 +118,10 @@ def mask_figure_sections(data: ReportData, builder: Builder, picked: pd.DataFram
     from mtlprune.analysis import load_masks, load_task_masks, overlap_matrix, task_iou
     from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
 
+    from mtlprune.analysis.load import on_pruning_axis
+
     runs = data.store / "runs"
+    picked = on_pruning_axis(picked)  # a delta-axis run (ECS) stores delta masks: not a pruned network's
     with_masks = picked[[(runs / r / "masks.npz").is_file() for r in picked["run_id"]]]
     if with_masks.empty:
         builder.notes.append("no mask figures: the illustrated runs stored no masks.npz")
