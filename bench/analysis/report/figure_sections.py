@@ -116,9 +116,8 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
 def mask_figure_sections(data: ReportData, builder: Builder, picked: pd.DataFrame, setting: str) -> None:
     """Per-layer sparsity, method overlap and cross-task IoU, where the illustrated runs stored masks."""
     from mtlprune.analysis import load_masks, load_task_masks, overlap_matrix, task_iou
-    from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
-
     from mtlprune.analysis.load import on_pruning_axis
+    from mtlprune.analysis.mask_figures import layer_sparsity_heatmap, overlap_heatmap, task_iou_curve
 
     runs = data.store / "runs"
     picked = on_pruning_axis(picked)  # a delta-axis run (ECS) stores delta masks: not a pruned network's
