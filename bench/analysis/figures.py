@@ -82,6 +82,7 @@ DELTA_LABELS = {
     "delta_m": "Δm vs dense (%) ↑",
     "delta_t_control": "ΔT vs control (%) ↑",
     "delta_m_control": "Δm vs control (%) ↑",
+    "delta_m_stl": "Δm vs single-task (%) ↑",
 }
 NO_DATA = "no finished value here"
 GRID_COLUMNS = 4  # panels per row of a wrapped grid ("all metrics"): 7 in / 4 ≈ 1.7 in per panel

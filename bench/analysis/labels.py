@@ -40,6 +40,7 @@ DELTA_NAMES: dict[str, tuple[str, str]] = {  # column → (text, LaTeX)
     "delta_m": ("Δm", r"$\Delta_m$"),
     "delta_t_control": ("ΔT vs control", r"$\Delta_T$ vs control"),
     "delta_m_control": ("Δm vs control", r"$\Delta_m$ vs control"),
+    "delta_m_stl": ("Δm vs single-task", r"$\Delta_m$ vs single-task"),
 }
 
 

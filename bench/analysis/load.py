@@ -3,10 +3,14 @@
 ``delta_t``/``delta_m`` compare a cell with its dense model (the papers' number); ``delta_t_control`` /
 ``delta_m_control`` compare it with its setting's control cell (``dense-finetune``: the dense model
 finetuned on the same budget, unpruned), which separates the effect of pruning from that of extra training.
+``delta_m_stl`` compares it with single-task models (ECS's framing, Maninis et al.'s Δm): each task's
+metrics against the dense stage trained on that task alone with the same spec otherwise (planned with
+``stl_reference: true``, or ECS's single-task base); NaN unless every task has one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -85,8 +89,56 @@ def setting_columns(spec_payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, StageResult | None]) -> dict[str, Any]:
-    """One cell's row; ``cache`` holds the dense and control results already read (run id → result)."""
+def _setting_key(spec: dict[str, Any]) -> str:
+    """A dense stage's spec without its task list: stages with equal keys differ only in their tasks."""
+    data = {k: v for k, v in spec["data"].items() if k != "tasks"}
+    return json.dumps({**spec, "data": data}, sort_keys=True, default=str)
+
+
+def single_task_index(runs: Path) -> dict[str, dict[str, str]]:
+    """Dense stages by setting: setting key → {task: run id of the single-task stage of that task}, and
+    run id → setting key for every dense stage (multi-task ones included, to find their single-task peers)."""
+    index: dict[str, dict[str, str]] = {"": {}}
+    for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
+        payload = read_json(spec_path)
+        spec = payload["spec"]
+        if spec.get("stage") != "dense":
+            continue
+        key = _setting_key(spec)
+        index[""][payload["run_id"]] = key
+        if len(spec["data"]["tasks"]) == 1:
+            index.setdefault(key, {})[spec["data"]["tasks"][0]] = payload["run_id"]
+    return index
+
+
+def _single_task_reference(
+    runs: Path, dense_id: str, tasks: list[str], index: dict[str, dict[str, str]], cache: dict[str, Any]
+) -> dict[str, float] | None:
+    """Each task's metrics from its finished single-task stage (same setting as ``dense_id``); None unless
+    every task has one."""
+    peers = index.get(index[""].get(dense_id, "?"), {})
+    reference: dict[str, float] = {}
+    for task in tasks:
+        run_id = peers.get(task)
+        if run_id is None:
+            return None
+        if run_id not in cache:
+            path = runs / run_id / RESULT
+            cache[run_id] = read_result(path) if path.is_file() else None
+        if cache[run_id] is None:
+            return None
+        reference.update({k: v for k, v in cache[run_id].metrics.items() if k.startswith(f"{task}.")})
+    return reference
+
+
+def _row(
+    run_dir: Path,
+    spec_payload: dict[str, Any],
+    cache: dict[str, StageResult | None],
+    index: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """One cell's row; ``cache`` holds the dense and control results already read (run id → result),
+    ``index`` the dense stages by setting (:func:`single_task_index`) for Δm against single-task models."""
     spec = spec_payload["spec"]
     method = spec["method"]
     params = method.get("params") or {}
@@ -145,6 +197,13 @@ def _row(run_dir: Path, spec_payload: dict[str, Any], cache: dict[str, StageResu
             row[f"delta_m{suffix}"] = delta_m(result.metrics, reference.metrics, tasks, dataset=dataset)
         except (KeyError, ValueError) as exc:  # e.g. a reference metric of 0: undefined, said so in the row
             notes.append(("against the control: " if suffix else "") + str(exc).strip("'\""))
+    if index is not None and result.dense_run_id is not None:
+        reference = _single_task_reference(run_dir.parent, result.dense_run_id, tasks, index, cache)
+        if reference is not None:
+            try:
+                row["delta_m_stl"] = delta_m(result.metrics, reference, tasks, dataset=dataset)
+            except (KeyError, ValueError) as exc:
+                notes.append("against the single-task models: " + str(exc).strip("'\""))
     if notes:
         row["delta_note"] = "; ".join(notes)
     return row
@@ -155,6 +214,7 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
     runs = Path(store) / "runs"
     wanted = None if run_ids is None else set(run_ids)
     cache: dict[str, StageResult | None] = {}
+    index = single_task_index(runs)
     rows = []
     for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
         if wanted is not None and spec_path.parent.name not in wanted:
@@ -162,7 +222,7 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
         payload = read_json(spec_path)
         if payload["spec"].get("stage") != "cell":
             continue
-        rows.append(_row(spec_path.parent, payload, cache))
+        rows.append(_row(spec_path.parent, payload, cache, index))
     frame = pd.DataFrame(rows)
     for column in BASE_COLUMNS:
         if column not in frame:

@@ -543,6 +543,11 @@ class MatrixSpec(StrictModel):
         description=f"add the control row ({CONTROL_METHOD!r}: the dense model finetuned on the finetune "
         "budget, unpruned) once per setting and seed when a method starts from the dense model",
     )
+    stl_reference: bool = Field(
+        False,
+        description="also plan one single-task dense stage per task of each setting and seed (the same "
+        "training on that task alone): the single-task models that `delta_m_stl` compares every cell with",
+    )
     runtime: RuntimeSpec = not_hashed(RuntimeSpec())
 
     @field_validator("methods")
@@ -631,9 +636,18 @@ class MatrixSpec(StrictModel):
 
     def dense_stages(self) -> list[DenseSpec]:
         """The distinct dense stages the cells need (their shared dense stages and any stage a method asks
-        for, :meth:`RunSpec.extra_stages`), in first-use order."""
+        for, :meth:`RunSpec.extra_stages`), in first-use order; with ``stl_reference``, then one single-task
+        stage per task of each multi-task dense stage (shared with a method's identical stage, e.g. ECS's
+        base)."""
         seen: dict[str, DenseSpec] = {}
         for cell in self.expand():
             for dense in cell.needs():
                 seen.setdefault(dense.run_id, dense)
+        if self.stl_reference:
+            for dense in [d for d in seen.values() if len(d.data.tasks) > 1]:
+                for task in dense.data.tasks:
+                    single = dense.model_copy(
+                        update={"data": dense.data.model_copy(update={"tasks": (task,)})}
+                    )
+                    seen.setdefault(single.run_id, single)
         return list(seen.values())

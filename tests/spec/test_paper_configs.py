@@ -77,12 +77,15 @@ def test_ecs_paper_config_plans_without_data(tmp_path, monkeypatch, capsys):
     assert (arch.name, arch.width, arch.head_width) == ("vit_b16_convnext", 1.0, 1.0)
     ecs = matrix.methods[0].parsed_params()
     assert (matrix.methods[0].name, ecs.base, ecs.control) == ("ecs", "single_task", "target")
-    # Two dense stages: the multi-task one every pruning method starts from, and ECS's single-task base.
+    # The multi-task dense stage every pruning method starts from; ECS's single-task base (segmentation),
+    # which is also the segmentation model of `stl_reference`; the other tasks' single-task models.
     dense = matrix.dense_stages()
-    assert sorted(d.data.tasks for d in dense) == [("segment_semantic",), data.tasks]
+    assert matrix.stl_reference
+    assert sorted(d.data.tasks for d in dense) == sorted([data.tasks, *((t,) for t in data.tasks)])
     sizes = model_sizes(matrix)
     totals = sorted(f"{s.total / 1e6:.2f}M" for s in sizes.values())
-    assert totals == ["88.63M", "91.31M"]  # 85.65M ViT-B/16 + 2.98M (E 3072) + 2 × 1.34M (E 1536) heads
+    # 85.65M ViT-B/16 + heads: 2.98M (E 3072, segmentation), 1.34M (E 1536, normals and depth)
+    assert totals == ["86.99M", "86.99M", "88.63M", "91.31M"]
     assert main(["plan", str(CONFIGS / "ecs_nyuv2_vitb16.yaml"), "--store", str(tmp_path)]) == 0
     assert "vit_b16_convnext width 1/1" in capsys.readouterr().out
 
@@ -97,4 +100,6 @@ def test_ecs_demo_config_validates_on_the_cpu_vit():
         "disparse-static",
     ]
     assert [a.name for a in matrix.archs] == ["vit_t_convnext"] and matrix.sparsities == [0.5, 0.9]
-    assert len(matrix.dense_stages()) == 2 and len(matrix.expand()) == 11  # 5 methods × 2 targets + control
+    assert len(matrix.expand()) == 11  # 5 methods × 2 targets + control
+    # the multi-task dense stage and one single-task stage per task (segmentation's is ECS's base)
+    assert len(matrix.dense_stages()) == 4

@@ -65,6 +65,14 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
             f"dense model), {where}",
             lambda part=part: F.delta_vs_cost(part, styles=styles, style=style),
         )
+        if "delta_m_stl" in part and part["delta_m_stl"].notna().any():
+            builder.figure(
+                group,
+                f"cost_stl_{key}",
+                "Δm against the single-task models (ECS's framing) vs stored parameters and FLOPs, every "
+                f"method on the same axes, {where}",
+                lambda part=part: F.delta_vs_cost(part, delta="delta_m_stl", styles=styles, style=style),
+            )
         builder.figure(
             group,
             f"allocation_{key}",

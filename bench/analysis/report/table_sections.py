@@ -21,7 +21,7 @@ def _main_metrics(frame: pd.DataFrame) -> list[str]:
             column = f"{task}.{MAIN_METRIC[task]}"
             if column in frame and column not in out:
                 out.append(column)
-    deltas = ("achieved_sparsity", "delta_t", "delta_m", "delta_t_control")
+    deltas = ("achieved_sparsity", "delta_t", "delta_m", "delta_t_control", "delta_m_stl")
     return out + [c for c in deltas if c in frame and frame[c].notna().any()]
 
 
