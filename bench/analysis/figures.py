@@ -593,8 +593,9 @@ def delta_vs_cost(
 
     Rows = ``costs`` (``params``: stored parameters in millions; ``flops``: FLOPs per image in billions,
     :data:`COST_AXES`), columns = settings. One line per method over its targets (for a multi-model method
-    such as ECS, a curve over delta density), mean over seeds; the dense model is the grey cross at ΔT 0
-    and its own cost (all parameters, dense FLOPs). This is the comparison axis for methods whose
+    such as ECS, a curve over delta density), mean over seeds; for ΔT and Δm against the dense model, the
+    dense model is the grey cross at 0 and its own cost (all parameters, dense FLOPs); against the control
+    or the single-task models (``delta_m_stl``) the dashed zero line is that reference. This is the comparison axis for methods whose
     "sparsity" is not pruning sparsity: a pruning method moves left of the dense cross, ECS stores more.
     """
     done = _done(frame)
@@ -633,7 +634,8 @@ def delta_vs_cost(
                         n_points += int(points["y"].notna().sum())
                 reference = dense_refs[cost]
                 pruned = on_pruning_axis(rows)  # a delta-shared model's totals are not the dense model's
-                if reference in pruned and pruned[reference].notna().any():
+                at_zero = delta in ("delta_t", "delta_m")  # elsewhere 0 is the control or the single-task models
+                if at_zero and reference in pruned and pruned[reference].notna().any():
                     x = float(pd.to_numeric(pruned[reference], errors="coerce").mean()) * scale
                     ax.plot([x], [0.0], linestyle="none", marker="X", color=DENSE_COLOR, label=DENSE_LABEL)
                     has_dense = True
