@@ -595,8 +595,9 @@ def delta_vs_cost(
     :data:`COST_AXES`), columns = settings. One line per method over its targets (for a multi-model method
     such as ECS, a curve over delta density), mean over seeds; for ΔT and Δm against the dense model, the
     dense model is the grey cross at 0 and its own cost (all parameters, dense FLOPs); against the control
-    or the single-task models (``delta_m_stl``) the dashed zero line is that reference. This is the comparison axis for methods whose
-    "sparsity" is not pruning sparsity: a pruning method moves left of the dense cross, ECS stores more.
+    or the single-task models (``delta_m_stl``) the dashed zero line is that reference. This is the
+    comparison axis for methods whose "sparsity" is not pruning sparsity: a pruning method moves left of the
+    dense cross, ECS stores more.
     """
     done = _done(frame)
     unknown = [c for c in costs if c not in COST_AXES]
@@ -634,7 +635,7 @@ def delta_vs_cost(
                         n_points += int(points["y"].notna().sum())
                 reference = dense_refs[cost]
                 pruned = on_pruning_axis(rows)  # a delta-shared model's totals are not the dense model's
-                at_zero = delta in ("delta_t", "delta_m")  # elsewhere 0 is the control or the single-task models
+                at_zero = delta in ("delta_t", "delta_m")  # else 0 is the control or the single-task models
                 if at_zero and reference in pruned and pruned[reference].notna().any():
                     x = float(pd.to_numeric(pruned[reference], errors="coerce").mean()) * scale
                     ax.plot([x], [0.0], linestyle="none", marker="X", color=DENSE_COLOR, label=DENSE_LABEL)
