@@ -12,6 +12,10 @@ import torch
 # Four real NYU-v2 frames in the AdaShare layout (img/ seg/ normal_mask/ depth/), where a machine has them:
 # the folder named by this variable (docs/datasets.md); CI sets it. Tests that need them skip, naming it.
 REAL_SAMPLES_VAR = "MTLPRUNE_NYUV2_SAMPLES"
+# A checkout of the ECS reference code, sarashoouri/EfficientMTL (the folder holding its Codes/): it has no
+# licence, so it is never copied here; tests/methods/test_ecs_reference.py loads it from this variable and
+# skips, naming it, where it is unset (docs/methods.md, ECS, "Faithfulness").
+ECS_REFERENCE_VAR = "MTLPRUNE_ECS_REF"
 
 torch.set_num_threads(2)
 
@@ -82,3 +86,15 @@ def real_nyuv2_root(tmp_path_factory) -> Path:
     entries = [[f"img/{i}.png", f"seg/{i}.png", f"normal_mask/{i}.png", f"depth/{i}.npy"] for i in ids]
     (root / "nyu_v2_3task.json").write_text(json.dumps({"train": entries[:3], "test": entries[3:]}))
     return root
+
+
+@pytest.fixture(scope="session")
+def ecs_reference_root() -> Path:
+    """The root of a checkout of the ECS reference code (skip where ``MTLPRUNE_ECS_REF`` names none)."""
+    folder = os.environ.get(ECS_REFERENCE_VAR)
+    if not folder or not Path(folder, "Codes", "multimae").is_dir():
+        pytest.skip(
+            f"ECS reference code not available: set {ECS_REFERENCE_VAR} to a checkout of "
+            f"sarashoouri/EfficientMTL, the folder holding Codes/ (got {folder!r})"
+        )
+    return Path(folder)

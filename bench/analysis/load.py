@@ -102,8 +102,8 @@ def single_task_index(runs: Path) -> dict[str, dict[str, str]]:
     for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
         payload = read_json(spec_path)
         spec = payload["spec"]
-        if spec.get("stage") != "dense":
-            continue
+        if spec.get("stage") != "dense" or "tasks" not in spec.get("data", {}):
+            continue  # no task list, no single-task peers (a damaged dense record is load_dense's to report)
         key = _setting_key(spec)
         index[""][payload["run_id"]] = key
         if len(spec["data"]["tasks"]) == 1:
