@@ -563,11 +563,15 @@ def delta_vs_sparsity(
 
 # Cost axes of delta_vs_cost: (axis label, frame columns in order of preference, scale to the shown unit).
 # Stored parameters: a multi-model method (ECS) stores base + non-zero deltas + heads (`params_stored`);
-# a pruned model its non-zero weights (`params_nonzero`). FLOPs: a data-dependent shared-forward count where
-# a method reports one (`flops_shared`), else the weight-sparse count every cell has (`flops_sparse`).
+# a pruned model its non-zero weights (`params_nonzero`). FLOPs are compared like for like, never a
+# data-dependent count against a static one: `flops` is the static count every cell has (`flops_sparse`:
+# zero weights skipped; for ECS the joint task set without activation sharing), `flops_input` the
+# data-dependent count of every model (`flops_input_sparse`: zero weights and zero activations skipped;
+# for ECS its shared forward), docs/accounting.md.
 COST_AXES: dict[str, tuple[str, tuple[str, ...], float]] = {
     "params": ("Stored parameters (M)", ("params_stored", "params_nonzero"), 1e-6),
-    "flops": ("FLOPs per image (G)", ("flops_shared", "flops_sparse"), 1e-9),
+    "flops": ("FLOPs per image (G)", ("flops_sparse",), 1e-9),
+    "flops_input": ("FLOPs per image, zero activations skipped (G)", ("flops_input_sparse",), 1e-9),
 }
 
 
@@ -583,7 +587,7 @@ def _cost_column(rows: pd.DataFrame, cost: str) -> pd.Series:
 
 def delta_vs_cost(
     frame: pd.DataFrame,
-    costs: Sequence[str] = ("params", "flops"),
+    costs: Sequence[str] = ("params", "flops", "flops_input"),
     delta: str = "delta_t",
     styles: StyleMap | None = None,
     style: str | FigureStyle = "paper",
@@ -591,7 +595,8 @@ def delta_vs_cost(
 ) -> Figure:
     """ΔT against what a model stores and computes, every method on the same axes.
 
-    Rows = ``costs`` (``params``: stored parameters in millions; ``flops``: FLOPs per image in billions,
+    Rows = ``costs`` that have values (``params``: stored parameters in millions; ``flops``: static FLOPs per
+    image in billions; ``flops_input``: the same with zero activations skipped, measured on test images;
     :data:`COST_AXES`), columns = settings. One line per method over its targets (for a multi-model method
     such as ECS, a curve over delta density), mean over seeds; for ΔT and Δm against the dense model, the
     dense model is the grey cross at 0 and its own cost (all parameters, dense FLOPs); against the control
@@ -616,7 +621,12 @@ def delta_vs_cost(
     methods = sorted(done["method"].astype(str).unique())
     drawn: list[str] = []
     n_points = 0
-    dense_refs = {"params": "params_total", "flops": "flops_dense"}
+    # the dense model's own cost (a cell records the static one; its data-dependent one is the control's)
+    dense_refs: dict[str, str | None] = {
+        "params": "params_total",
+        "flops": "flops_dense",
+        "flops_input": None,
+    }
     with style_context(style) as fs:
         fig, axes = _figure(len(rows_with), len(settings), fs, [*methods, "dense"], sharey="row")
         has_dense = False
@@ -636,7 +646,12 @@ def delta_vs_cost(
                 reference = dense_refs[cost]
                 pruned = on_pruning_axis(rows)  # a delta-shared model's totals are not the dense model's
                 at_zero = delta in ("delta_t", "delta_m")  # else 0 is the control or the single-task models
-                if at_zero and reference in pruned and pruned[reference].notna().any():
+                if (
+                    at_zero
+                    and reference is not None
+                    and reference in pruned
+                    and pruned[reference].notna().any()
+                ):
                     x = float(pd.to_numeric(pruned[reference], errors="coerce").mean()) * scale
                     ax.plot([x], [0.0], linestyle="none", marker="X", color=DENSE_COLOR, label=DENSE_LABEL)
                     has_dense = True

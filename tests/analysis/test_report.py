@@ -247,7 +247,7 @@ def test_delta_vs_cost_puts_every_method_on_stored_parameters_and_flops():
             "flops_dense": 8e9,
         }
     )
-    fig = delta_vs_cost(rows, style="screen")
+    fig = delta_vs_cost(rows, style="screen")  # no flops_input_sparse in these rows: that axis is left out
     params, flops = fig.axes
     lines = {ln.get_label(): ln for ln in params.get_lines()}
     assert list(lines["m"].get_xdata()) == pytest.approx([0.4, 2.0])  # M, sorted by cost
