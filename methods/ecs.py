@@ -89,8 +89,9 @@ Deviations from the reference (also in docs/methods.md):
 - The base task's network is the base stage as trained (its head too); the reference trains it with
   layer-wise LR decay, drop-path and fp16, which the benchmark's dense recipe does not have.
 - Activation sharing is simulated as the reference does (full sub-task activations, then thresholded): it
-  saves no compute here. The data-dependent count of what it would save (``flops_shared``) is not made;
-  ``flops_*`` are the static counts without sharing (docs/accounting.md).
+  saves no compute here. What it would save is counted from the data (``flops_shared``, the same rule as
+  every model's ``flops_input_sparse``); ``flops_sparse``/``flops_dense`` are the static counts of the
+  joint task set without sharing (docs/accounting.md).
 - Temporal (video) sharing of the NYUD scripts is out of scope (the benchmark's data has no frames).
 
 Recorded in ``method_state``: the base task, base and its run id, per sub-task the steps of each phase, the

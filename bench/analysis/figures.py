@@ -621,11 +621,11 @@ def delta_vs_cost(
     methods = sorted(done["method"].astype(str).unique())
     drawn: list[str] = []
     n_points = 0
-    # the dense model's own cost (a cell records the static one; its data-dependent one is the control's)
+    # the dense model's own cost on each axis, as its cells record it
     dense_refs: dict[str, str | None] = {
         "params": "params_total",
         "flops": "flops_dense",
-        "flops_input": None,
+        "flops_input": "dense_flops_input_sparse",
     }
     with style_context(style) as fs:
         fig, axes = _figure(len(rows_with), len(settings), fs, [*methods, "dense"], sharey="row")

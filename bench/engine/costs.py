@@ -44,6 +44,13 @@ device and never touches BN statistics. Should an op lack a meta kernel, the pas
 the model's device with a zeros input. The head outputs are then upsampled bilinearly to `output_hw` with
 `mtlprune.engine.tasks.upsample_to`, exactly as evaluation does, and that upsampling is charged to the task's
 head.
+
+Data-dependent counts (`count_flops_input_sparse` for any model, `count_flops_shared` for a delta-shared
+model; docs/accounting.md derives the rule): a real forward on test images under the same mode, every op
+that is not bilinear charged as above, and a bilinear op (conv, mm/addmm, bmm) by the products of a
+non-zero input entry with a non-zero weight (or second operand) it needs (`nonzero_products`); a sub-task
+of a delta-shared model runs each bilinear op in the cheaper of the direct form and the delta form
+y_b + f(δa, b_b) + f(a_s, δb) on the base's result (`_DataCounter`).
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from mtlprune.engine.models.delta import DeltaSharedMTL
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.engine.tasks import upsample_to
 
@@ -461,3 +469,354 @@ def measure_latency(
         "latency_ms_max": max(times),
         "latency_repeats": repeats,
     }
+
+
+# --------------------------------------------------------------------------- data-dependent FLOP counts
+
+SHARE = "share"  # what computation sharing adds: y_b + c, a bias delta, forming and thresholding δ
+THRESHOLD_FLOPS_PER_ELEMENT = 2  # |δ| and its comparison with τ at a sharing point
+INPUT_SPARSE_IMAGES = 4  # test images of the data-dependent count (measure_costs)
+_BILINEAR_OPS = _CONV_OPS | _MM_OPS
+
+
+def _operands(packet: Any, args: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(a, b, bias) of a bilinear op: conv (input, weight, bias), mm/bmm (a, b), addmm (bias, a, b)."""
+    if packet in _CONV_OPS:
+        return args[0], args[1], args[2]
+    if packet in (aten.addmm, aten.baddbmm):
+        return args[1], args[2], args[0]
+    return args[0], args[1], None
+
+
+def nonzero_products(packet: Any, args: Any, a: Tensor, b: Tensor) -> int:
+    """Multiplications of a non-zero entry of ``a`` by a non-zero entry of ``b`` that the bilinear op
+    ``packet`` (conv, mm, addmm, bmm, baddbmm; its geometry from ``args``, the op's own arguments) makes.
+
+    Only the zero patterns of ``a`` and ``b`` matter. mm: Σ_k nnz(a[:, k]) · nnz(b[k, :]) (per batch entry for
+    bmm). Convolution: Σ conv(1[a ≠ 0], 1[b ≠ 0]) over every output element with the op's stride, padding,
+    dilation, groups (and transposition): each output element counts the (input, weight) pairs it sums
+    that are both non-zero; zero padding is an input zero. A multiply-add is 2 FLOPs on top of this.
+    """
+    if packet in _CONV_OPS:
+        ones = aten.convolution.default(
+            (a != 0).to(torch.float32), (b != 0).to(torch.float32), None, *args[3:9]
+        )  # exact integers (≤ C_in·k_h·k_w each); rounding undoes an FFT or Winograd kernel's error
+        return int(torch.round(ones).sum(dtype=torch.float64).item())
+    a_nz, b_nz = (a != 0), (b != 0)
+    rows = a_nz.sum(dim=-2, dtype=torch.int64)  # per k: non-zeros of a's column k
+    cols = b_nz.sum(dim=-1, dtype=torch.int64)  # per k: non-zeros of b's row k
+    return int((rows * cols).sum().item())
+
+
+@dataclass
+class _Recorded:
+    """A bilinear op of the base's backbone pass: the operands a sub-task's same op is compared with."""
+
+    packet: Any
+    a: Tensor
+    b: Tensor
+    bias: Tensor | None
+
+
+@dataclass
+class DataCount:
+    """A data-dependent count summed over ``images`` (mtlprune.engine.costs.count_flops_input_sparse).
+
+    ``activations[component]``: [non-zeros, entries] of the activation operands of its bilinear ops;
+    ``deltas[task]``: [non-zeros, entries] of δ = (sub-task − base) of the activation operands of the
+    sub-task pass's bilinear ops, and ``delta_layers[task][layer]`` the same per op (layer = the innermost
+    backbone module that ran it, ``#n`` for its n-th op); ``forms[task]``: [delta form, direct form] op
+    counts chosen.
+    """
+
+    breakdown: FlopBreakdown
+    images: int = 0
+    activations: dict[str, list[int]] = field(default_factory=dict)
+    deltas: dict[str, list[int]] = field(default_factory=dict)
+    delta_layers: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    forms: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _tally(table: dict[str, list[int]], key: str, nnz: int, numel: int) -> None:
+    row = table.setdefault(key, [0, 0])
+    row[0] += nnz
+    row[1] += numel
+
+
+class _DataCounter(_Counter):
+    """A real forward in which each bilinear op is charged by the non-zero products it needs.
+
+    Every op that is not bilinear is charged by the static formulas (`_Counter._charge`). A bilinear op
+    y = f(a, b) costs 2 · nonzero_products(a, b) (+ its bias). On a `DeltaSharedMTL`, which tells this
+    counter (its ``observer``) where each task's backbone pass and each thresholding starts, the base pass's
+    bilinear operands are kept, and the k-th bilinear op of a sub-task pass, f(a_s, b_s), is compared with
+    the base's k-th, f(a_b, b_b): given y_b, y_s = y_b + f(a_s − a_b, b_b) + f(a_s, b_s − b_b), so the
+    *delta form* costs 2 · [products(δa, b_b) + products(a_s, δb)] + 1 per output element (y_b + c) + the
+    bias delta's non-zeros times their positions, and the *direct form* costs what it costs in any model;
+    the cheaper is charged (a tie: direct). A thresholding at a sharing point costs
+    THRESHOLD_FLOPS_PER_ELEMENT per element, + 1 (δ = y_s − y_b) when its op was computed directly; the
+    ops that simulate it are not charged otherwise.
+    """
+
+    def __init__(self, count: DataCount, base_task: str | None = None) -> None:
+        super().__init__(count.breakdown, to_meta=False)
+        self.count = count
+        self.base_task = base_task
+        self.pass_task: str | None = None
+        self.base_ops: list[_Recorded] = []
+        self.op_index = 0
+        self.sharing = 0
+        self.last_direct = True
+        self.modules: list[str] = []
+        self.layer_calls: dict[str, int] = {}
+
+    # the DeltaSharedMTL observer protocol (mtlprune.engine.models.delta.ForwardObserver)
+    def enter(self, kind: str, name: str, output: Tensor | None) -> None:
+        if kind == "pass":
+            self.pass_task, self.op_index, self.layer_calls = name, 0, {}
+            if name == self.base_task:
+                self.base_ops = []
+            self.stack.append(BACKBONE if name == self.base_task else f"delta/{name}")
+        elif kind == "share":
+            if self.sharing == 0 and output is not None:
+                per_element = THRESHOLD_FLOPS_PER_ELEMENT + (1 if self.last_direct else 0)
+                self.breakdown.add(self.stack[-1], SHARE, per_element * output.numel())
+            self.sharing += 1
+
+    def leave(self, kind: str, name: str) -> None:
+        if kind == "pass":
+            self.stack.pop()
+            if name != self.base_task and self.op_index != len(self.base_ops):
+                raise RuntimeError(
+                    f"the {name} pass ran {self.op_index} bilinear ops, the base pass {len(self.base_ops)}"
+                )
+            self.pass_task = None
+        elif kind == "share":
+            self.sharing -= 1
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        flat = tree_flatten((args, kwargs))[0]
+        if not any(self._is_activation(t) for t in flat):
+            return func(*args, **kwargs)
+        if self.sharing or func.overloadpacket in _BILINEAR_OPS:
+            out = func(*args, **kwargs)
+            self.mark(out)
+            if not self.sharing:  # the thresholding's own ops are charged on entering it
+                self._bilinear(func.overloadpacket, args, _first_tensor(out))
+            return out
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def _layer(self) -> str:
+        name = self.modules[-1] if self.modules else "?"
+        calls = self.layer_calls[name] = self.layer_calls.get(name, 0) + 1
+        return name if calls == 1 else f"{name}#{calls}"
+
+    def _bilinear(self, packet: Any, args: Any, y: Tensor) -> None:
+        a, b, bias = _operands(packet, args)
+        component = self.stack[-1]
+        is_act = (self._is_activation(a), self._is_activation(b))
+        direct = 2 * nonzero_products(packet, args, a, b)
+        direct_extra = y.numel() if bias is not None else 0
+        for t, act in zip((a, b), is_act, strict=True):
+            if act:
+                _tally(self.count.activations, component, int(torch.count_nonzero(t)), t.numel())
+        if self.pass_task is None or component not in (BACKBONE, f"delta/{self.pass_task}"):
+            self._charge_form(component, direct, BIAS, direct_extra)
+            return
+        if self.pass_task == self.base_task:
+            keep = [t.detach().clone() if act else t for t, act in zip((a, b), is_act, strict=True)]
+            self.base_ops.append(_Recorded(packet, keep[0], keep[1], bias))
+            self._charge_form(component, direct, BIAS, direct_extra)
+            return
+        task = self.pass_task
+        if self.op_index >= len(self.base_ops):
+            raise RuntimeError(f"the {task} pass runs more bilinear ops than the base pass")
+        base = self.base_ops[self.op_index]
+        self.op_index += 1
+        if base.packet is not packet or base.a.shape != a.shape or base.b.shape != b.shape:
+            raise RuntimeError(f"bilinear op {self.op_index} of the {task} pass differs from the base pass's")
+        delta_a, delta_b = a != base.a, b != base.b
+        layer = self._layer()
+        for changed, act in zip((delta_a, delta_b), is_act, strict=True):
+            if act:
+                nnz = int(changed.sum())
+                _tally(self.count.deltas, task, nnz, changed.numel())
+                _tally(self.count.delta_layers.setdefault(task, {}), layer, nnz, changed.numel())
+        delta = 2 * (
+            nonzero_products(packet, args, delta_a, base.b) + nonzero_products(packet, args, a, delta_b)
+        )
+        delta_extra = y.numel()  # y_b + c (y_b holds the base's bias)
+        if bias is not None:
+            changed = bias != base.bias
+            if packet in _CONV_OPS:
+                delta_extra += int(changed.sum()) * (y.numel() // int(y.shape[1]))
+            else:
+                delta_extra += int(torch.broadcast_to(changed, y.shape).sum())
+        forms = self.count.forms.setdefault(task, [0, 0])
+        self.last_direct = direct + direct_extra <= delta + delta_extra
+        if self.last_direct:
+            forms[1] += 1
+            self._charge_form(component, direct, BIAS, direct_extra)
+        else:
+            forms[0] += 1
+            self._charge_form(component, delta, SHARE, delta_extra)
+
+    def _charge_form(self, component: str, products: int, extra_category: str, extra: int) -> None:
+        self.breakdown.add(component, CONV, products)
+        if extra:
+            self.breakdown.add(component, extra_category, extra)
+
+
+def _track_modules(module: nn.Module, counter: _DataCounter) -> list[Any]:
+    """Pre/post hooks that keep the name of the innermost running submodule on ``counter.modules``."""
+
+    def enter(name: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            counter.modules.append(name)
+
+        return hook
+
+    def leave(*_: Any) -> None:
+        counter.modules.pop()
+
+    handles = []
+    for name, sub in module.named_modules():
+        handles.append(sub.register_forward_pre_hook(enter(name or "backbone")))
+        handles.append(sub.register_forward_hook(leave, always_call=True))
+    return handles
+
+
+def data_breakdown(
+    model: MTLModel, batches: Iterable[Tensor], output_hw: tuple[int, int] | None = None
+) -> DataCount:
+    """The data-dependent count of every image of ``batches`` (each split into single images, so the count
+    does not depend on the batching), summed; see `count_flops_input_sparse`. Eval mode, no gradients; the
+    model and its flags are left as they were."""
+    count = DataCount(FlopBreakdown())
+    for component in model.components():
+        count.breakdown.add(component, CONV, 0)
+    delta = isinstance(model, DeltaSharedMTL)
+    counter = _DataCounter(count, model.base_task if delta else None)
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+    target = None if output_hw is None else torch.empty((1, *output_hw), device="meta")
+    handles = _track_heads(model, counter) + _track_modules(model.backbone, counter)
+    active = model.active_tasks if delta else None
+    try:
+        if delta:
+            model.observer, model.active_tasks = counter, None
+        with _eval_mode(model), torch.no_grad():
+            for batch in batches:
+                for i in range(int(batch.shape[0])):
+                    x = batch[i : i + 1].to(device=device, dtype=dtype)
+                    with counter:
+                        counter.mark(x)
+                        outputs = model(x)
+                        if target is not None:
+                            for task in model.tasks:
+                                counter.stack.append(f"head/{task}")
+                                upsample_to(outputs[task], target)
+                                counter.stack.pop()
+                    count.images += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        if delta:
+            model.observer, model.active_tasks = None, active
+    uncounted = count.breakdown.uncounted
+    if uncounted:
+        warnings.warn(
+            f"FLOPs not counted for ops with no formula in mtlprune.engine.costs: {uncounted}", stacklevel=2
+        )
+    if count.images == 0:
+        raise ValueError("no images to count the data-dependent FLOPs on")
+    return count
+
+
+def _density(row: list[int] | None) -> float:
+    return float("nan") if not row or row[1] == 0 else row[0] / row[1]
+
+
+def count_flops_input_sparse(
+    model: MTLModel, batches: Iterable[Tensor], output_hw: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Data-dependent FLOPs per image, the mean over the images of ``batches``: every bilinear op (conv,
+    linear, matmul) costs 2 FLOPs per product of a non-zero input entry with a non-zero weight
+    (`nonzero_products`: zero activations — after a ReLU, or zero padding — and pruned weights both cost
+    nothing), every other op the static formulas' cost (module docstring), the heads' upsampling to
+    ``output_hw`` included.
+
+    Columns: ``flops_input_sparse`` (the whole multi-task forward), ``.backbone``, ``.head.<task>``,
+    ``.path.<task>`` (backbone + head), ``act_density`` (non-zero share of the activation operands of every
+    bilinear op), ``input_sparse_images``. A `DeltaSharedMTL` is counted by `count_flops_shared`, whose
+    columns these are too (its ``flops_input_sparse*`` = ``flops_shared*``).
+    """
+    if isinstance(model, DeltaSharedMTL):
+        return count_flops_shared(model, batches, output_hw)
+    count = data_breakdown(model, batches, output_hw)
+    n = count.images
+    parts = {c: count.breakdown.total("dense", [c]) / n for c in model.components()}
+    out: dict[str, Any] = {"flops_input_sparse": sum(parts.values())}
+    out["flops_input_sparse.backbone"] = parts[BACKBONE]
+    for task in model.tasks:
+        out[f"flops_input_sparse.head.{task}"] = parts[f"head/{task}"]
+    for task in model.tasks:
+        out[f"flops_input_sparse.path.{task}"] = parts[BACKBONE] + parts[f"head/{task}"]
+    out["act_density"] = _density(_sum_rows(count.activations.values()))
+    out["input_sparse_images"] = n
+    return out
+
+
+def _sum_rows(rows: Iterable[list[int]]) -> list[int]:
+    total = [0, 0]
+    for row in rows:
+        total[0] += row[0]
+        total[1] += row[1]
+    return total
+
+
+def count_flops_shared(
+    model: MTLModel, batches: Iterable[Tensor], output_hw: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Data-dependent FLOPs per image of a delta-shared model (ECS) with its activation sharing, the mean over
+    the images of ``batches`` (`_DataCounter`; docs/accounting.md derives the rule).
+
+    ``flops_shared``: the joint task set — the base's backbone pass once, each sub-task's pass given the
+    base's (``flops_shared.delta.<task>``: each bilinear op in the cheaper of the direct and the delta form,
+    every other op at full cost, the thresholding), and every head; ``flops_shared.backbone`` the base pass,
+    ``flops_shared.head.<task>``, ``flops_shared.path.<task>`` one task alone (base pass + its delta pass +
+    its head). ``act_delta_density.<task>``: the non-zero share of δ = a_sub − a_base over the activation
+    operands of the sub-task pass's bilinear ops (per op in ``act_delta_density_layers``, a nested entry),
+    ``act_density`` that of the activation operands themselves. The same numbers are also given as
+    ``flops_input_sparse``, ``.backbone``, ``.head.<task>``, ``.path.<task>``: the column every model has.
+    """
+    if not isinstance(model, DeltaSharedMTL):
+        raise TypeError(f"count_flops_shared counts a DeltaSharedMTL, not a {type(model).__name__}")
+    count = data_breakdown(model, batches, output_hw)
+    n = count.images
+    parts = {c: count.breakdown.total("dense", [c]) / n for c in model.components()}
+    subs = model.sub_tasks
+    joint = parts[BACKBONE] + sum(parts[f"delta/{t}"] for t in subs)
+    joint += sum(parts[f"head/{t}"] for t in model.tasks)
+    paths = {
+        t: parts[BACKBONE] + (parts[f"delta/{t}"] if t in subs else 0) + parts[f"head/{t}"]
+        for t in model.tasks
+    }
+    out: dict[str, Any] = {"flops_shared": joint, "flops_shared.backbone": parts[BACKBONE]}
+    out.update({f"flops_shared.delta.{t}": parts[f"delta/{t}"] for t in subs})
+    out.update({f"flops_shared.head.{t}": parts[f"head/{t}"] for t in model.tasks})
+    out.update({f"flops_shared.path.{t}": paths[t] for t in model.tasks})
+    out.update({f"act_delta_density.{t}": _density(count.deltas.get(t)) for t in subs})
+    out["act_density"] = _density(_sum_rows(count.activations.values()))
+    out["input_sparse_images"] = n
+    out["flops_input_sparse"] = joint
+    out["flops_input_sparse.backbone"] = parts[BACKBONE]
+    out.update({f"flops_input_sparse.head.{t}": parts[f"head/{t}"] for t in model.tasks})
+    out.update({f"flops_input_sparse.path.{t}": paths[t] for t in model.tasks})
+    out["act_delta_density_layers"] = {
+        t: {layer: _density(row) for layer, row in count.delta_layers.get(t, {}).items()} for t in subs
+    }
+    out["shared_forms"] = {t: {"delta": f[0] / n, "direct": f[1] / n} for t, f in count.forms.items()}
+    return out

@@ -14,7 +14,7 @@ import torch
 
 from mtlprune.engine.build import resolve_device
 from mtlprune.engine.checkpoint import StageCheckpoint
-from mtlprune.engine.costs import count_flops, measure_latency
+from mtlprune.engine.costs import INPUT_SPARSE_IMAGES, count_flops, count_flops_input_sparse, measure_latency
 from mtlprune.engine.determinism import stage_environment
 from mtlprune.engine.evaluate import evaluate
 from mtlprune.engine.logs import Progress
@@ -83,16 +83,27 @@ def measure_costs(
 ) -> dict[str, Any]:
     """Theoretical FLOPs at the evaluation resolution and, when asked, measured latency.
 
-    Latency is measured as it is: masked weights are stored and multiplied as dense tensors, so a pruned
-    model is no faster than the dense one unless a sparse kernel is used; the result says so.
+    Static counts (``flops_dense``, ``flops_sparse``: from shapes and weights) and the data-dependent
+    count of every model (``flops_input_sparse``: zero activations cost nothing either, the mean over the
+    first `INPUT_SPARSE_IMAGES` test images; a delta-shared model's is its shared forward,
+    ``flops_shared``; a cell also gets its dense stage's as ``dense_flops_input_sparse``);
+    docs/accounting.md. Latency is measured as it is: masked weights are stored and multiplied as dense
+    tensors, so a pruned model is no faster than the dense one unless a sparse kernel is used; the result
+    says so.
     """
     sample = test_set[0]
     input_hw = tuple(sample["input"].shape[-2:])
     output_hw = tuple(sample[model.tasks[0]].shape[-2:])
+    flops: dict[str, Any] = {}
     if isinstance(model, DeltaSharedMTL):  # a multi-model method (ECS): each task's own network
-        flops = delta_flops(model, input_hw, output_hw)
+        flops.update(delta_flops(model, input_hw, output_hw))
     else:
-        flops = count_flops(model, input_hw, output_hw)
+        flops.update(count_flops(model, input_hw, output_hw))
+    images = [test_set[i]["input"].unsqueeze(0) for i in range(min(INPUT_SPARSE_IMAGES, len(test_set)))]
+    flops.update(count_flops_input_sparse(model, images, output_hw))
+    dense_costs = {} if dense_result is None else dense_result.costs or {}
+    if "flops_input_sparse" in dense_costs:  # the dense model's on this axis (its zeros are its own)
+        flops["dense_flops_input_sparse"] = dense_costs["flops_input_sparse"]
     out: dict[str, Any] = {"costs": {"input_hw": list(input_hw), **flops}}
     if runtime.measure_latency:
         latency = measure_latency(model, input_hw, device=device)
@@ -112,8 +123,9 @@ def delta_flops(
     compute: a sparse delta added to dense weights leaves them dense), ``.head.<task>`` each head, and
     ``flops_<kind>`` all of them: the base backbone once, every sub-task's backbone pass, every head.
 
-    Activation sharing (thresholded activation deltas at evaluation) makes a sub-task's cost depend on the
-    data; that count (``flops_shared``, docs/accounting.md) is not made here.
+    This is what a deployment without activation sharing computes: the static count of the joint task set
+    (``flops_sparse``, like every other method's). What activation sharing saves depends on the data and is
+    counted apart (``flops_shared``: mtlprune.engine.costs.count_flops_shared; docs/accounting.md).
     """
     out: dict[str, int] = {}
     parts: dict[str, dict[str, int]] = {}

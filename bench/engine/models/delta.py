@@ -27,7 +27,11 @@ layer of the backbone, with one threshold per such layer: a CNN adaptation of ou
 Accounting (docs/accounting.md): what is stored is the base backbone, the non-zeros of every δ_t (plus one
 index bit per δ entry, reported apart) and every head; gates exist only while they are learned and leave
 the model with :meth:`DeltaSharedMTL.remove_gates`. :meth:`standalone` builds one task's network as a plain
-``MTLModel`` (its backbone with ``W_b + δ_t``), which the cost counter and the tests use.
+``MTLModel`` (its backbone with ``W_b + δ_t``), which the static cost counter and the tests use. The
+data-dependent count of the shared forward (``flops_shared``, mtlprune.engine.costs.count_flops_shared)
+watches :meth:`DeltaSharedMTL.forward` through :attr:`DeltaSharedMTL.observer` (:class:`ForwardObserver`):
+told where each task's backbone pass and each thresholding starts, it compares every bilinear op of a
+sub-task's pass with the base pass's.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -180,6 +184,17 @@ class HardConcreteGates(nn.Module):
 # ----------------------------------------------------------------------------------------- the model
 
 
+class ForwardObserver(Protocol):
+    """What watches a forward of :class:`DeltaSharedMTL` from outside (the data-dependent FLOP count,
+    mtlprune.engine.costs.count_flops_shared): told when each task's backbone pass (kind ``pass``, name the
+    task; the base's runs first) and each thresholding at a sharing point (kind ``share``, name the point,
+    with the activation being thresholded) starts and ends."""
+
+    def enter(self, kind: str, name: str, output: Tensor | None) -> None: ...
+
+    def leave(self, kind: str, name: str) -> None: ...
+
+
 def act_points(backbone: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
     """(act points, sharing points) of a backbone: module name → layer index (one threshold per layer).
 
@@ -228,6 +243,7 @@ class DeltaSharedMTL(MTLModel):
         self.act_l1: Tensor | None = None
         self.layer_thresholds: dict[int, float] = {}  # layer → activation-sharing threshold (evaluation)
         self.penalty_points, self.sharing_points = act_points(self.backbone)
+        self.observer: ForwardObserver | None = None  # a cost counter watching a forward (never stored)
         self.backbone.eval()
 
     # ------------------------------------------------------------------------------------------ API
@@ -324,7 +340,11 @@ class DeltaSharedMTL(MTLModel):
         features = None
         if self.base_task in tasks or record:
             grad = torch.is_grad_enabled() and self.base_task in tasks
-            with self._hooks(self._recorder(base_acts) if record else None), torch.set_grad_enabled(grad):
+            with (
+                self._hooks(self._recorder(base_acts) if record else None),
+                torch.set_grad_enabled(grad),
+                self._observed("pass", self.base_task),
+            ):
                 features = self.backbone(x)
             if self.base_task in tasks:
                 outputs[self.base_task] = self.heads[self.base_task](features)
@@ -335,7 +355,7 @@ class DeltaSharedMTL(MTLModel):
                 hook = self._penalizer(base_acts)
             elif sharing:
                 hook = self._sharer(base_acts)
-            with self._hooks(hook):
+            with self._hooks(hook), self._observed("pass", task):
                 sub_features = self.task_features(task, x)
             outputs[task] = self.heads[task](sub_features)
         return {t: outputs[t] for t in self.tasks if t in outputs}
@@ -398,11 +418,26 @@ class DeltaSharedMTL(MTLModel):
                 return None
 
             def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-                return share_activation(output, base[name], tau)
+                with self._observed("share", name, output):
+                    return share_activation(output, base[name], tau)
 
             return hook
 
         return make
+
+    @contextmanager
+    def _observed(self, kind: str, name: str, output: Tensor | None = None) -> Iterator[None]:
+        """Tell :attr:`observer` (if any) that a ``pass`` (one task's backbone pass, ``name`` the task) or a
+        ``share`` (the thresholding at sharing point ``name`` of ``output``) starts and ends."""
+        observer = self.observer
+        if observer is None:
+            yield
+            return
+        observer.enter(kind, name, output)
+        try:
+            yield
+        finally:
+            observer.leave(kind, name)
 
     # ----------------------------------------------------------------------------------- export
 
