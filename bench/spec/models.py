@@ -175,7 +175,12 @@ class ArchSpec(StrictModel):
 
     name: str = Field("deeplab_resnet34", description="registered architecture name")
     width: float = Field(1.0, gt=0, le=4, description="backbone channel multiplier")
-    head_width: float = Field(1.0, gt=0, le=4, description="ASPP head channel multiplier (1024 at 1.0)")
+    head_width: float = Field(
+        1.0,
+        gt=0,
+        le=4,
+        description="head width multiplier: ASPP channels (1024 at 1.0) or ConvNeXt E (3072/1536 at 1.0)",
+    )
     pretrained: str | None = not_hashed(
         None, description="local file of backbone weights; nothing is downloaded"
     )
