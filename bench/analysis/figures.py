@@ -237,6 +237,21 @@ def _draw_method(ax: Axes, points: pd.DataFrame, label: str, styles: StyleMap) -
         )
 
 
+def _draw_methods(
+    ax: Axes, all_points: pd.DataFrame, methods: Sequence[str], styles: StyleMap
+) -> tuple[list[str], int]:
+    """Each method's line of ``all_points`` (a :func:`_points` frame) that has a value: (methods drawn,
+    points drawn)."""
+    drawn, n_points = [], 0
+    for method in methods:
+        points = all_points[all_points["method"] == method].sort_values("x")
+        if points["y"].notna().any() and points["x"].notna().any():
+            _draw_method(ax, points, method, styles)
+            drawn.append(method)
+            n_points += int(points["y"].notna().sum())
+    return drawn, n_points
+
+
 def _method_handles(labels: Sequence[str], styles: StyleMap) -> list[Line2D]:
     return [Line2D([], [], label=lab, color=styles[lab].color, marker=styles[lab].marker) for lab in labels]
 
@@ -390,13 +405,9 @@ def metrics_vs_sparsity(
             rows = done[cell_keys == key]
             dataset = _dataset_of(rows)
             ax = axes[r][c]
-            all_points = _points(rows, metric)
-            for method in methods:
-                points = all_points[all_points["method"] == method]
-                if points["y"].notna().any():
-                    _draw_method(ax, points, method, styles)
-                    drawn.append(method)
-                    n_points += int(points["y"].notna().sum())
+            shown, count = _draw_methods(ax, _points(rows, metric), methods, styles)
+            drawn += shown
+            n_points += count
             if dense_keys is not None and metric in dense:
                 ref = pd.to_numeric(dense.loc[dense_keys == key, metric], errors="coerce").dropna()
                 if not ref.empty:
@@ -507,13 +518,9 @@ def delta_vs_sparsity(
             for row, delta in enumerate(rows_with):
                 ax = axes[row][col]
                 ax.axhline(0.0, color=DENSE_COLOR, linestyle="--", label=DENSE_LABEL)
-                all_points = _points(rows, delta)
-                for method in methods:
-                    points = all_points[all_points["method"] == method]
-                    if points["y"].notna().any():
-                        _draw_method(ax, points, method, styles)
-                        drawn.append(method)
-                        n_points += int(points["y"].notna().sum())
+                shown, count = _draw_methods(ax, _points(rows, delta), methods, styles)
+                drawn += shown
+                n_points += count
                 if not pub.empty and delta in pub:
                     for _, point in pub[pub[delta].notna()].iterrows():
                         style_ = styles[str(point["method"])]
@@ -637,12 +644,9 @@ def delta_vs_cost(
                 label, _, scale = COST_AXES[cost]
                 ax.axhline(0.0, color=DENSE_COLOR, linestyle="--", linewidth=0.6)
                 all_points = _points(rows, delta, x_column=f"_cost_{cost}", x_scale=scale)
-                for method in methods:
-                    points = all_points[all_points["method"] == method].sort_values("x")
-                    if points["y"].notna().any() and points["x"].notna().any():
-                        _draw_method(ax, points, method, styles)
-                        drawn.append(method)
-                        n_points += int(points["y"].notna().sum())
+                shown, count = _draw_methods(ax, all_points, methods, styles)
+                drawn += shown
+                n_points += count
                 reference = dense_refs[cost]
                 pruned = on_pruning_axis(rows)  # a delta-shared model's totals are not the dense model's
                 at_zero = delta in ("delta_t", "delta_m")  # else 0 is the control or the single-task models
