@@ -7,6 +7,8 @@ import inspect
 import re
 import sys
 import time
+import warnings
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from mtlprune.execution.interrupts import exits_on_interrupt
 from mtlprune.registry import ARCHS, DATASETS, METHODS, load_plugins
 from mtlprune.spec import CONTROL_METHOD, ArchSpec, ConfigError, MatrixSpec, load_matrix
 from mtlprune.store import DEFAULT_STORE
@@ -95,6 +98,7 @@ def _unknown_data(matrix: MatrixSpec, unknown: dict[int, str]) -> list[str]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from mtlprune.engine.requirements import data_needs, model_sizes, planned_stages
+    from mtlprune.execution.device import device_warning
     from mtlprune.plan.compute import compute_plan, parse_step_time
     from mtlprune.plan.estimate import estimate_costs
     from mtlprune.plan.fingerprint import identity_known, resolve_data_lenient
@@ -103,6 +107,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     step_time = parse_step_time(args.step_time) if args.step_time is not None else None  # bad input: at once
     store = Store(args.store)
+    store.require_usable(write=False)
     matrix, unknown = resolve_data_lenient(_load(args), store.root)
     only = _only(args)
     stages = plan(matrix, only)
@@ -167,6 +172,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     wall = estimate.wall_line(matrix.runtime.workers)
     for line in [estimate.line, *([wall] if wall else []), *estimate.notes]:
         console.print(f"  {line}", markup=False, highlight=False)
+    warning = device_warning(matrix.runtime)
+    if warning:
+        console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -346,12 +354,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mtlprune.store import Store
 
     store = Store(args.store)
+    store.require_usable(write=False)
     matrix, unknown = resolve_data_lenient(_load(args), store.root)
     if unknown:
         raise DataFingerprintError("; ".join(_unknown_data(matrix, unknown)))
     now = time.time()
     counts: dict[str, int] = {}
     failures: list[str] = []
+    damaged: list[str] = []
     holders: list[str] = []
     table = Table(title=f"{matrix.name} in {store.root}")
     for column in ("stage", "run_id", "what", "status"):
@@ -361,7 +371,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         run_id = stage.run_id
         status = store.status(run_id)
         shown = status
-        if status == "failed":
+        if status == "damaged":
+            damaged += [f"  {run_id} {stage.label}: {p.line()}" for p in store.inspect(run_id).problems]
+        elif status == "failed":
             record = store.status_record(run_id)
             kind = record.kind or "error"
             shown = f"failed ({kind})"
@@ -390,7 +402,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(stage.kind, run_id, stage.label, shown)
     console.print(table)
     warnings = _convergence_warnings(stages, store)
-    for title, lines in (("failed", failures), ("in progress", holders), ("warning", warnings)):
+    sections = (("damaged", damaged), ("failed", failures), ("in progress", holders), ("warning", warnings))
+    for title, lines in sections:
         if lines:
             console.print(f"[bold]{title}:[/bold]")
             for line in lines:
@@ -473,7 +486,8 @@ def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
     except ValidationError as exc:
         flags = {field: f"--{flag.replace('_', '-')}" for flag, field in SLURM_FLAGS.items()}
         problems = [
-            f"{flags.get(str(e['loc'][0]), 'runtime.slurm.' + str(e['loc'][0]))}: {e['msg']}"
+            f"{flags.get(str(e['loc'][0]), 'runtime.slurm.' + str(e['loc'][0]))}: "
+            + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         ]
         raise ValueError("bad Slurm resources: " + "; ".join(problems)) from None
@@ -481,6 +495,7 @@ def _slurm_spec(matrix: MatrixSpec, overrides: dict[str, Any]) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mtlprune.analysis.report import write_run_report
+    from mtlprune.execution.device import check_device
     from mtlprune.execution.matrix import run_matrix
     from mtlprune.plan.code_changes import check_changed_code
     from mtlprune.plan.fingerprint import resolve_data
@@ -488,8 +503,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mtlprune.store import Store
     from mtlprune.store.manifest import write_manifest
 
+    loaded = _load(args)
+    check_device(loaded.runtime, args.executor)  # before any work: a stage here needs its device here
     store = Store(args.store)
-    matrix = resolve_data(_load(args), store.root)  # before any run id: disk data ids follow content
+    store.require_usable(write=True)  # a file, or read-only: said before any work
+    matrix = resolve_data(loaded, store.root)  # before any run id: disk data ids follow content
     plugins = [*args.plugin, *args.sub_plugin]
     overrides = _slurm_overrides(args)
     only = _only(args)
@@ -604,8 +622,8 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
         console.print("[green]no problems found[/green]")
         return 0
     console.print(f"[red]{len(report.problems)} problem(s):[/red]")
-    for problem in report.problems:
-        console.print(f"  {problem}", markup=False, highlight=False)
+    for problem in report.problems:  # one line each, however long: a path is never broken
+        console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
     return 1
 
 
@@ -652,6 +670,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     outcome = build_report(args.source, store=args.store, out=args.out, style=args.style, only=args.only)
     counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items())
     console.print(f"cells: {counts}", markup=False, highlight=False)
+    for line in outcome.damaged:
+        console.print(f"  damaged: {line}", markup=False, highlight=False, soft_wrap=True)
     for note in outcome.notes:
         console.print(f"  left out: {note}", markup=False, highlight=False, soft_wrap=True)
     console.print(
@@ -661,6 +681,34 @@ def cmd_report(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    """Every record and file of a store, each problem with its path and what `run` does; exit 1 on any."""
+    from mtlprune.store.integrity import check_store
+
+    root = Path(args.store)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such store folder")
+    problems = check_store(root, deep=not args.shallow)
+    for problem in problems:
+        console.print(problem.line(), markup=False, highlight=False, soft_wrap=True)
+    runs = root / "runs"
+    stages = sum(1 for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else 0
+    if not problems:
+        console.print(f"store {root}: {stages} stage folders, no problem", markup=False, highlight=False)
+        return 0
+    actions = Counter(p.action for p in problems)
+    summary = ", ".join(f"{n} {ACTION_WORDS[a]}" for a, n in actions.items())
+    console.print(
+        f"store {root}: {len(problems)} problem(s) in {stages} stage folders ({summary})",
+        markup=False,
+        highlight=False,
+    )
+    return 1
+
+
+ACTION_WORDS = {"recompute": "to recompute", "keep": "kept", "person": "need a person"}
 
 
 def _report_parser(sub: Any) -> None:
@@ -725,6 +773,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("methods", "archs", "datasets"):
         _plugin_option(sub.add_parser(name, help=f"list registered {name}"))
     _report_parser(sub)
+    store = sub.add_parser("store", help="result store tools").add_subparsers(
+        dest="store_command", required=True
+    )
+    check_store = store.add_parser(
+        "check",
+        help="validate every record and file of a store; list each problem with its path and what `run` "
+        "does about it (recompute, keep, needs a person); exit 1 on any",
+    )
+    check_store.add_argument(
+        "--store", default=str(DEFAULT_STORE), help="result store root (default: results)"
+    )
+    check_store.add_argument(
+        "--shallow", action="store_true", help="compare sizes and mtimes, hash only moved files (faster)"
+    )
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="render synthetic frames in a dataset's on-disk format")
     synth.add_argument("--format", default="nyuv2", help="dataset format (default nyuv2)")
@@ -747,11 +809,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """A warning as the command line shows it: one line, without the source line Python adds."""
+    return f"warning: {message}\n"
+
+
+@exits_on_interrupt  # Ctrl-C, SIGTERM: one line per interrupted stage (where it resumes), exit 130 / 143
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.formatwarning
+    warnings.formatwarning = one_line_warning
+    try:
+        return _dispatch(args)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; a bad input is one line on stderr and exit 2."""
     try:
         if args.command == "report":  # from stored results alone: the plugins import torch
             return cmd_report(args)
+        if args.command == "store":
+            return cmd_store_check(args)
         load_plugins([*args.plugin, *getattr(args, "sub_plugin", [])])
         if args.command in ("methods", "archs", "datasets"):
             return cmd_list(args.command)
@@ -765,4 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}[args.command](args)
     except (ConfigError, ImportError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a store or dataset the system refuses (permissions, not a directory, disk full)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,50 @@ class DataFormatError(ValueError):
     """A dataset file or listing that does not match the documented format; the message names it."""
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a listing; bytes that are not UTF-8 are a DataFormatError naming the file and offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"{path}: not valid JSON: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: "
+            f"{exc.reason}); a listing is UTF-8 JSON"
+        ) from None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(header: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR chunk of a PNG's first 24 bytes, or None when they are not a PNG's."""
+    if len(header) < 24 or header[:8] != _PNG_SIGNATURE or header[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def check_pixel_limit(path: Path, header: bytes) -> None:
+    """Refuse, before decoding, a PNG whose header claims more pixels than Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``): a corrupt or hostile file would otherwise take gigabytes to decode."""
+    from PIL import Image
+
+    size = png_size(header)
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is not None and limit is not None and size[0] * size[1] > limit:
+        raise bomb_error(path, size)
+
+
+def bomb_error(path: Path, size: tuple[int, int] | None) -> DataFormatError:
+    """The error for an image over Pillow's pixel limit (``size``: (width, height) when known)."""
+    from PIL import Image
+
+    claimed = f"{size[1]}×{size[0]} (H×W, {size[0] * size[1]:,} pixels)" if size else "a size"
+    return DataFormatError(
+        f"{path}: the image header claims {claimed}, over the {Image.MAX_IMAGE_PIXELS:,}-pixel limit "
+        "(PIL.Image.MAX_IMAGE_PIXELS) for a frame: a corrupt file or a decompression bomb; not decoded"
+    )
+
+
 def read_listing(
     root: Path, listing_name: str, split: str, fields: Sequence[str], layout: str
 ) -> list[list[str]]:
@@ -42,9 +86,11 @@ def read_listing(
     if not listing.is_file():
         raise DataFormatError(f"{listing}: listing not found (expected the {layout} layout under {root})")
     try:
-        data = json.loads(listing.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(read_utf8(listing))
+    except json.JSONDecodeError as exc:
         raise DataFormatError(f"{listing}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise DataFormatError(f"{listing}: cannot be read ({exc})") from None
     if not isinstance(data, dict) or split not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise DataFormatError(f"{listing}: expected a key {split!r} holding a list of samples; found {keys}")

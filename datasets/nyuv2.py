@@ -30,6 +30,8 @@ from mtlprune.datasets.base import (
     RUN_SPLITS,
     AugmentedDataset,
     DataFormatError,
+    bomb_error,
+    check_pixel_limit,
     listed_files,
 )
 from mtlprune.datasets.base import read_listing as read_json_listing
@@ -72,11 +74,16 @@ ENTRY_FIELDS = ("img png", "seg png", "normal png", "depth npy")
 
 def _read_png(path: Path, channels: int) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            img.load()
-            arr = np.asarray(img)
+        with path.open("rb") as fh:
+            check_pixel_limit(path, fh.read(24))  # a bomb is refused before Pillow decodes it
+            fh.seek(0)
+            with Image.open(fh) as img:
+                img.load()
+                arr = np.asarray(img)
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file listed in {LISTING} does not exist") from None
+    except Image.DecompressionBombError:  # not a PNG header, but Pillow read a size over twice its limit
+        raise bomb_error(path, None) from None
     except OSError as exc:
         raise DataFormatError(f"{path}: not a readable PNG ({exc})") from None
     if arr.dtype != np.uint8:

@@ -47,7 +47,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mtlprune.datasets.base import RUN_SPLITS, AugmentedDataset, DataFormatError, listed_files
+from mtlprune.datasets.base import (
+    RUN_SPLITS,
+    AugmentedDataset,
+    DataFormatError,
+    bomb_error,
+    check_pixel_limit,
+    listed_files,
+)
 from mtlprune.datasets.base import read_listing as read_json_listing
 from mtlprune.datasets.vocabularies import TASKONOMY
 from mtlprune.engine.metrics import (
@@ -103,6 +110,7 @@ def _read_png(path: Path, bits: int, rgb: bool) -> np.ndarray:
         raise DataFormatError(f"{path}: cannot be read ({exc})") from None
     if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
         raise DataFormatError(f"{path}: not a readable PNG (no PNG signature and IHDR header)")
+    check_pixel_limit(path, data)  # a bomb is refused before Pillow decodes it
     if data.rfind(_PNG_IEND) < 0:
         raise DataFormatError(f"{path}: not a readable PNG (truncated: no IEND chunk)")
     depth, colour = data[24], data[25]
@@ -117,6 +125,8 @@ def _read_png(path: Path, bits: int, rgb: bool) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             arr = np.asarray(img)
+    except Image.DecompressionBombError:
+        raise bomb_error(path, None) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataFormatError(f"{path}: not a readable PNG ({exc})") from None
     if rgb:

@@ -2,8 +2,8 @@
 
 Every sample of every split in the listing is read with the registered loader's `load_raw`, which checks
 existence, decoding, dtypes, value ranges and that a sample's maps share one size; every problem is
-collected with its path (nothing stops at the first one), and a class histogram of the segmentation
-labels is counted on the way.
+collected with its path (nothing stops at the first one, not even an unforeseen error of a loader: that is
+reported with the sample's files), and a class histogram of the segmentation labels is counted on the way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mtlprune.datasets.base import DataFormatError
+from mtlprune.datasets.base import DataFormatError, read_utf8
 from mtlprune.registry import DATASETS
 
 
@@ -35,7 +35,7 @@ class VerifyReport:
 
 def _splits(listing: Path) -> list[str]:
     try:
-        data = json.loads(listing.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(listing))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataFormatError(f"{listing}: cannot read the listing ({exc})") from None
     if not isinstance(data, dict):
@@ -69,6 +69,10 @@ def verify(dataset: str, root: str | Path) -> VerifyReport:
                 sample = data.load_raw(index)
             except DataFormatError as exc:
                 report.problems.append(str(exc))
+                continue
+            except Exception as exc:  # a loader's unforeseen failure: name the entry, check the rest
+                entry = data.entries[index] if index < len(getattr(data, "entries", ())) else "?"
+                report.problems.append(f"{listing}: {split}[{index}] {entry}: {type(exc).__name__}: {exc}")
                 continue
             report.sizes[tuple(sample["image"].shape[-2:])] += 1
             if "segment_semantic" in sample:

@@ -78,6 +78,11 @@ class PruningMethod:
         """
         return fairness_steps(self.starts_from, spec.train.steps, spec.finetune.steps)
 
+    def check_spec(self, spec: RunSpec) -> None:
+        """Raise ``ValueError`` when this configured method cannot run cell ``spec`` (a budget it needs, a
+        setting it does not support). Called when the matrix is validated, for every method, dataset and
+        sparsity, so the problem is reported before any work starts; nothing to check by default."""
+
     def extra_stages(self, spec: RunSpec) -> list[DenseSpec]:
         """Dense stages this configured method needs in cell ``spec`` besides the shared dense stage (none by
         default). The planner runs each once per setting, before the cells, shared by every cell that asks

@@ -141,6 +141,13 @@ class LotteryTicket(PruningMethod):
             # The dense schedule (its horizon and period) replayed from step k.
             ctx.train(spec, phase="retrain", step_offset=offset, schedule=ctx.spec.train)
 
+    def check_spec(self, spec: RunSpec) -> None:
+        """Rewinding to θ_k leaves T − k steps to retrain each round: none when k = T, unless ``round_steps``
+        sets them."""
+        p: LTHParams = self.params  # type: ignore[assignment]
+        if p.rewind == "early":
+            replay_spec(spec.train, spec.train.rewind_at, p.round_steps)
+
     def planned_steps(self, spec: RunSpec) -> int:
         """N rounds × (T − k) retraining steps (N × ``round_steps`` when given), as ``run`` takes them."""
         p: LTHParams = self.params  # type: ignore[assignment]
@@ -196,6 +203,13 @@ class IterativeMagnitude(PruningMethod):
                 ctx.finetune(ctx.spec.finetune.model_copy(update={"steps": p.round_steps}))
             else:
                 ctx.finetune()
+
+    def check_spec(self, spec: RunSpec) -> None:
+        """With ``lr_rewind``, each round retrains T − k steps: none when k = T, unless ``round_steps`` sets
+        them."""
+        p: IMPParams = self.params  # type: ignore[assignment]
+        if p.lr_rewind:
+            replay_spec(spec.train, spec.train.rewind_at, p.round_steps)
 
     def planned_steps(self, spec: RunSpec) -> int:
         """N rounds × finetune steps (× ``round_steps`` when given; × (T − k) with ``lr_rewind``), as in

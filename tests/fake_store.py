@@ -37,7 +37,13 @@ TASKS3 = ("segment_semantic", "normal", "depth_zbuffer")
 # The dense-finetune control: the dense model finetuned for the cells' budget, unpruned (target 0.0).
 def dense_result(run_id: str, metrics: dict[str, float], **fields: Any) -> DenseResult:
     """A valid dense-stage record with plausible defaults for what a test does not care about."""
-    defaults: dict[str, Any] = {"sparsity": {"achieved_sparsity": 0.0}, "steps_total": 200, "wall_s": 42.0}
+    # files={}: a fake result stands on no checkpoint (the engine records the real ones it writes)
+    defaults: dict[str, Any] = {
+        "sparsity": {"achieved_sparsity": 0.0},
+        "steps_total": 200,
+        "wall_s": 42.0,
+        "files": {},
+    }
     return DenseResult(run_id=run_id, metrics=metrics, **{**defaults, **fields})
 
 
@@ -49,6 +55,7 @@ def cell_result(run_id: str, dense_run_id: str, metrics: dict[str, float], **fie
         "steps_method": 100,
         "starts_from": "dense",
         "wall_s": 12.5,
+        "files": {},
     }
     return CellResult(run_id=run_id, dense_run_id=dense_run_id, metrics=metrics, **{**defaults, **fields})
 

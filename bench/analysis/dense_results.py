@@ -23,8 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from mtlprune.analysis.load import setting_columns
-from mtlprune.store import RESULT, SPEC, STATUS, read_json, read_result, read_status
+from mtlprune.analysis.load import read_spec_record, setting_columns
+from mtlprune.store import RESULT, SPEC
+from mtlprune.store.integrity import inspect_stage
 
 __all__ = [
     "CONTROL_TOLERANCE",
@@ -56,39 +57,54 @@ TRIVIAL = "trivial."  # prefix of the trivial predictor's metric columns (mtlpru
 
 
 def _row(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {**setting_columns(payload), "status": "pending", "error": None}
-    if (run_dir / RESULT).is_file():
-        result = read_result(run_dir / RESULT)
+    state = inspect_stage(run_dir)
+    row: dict[str, Any] = {**setting_columns(payload), "status": state.status, "error": state.error}
+    result = state.result
+    if result is not None:
         if result.stage != "dense":
             raise ValueError(f"{run_dir / RESULT}: expected a dense stage's result, got a {result.stage}'s")
-        row.update(status="done", steps_total=result.steps_total, wall_s=result.wall_s)
+        row.update(steps_total=result.steps_total, wall_s=result.wall_s)
         row.update(result.metrics)
         row.update({f"{TRIVIAL}{k}": v for k, v in (result.trivial_metrics or {}).items()})
         convergence = result.convergence or {}
         row.update(converged=convergence.get("converged"), convergence_drop=convergence.get("rel_drop"))
-    elif (run_dir / STATUS).is_file():
-        record = read_status(run_dir / STATUS)
-        row.update(status=record.status, error=record.error)
     return row
 
 
-def load_dense(store: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+def load_dense(
+    store: str | Path, run_ids: Iterable[str] | None = None, planned: Iterable[Any] = ()
+) -> pd.DataFrame:
     """One row per dense stage of the store (or just ``run_ids``, e.g. a frame's ``dense_run_id``s).
 
     Stages without a result keep their status and error and have no metrics; an id with no ``spec.json``
-    (never started in this store) or that is not a dense stage is left out.
+    (never started in this store) or that is not a dense stage is left out. A stage whose ``spec.json`` is
+    missing or damaged takes its setting from ``planned`` (the manifests' dense stages) when they list it.
     """
     runs = Path(store) / "runs"
-    if run_ids is None:
-        dirs = [p.parent for p in sorted(runs.glob(f"*/{SPEC}"))] if runs.is_dir() else []
-    else:
-        wanted = sorted({str(r) for r in run_ids if isinstance(r, str) and r})
-        dirs = [runs / r for r in wanted if (runs / r / SPEC).is_file()]
+    entries = {entry.run_id: entry for entry in planned}
+    found = (
+        {p.parent for pattern in (SPEC, RESULT) for p in runs.glob(f"*/{pattern}")}
+        if runs.is_dir()
+        else set()
+    )
+    if run_ids is not None:
+        wanted = {str(r) for r in run_ids if isinstance(r, str) and r}
+        found = {d for d in found if d.name in wanted}
     rows = []
-    for run_dir in dirs:
-        payload = read_json(run_dir / SPEC)
-        if payload["spec"].get("stage") != "dense":
-            continue
+    for run_dir in sorted(found):
+        payload = read_spec_record(run_dir)
+        if payload is None and run_dir.name in entries:
+            entry = entries[run_dir.name]
+            spec = {
+                "stage": "dense",
+                "data": {"dataset": entry.dataset, "tasks": list(entry.tasks)},
+                "arch": {"name": entry.arch, "width": entry.width, "head_width": entry.head_width},
+                "seed": entry.seed,
+                "eval": {"protocol": entry.protocol},
+            }
+            payload = {"run_id": entry.run_id, "spec": spec}
+        if payload is None or payload["spec"].get("stage") != "dense":
+            continue  # a damaged spec record no manifest explains: `mtlprune store check` names it
         rows.append(_row(run_dir, payload))
     frame = pd.DataFrame(rows)
     for column in DENSE_COLUMNS:

@@ -36,7 +36,8 @@ padding:1rem 2rem;color:#222;line-height:1.4}
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 nav ul{columns:3;list-style:none;padding-left:0}
 .counts span{display:inline-block;margin-right:1rem;padding:.1rem .5rem;border-radius:4px;background:#eee}
-.counts .failed{background:#f8d7da}.counts .missing,.counts .running,.counts .pending{background:#fff3cd}
+.counts .failed,.counts .damaged{background:#f8d7da}
+.counts .missing,.counts .running,.counts .pending{background:#fff3cd}
 .counts .done{background:#d4edda}
 figure{margin:1rem 0;padding:.5rem;border:1px solid #eee}figure img{max-width:100%;height:auto}
 figcaption{font-size:.9rem;color:#444}figcaption a{margin-left:.5rem}

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mtlprune.analysis.delta import delta_m, delta_t
-from mtlprune.store import RESULT, SPEC, STATUS, read_json, read_result, read_status
+from mtlprune.spec.models import CONTROL_METHOD
+from mtlprune.store import RESULT, SPEC, read_json
+from mtlprune.store.integrity import StageFiles, inspect_stage
 from mtlprune.store.records import StageResult
 
 BASE_COLUMNS = [
@@ -50,13 +53,21 @@ BASE_COLUMNS = [
 ]
 
 
-def _status(run_dir: Path) -> tuple[str, str | None]:
-    if (run_dir / RESULT).is_file():
-        return "done", None
-    if (run_dir / STATUS).is_file():
-        record = read_status(run_dir / STATUS)
-        return record.status, record.error
-    return "pending", None
+def _reference(run_dir: Path, cache: dict[str, StageResult | None]) -> StageResult | None:
+    """A stage's intact result (None without one), read once per load."""
+    if run_dir.name not in cache:
+        cache[run_dir.name] = inspect_stage(run_dir).result
+    return cache[run_dir.name]
+
+
+def read_spec_record(run_dir: Path) -> dict[str, Any] | None:
+    """A stage's ``spec.json`` (None when it is missing or damaged: mtlprune.store.integrity reports that)."""
+    try:
+        payload = read_json(run_dir / SPEC)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(payload, dict) and isinstance(payload.get("spec"), dict) and "run_id" in payload
+    return payload if ok else None
 
 
 def _scalars(section: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +111,8 @@ def single_task_index(runs: Path) -> dict[str, dict[str, str]]:
     run id → setting key for every dense stage (multi-task ones included, to find their single-task peers)."""
     index: dict[str, dict[str, str]] = {"": {}}
     for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
-        payload = read_json(spec_path)
-        spec = payload["spec"]
+        payload = read_spec_record(spec_path.parent)
+        spec = {} if payload is None else payload["spec"]
         if spec.get("stage") != "dense" or "tasks" not in spec.get("data", {}):
             continue  # no task list, no single-task peers (a damaged dense record is load_dense's to report)
         key = _setting_key(spec)
@@ -122,12 +133,10 @@ def _single_task_reference(
         run_id = peers.get(task)
         if run_id is None:
             return None
-        if run_id not in cache:
-            path = runs / run_id / RESULT
-            cache[run_id] = read_result(path) if path.is_file() else None
-        if cache[run_id] is None:
+        found = _reference(runs / run_id, cache)
+        if found is None:
             return None
-        reference.update({k: v for k, v in cache[run_id].metrics.items() if k.startswith(f"{task}.")})
+        reference.update({k: v for k, v in found.metrics.items() if k.startswith(f"{task}.")})
     return reference
 
 
@@ -136,16 +145,19 @@ def _row(
     spec_payload: dict[str, Any],
     cache: dict[str, StageResult | None],
     index: dict[str, dict[str, str]] | None = None,
+    state: StageFiles | None = None,
 ) -> dict[str, Any]:
     """One cell's row; ``cache`` holds the dense and control results already read (run id → result),
-    ``index`` the dense stages by setting (:func:`single_task_index`) for Δm against single-task models."""
+    ``index`` the dense stages by setting (:func:`single_task_index`) for Δm against single-task models,
+    ``state`` the cell's folder as read (mtlprune.store.integrity)."""
+    state = inspect_stage(run_dir) if state is None else state
     spec = spec_payload["spec"]
     method = spec["method"]
     params = method.get("params") or {}
-    label = method["name"] + (
+    label = method.get("label") or method["name"] + (
         "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else ""
     )
-    status, error = _status(run_dir)
+    status, error = state.status, state.error
     row: dict[str, Any] = {
         **setting_columns(spec_payload),
         "method": label,
@@ -156,9 +168,9 @@ def _row(
         "dense_run_id": spec_payload.get("dense_run_id"),
         "control_run_id": spec_payload.get("control_run_id"),
     }
-    if status != "done":
+    result = state.result
+    if result is None:
         return row
-    result = read_result(run_dir / RESULT)
     if result.stage != "cell":
         raise ValueError(
             f"{run_dir / RESULT}: spec.json describes a cell, but the result is a {result.stage} stage's"
@@ -180,10 +192,7 @@ def _row(
     ):
         if reference_id is None:  # results written before the control row existed
             continue
-        if reference_id not in cache:
-            path = run_dir.parent / reference_id / RESULT
-            cache[reference_id] = read_result(path) if path.is_file() else None
-        reference = cache[reference_id]
+        reference = _reference(run_dir.parent / reference_id, cache)
         if reference is None:
             if suffix and not (run_dir.parent / reference_id).is_dir():
                 continue  # a matrix without the control row (controls: false): nothing to say
@@ -209,20 +218,42 @@ def _row(
     return row
 
 
-def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
-    """Cells of the store (or just `run_ids`) as a DataFrame; pending and failed cells have no metrics."""
+def load_results(
+    store: str | Path, run_ids: list[str] | None = None, planned: Iterable[Any] = ()
+) -> pd.DataFrame:
+    """Cells of the store (or just `run_ids`) as a DataFrame; pending, failed and damaged cells have no
+    metrics (their ``error`` names each damaged file).
+
+    A cell is found by its ``spec.json`` or, when that is missing or damaged, by its ``result.json``: then
+    its setting comes from ``planned`` (the manifests' cells, mtlprune.store.records.ManifestCell), and a
+    result no manifest knows is a ``damaged`` row naming the file.
+    """
     runs = Path(store) / "runs"
     wanted = None if run_ids is None else set(run_ids)
+    entries = {cell.run_id: cell for cell in planned}
     cache: dict[str, StageResult | None] = {}
     index = single_task_index(runs)
     rows = []
-    for spec_path in sorted(runs.glob(f"*/{SPEC}")) if runs.is_dir() else []:
-        if wanted is not None and spec_path.parent.name not in wanted:
+    found = (
+        {p.parent for pattern in (SPEC, RESULT) for p in runs.glob(f"*/{pattern}")}
+        if runs.is_dir()
+        else set()
+    )
+    for run_dir in sorted(found):
+        if wanted is not None and run_dir.name not in wanted:
             continue
-        payload = read_json(spec_path)
+        state = inspect_stage(run_dir)
+        payload = read_spec_record(run_dir)
+        if payload is None:
+            entry = entries.get(run_dir.name)
+            if entry is not None:
+                rows.append(_row(run_dir, _planned_record(entry, entries.values()), cache, index, state))
+            elif (run_dir / RESULT).is_file() and (state.result is None or state.result.stage == "cell"):
+                rows.append(_unknown_row(run_dir, state))
+            continue  # a dense stage, or a folder without a result or spec: not a cell to show
         if payload["spec"].get("stage") != "cell":
             continue
-        rows.append(_row(spec_path.parent, payload, cache, index))
+        rows.append(_row(run_dir, payload, cache, index, state))
     frame = pd.DataFrame(rows)
     for column in BASE_COLUMNS:
         if column not in frame:
@@ -234,6 +265,48 @@ def load_results(store: str | Path, run_ids: list[str] | None = None) -> pd.Data
         order = {rid: i for i, rid in enumerate(run_ids)}
         frame = frame.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
     return frame
+
+
+def _planned_record(entry: Any, cells: Iterable[Any]) -> dict[str, Any]:
+    """A spec record rebuilt from a manifest's cell (its ``spec.json`` went missing): what a row needs."""
+    control = next(
+        (
+            c.run_id
+            for c in cells
+            if c.method_name == CONTROL_METHOD
+            and c.dense_run_id == entry.dense_run_id
+            and c.target == entry.target
+        ),
+        None,
+    )
+    spec = {
+        "stage": "cell",
+        "data": {"dataset": entry.dataset, "tasks": list(entry.tasks)},
+        "arch": {"name": entry.arch, "width": entry.width, "head_width": entry.head_width},
+        "seed": entry.seed,
+        "eval": {"protocol": entry.protocol},
+        "method": {"name": entry.method_name, "label": entry.method},
+        "target_sparsity": entry.target,
+    }
+    return {
+        "run_id": entry.run_id,
+        "spec": spec,
+        "dense_run_id": entry.dense_run_id,
+        "control_run_id": control,
+    }
+
+
+def _unknown_row(run_dir: Path, state: StageFiles) -> dict[str, Any]:
+    """A cell's result without a spec record that no manifest plans: shown as damaged, naming the file."""
+    problems = "; ".join(f"{p.path}: {p.what}" for p in state.problems if p.path.name != SPEC)
+    result = state.result
+    return {
+        "run_id": run_dir.name,
+        "status": "damaged",
+        "error": f"{run_dir / SPEC}: missing or damaged, and no manifest plans this cell"
+        + (f"; {problems}" if problems else ""),
+        "dense_run_id": None if result is None else getattr(result, "dense_run_id", None),
+    }
 
 
 def on_pruning_axis(frame: pd.DataFrame) -> pd.DataFrame:

@@ -39,9 +39,17 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """A state dict saved by :func:`save_state`; a missing or damaged file is an error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint missing")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's unpickling/zip errors: their text suggests weights_only=False
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]}); "
+            "`mtlprune store check` says what a run does about it"
+        ) from None
 
 
 def build_splits(spec: DenseSpec | RunSpec, store: Store) -> tuple[Any, Any, Any]:

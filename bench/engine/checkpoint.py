@@ -17,10 +17,13 @@ checkpoint sees it: the model, the context (masks, ``record``, the log), or a ca
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,9 +31,8 @@ import numpy as np
 import torch
 
 from mtlprune.store import atomic_write_bytes, atomic_write_json
+from mtlprune.store.layout import CHECKPOINT, CHECKPOINT_INFO
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_INFO = "checkpoint.json"  # where the checkpoint is (call, step, time), readable without torch
 FORMAT = 1
 
 
@@ -64,6 +66,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A SIGINT or SIGTERM arriving inside the block takes effect right after it (main thread only).
+
+    Around the writes of ``checkpoint.pt`` and ``checkpoint.json``: an interrupted stage says where it
+    resumes from the second file, which must name the first's step.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])  # to the handler in place again
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -116,9 +140,10 @@ class StageCheckpoint:
     def save(self, payload: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
         info = {"call": payload["call"], "step": payload["step"], "saved": time.time()}
-        atomic_write_json(self.path.with_name(CHECKPOINT_INFO), info)  # for `mtlprune status`
+        with interrupts_deferred():  # the two files always agree on where the stage resumes
+            atomic_write_bytes(self.path, buffer.getvalue())
+            atomic_write_json(self.path.with_name(CHECKPOINT_INFO), info)  # `mtlprune status`, interrupts
         self.saves += 1
         if self.on_save is not None:
             self.on_save(payload)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlprune.engine.build import load_state
 from mtlprune.engine.checkpoint import StageCheckpoint
 from mtlprune.engine.data import batch_stream
 from mtlprune.engine.divergence import DivergenceGuard
@@ -239,7 +240,7 @@ class MethodContext:
         path = self._dense_dir / files[which]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the dense stage has no {which!r} snapshot")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_state(path)
 
     def stage_weights(self, stage: DenseSpec, which: str = "final") -> dict[str, Tensor]:
         """A state dict of a stage the method asked for (``PruningMethod.extra_stages``): ``final`` (its
@@ -256,7 +257,7 @@ class MethodContext:
         path = run_dir / files[which]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the stage has no {which!r} snapshot")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_state(path)
 
     def replace_model(self, model: MTLModel) -> None:
         """Make ``model`` the cell's model (moved to the device): a method whose result is another kind of

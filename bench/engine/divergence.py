@@ -2,9 +2,12 @@
 
 Three rules, each recorded as ``failed (diverged)``:
 
-1. a non-finite loss at any step (the trainer raises at once);
+1. a non-finite loss at any step, or after the last update (the trainer raises at once);
 2. a task's loss above ``DIVERGENCE_FACTOR`` × its reference for ``DIVERGENCE_PATIENCE`` consecutive
-   optimizer steps, or at the last step of a training call. The reference is the untrained network's loss
+   optimizer steps, or at the end of a training call: at its last step, or on the weights its last update
+   leaves (measured on the last batch once the call has trained, :meth:`StepRunner.end_losses
+   <mtlprune.engine.train.StepRunner.end_losses>`; without that, a call of one step, or a stage whose last
+   update blows up, ends with weights nobody measured). The reference is the untrained network's loss
    on that task (the dense stage's loss at its step 0, i.e. roughly chance level): a network whose loss
    stays an order of magnitude worse than an untrained one has left every sensible region (a learning
    rate of 1e6 drives it to 1e29 while staying finite), whereas pruning a trained network, even to 99%,
@@ -50,17 +53,31 @@ class DivergenceGuard:
 
     def check(self, step: int, losses: Mapping[str, float], last: bool) -> None:
         """Raise :class:`Divergence` when rule 2 fires at this step (``last``: the call's final step)."""
+        self._check(step, losses, last, f"at step {step}", "at the last step")
+
+    def check_end(self, steps: int, losses: Mapping[str, float]) -> None:
+        """Rule 2 on the weights a training call of ``steps`` steps ends with (``losses``: measured after
+        its last update); rule 1 too, since no step of the call saw these losses."""
+        bad = {t: v for t, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            raise Divergence(
+                f"non-finite loss after the last update (step {steps}) (task losses {bad})",
+                step=steps,
+                losses=dict(losses),
+            )
+        self._check(steps, losses, True, f"after the last update (step {steps})", "at the end of the call")
+
+    def _check(self, step: int, losses: Mapping[str, float], last: bool, where: str, at_end: str) -> None:
         if self.reference is None:
             self.reference = {t: float(v) for t, v in losses.items()}
         ceilings = self.ceilings()
         over = {t: v for t, v in losses.items() if t in ceilings and v > ceilings[t]}
         self.above = self.above + 1 if over else 0
         if over and (self.above >= self.patience or last):
-            how = "at the last step" if self.above < self.patience else f"for {self.above} consecutive steps"
+            how = at_end if self.above < self.patience else f"for {self.above} consecutive steps"
             shown = ", ".join(f"{t} {v:.4g} > {ceilings[t]:.4g}" for t, v in over.items())
             raise Divergence(
-                f"diverged at step {step}: task loss above {self.factor:g}× the untrained network's {how} "
-                f"({shown})",
+                f"diverged {where}: task loss above {self.factor:g}× the untrained network's {how} ({shown})",
                 step=step,
                 losses=dict(losses),
                 ceilings=ceilings,

@@ -21,7 +21,8 @@ from mtlprune.engine.logs import Progress
 from mtlprune.engine.models.delta import DeltaSharedMTL
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.spec import DenseSpec, RunSpec, RuntimeSpec, semantic_dump
-from mtlprune.store import SPEC, Store, atomic_write_json
+from mtlprune.store import SPEC, STATUS, Store, atomic_write_json
+from mtlprune.store.integrity import record_artefacts
 from mtlprune.store.provenance import device_name, provenance, timing
 from mtlprune.store.records import CellResult, DenseResult
 
@@ -54,17 +55,43 @@ def begin_stage(store: Store, run_id: str, spec: DenseSpec | RunSpec, extra: dic
         )
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "run_id": run_id,
-        "spec": spec.model_dump(mode="json"),
-        "identity": semantic_dump(spec),
-        **extra,
-    }
-    atomic_write_json(run_dir / SPEC, payload)
+    atomic_write_json(run_dir / SPEC, spec_record(spec, extra))
     store.write_status(
         run_id, status="running", host=socket.gethostname(), pid=os.getpid(), started=time.time()
     )
     return run_dir
+
+
+def spec_record(spec: DenseSpec | RunSpec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``spec.json`` holds: the run id, the spec, its identity and, for a cell, the stages it is
+    compared to (``extra``; by default its dense stage and control cell)."""
+    if extra is None:
+        extra = (
+            {"dense_run_id": spec.dense().run_id, "control_run_id": spec.control().run_id}
+            if isinstance(spec, RunSpec)
+            else {}
+        )
+    return {
+        "run_id": spec.run_id,
+        "spec": spec.model_dump(mode="json"),
+        "identity": semantic_dump(spec),
+        **extra,
+    }
+
+
+def restore_records(store: Store, spec: DenseSpec | RunSpec) -> list[Path]:
+    """Write a finished stage's ``spec.json`` (it follows from the plan) and ``status.json`` (done) again
+    when they are missing or damaged: the result decides (mtlprune.store.integrity). Returns what it wrote."""
+    run_dir = store.run_dir(spec.run_id)
+    damaged = {p.path for p in store.inspect(spec.run_id).problems}
+    written = []
+    if run_dir / SPEC in damaged:
+        atomic_write_json(run_dir / SPEC, spec_record(spec))
+        written.append(run_dir / SPEC)
+    if run_dir / STATUS in damaged:
+        store.write_status(spec.run_id, status="done")
+        written.append(run_dir / STATUS)
+    return written
 
 
 def evaluate_on(
@@ -189,6 +216,7 @@ def finish_stage(
             f"{checkpoint.path} belongs to train() call {checkpoint.resume_call}, which this stage never "
             "made: the method's code changed since the checkpoint; delete it to restart the stage"
         )
-    store.write_result(run_id, result)
+    files = record_artefacts(store.run_dir(run_id))  # the files the result stands on, checked on every read
+    store.write_result(run_id, result.model_copy(update={"files": files}))
     store.write_status(run_id, status="done", finished=time.time())
     checkpoint.remove()

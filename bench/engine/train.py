@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from mtlprune.engine.checkpoint import CallCheckpoint, set_rng_state
+from mtlprune.engine.checkpoint import CallCheckpoint, rng_state, set_rng_state
 from mtlprune.engine.data import batch_stream, eval_batches
 from mtlprune.engine.divergence import Divergence, DivergenceGuard
 from mtlprune.engine.models.mtl import MTLModel
@@ -266,6 +266,29 @@ class StepRunner:
             scalars.update(callback.after_step(step, self) or {})
         return scalars
 
+    @torch.no_grad()
+    def end_losses(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """Each task's loss of the weights as they are now on ``batch``, measured as a step measures it
+        (training mode, the same autocast), leaving no trace: every buffer (BN running statistics, a delta
+        model's gate draws) and every RNG are put back, so the run goes on exactly as without it.
+
+        What the divergence guard checks after a call's last update, which no step of the call saw.
+        """
+        saved = [(buffer, buffer.detach().clone()) for buffer in self.model.buffers()]
+        rng = rng_state()
+        try:
+            inputs = batch["input"]
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = self.model(inputs)
+                tasks = [t for t in self.model.tasks if t in outputs]
+                return {t: float(self.losses[t](outputs[t], batch[t]).float()) for t in tasks}
+        finally:
+            for buffer, value in saved:
+                buffer.copy_(value)
+            set_rng_state(rng)
+
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, gradient scaler, held masks and callbacks: the runner's part of a checkpoint."""
         return {
@@ -396,8 +419,10 @@ def train(
     ``TrainResult.masks``. With ``checkpoint`` the state is saved at the start, every ``checkpoint.every``
     steps and at the end, and a loaded checkpoint (``checkpoint.resume``) is continued from its step.
     ``guard`` raises :class:`Divergence` when a task loss stays far above its untrained level
-    (mtlprune.engine.divergence). ``optimization``: a method's own parameter groups (learning rates,
-    weight decay, clipping) instead of the recipe's one optimizer over every trainable parameter.
+    (mtlprune.engine.divergence), at any step and on the weights the last update leaves (one more forward
+    pass on the last batch, without side effects: :meth:`StepRunner.end_losses`). ``optimization``: a
+    method's own parameter groups (learning rates, weight decay, clipping) instead of the recipe's one
+    optimizer over every trainable parameter.
     """
     dataset_name, train_set, val_set, device = data.dataset_name, data.train_set, data.val_set, data.device
     selection, loading = data.selection, data.loading
@@ -447,10 +472,12 @@ def train(
         pin_memory=loading.pin_memory,
     )
     resumed_at = start if resume is not None else None  # that state is the checkpoint itself
+    last_batch: dict[str, Any] | None = None
     for step, batch in zip(range(start, spec.steps), stream, strict=False):
         if checkpoint is not None and step != resumed_at and checkpoint.due(step, spec.steps):
             save(step)
-        scalars = step_runner(to_device(batch, device), step)
+        last_batch = to_device(batch, device)
+        scalars = step_runner(last_batch, step)
         if selection == "best_val" and ((step + 1) % data.val_every == 0 or step + 1 == spec.steps):
             loss = validation_loss(
                 model,
@@ -467,6 +494,10 @@ def train(
                 best = (loss, step, state, step_runner.masks)
         if on_step is not None:
             on_step(step, scalars)
+    if guard is not None and last_batch is not None:
+        # The weights the last update left, which no step measured (rule 2 at the end of the call). Skipped
+        # when this process trained no step of the call: the check ran before the end checkpoint was saved.
+        guard.check_end(spec.steps, step_runner.end_losses(last_batch))
     if checkpoint is not None and resumed_at != spec.steps:
         save(spec.steps)  # the phase boundary: a stage killed after this call does not train it again
     if best is None:

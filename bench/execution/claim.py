@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mtlprune.engine.runner import StageOutcome, run_stage
 from mtlprune.execution.events import log_event
+from mtlprune.execution.interrupts import Interrupted, interrupt_signal, interrupted_line, interrupts_ignored
 from mtlprune.execution.locks import (
     HEARTBEAT_S,
     LOCK,
@@ -159,26 +160,53 @@ def _claim(stage: Stage, store: Store, locks: LockOptions, reporter: Reporter) -
 def _run_claimed(
     stage: Stage, lock: StageLock, store: Store, runtime: RuntimeSpec, reporter: Reporter
 ) -> StageOutcome | None:
-    """Run a claimed stage and release it; None when it turned out done already (finished meanwhile)."""
+    """Run a claimed stage and release it; None when it turned out done already (finished meanwhile).
+
+    Ctrl-C or SIGTERM (``KeyboardInterrupt``, ``SystemExit(130/143)``) becomes :class:`Interrupted`, raised
+    once the lock is released, with the line saying where the stage resumes (also in the ``interrupted``
+    event, for a pool's parent); any other exception (a Slurm requeue's) goes up as it is.
+    """
     run_id = stage.run_id
-    with lock:
-        if store.is_done(run_id):
-            return None
-        log_event(store, "claim", run_id, stage=stage.kind, label=stage.label, job=lock.payload.get("job"))
-        reporter.stage_started(run_id, stage.kind, stage.label, stage.total_steps)
-        start = time.time()
-        try:
-            outcome = run_stage(stage, store, runtime, reporter.step)
-        except BaseException as exc:  # Ctrl-C, SystemExit from a Slurm requeue: the checkpoint stays
-            log_event(store, "interrupted", run_id, stage=stage.kind, error=type(exc).__name__)
+    line: str | None = None
+    try:
+        with lock:
+            if store.is_done(run_id):
+                return None
+            log_event(
+                store, "claim", run_id, stage=stage.kind, label=stage.label, job=lock.payload.get("job")
+            )  # fmt: skip
+            reporter.stage_started(run_id, stage.kind, stage.label, stage.total_steps)
+            start = time.time()
+            try:
+                outcome = run_stage(stage, store, runtime, reporter.step)
+            except BaseException as exc:  # Ctrl-C, SystemExit from a Slurm requeue: the checkpoint stays
+                with interrupts_ignored():  # a second Ctrl-C must not cut the release of the lock short
+                    line = _interrupted_line(stage, store)
+                    log_event(
+                        store, "interrupted", run_id, stage=stage.kind, label=stage.label,
+                        error=type(exc).__name__, line=line,
+                    )  # fmt: skip
+                    lock.release()
+                raise
+            wall_s = time.time() - start
+            log_event(
+                store, "finish", run_id, stage=stage.kind, label=stage.label, status=outcome.status,
+                kind=outcome.kind, error=outcome.error, wall_s=round(wall_s, 3),
+            )  # fmt: skip
+            reporter.stage_finished(run_id, stage.kind, stage.label, outcome.status, wall_s, outcome.error)
+    except BaseException as exc:
+        signum = interrupt_signal(exc)
+        if signum is None or isinstance(exc, Interrupted):
             raise
-        wall_s = time.time() - start
-        log_event(
-            store, "finish", run_id, stage=stage.kind, label=stage.label, status=outcome.status,
-            kind=outcome.kind, error=outcome.error, wall_s=round(wall_s, 3),
-        )  # fmt: skip
-        reporter.stage_finished(run_id, stage.kind, stage.label, outcome.status, wall_s, outcome.error)
+        with interrupts_ignored():
+            lock.release()  # when the signal came outside the stage (between its end and its events)
+            raise Interrupted(signum, [line or _interrupted_line(stage, store)]) from None
     return outcome
+
+
+def _interrupted_line(stage: Stage, store: Store) -> str:
+    run_dir = store.run_dir(stage.run_id)
+    return interrupted_line(stage.kind, stage.run_id, stage.label, run_dir, done=store.is_done(stage.run_id))
 
 
 def run_one(

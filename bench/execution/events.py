@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 from mtlprune.execution.locks import HOST
@@ -36,11 +37,17 @@ def read_events(store: Store) -> list[dict[str, Any]]:
 
 
 class EventTail:
-    """Reads the lines appended to ``events.jsonl`` since the last call."""
+    """Reads the lines appended to ``events.jsonl`` since the last call.
+
+    The log is informational (who ran what, when): a line that is not a JSON object (a damaged file, a
+    foreign write) is skipped with a warning naming the file and line, never a reason to stop a run;
+    ``mtlprune store check`` lists it too.
+    """
 
     def __init__(self, store: Store) -> None:
         self.path = store.root / EVENTS
         self.offset = 0
+        self.lines = 0  # complete lines read so far (for the line numbers of warnings)
 
     def read(self) -> list[dict[str, Any]]:
         try:
@@ -51,4 +58,26 @@ class EventTail:
             return []
         end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
         self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        events = []
+        for raw in data[:end].split(b"\n")[:-1]:
+            self.lines += 1
+            if not raw.strip():
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                event = None
+            if isinstance(event, dict) and "event" in event and "run_id" in event:
+                events.append(event)
+            else:
+                shown = raw[:60].decode("utf-8", "replace")
+                warnings.warn(
+                    f"{self.path}: line {self.lines} is not an event record ({shown!r}); skipped",
+                    EventLogWarning,
+                    stacklevel=2,
+                )
+        return events
+
+
+class EventLogWarning(UserWarning):
+    """A line of ``events.jsonl`` that is not an event record (skipped)."""

@@ -14,11 +14,21 @@ from mtlprune import registry
 from mtlprune.engine.failures import record_failure
 from mtlprune.execution.claim import claim_loop
 from mtlprune.execution.events import EventTail, log_event
+from mtlprune.execution.interrupts import (
+    Interrupted,
+    interrupt_signal,
+    interrupted_line,
+    interrupts_ignored,
+    sigint_ignored,
+)
 from mtlprune.execution.locks import StageLock
 from mtlprune.execution.progress import Reporter
 from mtlprune.plan.stages import Stage, plan
 from mtlprune.spec import MatrixSpec
 from mtlprune.store import Store
+
+STOP_WAIT_S = 30.0  # how long interrupted workers get to unwind before they are killed
+INTERRUPTED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # a worker that unwound cleanly
 
 
 class WorkerCrashed(RuntimeError):
@@ -60,7 +70,12 @@ def _pool_worker(
     env: dict[str, str],
     poll_s: float,
 ) -> None:
-    """A pool process: the same claim loop as any other worker, silent (the parent reports)."""
+    """A pool process: the same claim loop as any other worker, silent (the parent reports).
+
+    It never sees Ctrl-C (it ignores SIGINT from its start: :func:`run_pool`); SIGTERM, which the parent
+    sends on Ctrl-C or SIGTERM, unwinds it (the stage keeps its checkpoint and logs where it resumes, the
+    lock is released) and it exits with 143, without a word.
+    """
     os.environ.update(env)  # before anything touches CUDA in this fresh (spawned) interpreter
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwind: release locks
     try:
@@ -73,8 +88,13 @@ def _pool_worker(
             _stages(matrix, run_ids), Store(store_root), matrix.runtime, retry_failed=retry_failed,
             started_at=started_at, poll_s=poll_s,
         )  # fmt: skip
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except (Interrupted, KeyboardInterrupt, SystemExit) as exc:
+        signum = interrupt_signal(exc)
+        if signum is None:
+            raise
+        raise SystemExit(128 + signum) from None  # an exit code, no traceback: the parent says what stopped
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving anyway: no SystemExit inside atexit hooks
 
 
 def _stages(matrix: MatrixSpec, run_ids: list[str]) -> list[Stage]:
@@ -104,6 +124,8 @@ def run_pool(
     tail.read()  # only this call's events are reported
     running: dict[int, str] = {}  # worker pid -> run_id it claimed
 
+    pids: set[int] = set()  # every worker this pool started
+
     def start(index: int) -> Any:
         process = ctx.Process(
             target=_pool_worker,
@@ -111,10 +133,14 @@ def run_pool(
                   worker_env(index, gpus), poll_s),
             name=f"bench-worker-{index}",
         )  # fmt: skip
-        process.start()
+        with sigint_ignored():  # inherited: Ctrl-C reaches the parent alone, which forwards it as SIGTERM
+            process.start()
+        pids.add(process.pid)
         return process
 
     ours = set(run_ids)
+    labels: dict[str, tuple[str, str]] = {}  # run_id -> (kind, label), from the claims
+    interrupted: dict[str, str] = {}  # run_id -> the line of its interruption, in order
 
     def report_events() -> None:
         for event in tail.read():
@@ -123,6 +149,7 @@ def run_pool(
                 continue  # another matrix sharing the store
             if event["event"] == "claim":
                 running[event["pid"]] = run_id
+                labels[run_id] = (kind, event.get("label", ""))
                 reporter.stage_started(run_id, kind, event.get("label", ""))
             elif event["event"] == "finish":
                 running.pop(event["pid"], None)
@@ -130,6 +157,9 @@ def run_pool(
                     run_id, kind, event.get("label", ""), event.get("status", "failed"),
                     event.get("wall_s"), event.get("error"),
                 )  # fmt: skip
+            elif event["event"] == "interrupted" and event.get("pid") in pids:
+                running.pop(event["pid"], None)
+                interrupted[run_id] = event.get("line") or f"interrupted; {kind} {run_id}"
 
     procs = {index: start(index) for index in range(workers)}
     respawns = 0
@@ -146,19 +176,31 @@ def run_pool(
                     continue
                 report_events()
                 crashed = running.pop(process.pid, None)
-                if crashed is not None:
+                if crashed is not None and process.exitcode not in INTERRUPTED_EXIT_CODES:
                     _fail_crashed(store, crashed, process.pid, process.exitcode)
                 reporter.note(f"worker {index} (pid {process.pid}) exited with code {process.exitcode}")
                 if respawns < workers:
                     respawns += 1
                     procs[index] = start(index)
         report_events()
-    except BaseException:
-        for process in procs.values():
-            process.terminate()
-        for process in procs.values():
-            process.join(timeout=10)
-        raise
+    except BaseException as exc:
+        signum = interrupt_signal(exc)
+        with interrupts_ignored():  # the workers release their locks; a second Ctrl-C must not cut that
+            for process in procs.values():
+                process.terminate()  # SIGTERM: each unwinds its stage and logs where it resumes
+            for process in procs.values():
+                process.join(timeout=STOP_WAIT_S)
+            for process in procs.values():
+                if process.exitcode is None:  # stuck inside one long operation: its lock goes stale
+                    process.kill()
+                    process.join()
+            if signum is None:
+                raise
+            report_events()
+            for run_id in running.values():  # killed before it could say so: its last checkpoint
+                kind, label = labels.get(run_id, ("stage", ""))
+                interrupted[run_id] = interrupted_line(kind, run_id, label, store.run_dir(run_id))
+            raise Interrupted(signum, list(interrupted.values())) from None
 
 
 def _fail_crashed(store: Store, run_id: str, pid: int, exitcode: int) -> None:

@@ -4,16 +4,13 @@ the same loop per task (mtlprune.execution.slurm)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from mtlprune import registry
+from mtlprune.engine.runner import restore_finished
 from mtlprune.execution.claim import POLL_S, Board, claim_loop
+from mtlprune.execution.interrupts import sigterm_exits
 from mtlprune.execution.local import run_pool
 from mtlprune.execution.progress import Reporter, make_reporter
 from mtlprune.plan.code_changes import check_changed_code
@@ -76,6 +73,10 @@ def run_matrix(
     (default: those loaded here). Finished cells of a plugin method whose code changed since are refused
     (:class:`CodeChanged`) unless ``recompute_changed`` sets them aside to be computed again. ``only`` runs
     the selected stages alone (in the pool too).
+
+    Ctrl-C or SIGTERM raises :class:`~mtlprune.execution.interrupts.Interrupted` once every lock is released,
+    with one line per interrupted stage saying where it resumes (``mtlprune run`` prints them and exits with
+    130 or 143).
     """
     workers = matrix.runtime.workers if workers is None else workers
     if workers < 1:
@@ -86,12 +87,13 @@ def run_matrix(
     stages = plan(matrix, only)
     check_changed_code(stages, store, recompute_changed)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
+    restore_finished([s for s in stages if s.run_id in already_done], store)  # their spec/status files
     board = Board(stages, store, retry_failed, started_at)
     runnable = [s for s in stages if board.state(s) not in ("done", "settled")]
     if runnable:  # nothing to run (all done, or failed without --retry-failed): no worker, no model
         reporter = reporter or make_reporter(show_progress)
         done = [s for s in stages if s.run_id in already_done]
-        eta = EtaModel(runnable, measured_times(store, done, skip_damaged=True)[0], parallel=workers)
+        eta = EtaModel(runnable, measured_times(store, done)[0], parallel=workers)
         settled = len(stages) - len(runnable) - len(already_done)  # failed before, not retried
         reporter.start(len(stages), len(already_done), eta, already_failed=settled)
         try:
@@ -107,26 +109,6 @@ def run_matrix(
         finally:
             reporter.close()
     return matrix_outcome(stages, store, already_done)
-
-
-@contextlib.contextmanager
-def sigterm_exits() -> Iterator[None]:
-    """``kill`` (SIGTERM) unwinds like Ctrl-C: locks are released, the stage keeps its checkpoint.
-
-    Only in the main thread (signal handlers can be set nowhere else); the previous handler comes back.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def exit_now(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, exit_now)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_here(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlprune import registry
+from mtlprune.engine.runner import restore_finished
 from mtlprune.execution.claim import POLL_S, Board, LockOptions, claim_loop, lock_summary, run_one
 from mtlprune.execution.events import log_event
 from mtlprune.execution.local import cpu_count
@@ -209,6 +210,7 @@ def submit_matrix(
         matrix = resolve_data(matrix, store.root)  # disk data: run ids follow its content
     stages = plan(matrix, only)
     already_done = {s.run_id for s in stages if store.is_done(s.run_id)}
+    restore_finished([s for s in stages if s.run_id in already_done], store)  # their spec/status files
     board = Board(stages, store, retry_failed, started_at)
     submit, blocked = pending_for_submission(stages, store, board)
     submission = Submission(log_dir=store.root / SLURM_DIR)

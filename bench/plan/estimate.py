@@ -166,21 +166,16 @@ def _unique(stages: Iterable[Priced]) -> list[Priced]:
     return list(seen.values())
 
 
-def measured_times(
-    store: Store, stages: Iterable[Priced], skip_damaged: bool = False
-) -> tuple[StageTimes, list[Priced]]:
-    """The wall times of the finished ones of ``stages``, and the pending ones. A damaged result fails here,
-    naming its file, unless ``skip_damaged`` (a run's ETA): then it is left out of the measurements."""
+def measured_times(store: Store, stages: Iterable[Priced]) -> tuple[StageTimes, list[Priced]]:
+    """The wall times of the finished ones of ``stages``, and the pending ones (a damaged result is pending:
+    the next run recomputes it)."""
     times, pending = StageTimes(), []
     for stage in stages:
-        if not store.is_done(stage.run_id):
+        state = store.inspect(stage.run_id)
+        if state.result is None:
             pending.append(stage)
-            continue
-        try:
-            times.add(stage, store.result(stage.run_id).wall_s)
-        except (OSError, ValueError):
-            if not skip_damaged:
-                raise
+        else:
+            times.add(stage, state.result.wall_s)
     return times, pending
 
 

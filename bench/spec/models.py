@@ -10,10 +10,21 @@ import hashlib
 import itertools
 import os
 import re
+import types
+import unicodedata
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mtlprune.registry import ARCHS, DATASETS, METHODS, suggest
 from mtlprune.spec.identity import spec_hash
@@ -25,6 +36,64 @@ from mtlprune.vocabulary import METRICS
 SCHEMA_VERSION = 2
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+# The largest seed: the engine derives its generators' seeds from a stage's seed by arithmetic (batch order:
+# (seed · 1000 + salt) · 1000003 + epoch for scoring batches, mtlprune.engine.data and .context), and torch
+# takes at most 2^64 − 1; 2^32 − 1 (NumPy's legacy seed range) keeps every derived seed in range.
+MAX_SEED = 2**32 - 1
+
+
+def _seed_range(value: int) -> int:
+    if value > MAX_SEED:
+        raise ValueError(
+            f"a seed is an integer from 0 to {MAX_SEED} (2^32 - 1): the generators of a stage are seeded "
+            "by arithmetic on it, which must stay within 64 bits"
+        )
+    return value
+
+
+Seed = Annotated[int, Field(ge=0), AfterValidator(_seed_range)]
+
+
+def _bool_problem(annotation: Any, value: Any, where: str = "") -> str | None:
+    """What is wrong when ``value`` holds a boolean where ``annotation`` wants a number, or None.
+
+    YAML's ``true``/``false`` would otherwise pass as 1/0 (pydantic's lax mode): ``steps: true`` is one step.
+    A place that also allows ``bool`` (``str | int | bool``) takes booleans; lists, tuples and dict values
+    are looked into (``seeds: [0, true]``); nested models check their own fields.
+    """
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _bool_problem(get_args(annotation)[0], value, where)
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if bool in options:
+            return None
+        for option in options:
+            problem = _bool_problem(option, value, where)
+            if problem:
+                return problem
+        return None
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            kind = "an integer" if annotation is int else "a number"
+            return f"expected {kind}{' at ' + where if where else ''}, got a boolean"
+        return None
+    args = get_args(annotation)
+    if origin in (list, tuple) and isinstance(value, list | tuple) and args:
+        fixed = origin is tuple and args[-1] is not Ellipsis
+        for i, item in enumerate(value):
+            if fixed and i >= len(args):
+                break
+            problem = _bool_problem(args[i] if fixed else args[0], item, f"{where}[{i}]")
+            if problem:
+                return problem
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        for key, item in value.items():
+            problem = _bool_problem(args[1], item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+    return None
 
 
 def not_hashed(default: Any = None, **kwargs: Any) -> Any:
@@ -46,9 +115,23 @@ def file_sha256(path: Path) -> str:
 
 
 class StrictModel(BaseModel):
-    """Frozen, no unknown keys; an unknown key is reported with the closest allowed names."""
+    """Frozen, no unknown keys; an unknown key is reported with the closest allowed names.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Values are strict where pydantic's lax coercion would hide a mistake (docs/design.md, "Strict values"):
+    no infinity or NaN in a float, no boolean where a number is expected. Integer-valued numbers still fill
+    a float (``lr: 1``), and numeric strings still parse (YAML reads ``1e-3`` as a string).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is not None:
+            problem = _bool_problem(cls.model_fields[info.field_name].annotation, value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -68,7 +151,7 @@ class SyntheticSpec(StrictModel):
     n_test: int = Field(16, ge=1, description="test frames")
     height: int = Field(96, ge=16, description="frame height in pixels")
     width: int = Field(128, ge=16, description="frame width in pixels")
-    seed: int = Field(0, ge=0, description="scene generator seed")
+    seed: Seed = Field(0, description="scene generator seed")
 
 
 class DataSpec(StrictModel):
@@ -94,7 +177,7 @@ class DataSpec(StrictModel):
     val_fraction: float = Field(
         0.0, ge=0, lt=1, description="share of the training listing held out for validation"
     )
-    split_seed: int = Field(0, ge=0, description="seed of the train/validation carve")
+    split_seed: Seed = Field(0, description="seed of the train/validation carve")
 
     @field_validator("dataset")
     @classmethod
@@ -246,6 +329,17 @@ class TrainSpec(StrictModel):
             raise ValueError(f"rewind_step {step} is beyond the {self.steps} training steps")
         return step
 
+    @field_validator("rewind_step")
+    @classmethod
+    def _rewind_within_steps(cls, step: int | None, info: ValidationInfo) -> int | None:
+        steps = info.data.get("steps")  # absent when steps itself was invalid
+        if step is not None and steps is not None and step > steps:
+            raise ValueError(
+                f"{step} is beyond steps = {steps}: the rewind snapshot is saved during those steps "
+                f"(at most {steps}, the final weights)"
+            )
+        return step
+
     @field_validator("task_weights")
     @classmethod
     def _positive_weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
@@ -338,6 +432,34 @@ class SlurmSpec(StrictModel):
     extra: dict[str, str | int | bool] = Field(
         default_factory=dict, description="further sbatch options, name: value (e.g. {mail-type: END})"
     )
+
+    @field_validator(
+        "partition", "time", "mem", "account", "qos", "constraint", "setup", "extra", mode="before"
+    )
+    @classmethod
+    def _single_line(cls, value: Any) -> Any:
+        """Every text that ends up in the sbatch script is one line of printable text: a newline (or any
+        control character) would end an ``#SBATCH`` directive or a setup command early."""
+        texts: list[tuple[str, Any]] = [("", value)]
+        if isinstance(value, list):
+            texts = [(f"[{i}] ", item) for i, item in enumerate(value)]
+        elif isinstance(value, dict):
+            texts = [
+                pair
+                for key, item in value.items()
+                for pair in ((f"key {key!r} ", key), (f"[{key!r}] ", item))
+            ]
+        for where, text in texts:
+            if not isinstance(text, str):
+                continue
+            for offset, char in enumerate(text):
+                if unicodedata.category(char) == "Cc" or char in "\u2028\u2029":
+                    raise ValueError(
+                        f"{where}holds the control character {char!r} at offset {offset}: a Slurm value is "
+                        "one line of text (it is written into the sbatch script)"
+                        + ("; give one shell command per setup item" if isinstance(value, list) else "")
+                    )
+        return value
 
     @field_validator("time")
     @classmethod
@@ -474,7 +596,7 @@ class DenseSpec(StrictModel):
     arch: ArchSpec
     train: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    seed: int = Field(ge=0)
+    seed: Seed
 
     @property
     def run_id(self) -> str:
@@ -495,7 +617,7 @@ class RunSpec(StrictModel):
     target_sparsity: float = Field(
         ge=0.0, lt=1.0, description="fraction of prunable weights to remove; 0 only for the control row"
     )
-    seed: int = Field(ge=0)
+    seed: Seed
 
     @model_validator(mode="after")
     def _control_at_zero(self) -> RunSpec:
@@ -539,7 +661,7 @@ class MatrixSpec(StrictModel):
     archs: list[ArchSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
     sparsities: list[Fraction] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     train: TrainSpec
     finetune: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -595,25 +717,32 @@ class MatrixSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _extra_stages_plannable(self) -> MatrixSpec:
-        """A method that plans stages of its own (ECS's single-task base) can do so for every setting."""
+    def _methods_fit_settings(self) -> MatrixSpec:
+        """Every method can run every setting, checked before any work: a method that plans stages of its
+        own (ECS's single-task base) can plan them, and its ``check_spec`` hook (a budget it needs: lth's
+        retraining after the rewind step) accepts the cell, at every dataset and sparsity."""
         for i, method in enumerate(self.methods):
             instance = METHODS.get(method.name)(method.parsed_params())
+            check = getattr(instance, "check_spec", None)
             for j, data in enumerate(self.datasets):
-                cell = RunSpec(
-                    data=data,
-                    arch=self.archs[0],
-                    train=self.train,
-                    finetune=self.finetune,
-                    eval=self.eval,
-                    method=method,
-                    target_sparsity=self.sparsities[0],
-                    seed=self.seeds[0],
-                )
-                try:
-                    instance.extra_stages(cell)
-                except ValueError as exc:
-                    raise ValueError(f"methods[{i}] ({method.label}) with datasets[{j}]: {exc}") from None
+                for k, sparsity in enumerate(self.sparsities):
+                    cell = RunSpec(
+                        data=data,
+                        arch=self.archs[0],
+                        train=self.train,
+                        finetune=self.finetune,
+                        eval=self.eval,
+                        method=method,
+                        target_sparsity=sparsity,
+                        seed=self.seeds[0],
+                    )
+                    try:
+                        if k == 0:
+                            instance.extra_stages(cell)
+                        if check is not None:
+                            check(cell)
+                    except ValueError as exc:
+                        raise ValueError(f"methods[{i}] ({method.label}) with datasets[{j}]: {exc}") from None
         return self
 
     def expand(self) -> list[RunSpec]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mtlprune.spec.load import ConfigError
+from mtlprune.spec.load import ConfigError, DuplicateKeyError, load_yaml
 
 _KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\[\d+\])*")
 _PART = re.compile(r"([A-Za-z_][\w-]*)|\[(\d+)\]")
@@ -36,7 +36,9 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.steps=200")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {text!r}: the value has a {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value is not valid YAML: {exc}") from None
     return parse_key_path(key.strip(), text), value

@@ -2,9 +2,9 @@
 them (docs/design.md, "The store").
 
 ``layout`` is where each file lives and how it is written (atomically); ``records`` the typed result, status
-and manifest files; ``manifest`` the matrix record; ``maskio`` the packed masks; ``provenance`` what produced
-a
-result. The names below are the store's everyday API.
+and manifest files; ``integrity`` whether a result is intact and ``store check``; ``stages`` the ``Store``
+that reads and writes a stage's folder; ``manifest`` the matrix record; ``maskio`` the packed masks;
+``provenance`` what produced a result. The names below are the store's everyday API.
 """
 
 from mtlprune.store.layout import (
@@ -12,13 +12,13 @@ from mtlprune.store.layout import (
     RESULT,
     SPEC,
     STATUS,
-    Store,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
     read_result,
     read_status,
 )
+from mtlprune.store.stages import Store, StoreError
 
 __all__ = [
     "DEFAULT_STORE",
@@ -26,6 +26,7 @@ __all__ = [
     "SPEC",
     "STATUS",
     "Store",
+    "StoreError",
     "atomic_write_bytes",
     "atomic_write_json",
     "read_json",

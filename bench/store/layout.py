@@ -1,8 +1,11 @@
-"""The content-addressed result store: ``<store>/runs/<run_id>/`` with atomic writes.
+"""Where a store's files live and how they are written: atomically, with the process umask.
 
-``result.json`` is written last and atomically; its presence means the stage is done. ``status.json``
-records running/failed states (with the error) for `mtlprune status`. Both are typed records
-(:mod:`mtlprune.store.records`), validated when written and when read.
+``result.json`` is written last; a valid one whose recorded files are intact means the stage is done
+(:mod:`mtlprune.store.integrity`). ``status.json`` records running/failed states (with the error) for
+`mtlprune status`. Both are typed records (:mod:`mtlprune.store.records`), validated when written and read.
+Every file is written through a temp file in the same folder, fsync and ``os.replace``, and gets the mode a
+plain ``open`` would give it (``0o666`` less the umask): a store shared by a group on a cluster stays
+readable by the group.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from typing import Any
 from mtlprune.store.records import (
     CellResult,
     DenseResult,
-    StageResult,
     StatusRecord,
     parse_result,
     parse_status,
@@ -26,13 +28,31 @@ DEFAULT_STORE = Path("results")  # relative to where a command runs
 RESULT = "result.json"
 STATUS = "status.json"
 SPEC = "spec.json"
+CHECKPOINT = "checkpoint.pt"  # a running stage's in-stage checkpoint (mtlprune.engine.checkpoint)
+CHECKPOINT_INFO = "checkpoint.json"  # where that checkpoint is (call, step, time), readable without torch
+
+
+def process_umask() -> int:
+    """The process umask (Linux: read from /proc without changing it; elsewhere set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + fsync + os.replace: readers never see a partial file."""
+    """Write via a temp file in the same directory + fsync + os.replace: readers never see a partial file.
+
+    The temp file is created 0600 (mkstemp); it gets the mode ``open`` would give before it is renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -48,8 +68,11 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file's value; a clear error naming the file when it is not UTF-8 JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected a JSON file") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt JSON ({exc})") from None
 
@@ -62,45 +85,3 @@ def read_result(path: Path) -> DenseResult | CellResult:
 def read_status(path: Path) -> StatusRecord:
     """A ``status.json`` file as its typed record (a clear error naming the file otherwise)."""
     return parse_status(read_json(path), path)
-
-
-class Store:
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.runs = self.root / "runs"
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.runs / run_id
-
-    def is_done(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / RESULT).is_file()
-
-    def result(self, run_id: str) -> DenseResult | CellResult:
-        path = self.run_dir(run_id) / RESULT
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: stage {run_id} has no result (not run yet, or it failed)")
-        return read_result(path)
-
-    def write_result(self, run_id: str, result: StageResult) -> None:
-        """Write ``result.json`` atomically: from now on the stage is done."""
-        if result.run_id != run_id:
-            raise ValueError(f"result of {result.run_id} written to stage {run_id}")
-        atomic_write_json(self.run_dir(run_id) / RESULT, result.payload())
-
-    def status(self, run_id: str) -> str:
-        """done / failed / running / pending."""
-        if self.is_done(run_id):
-            return "done"
-        record = self.status_record(run_id)
-        return "pending" if record is None else record.status
-
-    def status_record(self, run_id: str) -> StatusRecord | None:
-        """The stage's ``status.json`` (None when it has none)."""
-        path = self.run_dir(run_id) / STATUS
-        return read_status(path) if path.is_file() else None
-
-    def write_status(self, run_id: str, **fields: Any) -> StatusRecord:
-        """Write ``status.json`` atomically from the fields of a :class:`StatusRecord`; returns it."""
-        record = StatusRecord(**fields)
-        atomic_write_json(self.run_dir(run_id) / STATUS, record.payload())
-        return record

@@ -47,6 +47,7 @@ def _manifest_payload(matrix: MatrixSpec, overrides: list[str] | tuple[str, ...]
             "width": d.arch.width,
             "head_width": d.arch.head_width,
             "seed": d.seed,
+            "protocol": d.eval.protocol,
         }
         for d in matrix.dense_stages()
     ]

@@ -10,6 +10,8 @@ as DiSparse) holds each task's own keep-mask under ``<task>/<parameter name>``.
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,8 @@ def read_masks(path: str | Path) -> dict[str, np.ndarray]:
                 count = int(np.prod(shape, dtype=np.int64))
                 bits = np.unpackbits(archive[f"bits_{i}"], count=count)
                 out[name] = bits.astype(np.bool_).reshape(shape)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable mask archive ({exc})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: not a readable mask archive ({type(exc).__name__}: {exc})") from None
     return out
 
 

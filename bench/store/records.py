@@ -59,6 +59,15 @@ class ResumedFrom(Record):
     step: int
 
 
+class StoredFile(Record):
+    """A file a result stands on, as it was when the result was written (mtlprune.store.integrity)."""
+
+    format: int | None = None  # versioned by the result that holds it
+    bytes: int = Field(ge=0)
+    mtime_ns: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class StageResult(Record):
     """What every finished stage records (``result.json``; its presence means the stage is done)."""
 
@@ -75,6 +84,9 @@ class StageResult(Record):
     determinism: dict[str, Any] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
     resumed_from: ResumedFrom | None = None
+    files: dict[str, StoredFile] | None = Field(
+        None, description="checkpoints and masks the result stands on (None: an older file, not recorded)"
+    )
 
 
 class DenseResult(StageResult):
@@ -178,6 +190,7 @@ class ManifestDense(Record):
     width: float | None = None
     head_width: float | None = None
     seed: int
+    protocol: str = "standard"
 
 
 class ManifestCell(ManifestDense):
@@ -187,7 +200,6 @@ class ManifestCell(ManifestDense):
     method: str = Field(description="the method's label (name and non-default params)")
     method_name: str
     target: float
-    protocol: str = "standard"
 
 
 class Manifest(Record):

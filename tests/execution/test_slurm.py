@@ -178,7 +178,7 @@ def test_bad_slurm_settings_are_reported_with_their_config_key_or_flag(tmp_path,
     assert (
         main(["run", str(config), "--store", str(tmp_path / "s"), "--executor", "slurm", "--time", "x"]) == 2
     )
-    assert "--time: Value error, time 'x' is not a Slurm time limit" in capsys.readouterr().err
+    assert "--time: time 'x' is not a Slurm time limit" in capsys.readouterr().err
     assert main(["run", str(config), "--store", str(tmp_path / "s"), "--partition", "gpu"]) == 2
     assert (
         "--partition: Slurm resources apply to --executor slurm or submitit-local only"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -166,20 +165,26 @@ def test_format_duration_rejects_bad_input(bad: float) -> None:
 
 
 @pytest.mark.parametrize("wall", [None, "12", -3.0, True])
-def test_bad_wall_time_names_the_file(tmp_path: Path, wall: object) -> None:
+def test_a_damaged_result_is_pending_and_named(tmp_path: Path, wall: object) -> None:
+    """A result that is not a valid record is no measurement: the stage is pending (run recomputes it)."""
     _finish_raw(Store(tmp_path), "d1", wall)
+    est = estimate_costs(tmp_path, [_dense("d1", *NYU_MN, 100)])
+    assert (est.done, est.pending) == (0, 1)
     path = tmp_path / "runs" / "d1" / RESULT
-    with pytest.raises(ValueError, match=re.escape(f"{path}: not a valid result record (wall_s: ")) as info:
-        estimate_costs(tmp_path, [_dense("d1", *NYU_MN, 100)])
-    assert f"(got {wall!r})" in str(info.value)
+    (problem,) = Store(tmp_path).damage("d1")
+    assert (problem.path, problem.action) == (path, "recompute")
+    assert problem.what.startswith("not a valid result record (wall_s: ")
+    assert f"(got {wall!r})" in problem.what
 
 
-def test_corrupt_result_names_the_file(tmp_path: Path) -> None:
+def test_a_corrupt_result_is_pending_and_named(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "d1" / RESULT
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
-    with pytest.raises(ValueError, match=re.escape(f"{path}: corrupt JSON")):
-        estimate_costs(tmp_path, [_dense("d1", *NYU_MN, 100)])
+    est = estimate_costs(tmp_path, [_dense("d1", *NYU_MN, 100)])
+    assert (est.done, est.pending) == (0, 1)
+    (problem,) = Store(tmp_path).damage("d1")
+    assert problem.path == path and problem.what.startswith("corrupt JSON (Expecting property name")
 
 
 def test_stages_of_unknown_identity_count_as_pending(golden: tuple[Path, list[Priced]]) -> None:

@@ -1,4 +1,5 @@
-"""Cells without a result (failed, running, pending, missing), each with its error, and finished cells whose
+"""Cells without a result (damaged, failed, running, pending, missing), each with its error (a damaged one's
+names each damaged file), and finished cells whose
 masks collapsed whole layers: the report never drops them silently."""
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def attention_section(data: ReportData) -> str:
     dense_bad = data.dense[data.dense["status"] != "done"] if not data.dense.empty else data.dense
     if unfinished.empty and dense_bad.empty:
         return f"<p>All {len(frame)} cells finished.</p>" + collapse_note(frame)
-    order = {"failed": 0, "running": 1, "pending": 2, MISSING: 3}
+    order = {"damaged": 0, "failed": 1, "running": 2, "pending": 3, MISSING: 4}
     ranked = unfinished.assign(_o=unfinished["status"].map(order).fillna(9))
     ranked = ranked.sort_values(["_o", "dataset", "arch", "method", "target_sparsity", "seed"])
     rows = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ class ReportOutcome:
     tables: list[Path]
     counts: dict[str, int]
     notes: list[str]
+    damaged: list[str] = field(default_factory=list)  # "<run id>: <path>: <what>" per damaged stage
 
 
 class Builder:

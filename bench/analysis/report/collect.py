@@ -13,6 +13,7 @@ import yaml
 
 from mtlprune.analysis import load_results
 from mtlprune.analysis.load import BASE_COLUMNS
+from mtlprune.spec.load import load_yaml
 from mtlprune.spec.select import Selection
 from mtlprune.store import DEFAULT_STORE
 from mtlprune.store.manifest import MANIFEST, Manifest, read_manifest
@@ -23,7 +24,7 @@ MISSING = "missing"
 def matrix_name(config: Path) -> str:
     """The ``name`` of a matrix config, read with yaml.safe_load and nothing else (no validation)."""
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        data = load_yaml(config.read_text(encoding="utf-8"))  # duplicate keys refused, as `run` does
     except yaml.YAMLError as exc:
         raise ValueError(f"{config}: not valid YAML: {exc}") from None
     except UnicodeDecodeError:
@@ -108,7 +109,9 @@ def collect(
     from mtlprune.analysis.dense_results import load_dense
 
     notes: list[str] = []
-    frame = load_results(root, manifests[0].cell_ids) if name is not None else load_results(root)
+    planned = [cell for manifest in manifests for cell in manifest.cells]
+    ids = manifests[0].cell_ids if name is not None else None
+    frame = load_results(root, ids, planned=planned)
     missing = missing_rows(manifests, set(frame["run_id"]))
     if missing:
         frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True)
@@ -124,7 +127,7 @@ def collect(
             raise ValueError(f"--only {only.describe()} selects no cell of {name or root}")
         planned_dense = set()  # only the selected cells' dense stages
     dense_ids = set(frame["dense_run_id"].dropna()) | planned_dense
-    dense = load_dense(root, dense_ids)
+    dense = load_dense(root, dense_ids, planned=[d for manifest in manifests for d in manifest.dense])
     try:
         published: pd.DataFrame | None = load_published()
     except (FileNotFoundError, ValueError) as exc:

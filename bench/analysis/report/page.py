@@ -18,6 +18,7 @@ from mtlprune.analysis.report.stats_section import statistics_section
 from mtlprune.analysis.report.table_sections import headroom_tables, summary_tables, table_sections
 from mtlprune.spec.select import Selection
 from mtlprune.store import Store, atomic_write_bytes
+from mtlprune.store.integrity import DAMAGED
 
 if TYPE_CHECKING:
     from mtlprune.analysis.html import Section
@@ -180,4 +181,10 @@ def build_report(
     page = render_page(data.title, header, sections)
     html_path = out_dir / REPORT_HTML
     atomic_write_bytes(html_path, page.encode("utf-8"))
-    return ReportOutcome(out_dir, html_path, builder.figures, builder.tables, counts, builder.notes)
+    damaged = [
+        f"{row.run_id}: {row.error}"
+        for frame in (data.frame, data.dense)
+        if not frame.empty
+        for row in frame[frame["status"] == DAMAGED].itertuples(index=False)
+    ]
+    return ReportOutcome(out_dir, html_path, builder.figures, builder.tables, counts, builder.notes, damaged)
