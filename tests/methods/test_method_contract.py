@@ -8,7 +8,8 @@ must then:
 - leave every pruned weight exactly zero, with stored masks that match the weights;
 - give identical masks and metrics for the same seed, whatever ran before it in the process;
 - record every optimizer step it took in ``steps_total`` (dense share included where it starts from dense,
-  and the steps of any stage it asked for, such as ECS's single-task base);
+  and the steps of any stage it asked for, such as ECS's single-task base), exactly as many as
+  ``planned_steps`` (what ``mtlprune plan`` prices) says;
 - evaluate and land in ``load_results()`` with finite metrics and ΔT;
 - killed in the middle of its training, resume from its checkpoint to exactly the same end (its callbacks'
   state must be in their ``state_dict``; bench/engine/checkpoint.py).
@@ -33,6 +34,7 @@ import pytest
 import torch
 
 from mtlprune.analysis import load_results
+from mtlprune.engine.requirements import planned_stages
 from mtlprune.engine.runner import run_stage
 from mtlprune.execution.matrix import run_matrix
 from mtlprune.plan.stages import Stage, plan
@@ -155,6 +157,16 @@ def test_every_optimizer_step_is_counted(runs, name):
     dense_share = matrix.train.steps if result.starts_from == "dense" else 0
     dense_share += sum(d.train.steps for d in cells[name].extra_stages())  # stages the method asked for
     assert result.steps_total == dense_share + result.steps_method
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_planned_steps_are_what_the_cell_records(runs, name):
+    """`mtlprune plan` prices a cell with ``planned_steps``: it must be exactly what the method spends."""
+    matrix, (store, _), cells = runs
+    (planned,) = [p for p in planned_stages(plan(matrix)) if p.run_id == cells[name].run_id]
+    result = store.result(planned.run_id)
+    assert (result.steps_method, result.steps_total) == (planned.steps, planned.steps_total)
+    assert result.starts_from == planned.starts_from
 
 
 def test_every_method_lands_in_load_results(runs):
