@@ -222,6 +222,8 @@ def test_store_case(
     assert case.status in shown
     if case.status == DAMAGED:  # each problem, with what `run` does
         assert "damaged:" in shown and f"{run_id} " in shown
+    assert main(["plan", str(config), "--store", str(store_root)]) == 0  # prices a damaged stage as pending
+    assert case.status in capsys.readouterr().out
 
     # 3. the report renders the rest and lists a damaged stage with its path
     assert main(["report", str(config), "--store", str(store_root)]) == 0
