@@ -29,23 +29,44 @@ weight decay is that of the unweighted recipe for any T (``K`` overrides either)
 
 Reaching the target. ``control: faithful`` is the reference rule: thresholds start at ``s_init`` and are
 frozen (no update, no decay: their gradient is dropped) on every step whose forward pass was at or above the
-target sparsity; sparsity is steered only by ``s_init`` and ``weight_decay`` (the reference swept weight decay
-per target) and can miss the target by far; the cell then reports what it achieved (such an
-instance accepts any sparsity). ``control: target`` (the default) is the benchmark's controller: the learned
-logits s_g keep the split between groups, and one global, non-learned logit offset b is added to all of them,
-so the thresholds are g(s_g + b). b is solved, not learned: a weight w of group g is pruned iff
-logit(|w|) − s_g ≤ b, so the sparsity is a step function of b and the offset that prunes exactly k weights is
-the k-th smallest key logit(|w|) − s_g (one selection over all weights; b is placed midway between the k-th
-and (k+1)-th keys). After the optimizer update of step t the controller sets b so that the sparsity of the
-next forward pass is the GMP cubic schedule s(t+1) = s_f·(1 − (1 − (t+1 − t0)/(t_end − t0))³), 0 before
-t0 = round(ramp_start·T), the target from t_end = min(round(ramp_end·T), T − 1) on; it acts every
-``control_every`` steps from t0 (default max(1, T // 500)), at t_end, and after the last step, where it solves
-exactly (float64 keys of every weight, so the final sparsity counted from the weights is the target up to
-ties and fp32 rounding of the threshold: a few weights). Intermediate solves rank a strided subsample of at
-most 2^16 keys when the model has more weights (≈ ±0.2 pp of the schedule; nothing depends on it but the
-log). Between two solves the thresholds keep learning, so the sparsity drifts a little until the next solve.
-The thresholds still receive their loss and weight-decay gradients through g(s_g + b) (b is a constant to
-autograd), so which component is pruned harder stays learned; only the overall level is controlled.
+target sparsity (main/trainer.py:175-192); sparsity is steered only by ``s_init`` and ``weight_decay`` and can
+miss the target by far; the cell then reports what it achieved (such an instance accepts any sparsity; the
+report lists every cell whose mean achieved sparsity misses its target by more than 0.1 pp). The reference
+reaches a target by a weight-decay search: it sweeps ``--weight_decay`` (args.py:14) at a fixed
+``--sInit_value`` and ``--ratio`` (args.py:13, :15), one full training run per value, and keeps by hand the
+run that lands at the ratio; no script chooses. Its grids: ResNet34 on NYU-v2 (s_init −15) 5e-8, 1e-7, 5e-7,
+1e-6, 5e-6, 1e-5, 5e-5, 7.5e-5, 1e-4, 2.5e-4, 5e-4, 7.5e-4 (the run folders listed in
+Scripts/get_score_from_training_logs.ipynb:192-203, overall sparsities 12 … 99 % at :248); MobileNetV2 (s_init
+−18) 1e-6, 3e-6, 5e-6, 7.5e-6, 1e-5, 3e-5, 5e-5, 7.5e-5
+(logs/DispMTL_results/mobilenetv2_baseline_2023-03-30.txt:1-113, 87.2 … 97.1 %); for ratio 0.9 the ResNet34
+runs it reports are wd 6e-5 → 91.72 % and 5e-5 → 93.38 %
+(logs/DispMTL_results/resnet34_accuracy_saprsity_2023-03-30.txt:273-279, :369). ``wd_search`` (a strictly
+ascending list of weight decays; faithful only, instead of ``weight_decay``) runs that search inside the cell:
+one full run of the cell's budget per weight decay, in order, each from the same start (weights, BN
+statistics, thresholds at ``s_init``, a fresh optimizer and fresh task weights), stopping at the first run
+whose final sparsity reaches the target (≥ the ratio, the freeze rule's own test); that run is the cell's
+model, or the last one when none reaches it. The rule is ours (the reference chose by eye); ascending order
+with the freeze makes it pick the smallest weight decay that gets there. Every run counts in ``steps_method``
+/ ``steps_total`` (``planned_steps`` is the whole grid's, an upper bound); each run's weight decay and final
+sparsity are logged (``adapmtl.search.weight_decay``, ``adapmtl.search.sparsity``) and kept in
+``method_state.wd_search``, the kept run's in ``method_state.weight_decay``. No default grid: the reference's
+were tuned for its own 20k-step, lr-1e-3 runs, and the search costs up to one budget per value.
+
+``control: target`` (the default) is the benchmark's controller: the learned logits s_g keep the split between
+groups, and one global, non-learned logit offset b is added to all of them, so the thresholds are g(s_g + b).
+b is solved, not learned: a weight w of group g is pruned iff logit(|w|) − s_g ≤ b, so the sparsity is a step
+function of b and the offset that prunes exactly k weights is the k-th smallest key logit(|w|) − s_g (one
+selection over all weights; b is placed midway between the k-th and (k+1)-th keys). After the optimizer update
+of step t the controller sets b so that the sparsity of the next forward pass is the GMP cubic schedule s(t+1)
+= s_f·(1 − (1 − (t+1 − t0)/(t_end − t0))³), 0 before t0 = round(ramp_start·T), the target from t_end =
+min(round(ramp_end·T), T − 1) on; it acts every ``control_every`` steps from t0 (default max(1, T // 500)), at
+t_end, and after the last step, where it solves exactly (float64 keys of every weight, so the final sparsity
+counted from the weights is the target up to ties and the float32 rounding of s_g + b and of τ: a few
+weights). Intermediate solves rank a strided subsample of at most 2^16 keys when the model has more weights (≈
+±0.2 pp of the schedule; nothing depends on it but the log). Between two solves the thresholds keep learning,
+so the sparsity drifts a little until the next solve. The thresholds still receive their loss and weight-decay
+gradients through g(s_g + b) (b is a constant to autograd), so which component is pruned harder stays learned;
+only the overall level is controlled.
 
 Start. ``start: dense`` (default) loads the shared dense checkpoint, sets every threshold to ``s_init`` (as
 the reference's ``load_dense_model`` does) and trains on the cell's finetune budget with a fresh optimizer;
@@ -77,7 +98,8 @@ weighting) and ``str`` (one threshold per layer, no task weighting): the same co
 Deliberate deviations from the reference code / papers:
 
 - ``control: target`` (the default) is ours (above); the reference reaches a ratio only through a per-target
-  (s_init, weight decay) search plus the freeze rule, kept as ``control: faithful``.
+  (s_init, weight decay) search plus the freeze rule, kept as ``control: faithful`` (``wd_search``: the
+  search, with our stopping rule in place of the authors' choice by eye).
 - K = T instead of the hard-coded 3 under ``control: target`` (above); ``faithful`` keeps 3.
 - Budget: from the dense checkpoint the method trains on the cell's finetune budget and recipe (the reference
   restarts a full 20k-step run with lr 1e-3); from init, dense + finetune steps (the benchmark's fairness
@@ -94,10 +116,15 @@ Deliberate deviations from the reference code / papers:
 - A weight with |w| ≥ 1 cannot be pruned by a sigmoid threshold (as in the reference); the controller then
   saturates (the offset is clamped to ±10⁴ in logit space) and the target can be missed (then the cell fails
   loudly). Tied magnitudes are pruned together.
+- Threshold precision: τ = ``torch.sigmoid`` of the float32 logit, as the reference (on the CPU each
+  threshold as a 0-dim tensor, :func:`reference_sigmoid`); with the controller's offset, s + b is summed in
+  float64 and rounded once to float32 first (b = 0 under ``faithful``: exactly the reference's τ).
 - Implementation: the soft threshold of all layers is one fused autograd function per forward pass (one
   ``softshrink`` per tensor; its backward one ``softshrink_backward``, one ``sign`` and two dots per tensor),
-  computed on the first weight access of a model forward; the result is bit-identical to
-  sign(W)·ReLU(|W| − g) with the threshold rounded to the weights' dtype. The training step costs about
+  computed on the first weight access of a model forward. With the reference's τ its Ŵ is the reference's
+  sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight gradients) except the
+  sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0; equal as numbers, and no
+  sum or product with a non-zero changes). The training step costs about
   1.10× (Deeplab-ResNet34) and 1.12× (MobileNetV2) the dense step at CPU width, the controller's solve
   amortised (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×). Under ``faithful`` the offset b is 0.
 """
@@ -107,6 +134,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -120,9 +148,9 @@ from mtlprune.engine.train import StepRunner, TrainCallback
 from mtlprune.methods.base import MethodParams, PruningMethod
 from mtlprune.methods.gmp import gmp_sparsity, gmp_steps
 from mtlprune.registry import METHODS
-from mtlprune.spec import TrainSpec
+from mtlprune.spec import RunSpec, TrainSpec
 
-OFFSET_LIMIT = 1.0e4  # |b| bound in logit space: sigmoid(±1e4) is exactly 0 / 1 in float64
+OFFSET_LIMIT = 1.0e4  # |b| bound in logit space: sigmoid(±1e4) is exactly 0 / 1 in float32 and float64
 SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller solve
 
 # ------------------------------------------------------------------------------ the soft threshold
@@ -187,10 +215,37 @@ class _SoftThreshold(torch.autograd.Function):
         return (None, None, *grad_w, *grad_s)
 
 
+def reference_sigmoid(logits: Tensor) -> Tensor:
+    """``torch.sigmoid`` of each element of a 1-D tensor, each as the reference evaluates its 0-dim threshold.
+
+    The reference calls ``torch.sigmoid`` on the float32 0-dim threshold Parameter in every layer's forward
+    (``sparseFunction``, models/Deeplab_ResNet34.py:13-14, STRConv.forward :35-48). On CUDA one elementwise
+    kernel computes every element alike, so a vector gives the 0-dim values. The CPU kernel's vectorised
+    body and its scalar tail can round differently (by 1 ulp), and a 0-dim tensor takes the scalar path, so
+    on the CPU each element is evaluated as its own 0-dim tensor (a handful of thresholds per pass).
+    """
+    if logits.device.type != "cpu" or logits.numel() == 0:
+        return torch.sigmoid(logits)
+    return torch.stack([torch.sigmoid(x) for x in logits.unbind()])
+
+
+def _logits_plus(logits: Tensor, offset: float) -> Tensor:
+    """s + b in the logits' dtype: summed in float64 and rounded once (exactly s when b = 0)."""
+    return logits if offset == 0 else (logits.double() + offset).to(logits.dtype)
+
+
 def threshold_of(logit: Tensor | float, offset: float = 0.0) -> float:
-    """τ = sigmoid(s + b) in float64, as a Python float (the value the soft threshold uses)."""
-    value = float(logit) + offset
-    return 1.0 / (1.0 + math.exp(-value)) if value >= 0 else math.exp(value) / (1.0 + math.exp(value))
+    """τ = sigmoid(s + b) as the reference computes it, as a Python float (the value the soft threshold uses).
+
+    ``torch.sigmoid`` in the logit's dtype (float32 for a Python float) on its device, of s + b summed in
+    float64 and rounded once to that dtype: with b = 0 (``control: faithful``, which has no offset) exactly
+    the reference's ``torch.sigmoid(s)`` on its float32 threshold, so the thresholded weights are its own.
+    """
+    if isinstance(logit, Tensor):
+        s = logit.detach().reshape(1)
+    else:
+        s = torch.tensor([float(logit)], dtype=torch.float32)
+    return float(reference_sigmoid(_logits_plus(s, offset))[0])
 
 
 def soft_threshold(weight: Tensor, logit: Tensor, offset: float = 0.0) -> Tensor:
@@ -266,9 +321,9 @@ class ThresholdBank:
     # ---------------------------------------------------------------------------------- thresholds
 
     def taus(self) -> tuple[float, ...]:
-        """g(s_g + b) per group, float64 (one device sync for all groups)."""
-        values = torch.stack([s.detach() for s in self.logits]).double().cpu().tolist()
-        return tuple(threshold_of(v, self.offset) for v in values)
+        """g(s_g + b) per group as :func:`threshold_of` computes it (one device sync for all groups)."""
+        logits = _logits_plus(torch.stack([s.detach() for s in self.logits]), self.offset)
+        return tuple(reference_sigmoid(logits).cpu().tolist())
 
     def thresholds(self) -> dict[str, float]:
         return dict(zip(self.group_names, self.taus(), strict=True))
@@ -577,6 +632,12 @@ class AdapMTLParams(MethodParams):
         description="'target': solved global logit offset on a cubic ramp, exact at the end; "
         "'faithful': the reference's freeze at the target, sparsity set by s_init and weight_decay",
     )
+    wd_search: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="control faithful: the reference's per-target weight-decay sweep; ascending weight "
+        "decays, each a full run from the start, the first whose run reaches the target is kept",
+    )
     thresholds: Literal["component", "network", "layer"] = Field(
         "component", description="one learnable threshold per component, for the whole network, or per layer"
     )
@@ -612,6 +673,21 @@ class AdapMTLParams(MethodParams):
         ramp = {"ramp_start", "ramp_end", "control_every"} & self.model_fields_set
         if self.control == "faithful" and ramp:
             raise ValueError(f"{', '.join(sorted(ramp))} belong to control 'target', not 'faithful'")
+        if self.wd_search is not None:
+            if self.control != "faithful":
+                raise ValueError("wd_search belongs to control 'faithful' (control 'target' needs no search)")
+            if self.weight_decay is not None:
+                raise ValueError(
+                    "give weight_decay or wd_search, not both (the search sets the weight decay)"
+                )
+            decays = self.wd_search
+            if any(not math.isfinite(d) or d < 0 for d in decays):
+                raise ValueError(f"wd_search {decays}: every weight decay must be finite and >= 0")
+            if any(b <= a for a, b in pairwise(decays)):
+                raise ValueError(
+                    f"wd_search {decays} must be strictly ascending (the sweep stops at the first "
+                    "weight decay that reaches the target)"
+                )
         return self
 
     @property
@@ -642,6 +718,7 @@ class AdapMTL(PruningMethod):
     """AdapMTL: learnable soft thresholds per component and adaptive task-loss weights (Xiang et al. 2024)."""
 
     Params = AdapMTLParams
+    revision = 2  # 2: τ = torch.sigmoid(s) in float32, as the reference (its ablations and STR inherit it)
     starts_from = "dense"
     sparsity_tolerance: ClassVar[float] = 0.01
     contract_params: ClassVar[dict[str, Any]] = {}
@@ -672,11 +749,24 @@ class AdapMTL(PruningMethod):
         }
         return ThresholdBank(ctx.model, ctx.prunable(), group_of[p.thresholds], ctx.component_of, p.s_init)
 
-    def run(self, ctx: MethodContext) -> None:
+    def planned_steps(self, spec: RunSpec) -> int:
+        """The fairness rule's budget; with ``wd_search`` once per weight decay of the grid: an upper bound,
+        as the search stops at the first weight decay whose run reaches the target."""
+        steps = super().planned_steps(spec)
+        decays = self.params.wd_search  # type: ignore[attr-defined]
+        return steps * len(decays) if decays else steps
+
+    def check_spec(self, spec: RunSpec) -> None:
+        if self.params.wd_search and self.planned_steps(spec) == 0:  # type: ignore[attr-defined]
+            raise ValueError("wd_search needs a training budget: its runs have no steps")
+
+    def _callback(
+        self, ctx: MethodContext, bank: ThresholdBank, spec: TrainSpec
+    ) -> tuple[AdapMTLCallback, TargetSchedule | None]:
+        """A fresh callback for one training run of ``spec.steps`` steps (the target controller solves the
+        first offset here)."""
         p: AdapMTLParams = self.params  # type: ignore[assignment]
-        spec = self.training_spec(ctx)
         steps = spec.steps
-        bank = self.build_bank(ctx)
         weighting = None
         if p.adaptive_weighting:
             k = len(ctx.tasks) if p.k == "tasks" else 3
@@ -696,9 +786,50 @@ class AdapMTL(PruningMethod):
             schedule,
             freeze_at=ctx.target if p.control == "faithful" else None,
         )
+        return callback, schedule
+
+    def _search(self, ctx: MethodContext, bank: ThresholdBank, spec: TrainSpec) -> AdapMTLCallback:
+        """The reference's weight-decay sweep (``control: faithful``): a full run per weight decay, ascending,
+        each from the same start (weights, BN statistics, thresholds at s_init; a fresh optimizer and fresh
+        task weights), until a run's final sparsity reaches the target; that run is kept (else the last).
+        Every run's weight decay and final sparsity go to the log and to ``method_state.wd_search``."""
+        p: AdapMTLParams = self.params  # type: ignore[assignment]
+        assert p.wd_search is not None
+        start = {k: v.detach().to("cpu", copy=True) for k, v in ctx.model.state_dict().items()}
+        callback: AdapMTLCallback | None = None
+        for i, decay in enumerate(p.wd_search):
+            if i:
+                ctx.model.load_state_dict(start)
+            callback, _ = self._callback(ctx, bank, spec)
+            used = ctx.steps_used
+            ctx.train(spec.model_copy(update={"weight_decay": decay}), phase="train", callbacks=[callback])
+            if ctx.steps_used == used:
+                # Replayed on resume (a finished call returns at once, spending nothing): the search went on
+                # past it, and the call the checkpoint belongs to restores what it recorded.
+                continue
+            sparsity = sum(bank.zeros_now()) / sum(bank.numel)
+            tried = [*ctx.recorded.get("wd_search", []), {"weight_decay": decay, "sparsity": sparsity}]
+            ctx.record(wd_search=tried)
+            ctx.log(**{"adapmtl.search.weight_decay": decay, "adapmtl.search.sparsity": sparsity})
+            if sparsity >= ctx.target:
+                break
+        assert callback is not None
+        return callback
+
+    def run(self, ctx: MethodContext) -> None:
+        p: AdapMTLParams = self.params  # type: ignore[assignment]
+        spec = self.training_spec(ctx)
+        steps = spec.steps
+        bank = self.build_bank(ctx)
+        schedule = None
+        if p.wd_search is None:
+            callback, schedule = self._callback(ctx, bank, spec)
         bank.install()
         try:
-            ctx.train(spec, phase="train", callbacks=[callback])
+            if p.wd_search is None:
+                ctx.train(spec, phase="train", callbacks=[callback])
+            else:
+                callback = self._search(ctx, bank, spec)
             if schedule is not None:
                 # Idempotent after the last step's exact solve; re-targets best_val's selected weights.
                 before = bank.offset
@@ -723,6 +854,8 @@ class AdapMTL(PruningMethod):
             "task_weights": dict(callback.weights),
             "steps": steps,
         }
+        if p.wd_search is not None:
+            state["weight_decay"] = ctx.recorded["wd_search"][-1]["weight_decay"]  # the kept run's
         if schedule is not None:
             state["solves"] = callback.solves
         ctx.record(**state)

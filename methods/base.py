@@ -59,6 +59,10 @@ class PruningMethod:
     # What the cell's target sparsity means: "prunable" (zeros of the prunable set, every pruning method)
     # or "delta" (zeros of each task's weight delta, ECS: ``sparsity.delta.<task>``, checked per task).
     sparsity_axis: ClassVar[Literal["prunable", "delta"]] = "prunable"
+    # The method's behaviour revision: bump it when what the method computes changes under the same params
+    # (a new default, a faithfulness fix). Above 1 it enters the cells' run ids (MethodSpec.revision), so a
+    # result of the old behaviour is never reused for the new one; other methods keep their run ids.
+    revision: ClassVar[int] = 1
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

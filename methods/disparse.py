@@ -10,11 +10,15 @@ layers); a head keeps its own task's mask; a backbone weight survives if ANY tas
 "unanimous" arbiter: pruned only when every task agrees).
 
 - ``disparse-static`` (starts from ``init``): score_t = Σ_b |∂L_t/∂w ⊙ w| over ``batches`` training batches,
-  L_t the task's own loss (``ctx.task_losses``, no λ), at the initialisation that will be trained; fixed-mask
-  training on ``ctx.sparse_training_spec()``.
+  L_t the task's own loss (``ctx.task_losses``, no λ), on a scoring copy whose conv and linear weights are
+  re-initialised with Xavier-normal (``scoring_init: xavier``, the default, as the reference) or are the
+  initialisation that will be trained (``scoring_init: as_initialised``); the mask is applied to the model as
+  initialised either way; fixed-mask training on ``ctx.sparse_training_spec()``.
 - ``disparse-pretrained`` (starts from ``dense``): the same selection on the trained dense model with
   ``criterion: magnitude`` (score_t = |w| for every task, the reference's NYU-v2/Cityscapes criterion) or
-  ``criterion: gradient`` (score_t = (Σ_b |∂L_t/∂w|)·w², its Taskonomy criterion); then ``ctx.finetune()``.
+  ``criterion: gradient`` (score_t = (Σ_b |∂L_t/∂w|)·w², its Taskonomy criterion); ``criterion: auto`` (the
+  default) picks per dataset as the reference does (``taskonomy`` → gradient, every other dataset →
+  magnitude) and records the one that ran as ``criterion`` in ``method_state``; then ``ctx.finetune()``.
 - ``disparse-dynamic`` (starts from ``init``): a random mask with ERK layer densities (power ``erk_power``),
   then every ``delta_t`` steps while t < t_end = ⌊end·T⌋ (t = 0 included): each layer drops
   ⌊α_t·k_l⌋ of its k_l active weights by |w|, α_t = ½·α₀·(1 + cos(π t / t_end)), α₀ = ``prune_rate``, and
@@ -38,20 +42,37 @@ Deliberate deviations from the paper and the reference code, all of them:
 - Keep ratios are solved (above), not the hand-tuned constants of ``create_pruned_net.py``; every task uses
   the same r. Selection is an exact top-k with ties broken by position, not "score ≥ the k-th largest"
   (which keeps every tie, and a whole layer when the threshold is 0).
-- Static scoring: the weights scored are the initialisation that is trained (no Xavier re-initialised
-  scoring copy: true connection sensitivity of the trained network). The scoring copy is
-  in train mode (BN with batch statistics, as the reference) with dropout OFF (the reference keeps it on):
-  the ASPP heads' Dropout(0.5) would make the score a draw from the global RNG; with it off the selection
-  is deterministic and the copy, discarded afterwards, leaves the model and its BN statistics untouched.
-  ``batches`` defaults to 10 (reference: 50 × 16 images, too slow for the CPU demo); batches come from
-  ``ctx.batches`` (the training augmentation, a seeded order of their own). One forward pass per batch
-  serves every task (one backward per task). Σ_b |g_b ⊙ w| (a sum of per-batch absolute sensitivities, as
-  the reference), unnormalised: the reference divides each task's scores by their sum, which changes no
-  ranking, and the solver is rank-based.
+- Static scoring copy (``scoring_init``). The reference (``prune_utils.py:29-38``, ``disparse_prune_static``)
+  deep-copies the freshly built network, re-initialises the weight of every ``nn.Conv2d`` and ``nn.Linear``
+  of the copy with ``nn.init.xavier_normal_`` (gain 1; biases and BatchNorm untouched), in ``modules()``
+  order, scores the copy, and writes the masks into the ORIGINAL network (L113-183), whose weights were
+  never re-initialised (backbone N(0, 0.01), heads PyTorch's default). ``scoring_init: xavier`` (default)
+  does the same, except where the draws come from: the reference draws from the global (CUDA) RNG,
+  unseeded in ``create_pruned_net.py``, so its masks are not reproducible; here every weight is drawn with
+  ``nn.init.xavier_normal_`` on a CPU tensor of the weight's dtype from a dedicated generator,
+  ``ctx.generator(XAVIER_SALT)`` (seeded by the cell's seed), in ``modules()`` order, then copied to the
+  device: a run id determines the draws, on any device, and the global RNG is not touched.
+  ``scoring_init: as_initialised`` scores the initialisation that is trained (true connection sensitivity
+  of the trained network; the only behaviour before issue #20). The pretrained and dynamic variants score
+  copies of the current weights in the reference too (``prune_utils.py:196, 349``;
+  ``dynamic_prune.py:329-330`` loads the current state into a fresh net), never a re-initialised one, so
+  they have no such option. The static choice is recorded as ``scoring_init`` in ``method_state``.
+  The scoring copy is in train mode (BN with batch statistics, as the reference) with dropout OFF (the
+  reference keeps it on): the ASPP heads' Dropout(0.5) would make the score a draw from the global RNG;
+  with it off the selection is deterministic and the copy, discarded afterwards, leaves the model and its
+  BN statistics untouched. ``batches`` defaults to 10 (reference: 50 × 16 images, too slow for the CPU
+  demo); batches come from ``ctx.batches`` (the training augmentation, a seeded order of their own). One
+  forward pass per batch serves every task (one backward per task; the reference runs one forward per task,
+  the same with dropout off). Σ_b |g_b ⊙ w| (a sum of per-batch absolute sensitivities, as the reference),
+  unnormalised: the reference divides each task's scores by their sum, which changes no ranking, and the
+  solver is rank-based.
 - Pretrained: the checkpoint is the cell's shared dense model (no hard-coded paths); the ``gradient``
-  criterion scores on the same train-mode, dropout-off copy with each task's own loss; its default is
-  ``magnitude`` (the reference's NYU-v2 setting). Fine-tuning uses the cell's finetune budget and recipe
-  (the reference: 1000 iterations at a constant 1e-5 because its scheduler is bound to the old optimizer).
+  criterion scores on the same train-mode, dropout-off copy with each task's own loss. The criterion
+  follows the dataset as in the reference (``create_pruned_net.py:72-120``: ``disparse_prune_pretrained_l1``
+  for NYU-v2 and Cityscapes, ``disparse_prune_pretrained`` for Taskonomy) under ``criterion: auto``;
+  datasets the reference does not have get its NYU-v2 choice, magnitude. Fine-tuning uses the cell's
+  finetune budget and recipe (the reference: 1000 iterations at a constant 1e-5 because its scheduler is
+  bound to the old optimizer).
 - Dynamic, ERK: raw_l = (Σ dims / Π dims)^``erk_power`` (0.9 as the reference's ``googleAI_ERK``; 1.0
   gives ``mtlprune.engine.sparsity.erk_densities`` exactly), one ε for all layers, layers above density 1
   made dense and ε re-solved; per-layer counts rounded by largest remainders so the total is exactly
@@ -102,6 +123,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mtlprune.engine.context import MethodContext, scoring_copy
+from mtlprune.engine.models.mtl import PRUNABLE_TYPES
 from mtlprune.engine.sparsity import Masks, erk_densities, layer_prune_counts
 from mtlprune.engine.train import StepRunner
 from mtlprune.methods.base import MethodParams, OneShotMethod, PruningMethod
@@ -210,6 +232,28 @@ def disentangled_masks(
 # ----------------------------------------------------------------------------------------- scores
 
 
+# Salt of ctx.generator for the Xavier re-initialisation of the static scoring copy (scoring_init: xavier).
+XAVIER_SALT = 2022
+
+
+@torch.no_grad()
+def xavier_reinit(net: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise the weight of every Conv2d and Linear of ``net`` in place with Xavier-normal (gain 1).
+
+    As the reference's static scoring copy (``nn.init.xavier_normal_`` on every conv/linear weight, in
+    ``modules()`` order; biases and norm layers untouched), but drawn from ``generator`` on a CPU tensor of
+    the weight's dtype and copied to the weight's device, so the values depend on the generator only (not
+    on the global RNG, nor on the device). Returns ``net``.
+    """
+    for module in net.modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            weight = module.weight
+            draw = torch.empty(weight.shape, dtype=weight.dtype)
+            nn.init.xavier_normal_(draw, generator=generator)
+            weight.copy_(draw.to(weight.device))
+    return net
+
+
 def task_gradient_sums(
     model: nn.Module,
     batches: Iterable[Mapping[str, Any]],
@@ -221,7 +265,22 @@ def task_gradient_sums(
     ``task_losses(outputs, batch)`` returns every task's loss of one forward pass (one pass per batch serves
     all tasks). ``model`` is not changed.
     """
+    return _gradient_sums(scoring_copy(model), batches, task_losses, pools)
+
+
+def _scoring_net(model: nn.Module, reinit: torch.Generator | None) -> nn.Module:
+    """The copy scores are taken on: :func:`scoring_copy`, Xavier re-initialised when ``reinit`` is given."""
     net = scoring_copy(model)
+    return net if reinit is None else xavier_reinit(net, reinit)
+
+
+def _gradient_sums(
+    net: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    task_losses: TaskLossFn,
+    pools: Mapping[str, Sequence[str]],
+) -> dict[str, dict[str, Tensor]]:
+    """Σ_b |∂L_t/∂w| of each task's own loss over its pool, on ``net`` itself (already a scoring copy)."""
     params = dict(net.named_parameters())
     weights = {t: [params[n] for n in pool] for t, pool in pools.items()}
     sums = {t: [torch.zeros_like(w) for w in ws] for t, ws in weights.items()}
@@ -235,7 +294,7 @@ def task_gradient_sums(
                 acc.add_(g.detach().abs())
         seen += 1
     if seen == 0:
-        raise ValueError("task_gradient_sums needs at least one batch")
+        raise ValueError("DiSparse scoring needs at least one batch")
     return {t: dict(zip(pools[t], sums[t], strict=True)) for t in tasks}
 
 
@@ -244,10 +303,17 @@ def static_scores(
     batches: Iterable[Mapping[str, Any]],
     task_losses: TaskLossFn,
     pools: Mapping[str, Sequence[str]],
+    reinit: torch.Generator | None = None,
 ) -> dict[str, dict[str, Tensor]]:
-    """DiSparse static: Σ_b |∂L_t/∂w ⊙ w| per task (SNIP connection sensitivity of each task's own loss)."""
-    params = dict(model.named_parameters())
-    sums = task_gradient_sums(model, batches, task_losses, pools)
+    """DiSparse static: Σ_b |∂L_t/∂w ⊙ w| per task (SNIP connection sensitivity of each task's own loss).
+
+    Taken on a scoring copy of ``model``; with ``reinit`` the copy's conv and linear weights are first
+    re-initialised from that generator (:func:`xavier_reinit`, the reference's scoring copy) and both the
+    gradients and the w of the score are the copy's. ``model`` is not changed.
+    """
+    net = _scoring_net(model, reinit)
+    params = dict(net.named_parameters())
+    sums = _gradient_sums(net, batches, task_losses, pools)
     return {t: {n: g * params[n].detach().abs() for n, g in s.items()} for t, s in sums.items()}
 
 
@@ -434,12 +500,35 @@ class DisparseStaticParams(MethodParams):
         10, ge=1, le=10_000, description="scoring batches summed per task (reference: 50; 10 for a CPU demo)"
     )
     batch_size: int | None = Field(None, ge=1, description="scoring batch size; default: train.batch_size")
+    scoring_init: Literal["xavier", "as_initialised"] = Field(
+        "xavier",
+        description="weights of the scoring copy: Xavier-normal re-initialised from the cell's seed (the "
+        "reference's copy) or the initialisation that is trained; the mask applies to the latter either way",
+    )
+
+
+# The reference's pretrained criterion per dataset (create_pruned_net.py:72-120); other datasets: magnitude.
+REFERENCE_CRITERION: dict[str, Literal["magnitude", "gradient"]] = {
+    "nyuv2": "magnitude",
+    "cityscapes": "magnitude",
+    "taskonomy": "gradient",
+}
+
+
+def resolve_criterion(criterion: str, dataset: str) -> Literal["magnitude", "gradient"]:
+    """The criterion ``disparse-pretrained`` runs: ``auto`` → the reference's choice for ``dataset``."""
+    if criterion == "auto":
+        return REFERENCE_CRITERION.get(dataset, "magnitude")
+    if criterion not in ("magnitude", "gradient"):
+        raise ValueError(f"unknown DiSparse criterion {criterion!r}")
+    return criterion  # type: ignore[return-value]
 
 
 class DisparsePretrainedParams(MethodParams):
-    criterion: Literal["magnitude", "gradient"] = Field(
-        "magnitude",
-        description="per-task score: |w| (reference NYU-v2/Cityscapes) or (Σ_b |∂L_t/∂w|)·w² (Taskonomy)",
+    criterion: Literal["auto", "magnitude", "gradient"] = Field(
+        "auto",
+        description="per-task score: |w| (reference NYU-v2/Cityscapes), (Σ_b |∂L_t/∂w|)·w² (Taskonomy), or "
+        "auto: the reference's choice for the cell's dataset (taskonomy: gradient, others: magnitude)",
     )
     batches: int = Field(10, ge=1, le=10_000, description="scoring batches of the gradient criterion")
     batch_size: int | None = Field(None, ge=1, description="scoring batch size; default: train.batch_size")
@@ -514,26 +603,34 @@ class _Disentangled(OneShotMethod):
 class DisparseStatic(_Disentangled):
     """DiSparse static: per-task SNIP scores at init, per-task top-r, backbone union; train the fixed mask."""
 
+    revision = 2  # 2: scores a Xavier re-initialised copy by default (scoring_init), as the reference does
     Params = DisparseStaticParams
     starts_from = "init"
     contract_params: ClassVar[dict[str, Any]] = {"batches": 1}
 
     def task_scores(self, ctx: MethodContext, pools: Mapping[str, Sequence[str]]) -> TaskScores:
         p: DisparseStaticParams = self.params  # type: ignore[assignment]
-        return static_scores(ctx.model, ctx.batches(p.batches, p.batch_size), _task_losses(ctx), pools)
+        reinit = ctx.generator(XAVIER_SALT) if p.scoring_init == "xavier" else None
+        ctx.record(scoring_init=p.scoring_init)
+        return static_scores(
+            ctx.model, ctx.batches(p.batches, p.batch_size), _task_losses(ctx), pools, reinit=reinit
+        )
 
 
 @METHODS.register("disparse-pretrained")
 class DisparsePretrained(_Disentangled):
     """DiSparse pretrained: disentangled per-task selection on the dense model (|w| or (Σ|g|)·w²), then FT."""
 
+    revision = 2  # 2: the criterion defaults per dataset (gradient on Taskonomy), as the reference does
     Params = DisparsePretrainedParams
     starts_from = "dense"
     contract_params: ClassVar[dict[str, Any]] = {"batches": 1}
 
     def task_scores(self, ctx: MethodContext, pools: Mapping[str, Sequence[str]]) -> TaskScores:
         p: DisparsePretrainedParams = self.params  # type: ignore[assignment]
-        if p.criterion == "magnitude":
+        criterion = resolve_criterion(p.criterion, ctx.spec.data.dataset)
+        ctx.record(criterion=criterion)
+        if criterion == "magnitude":
             return magnitude_scores(ctx.model, pools)
         return gradient_scores(ctx.model, ctx.batches(p.batches, p.batch_size), _task_losses(ctx), pools)
 

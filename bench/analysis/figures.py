@@ -46,6 +46,7 @@ from mtlprune.analysis.curves import (
 )
 from mtlprune.analysis.labels import column_label, column_scale, setting_title
 from mtlprune.analysis.load import on_pruning_axis
+from mtlprune.analysis.published import REAL_SPARSITY, plotted_sparsity
 from mtlprune.analysis.style import (
     DENSE_COLOR,
     DENSE_LABEL,
@@ -90,6 +91,8 @@ SETTING_KEYS = ("dataset", "tasks", "arch", "width", "head_width", "protocol")
 # Keys a published row is matched on (its widths are unknown and its protocol is the paper's own).
 PUBLISHED_KEYS = ("dataset", "tasks", "arch")
 PUBLISHED_PREFIX = "published: "
+# Appended to a published table's legend entry when some of its markers sit at their real sparsity.
+REAL_SPARSITY_NOTE = " (at real sparsity)"
 TARGET_LABEL = "target"
 # Lines inside one run's curves (tasks, components, threshold groups): not method colours.
 PART_COLORS = tuple(matplotlib.colormaps["Dark2"].colors)
@@ -452,6 +455,19 @@ def _published_rows(
     return rows[rows["method"].astype(str).map(base_name).isin(bases)]
 
 
+def _published_labels(parts: Sequence[pd.DataFrame]) -> dict[str, str]:
+    """Legend entry of each published table among the rows of ``parts`` ("<source> <table>" → label): the
+    table, noted "(at real sparsity)" when one of its rows has a ``real_sparsity`` (and is placed there)."""
+    labels: dict[str, str] = {}
+    for rows in parts:
+        for _, row in rows.iterrows():
+            name = f"{row['source']} {row['table']}"
+            real = not pd.isna(row.get(REAL_SPARSITY, math.nan))
+            if real or name not in labels:
+                labels[name] = f"{PUBLISHED_PREFIX}{name}" + (REAL_SPARSITY_NOTE if real else "")
+    return labels
+
+
 def published_points(frame: pd.DataFrame, published: pd.DataFrame | None) -> int:
     """How many published points :func:`delta_vs_sparsity` would draw for ``frame`` (for captions)."""
     done = _done(frame)
@@ -479,8 +495,11 @@ def delta_vs_sparsity(
     model finetuned unpruned, whose own point sits at sparsity 0 in the rows against dense; in that row the
     dashed zero line is the control), columns = settings. ``published``
     (:func:`mtlprune.analysis.load_published` output) adds the papers' points of the same dataset, tasks and
-    architecture, for the methods the frame has, as hollow markers in the method's colour, at the printed
-    sparsity (achieved where printed, else the target); the legend gives one entry per published table.
+    architecture, for the methods the frame has, as hollow markers in the method's colour, at the sparsity
+    the paper's code really reaches where ``real_sparsity`` is known (DiSparse's "90%" static NYU-v2 row:
+    92.1%), else at the printed overall sparsity, else at the target
+    (:func:`mtlprune.analysis.published.plotted_sparsity`); the legend gives one entry per published table,
+    marked "(at real sparsity)" when some of its points are placed at their real sparsity.
     Note that published numbers follow their paper's evaluation protocol (``protocol`` column), which may
     differ from the runs'.
     """
@@ -495,14 +514,11 @@ def delta_vs_sparsity(
     methods = sorted(done["method"].astype(str).unique())
     drawn: list[str] = []
     tables: list[str] = []
+    at_real: set[str] = set()  # published tables with a point placed at its real sparsity
     n_points = 0
-    published_labels = sorted(
-        {
-            f"{PUBLISHED_PREFIX}{row['source']} {row['table']}"
-            for _, values in settings
-            for _, row in _published_rows(published, values, set(methods)).iterrows()
-        }
-    )  # sized into the legend before the figure is made, so the panels keep their height
+    pub_parts = [_published_rows(published, values, set(methods)) for _, values in settings]
+    # sized into the legend before the figure is made, so the panels keep their height
+    published_labels = sorted(_published_labels(pub_parts).values())
     with style_context(style) as fs:
         fig, axes = _figure(
             len(rows_with),
@@ -524,10 +540,8 @@ def delta_vs_sparsity(
                 if not pub.empty and delta in pub:
                     for _, point in pub[pub[delta].notna()].iterrows():
                         style_ = styles[str(point["method"])]
-                        x = point["achieved_sparsity"]
-                        x = point["target_sparsity"] if pd.isna(x) else x
                         ax.plot(
-                            [100.0 * float(x)],
+                            [100.0 * plotted_sparsity(point)],
                             [float(point[delta])],
                             linestyle="none",
                             marker=style_.marker,
@@ -541,6 +555,8 @@ def delta_vs_sparsity(
                         name = f"{point['source']} {point['table']}"
                         if name not in tables:
                             tables.append(name)
+                        if not pd.isna(point.get(REAL_SPARSITY, math.nan)):
+                            at_real.add(name)
                 _percent_axis(ax)
                 if row == 0:
                     ax.set_title(titles[key])
@@ -557,7 +573,7 @@ def delta_vs_sparsity(
                 marker="o",
                 markerfacecolor="none",
                 markeredgecolor=DENSE_COLOR,
-                label=f"{PUBLISHED_PREFIX}{name}",
+                label=f"{PUBLISHED_PREFIX}{name}" + (REAL_SPARSITY_NOTE if name in at_real else ""),
             )
             for name in tables
         ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,14 @@ from mtlprune.analysis.delta import delta_m, delta_t
 from mtlprune.analysis.load import BASE_COLUMNS
 from mtlprune.vocabulary import DIRECTIONS, METRICS, TASKS
 
-__all__ = ["CSV_COLUMNS", "DEFAULT_ROOT", "EXTRA_COLUMNS", "load_published"]
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_ROOT",
+    "EXTRA_COLUMNS",
+    "REAL_SPARSITY",
+    "load_published",
+    "plotted_sparsity",
+]
 
 CSV_COLUMNS: list[str] = [
     "source",
@@ -34,6 +41,7 @@ CSV_COLUMNS: list[str] = [
     "paper_label",
     "starts_from",
     "target_sparsity",
+    "real_sparsity",
     "metric",
     "value",
     "protocol",
@@ -41,8 +49,12 @@ CSV_COLUMNS: list[str] = [
 # Identity of one published row (one wide output row); every CSV line of a row must agree on the rest.
 ROW_KEY: tuple[str, ...] = ("source", "table", "dataset", "tasks", "arch", "method", "starts_from")
 # Columns that must be constant within a row besides its key.
-ROW_CONSTANT: tuple[str, ...] = ("paper_label", "target_sparsity", "protocol")
-EXTRA_COLUMNS: list[str] = ["source", "table", "paper_label", "starts_from"]
+ROW_CONSTANT: tuple[str, ...] = ("paper_label", "target_sparsity", "real_sparsity", "protocol")
+# The sparsity the paper's own code actually reaches for a nominal target (a fraction; empty: not known).
+REAL_SPARSITY = "real_sparsity"
+# Columns that may be left empty.
+OPTIONAL_COLUMNS: frozenset[str] = frozenset({REAL_SPARSITY})
+EXTRA_COLUMNS: list[str] = ["source", "table", "paper_label", "starts_from", REAL_SPARSITY]
 STARTS_FROM: frozenset[str] = frozenset({"init", "dense", "-"})
 # Printed in percent, stored by us as fractions.
 PERCENT_TO_FRACTION: frozenset[str] = frozenset({"segment_semantic.miou", "segment_semantic.pixel_acc"})
@@ -98,6 +110,21 @@ def _metric_problem(metric: str, dataset: str, tasks: list[str]) -> str | None:
     return None
 
 
+def _real_sparsity_problem(text: str, target: float) -> str | None:
+    """Why a ``real_sparsity`` cell is invalid (None when it is empty or a fraction fitting the row)."""
+    if not text:
+        return None
+    try:
+        real = float(text)
+    except ValueError:
+        return f"non-numeric value {text!r} (a fraction such as 0.921, or empty when unknown)"
+    if not 0.0 <= real < 1.0:
+        return f"{text!r} is not a fraction in [0, 1) (write 0.921 for 92.1%)"
+    if target == 0.0 and real != 0.0:
+        return f"{text!r} on a dense row (target_sparsity 0)"
+    return None
+
+
 def _read_file(path: Path) -> list[_Line]:
     """Parse and validate one CSV line by line; every error names the file and the 1-based line."""
     lines: list[_Line] = []
@@ -120,7 +147,7 @@ def _read_file(path: Path) -> list[_Line]:
             if len(record) != len(CSV_COLUMNS):
                 raise _fail(path, line, f"{len(record)} fields, expected {len(CSV_COLUMNS)}")
             fields = dict(zip(CSV_COLUMNS, (cell.strip() for cell in record), strict=True))
-            empty = [c for c, v in fields.items() if not v]
+            empty = [c for c, v in fields.items() if not v and c not in OPTIONAL_COLUMNS]
             if empty:
                 raise _fail(path, line, f"empty field(s) {empty}")
             if fields["dataset"] not in METRICS:
@@ -141,6 +168,10 @@ def _read_file(path: Path) -> list[_Line]:
                 ) from None
             if not 0.0 <= target < 1.0:
                 raise _fail(path, line, f"target_sparsity {target} is not a fraction in [0, 1)")
+            problem = _real_sparsity_problem(fields[REAL_SPARSITY], target)
+            if problem is not None:
+                row = f"{fields['method']} ({fields['starts_from']})"
+                raise _fail(path, line, f"row {row}, column {REAL_SPARSITY}: {problem}")
             problem = _metric_problem(fields["metric"], fields["dataset"], tasks)
             if problem is not None:
                 raise _fail(path, line, problem)
@@ -218,12 +249,25 @@ def _rows(lines: list[_Line]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def plotted_sparsity(row: Mapping[str, Any] | pd.Series) -> float:
+    """Where a published row (a ``load_published`` row) sits on a sparsity axis, as a fraction: the sparsity
+    its paper's code really reaches (``real_sparsity``) where known, else the printed overall sparsity
+    (``achieved_sparsity``), else the nominal ``target_sparsity``."""
+    for column in (REAL_SPARSITY, "achieved_sparsity", "target_sparsity"):
+        value = row.get(column)
+        if value is not None and not pd.isna(value):
+            return float(value)
+    return math.nan
+
+
 def load_published(root: str | Path | None = None, sources: Iterable[str] | None = None) -> pd.DataFrame:
     """Every published row of ``root`` (default: results/published) as a load_results-shaped frame.
 
     One wide row per (source, table, dataset, tasks, arch, method, starts_from); ``status`` is
     ``"published"``; metrics are in our units; ΔT/Δm are the printed ones where the paper prints them,
     else computed against the table's dense row (NaN with a ``delta_note`` when they cannot be).
+    ``real_sparsity`` (NaN where unknown) is the sparsity the paper's own code reaches for the row's nominal
+    ``target_sparsity``; figures place the row there (:func:`plotted_sparsity`).
     """
     folder = DEFAULT_ROOT if root is None else Path(root)
     if not folder.is_dir():
@@ -255,6 +299,7 @@ def load_published(root: str | Path | None = None, sources: Iterable[str] | None
     dense_rows: dict[tuple[str, str], dict[str, Any]] = {}
     for row in all_rows:
         row["target_sparsity"] = float(row["target_sparsity"])
+        row[REAL_SPARSITY] = float(row[REAL_SPARSITY]) if row[REAL_SPARSITY] else math.nan
         ambiguous = len(starts[(row["source"], row["table"], row["method"])]) > 1
         row["run_id"] = _run_id(row["source"], row["table"], row["method"], row["starts_from"], ambiguous)
         if row["method"] == DENSE_METHOD:
@@ -281,6 +326,6 @@ def load_published(root: str | Path | None = None, sources: Iterable[str] | None
             frame[column] = None if column in ("status", "error", "delta_note", "dense_run_id") else math.nan
     metric_columns = sorted(c for c in frame.columns if c not in BASE_COLUMNS and c not in EXTRA_COLUMNS)
     frame = frame[BASE_COLUMNS + EXTRA_COLUMNS + metric_columns].reset_index(drop=True)
-    for column in ["delta_t", "delta_m", "achieved_sparsity", *metric_columns]:
+    for column in ["delta_t", "delta_m", "achieved_sparsity", REAL_SPARSITY, *metric_columns]:
         frame[column] = frame[column].astype(float)
     return frame

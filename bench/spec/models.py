@@ -557,11 +557,24 @@ class MethodSpec(StrictModel):
 
     name: str = Field(description="registered method name")
     params: dict[str, Any] = Field(default_factory=dict, description="the method's Params; defaults dropped")
+    revision: int = Field(
+        1,
+        ge=1,
+        description="the method's behaviour revision (PruningMethod.revision), set from the registry: "
+        "above 1 it enters the run id, so results of an older behaviour are not reused",
+    )
 
     @model_validator(mode="after")
     def _validate_params(self) -> MethodSpec:
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; {suggest(self.name, METHODS.names())}")
+        current = int(getattr(METHODS.get(self.name), "revision", 1))
+        if "revision" in self.model_fields_set and self.revision != current:
+            raise ValueError(
+                f"revision: {self.revision}, but method {self.name!r} is at revision {current} (the method "
+                "sets it; leave the key out)"
+            )
+        object.__setattr__(self, "revision", current)
         params_model = METHODS.get(self.name).Params
         try:
             parsed = params_model.model_validate(self.params)

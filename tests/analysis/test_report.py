@@ -448,6 +448,58 @@ def test_report_tables_mark_the_failed_cell_in_markdown_latex_and_html(report):
     assert '<td class="l">random (n=1 of 2)<sup class="fn">1</sup></td>' in page
     names = sorted(p.name for p in (out / "tables").iterdir())
     assert "table2_nyuv2_mobilenetv2_3_tasks_0.9.tex" in names and "comparison_all_metrics.md" in names
+    assert "sparsity_misses.md" not in names  # every fake cell lands on its target
+
+
+def test_report_lists_the_cells_that_miss_their_target_sparsity(tmp_path):
+    """A faithful AdapMTL cell whose two seeds end at 91.72% and 93.38% for a 90% target (hand: mean
+    92.55%, +2.55 pp): the report writes the achieved-against-target table, places it after the comparison
+    tables, and the main table's caption names the row; the magnitude cells (exactly 90%) are not listed."""
+    from mtlprune.analysis.report.builder import Builder
+    from mtlprune.analysis.report.table_sections import table_sections
+    from mtlprune.store import Store
+
+    fake = build_fake_store(
+        tmp_path / "store",
+        archs=("mobilenetv2",),
+        methods=("magnitude", "adapmtl(control=faithful)"),
+        targets=(0.9,),
+        logs=False,
+    )
+    store = Store(fake.root)
+    faithful = [c["run_id"] for c in fake.cells if c["method"] == "adapmtl(control=faithful)"]
+    for run_id, achieved in zip(faithful, (0.9172, 0.9338), strict=True):
+        result = store.result(run_id)
+        sparsity = {**result.sparsity, "achieved_sparsity": achieved}
+        store.write_result(run_id, result.model_copy(update={"sparsity": sparsity}))
+    data = collect(*resolve_source(fake.root))
+    builder = Builder(tmp_path / "out", "paper")
+    shown = table_sections(data, builder)
+    titles = list(shown)
+    assert titles[2] == (
+        f"Achieved against target sparsity, {data.title.removeprefix('Report: ')}: cells that miss the "
+        "target by more than 0.1 pp"
+    )
+    assert titles[:2] == [t for t in titles if t.startswith("Comparison of the methods")]
+    lines = (tmp_path / "out" / "tables" / "sparsity_misses.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2:] == [
+        "| Setting | Method | Target | Achieved | Seed range | Difference (pp) | Seeds |",
+        "| :--- | :--- | ---: | ---: | ---: | ---: | ---: |",
+        "| NYU-v2 · MobileNetV2 | adapmtl(control=faithful) | 90% | 92.55% | 91.72–93.38 | +2.55 | 2 |",
+    ]
+    assert (tmp_path / "out" / "tables" / "sparsity_misses.tex").is_file()
+    comparison = (tmp_path / "out" / "tables" / "comparison.md").read_text(encoding="utf-8")
+    assert (
+        "Achieved sparsity (mean over seeds) misses the target by more than 0.1 pp in 1 row: "
+        "adapmtl(control=faithful) at 90%: 92.55% (+2.55 pp)." in comparison.splitlines()[0]
+    )
+    assert "<table id='sparsity_misses'>" in shown[titles[2]] and "91.72–93.38" in shown[titles[2]]
+    tables = [tmp_path / "out" / "tables" / f"{name}.tex" for name in ("sparsity_misses", "comparison")]
+    assert all(path.read_text(encoding="utf-8").isascii() for path in tables)
+    assert r"(+2.55 pp)" in tables[1].read_text(encoding="utf-8")
+    (tmp_path / "tex").mkdir()
+    log = compile_in_two_column_paper(tables, tmp_path / "tex")
+    assert "Overfull \\hbox" not in log
 
 
 def test_report_page_is_self_contained_with_spec_and_provenance(report, fake):

@@ -21,7 +21,12 @@ from mtlprune.analysis import (
     with_bootstrap,
 )
 from mtlprune.analysis.latex import latex_escape
-from mtlprune.analysis.tables import EmptyTableWarning
+from mtlprune.analysis.tables import (
+    EmptyTableWarning,
+    sparsity_misses,
+    sparsity_misses_latex,
+    sparsity_misses_markdown,
+)
 
 TASKS = "segment_semantic,normal,depth_zbuffer"
 SETTING = {"dataset": "nyuv2", "tasks": TASKS, "arch": "mobilenetv2", "width": 1.0, "head_width": 1.0}
@@ -541,3 +546,112 @@ def test_methods_on_the_delta_axis_are_named_in_the_caption(frame):
         in text
     )
     assert "deltas" not in to_markdown(comparison_table(frame, metrics=[*METRICS, "achieved_sparsity"]))
+
+
+# ------------------------------------------------------------------------- achieved against target sparsity
+
+
+@pytest.fixture
+def misses() -> pd.DataFrame:
+    """Cells around their targets: two that miss by more than 0.1 pp, one exactly 0.1 pp off (within), one
+    just inside, one on the delta axis (ECS-like, never listed), a pending one."""
+
+    def row(method, target, seed, achieved, axis="prunable", status="done"):
+        out = _row(
+            method, target, seed, status=status, **({"m": (0.3, 0.5, 20.0, 0.6, -1.0)} if achieved else {})
+        )
+        if achieved:
+            out.update(achieved_sparsity=achieved, sparsity_axis=axis)
+        return out
+
+    rows = [
+        row("magnitude", 0.5, 0, 0.5),
+        row("str", 0.5, 0, 0.4878),  # one finished seed: −1.22 pp
+        row("str", 0.5, 1, None, status="failed"),
+        row("ecs", 0.5, 0, 0.30, axis="delta"),  # its own axis: not a pruning sparsity
+        row("snip", 0.5, 0, None, status="pending"),
+        row("adapmtl(control=faithful)", 0.9, 0, 0.9172),  # mean 0.9255: +2.55 pp
+        row("adapmtl(control=faithful)", 0.9, 1, 0.9338),
+        row("adapmtl", 0.9, 0, 0.9005),  # mean 0.90065: 0.065 pp, within
+        row("adapmtl", 0.9, 1, 0.9008),
+        row("gmp", 0.9, 0, 0.901),  # exactly 0.1 pp: within (not "more than")
+        row("gmp", 0.9, 1, 0.901),
+    ]
+    return pd.DataFrame(rows)
+
+
+MISSES_LEGEND = (
+    "Achieved: the share of zero weights among the prunable weights, counted in the weights, mean over the "
+    "finished seeds (seed range: lowest to highest); difference: achieved minus target, in percentage "
+    "points. Methods with a learned sparsity may end away from the target (AdapMTL's control faithful "
+    "accepts any sparsity); rows whose sparsity is of weight deltas (ECS) are checked per task by the "
+    "runner and not listed."
+)
+
+
+def test_sparsity_misses_lists_the_cells_more_than_a_tenth_of_a_point_off_by_hand(misses):
+    table = sparsity_misses(misses)
+    assert list(table["method"]) == ["str", "adapmtl(control=faithful)"]  # by target, then method
+    rows = table.set_index("method")
+    assert rows.loc["str", "n_seeds"] == 1 and rows.loc["str", "achieved_mean"] == 0.4878
+    assert rows.loc["str", "difference"] == pytest.approx(-1.22, abs=1e-9)
+    faithful = rows.loc["adapmtl(control=faithful)"]
+    assert faithful["n_seeds"] == 2 and faithful["achieved_mean"] == pytest.approx(0.9255, abs=1e-12)
+    assert (faithful["achieved_min"], faithful["achieved_max"]) == (0.9172, 0.9338)
+    assert faithful["difference"] == pytest.approx(2.55, abs=1e-9)
+    # A wider tolerance drops the str cell (1.22 pp) and keeps the faithful one (2.55 pp).
+    assert list(sparsity_misses(misses, tolerance=0.02)["method"]) == ["adapmtl(control=faithful)"]
+    assert sparsity_misses(misses[misses["method"] == "magnitude"]).empty
+
+
+def test_sparsity_misses_markdown_and_latex_golden(misses):
+    table = sparsity_misses(misses)
+    assert sparsity_misses_markdown(table, caption="Misses") == "\n".join(
+        [
+            f"Table: Misses. {MISSES_LEGEND}",
+            "",
+            "| Setting | Method | Target | Achieved | Seed range | Difference (pp) | Seeds |",
+            "| :--- | :--- | ---: | ---: | ---: | ---: | ---: |",
+            "| NYU-v2 · MobileNetV2 | str | 50% | 48.78% | – | -1.22 | 1 |",
+            "| NYU-v2 · MobileNetV2 | adapmtl(control=faithful) | 90% | 92.55% | 91.72–93.38 | +2.55 | 2 |",
+            "",
+        ]
+    )
+    latex = sparsity_misses_latex(table, caption="Misses", label="tab:misses")
+    assert latex.splitlines()[3:] == [
+        r"\label{tab:misses}",
+        r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+        r"\begin{tabular}{llrrrrr}",
+        r"\toprule",
+        r"Setting & Method & Target & Achieved & Seed range & Difference (pp) & Seeds \\",
+        r"\midrule",
+        r"NYU-v2 $\cdot$ MobileNetV2 & str & 50\% & 48.78\% & -- & $-$1.22 & 1 \\",
+        r"NYU-v2 $\cdot$ MobileNetV2 & adapmtl(control=faithful) & 90\% & 92.55\% & 91.72--93.38 & +2.55 & "
+        r"2 \\",
+        r"\bottomrule",
+        r"\end{tabular}",
+        "}",
+        r"\end{table}",
+    ]
+    assert latex.splitlines()[2].startswith(r"\caption[{Misses.}]{Misses. Achieved: the share")
+
+
+def test_a_table_showing_the_achieved_sparsity_names_the_misses_in_its_caption(misses, frame):
+    table = comparison_table(misses, metrics=["delta_t", "achieved_sparsity"])
+    note = (
+        "Achieved sparsity (mean over seeds) misses the target by more than 0.1 pp in 2 rows: str at 50%: "
+        "48.78% (-1.22 pp); adapmtl(control=faithful) at 90%: 92.55% (+2.55 pp)."
+    )
+    assert note in to_markdown(table)
+    assert (
+        r"in 2 rows: str at 50\%: 48.78\% ($-$1.22 pp); adapmtl(control=faithful) at 90\%: 92.55\% "
+        r"(+2.55 pp)." in to_latex(table)
+    )
+    # Table 2 at 90%: the one row of that target.
+    layout = table2_layout(misses, "nyuv2", "mobilenetv2", 0.9)
+    assert "in 1 row: adapmtl(control=faithful) at 90%: 92.55% (+2.55 pp)." in to_markdown(layout)
+    # No note where every row is on target, or where the table does not show the achieved sparsity.
+    assert "misses the target" not in to_markdown(
+        comparison_table(frame, metrics=[*METRICS, "achieved_sparsity"])
+    )
+    assert "misses the target" not in to_markdown(comparison_table(misses, metrics=["delta_t"]))

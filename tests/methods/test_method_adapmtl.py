@@ -7,8 +7,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
+import struct
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -53,9 +56,88 @@ def test_soft_threshold_equals_hand_computation():
     expected = [0.5 - tau32, -(0.2 - tau32), 0.0, 0.0, 0.3 - tau32, 0.0, 0.0]
     assert out.tolist() == pytest.approx(expected, abs=1e-7)
     assert [float(x) for x in out[2:4]] == [0.0, 0.0] and out[5] == 0 and out[6] == 0
-    # Bit-identical to the formula with the threshold rounded to the weights' dtype.
-    assert torch.equal(out, torch.sign(w) * torch.relu(w.abs() - tau32))
+    # The reference's own expression (sparseFunction): sign(W)·ReLU(|W| − torch.sigmoid(s)), s float32.
+    s = torch.tensor(-2.0)
+    assert torch.equal(out, torch.sign(w) * torch.relu(torch.abs(w) - torch.sigmoid(s)))
     assert out.dtype == torch.float32
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (ties to even), as a Python float."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _sigmoid_f32_by_hand(s: float) -> float:
+    """1 / (1 + exp(−s)) with each of the three operations rounded to float32, as the CPU kernel computes
+    torch.sigmoid of a float32 0-dim tensor. exp is exact in float64 up to 2^-53 relative, then rounded; +
+    and / on float32 operands are exactly rounded through float64 (53 >= 2·24 + 2 bits)."""
+    e = _f32(math.exp(-s))
+    return _f32(1.0 / _f32(1.0 + e))
+
+
+def _clear_of_a_tie(s: float, margin: float = 0.05) -> bool:
+    """Whether exp(−s) lies more than ``margin`` float32 ulps from a rounding midpoint: there every exp of
+    less than 0.55 ulp error (glibc's expf: 0.502) rounds it the same way, so the hand value is the
+    kernel's."""
+    x = math.exp(-s)
+    lo = float(np.nextafter(np.float32(x), np.float32(-np.inf))) if _f32(x) > x else _f32(x)
+    hi = float(np.nextafter(np.float32(lo), np.float32(np.inf)))
+    return abs((x - lo) / (hi - lo) - 0.5) > margin
+
+
+def _ulps(a: float, b: float) -> int:
+    return abs(int(np.float32(a).view(np.int32)) - int(np.float32(b).view(np.int32)))
+
+
+def test_threshold_is_the_references_float32_sigmoid_not_a_rounded_float64_one():
+    """τ = torch.sigmoid(s) on the float32 logit, as the reference's sparseFunction: against the hand
+    float32 derivation on a grid of logits, where float64-then-round (the old τ) is 1 or 2 ulp away."""
+    grid = [k / 16 for k in range(-320, 81)]  # −20 … 5, exact in float32
+    clear = [s for s in grid if _clear_of_a_tie(s)]
+    old = {s: _f32(1.0 / (1.0 + math.exp(-s))) for s in clear}
+    differs = [s for s in clear if old[s] != _sigmoid_f32_by_hand(s)]
+    assert len(clear) > 300 and len(differs) > 50  # the grid tells the two apart: the test means something
+    assert {_ulps(old[s], _sigmoid_f32_by_hand(s)) for s in differs} == {1, 2}
+    for s in clear:
+        tau = _sigmoid_f32_by_hand(s)
+        assert threshold_of(s) == threshold_of(torch.tensor(s)) == tau, s
+        assert threshold_of(s + 0.25, offset=-0.25) == tau, s  # s + b summed in float64, rounded once
+    for s in grid:  # every grid point, ties included: the reference's own call
+        assert threshold_of(s) == float(torch.sigmoid(torch.tensor(s, dtype=torch.float32))), s
+    # Golden: the reference's MobileNetV2 s_init, −18: float32 0x1.05a62ap-26; the old τ 0x1.05a628p-26.
+    assert threshold_of(-18.0).hex() == "0x1.05a62a0000000p-26" == _sigmoid_f32_by_hand(-18.0).hex()
+    assert old[-18.0].hex() == "0x1.05a6280000000p-26"
+    assert threshold_of(-15.0).hex() == "0x1.4875c40000000p-22"  # its ResNet34 s_init (both agree there)
+
+
+def test_thresholded_weights_are_the_references_where_the_old_threshold_differs():
+    """At s = −18 a weight equal to the reference's τ is pruned (|w| − τ = 0) and the next float32 survives
+    shrunk by τ; the old, 1 ulp smaller threshold kept the first. Several thresholds in one fused pass (40
+    layer groups: the CPU sigmoid kernel vectorises from 32 elements) each get the 0-dim value."""
+    tau = _sigmoid_f32_by_hand(-18.0)
+    above = float(np.nextafter(np.float32(tau), np.float32(1.0)))
+    w = torch.tensor([tau, -tau, above, -above, 0.5, 0.0], dtype=torch.float32)
+    s = torch.tensor(-18.0)
+    out = soft_threshold(w, s)
+    reference = torch.sign(w) * torch.relu(torch.abs(w) - torch.sigmoid(s))
+    assert torch.equal(out, reference) and torch.equal(out != 0, reference != 0)
+    assert out.tolist() == [0.0, 0.0, _f32(above - tau), -_f32(above - tau), _f32(0.5 - tau), 0.0]
+    old_kept = (w.abs() - _f32(1.0 / (1.0 + math.exp(18.0)))) > 0
+    assert old_kept[:2].all() and not (out[:2] != 0).any()  # the old τ kept ±τ: a different mask
+    # 40 layer groups at once (−15: the reference's s_init, where this CPU's vectorised kernel is 1 ulp off).
+    torch.manual_seed(0)
+    backbone = nn.Sequential(*[nn.Linear(4, 4, bias=False) for _ in range(38)])
+    model = MTLModel(backbone, {"a": _Head(4, 2), "b": _Head(4, 2)})
+    bank = _bank(model, group_of=lambda name: name)
+    logits = [-18.0, -15.0, -5.0, -2.0] * 10
+    with torch.no_grad():
+        for p, value in zip(bank.logits, logits, strict=True):
+            p.fill_(value)
+    assert len(bank.logits) == 40
+    assert bank.taus() == tuple(float(torch.sigmoid(torch.tensor(v))) for v in logits)  # the 0-dim call
+    hand = {v: _sigmoid_f32_by_hand(v) for v in logits if _clear_of_a_tie(v)}
+    assert set(hand) == {-18.0, -5.0, -2.0}
+    assert all(tau == hand[v] for tau, v in zip(bank.taus(), logits, strict=True) if v in hand)
 
 
 def test_gradient_closed_form():
@@ -178,7 +260,8 @@ def test_exact_solve_prunes_exactly_k_weights_and_keeps_the_learned_split(fracti
     taus = bank.taus()
     if fraction > 0:  # one offset b for all: logit(τ_g) − s_g is the same for every group
         offsets = [math.log(t / (1 - t)) - s for t, s in zip(taus, (-3.0, -2.0, -4.5), strict=True)]
-        assert offsets == pytest.approx([bank.offset] * 3, abs=1e-9)
+        # up to float32: s_g + b is rounded to float32 (half an ulp: 2.4e-7 at |s + b| < 8), then τ
+        assert offsets == pytest.approx([bank.offset] * 3, abs=1e-6)
     else:
         assert taus == (0.0, 0.0, 0.0)  # nothing pruned: the model is exactly the dense one
 
@@ -366,6 +449,123 @@ def test_registry_tolerance_start_and_budget():
     assert (spec.steps, spec.weight_decay, spec.betas) == (110, 5e-6, (0.5, 0.999))
 
 
+# -------------------------------------------------------------------------- weight-decay search
+
+
+class _SearchContext:
+    """What ``AdapMTL._search`` uses of a context, with a stand-in for training: a run with weight decay wd
+    zeroes the first ``zeroed[wd]`` raw weights (in name order) of the model it gets, so its final sparsity
+    is known by hand; ``replayed`` calls return at once without training, as finished calls do on resume,
+    and ``restore`` (call number → recorded values) is what the checkpoint's call restores."""
+
+    def __init__(self, bank, target, replayed=(), restore=None, zeroed=None):
+        self.bank, self.model, self.target, self.tasks = bank, bank.model, target, bank.model.tasks
+        self.zeroed = zeroed or {1e-3: 256, 1e-2: 640, 1e-1: 1000}  # of the toy's 1024 prunable weights
+        self.replayed, self.restore = set(replayed), restore or {}
+        self.steps_used, self.calls, self.recorded, self.logs, self.seen = 0, 0, {}, [], []
+        self.start = [w.detach().clone() for w in bank.originals]
+
+    def train(self, spec, phase, callbacks):
+        self.calls += 1
+        if self.calls in self.replayed:
+            return spec.steps
+        if self.calls in self.restore:  # the call the checkpoint belongs to restores the owner's state
+            self.recorded = dict(self.restore[self.calls])
+            self.steps_used = spec.steps * (self.calls - 1)
+        # every run starts from the start: weights and thresholds, whatever the run before did
+        self.seen.append(all(torch.equal(w, s) for w, s in zip(self.bank.originals, self.start, strict=True)))
+        self.seen[-1] &= all(float(s.detach()) == -15.0 for s in self.bank.logits)
+        assert phase == "train" and callbacks[0].freeze_at == self.target and callbacks[0].schedule is None
+        left = self.zeroed[spec.weight_decay]
+        with torch.no_grad():
+            for w in self.bank.originals:
+                n = min(left, w.numel())
+                w.view(-1)[:n] = 0.0
+                left -= n
+            for s in self.bank.logits:
+                s.fill_(
+                    -14.0
+                )  # the thresholds moved too (τ 8e-7: nothing else pruned; reset for the next run)
+        self.steps_used += spec.steps
+        return spec.steps
+
+    def record(self, **values):
+        self.recorded.update(values)
+
+    def log(self, **scalars):
+        self.logs.append(scalars)
+
+
+def _search(target, decays, **fake):
+    model = _toy()
+    bank = _bank(model)
+    bank.install()
+    ctx = _SearchContext(bank, target, **fake)
+    method = AdapMTL(AdapMTLParams(control="faithful", wd_search=decays))
+    callback = method._search(ctx, bank, TrainSpec(steps=7))
+    return ctx, bank, callback
+
+
+def test_weight_decay_search_stops_at_the_first_run_that_reaches_the_target():
+    assert sum(_bank(_toy()).numel) == 1024  # 16·32 backbone + 2·32·8 heads
+    ctx, bank, _ = _search(0.5, [1e-3, 1e-2, 1e-1])
+    # 256/1024 = 0.25 < 0.5, then 640/1024 = 0.625 >= 0.5: the search stops; 1e-1 never runs.
+    assert ctx.recorded["wd_search"] == [
+        {"weight_decay": 1e-3, "sparsity": 0.25},
+        {"weight_decay": 1e-2, "sparsity": 0.625},
+    ]
+    assert ctx.calls == 2 and ctx.steps_used == 14 and ctx.seen == [True, True]
+    assert sum(bank.zeros_now()) == 640  # the kept run is the model
+    assert ctx.logs == [
+        {"adapmtl.search.weight_decay": 1e-3, "adapmtl.search.sparsity": 0.25},
+        {"adapmtl.search.weight_decay": 1e-2, "adapmtl.search.sparsity": 0.625},
+    ]
+    # A target no run reaches: every run, the last one kept (1000/1024 = 0.9765625).
+    ctx, bank, _ = _search(0.99, [1e-3, 1e-2, 1e-1])
+    assert [r["sparsity"] for r in ctx.recorded["wd_search"]] == [0.25, 0.625, 0.9765625]
+    assert ctx.calls == 3 and ctx.seen == [True, True, True] and sum(bank.zeros_now()) == 1000
+    # The first run reaches it: one run.
+    ctx, _, _ = _search(0.2, [1e-3, 1e-2])
+    assert ctx.recorded["wd_search"] == [{"weight_decay": 1e-3, "sparsity": 0.25}] and ctx.calls == 1
+
+
+def test_weight_decay_search_replayed_on_resume_goes_on_past_the_finished_calls():
+    """Resumed in call 3: calls 1 and 2 return at once (spending nothing, measuring the start, whose
+    sparsity is 0 here but could be anything) and the search must go on past them, whatever their model
+    shows; call 3 restores the values calls 1 and 2 recorded."""
+    before = [{"weight_decay": 1e-4, "sparsity": 0.1}, {"weight_decay": 1e-3, "sparsity": 0.25}]
+    zeroed = {1e-4: 100, 1e-3: 256, 1e-2: 640}
+    ctx, bank, _ = _search(
+        0.0, [1e-4, 1e-3, 1e-2], replayed=(1, 2), restore={3: {"wd_search": before}}, zeroed=zeroed
+    )
+    # Target 0: a measured run would stop at once; the replayed calls are skipped, call 3 trains.
+    assert ctx.calls == 3 and ctx.seen == [True]
+    assert ctx.recorded["wd_search"] == [*before, {"weight_decay": 1e-2, "sparsity": 0.625}]
+    assert ctx.steps_used == 21 and sum(bank.zeros_now()) == 640
+
+
+def test_weight_decay_search_params_and_planned_steps():
+    p = AdapMTLParams(control="faithful", wd_search=[0.0, 1e-6, 5e-5])
+    assert p.wd_search == [0.0, 1e-6, 5e-5] and p.weight_decay is None
+    for bad, message in (
+        ({"wd_search": [1e-6]}, "belongs to control 'faithful'"),
+        ({"control": "faithful", "wd_search": [1e-6], "weight_decay": 1e-4}, "not both"),
+        ({"control": "faithful", "wd_search": [1e-5, 1e-6]}, "strictly ascending"),
+        ({"control": "faithful", "wd_search": [1e-6, 1e-6]}, "strictly ascending"),
+        ({"control": "faithful", "wd_search": [-1e-6]}, "finite and >= 0"),
+        ({"control": "faithful", "wd_search": []}, "at least 1"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            AdapMTLParams(**bad)
+    cell = tiny_matrix(methods=[{"name": "adapmtl"}], sparsities=[0.9]).expand()[0]
+    assert (cell.train.steps, cell.finetune.steps) == (6, 2)
+    assert AdapMTL(p).planned_steps(cell) == 3 * 2  # the whole grid of finetune budgets: an upper bound
+    assert AdapMTL(AdapMTLParams(control="faithful", start="init", wd_search=[0.0, 1.0])).planned_steps(
+        cell
+    ) == 2 * (6 + 2)
+    assert AdapMTL(AdapMTLParams(control="faithful")).planned_steps(cell) == 2
+
+
 # ------------------------------------------------------------------------------------ tiny cells
 
 TARGETS = [0.5, 0.8, 0.9, 0.95]
@@ -492,3 +692,73 @@ def test_best_val_selection_is_retargeted_on_the_selected_weights(tmp_path):
     assert abs(sum(int((~m).sum()) for m in masks.values()) - round(0.7 * total)) <= 5
     solved = [r for r in _records(store, cell.run_id) if "adapmtl.final_solve" in r]
     assert bool(solved) == (result.selection.selected_step != 2)
+
+
+SEARCH = {"name": "adapmtl", "params": {"control": "faithful", "s_init": -6.0, "wd_search": [0.0, 0.3, 3.0]}}
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL (not an Exception: no stage code records or survives it)."""
+
+
+def _end_state(store: Store, run_id: str) -> dict:
+    run_dir = store.run_dir(run_id)
+    result = json.loads((run_dir / "result.json").read_text())
+    model = torch.load(run_dir / "model.pt", weights_only=True)
+    return {
+        "metrics": result["metrics"],
+        "method_state": result["method_state"],
+        "steps": (result["steps_method"], result["steps_total"]),
+        "log": (run_dir / "log.jsonl").read_text(),
+        "model": {k: v.numpy().tobytes() for k, v in model.items()},
+    }
+
+
+@pytest.mark.slow
+def test_faithful_weight_decay_search_in_a_cell_and_its_resume(tmp_path):
+    """Target 0.3 from s_init −6 (τ 2.5e-3) on the tiny model: weight decay 0 ends below it, 0.3 above, so
+    the search keeps the second run (3.0 never runs); the cell's weights are that run's, its steps are both
+    runs'. Killed in the second run (and at its first step), the resumed cell ends exactly the same."""
+    from mtlprune.engine.runner import run_stage
+    from mtlprune.plan.stages import plan
+
+    runtime = {"device": "cpu", "log_every": 1, "checkpoint_every": 2, "save_cell_models": True}
+    matrix = tiny_matrix(
+        methods=[SEARCH],
+        sparsities=[0.3],
+        finetune={"steps": 3, "batch_size": 4, "lr": 0.01},
+        runtime=runtime,
+    )
+    dense, cell = plan(matrix)[:2]
+    ref = Store(tmp_path / "ref")
+    for stage in (dense, cell):
+        assert run_stage(stage, ref, matrix.runtime).status == "done"
+    result = ref.result(cell.run_id)
+    tried = result.method_state["wd_search"]
+    assert [r["weight_decay"] for r in tried] == [0.0, 0.3] and result.method_state["weight_decay"] == 0.3
+    assert tried[0]["sparsity"] < 0.3 <= tried[1]["sparsity"]
+    assert result.sparsity["achieved_sparsity"] == tried[1]["sparsity"] == result.method_state["sparsity"]
+    assert (result.steps_method, result.steps_total) == (6, 6 + 6)  # two runs of 3; the dense stage's 6
+    records = [json.loads(line) for line in (ref.run_dir(cell.run_id) / "log.jsonl").open()]
+    assert [r["step"] for r in records if r.get("phase") == "train" and "step" in r] == [0, 1, 2] * 2
+    searched = [r for r in records if "adapmtl.search.sparsity" in r]
+    assert [(r["adapmtl.search.weight_decay"], r["adapmtl.search.sparsity"]) for r in searched] == [
+        (r["weight_decay"], r["sparsity"]) for r in tried
+    ]
+    expected = _end_state(ref, cell.run_id)
+    for n in (4, 5):  # the first step of the second run (its call's step-0 checkpoint), then mid-run
+        store = Store(tmp_path / f"kill{n}")
+        shutil.copytree(ref.run_dir(dense.run_id), store.run_dir(dense.run_id))
+        shutil.copytree(ref.root / "data", store.root / "data")
+        seen = [0]
+
+        def progress(step: int, record: dict, n=n, seen=seen) -> None:
+            seen[0] += 1
+            if seen[0] == n:
+                raise _Killed(f"killed at logged step {n}")
+
+        with pytest.raises(_Killed):
+            run_stage(cell, store, matrix.runtime, progress)
+        assert run_stage(cell, store, matrix.runtime).status == "done"
+        assert store.result(cell.run_id).resumed_from is not None
+        assert _end_state(store, cell.run_id) == expected, n

@@ -4,9 +4,13 @@ by hand, the dynamic callback on a toy model, and all three variants end to end 
 
 from __future__ import annotations
 
+import copy
+import csv
 import json
 import math
 import shutil
+import types
+from importlib import resources
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +28,7 @@ from mtlprune.engine.sparsity import apply_masks, erk_densities, select_masks
 from mtlprune.engine.train import StepRunner
 from mtlprune.execution.matrix import run_matrix
 from mtlprune.methods.disparse import (
+    XAVIER_SALT,
     DisparseDynamic,
     DisparseDynamicCallback,
     DisparsePretrained,
@@ -34,12 +39,16 @@ from mtlprune.methods.disparse import (
     disparse_layer_update,
     erk_keep_counts,
     gradient_scores,
+    magnitude_scores,
     random_masks,
+    resolve_criterion,
     static_scores,
     task_pools,
     union_grow,
+    xavier_reinit,
 )
 from mtlprune.registry import METHODS
+from mtlprune.spec import MethodSpec
 from mtlprune.store import Store
 from mtlprune.store.maskio import TASK_MASKS, read_task_masks
 from tests.helpers import load_masks, tiny_matrix
@@ -204,7 +213,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("criterion", ["static", "gradient"])
+@pytest.mark.parametrize("criterion", ["static", "static-xavier", "gradient"])
 def test_per_task_scores_equal_a_direct_autograd_computation(criterion):
     model, batches = _two_task_toy()
     before = _state(model)
@@ -213,20 +222,30 @@ def test_per_task_scores_equal_a_direct_autograd_computation(criterion):
         "a": ["backbone.0.weight", "heads.a.1.weight"],
         "b": ["backbone.0.weight", "heads.b.1.weight"],
     }
-    fn = static_scores if criterion == "static" else gradient_scores
-    scores = fn(model, batches, _toy_losses, pools)
+    if criterion == "gradient":
+        scores = gradient_scores(model, batches, _toy_losses, pools)
+    else:
+        reinit = torch.Generator().manual_seed(5) if criterion == "static-xavier" else None
+        scores = static_scores(model, batches, _toy_losses, pools, reinit=reinit)
     w = model.backbone[0].weight.detach()
+    heads = {t: model.heads[t][1].weight.detach() for t in ("a", "b")}
+    if criterion == "static-xavier":  # the reference's copy: Xavier-normal on every conv, in module order
+        g = torch.Generator().manual_seed(5)
+        w, heads["a"], heads["b"] = (
+            nn.init.xavier_normal_(torch.empty_like(t), generator=g) for t in (w, heads["a"], heads["b"])
+        )
+        assert not torch.allclose(w, model.backbone[0].weight)
     for task in ("a", "b"):
-        head = model.heads[task][1].weight.detach()
+        head = heads[task]
         total_w, total_h = torch.zeros_like(w), torch.zeros_like(head)
         for batch in batches:  # Σ_b |∂L_t/∂c| at c = 1 (static) or Σ_b |∂L_t/∂w| (gradient), batch by batch
 
-            def loss(cw, ch, batch=batch, task=task, head=head):
-                if criterion == "static":
+            def loss(cw, ch, batch=batch, task=task, head=head, w=w):
+                if criterion != "gradient":
                     return _toy_task_loss(model, task, w * cw, head * ch, batch)
                 return _toy_task_loss(model, task, cw, ch, batch)
 
-            at = (torch.ones_like(w), torch.ones_like(head)) if criterion == "static" else (w, head)
+            at = (torch.ones_like(w), torch.ones_like(head)) if criterion != "gradient" else (w, head)
             dw, dh = torch.func.grad(loss, argnums=(0, 1))(*at)
             total_w, total_h = total_w + dw.abs(), total_h + dh.abs()
         if criterion == "gradient":
@@ -246,8 +265,11 @@ def test_per_task_scores_equal_a_direct_autograd_computation(criterion):
 class FakeCtx:
     """The slice of MethodContext the one-shot variants use, on the toy model."""
 
-    def __init__(self, model: MTLModel, batches, target: float) -> None:
+    def __init__(
+        self, model: MTLModel, batches, target: float, dataset: str = "nyuv2", seed: int = 0
+    ) -> None:
         self.model, self._batches, self.target = model, batches, target
+        self.spec = SimpleNamespace(data=SimpleNamespace(dataset=dataset), seed=seed)
         self.tasks = model.tasks
         self.masks = None
         self.task_masks: dict[str, Any] = {}
@@ -263,6 +285,9 @@ class FakeCtx:
 
     def batches(self, n, batch_size=None, salt=0):
         yield from self._batches[:n]
+
+    def generator(self, salt=0):
+        return torch.Generator().manual_seed(1_000 * self.spec.seed + salt)
 
     def task_losses(self, outputs, batch):
         return _toy_losses(outputs, batch)
@@ -334,17 +359,197 @@ def test_pretrained_magnitude_keeps_backbone_weights_above_the_smallest_task_thr
     )
 
 
-def test_static_method_uses_the_static_scores_and_trains_on_the_at_init_budget():
+@pytest.mark.parametrize("scoring_init", ["xavier", "as_initialised"])
+def test_static_method_uses_the_static_scores_and_trains_on_the_at_init_budget(scoring_init):
     model, batches = _two_task_toy()
+    init = _state(model)
     pools = task_pools(model.prunable_parameters(), model.tasks, model.component_of)
+    ctx = FakeCtx(model, batches, 0.5, seed=3)
+    reinit = ctx.generator(XAVIER_SALT) if scoring_init == "xavier" else None
     expected, per_task, _ = disentangled_masks(
-        static_scores(model, batches[:2], _toy_losses, pools), pools, 0.5
+        static_scores(model, batches[:2], _toy_losses, pools, reinit=reinit), pools, 0.5
     )
-    ctx = FakeCtx(model, batches, 0.5)
-    DisparseStatic(DisparseStaticParams(batches=2)).run(ctx)
+    DisparseStatic(DisparseStaticParams(batches=2, scoring_init=scoring_init)).run(ctx)
     assert all(torch.equal(ctx.masks[n], expected[n]) for n in expected)
     assert all(torch.equal(ctx.task_masks[t][n], per_task[t][n]) for t in per_task for n in per_task[t])
     assert ctx.trained == [("sparse-spec", "train")]
+    assert ctx.recorded["scoring_init"] == scoring_init
+    # The mask is applied to the model as initialised, never to the re-initialised scoring copy.
+    for name, p in model.prunable_parameters().items():
+        assert torch.equal(p.detach(), init[name] * ctx.masks[name])
+
+
+def test_static_default_is_the_reference_xavier_copy():
+    assert DisparseStaticParams().scoring_init == "xavier"
+    assert MethodSpec(name="disparse-static").parsed_params().scoring_init == "xavier"  # key absent: xavier
+    # The default is dropped from the stored params (identity); the old behaviour is an explicit option.
+    assert MethodSpec(name="disparse-static", params={"scoring_init": "xavier"}).params == {}
+    assert MethodSpec(name="disparse-static", params={"scoring_init": "as_initialised"}).params == {
+        "scoring_init": "as_initialised"
+    }
+
+
+def test_xavier_reinit_redraws_conv_and_linear_weights_only_from_its_generator():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(400, 600))
+    before = _state(net)
+    rng = torch.get_rng_state()
+    xavier_reinit(net, torch.Generator().manual_seed(9))
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is not drawn from
+    after = _state(net)
+    for key in before:  # biases and BatchNorm untouched, both weights redrawn
+        assert torch.equal(before[key], after[key]) == (key not in ("0.weight", "3.weight")), key
+    # Xavier-normal, gain 1: std = sqrt(2 / (fan_in + fan_out)); 240,000 draws put the sample std within 1%.
+    assert float(after["3.weight"].std()) == pytest.approx(math.sqrt(2 / (400 + 600)), rel=0.01)
+    again = xavier_reinit(copy.deepcopy(net), torch.Generator().manual_seed(9))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.items())  # the generator decides
+
+
+def _static_toy() -> tuple[MTLModel, list[dict[str, Any]]]:
+    """Two 3×3 convs (backbone, N(0, 0.01) as the reference's backbone) and two 1×1 conv heads with biases and
+    dropout (PyTorch's default init): 216 + 576 + 32 + 16 = 840 prunable weights, float64."""
+    g = torch.Generator().manual_seed(21)
+    torch.manual_seed(21)
+    model = MTLModel(
+        backbone=nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+        ),
+        heads={
+            "a": nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 4, 1)),
+            "b": nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 2, 1)),
+        },
+    ).double()
+    with torch.no_grad():
+        for i in (0, 3):
+            model.backbone[i].weight.normal_(0.0, 0.01, generator=g)
+    batches = [
+        {
+            "input": torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64),
+            "a": torch.randn(4, 4, 5, 5, generator=g, dtype=torch.float64),
+            "b": torch.randn(4, 2, 5, 5, generator=g, dtype=torch.float64),
+        }
+        for _ in range(2)
+    ]
+    return model, batches
+
+
+def _reference_static_rule(model: MTLModel, batches, keep_ratio: float, generator) -> dict[str, torch.Tensor]:
+    """The reference's disparse_prune_static (prune_utils.py:28-186), written out independently of the method.
+
+    Copy; every conv's weight re-initialised with xavier_normal_ (from ``generator`` instead of the global
+    RNG), frozen, and multiplied by a ones ``weight_mask`` parameter in a patched forward; per batch and per
+    task one forward, that task's own loss, backward, Σ |∂L/∂mask| over the task's layers (backbone + its
+    head); per task: scores / their sum, keep those ≥ the k-th largest, k = int(N_t · keep_ratio); the
+    backbone takes the OR over tasks, a head its task's mask. Dropout off (the benchmark's one deviation).
+    """
+    net = copy.deepcopy(model)
+    net.train()
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
+
+    def masked_conv(self, x):
+        return F.conv2d(x, self.weight * self.weight_mask, self.bias, self.stride, self.padding)
+
+    layers = {}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            module.weight_mask = nn.Parameter(torch.ones_like(module.weight))
+            nn.init.xavier_normal_(module.weight, generator=generator)
+            module.weight.requires_grad = False
+            module.forward = types.MethodType(masked_conv, module)
+            layers[f"{name}.weight"] = module
+    grads_abs: dict[str, dict[str, torch.Tensor]] = {t: {} for t in model.tasks}
+    for batch in batches:
+        for task in model.tasks:
+            net.zero_grad()
+            TOY_LOSSES[task](net(batch["input"])[task], batch[task]).backward()
+            for name, layer in layers.items():
+                if name.startswith(("backbone.", f"heads.{task}.")):
+                    g = layer.weight_mask.grad.detach().abs()
+                    grads_abs[task][name] = grads_abs[task][name] + g if name in grads_abs[task] else g
+    keep: dict[str, dict[str, torch.Tensor]] = {}
+    for task, grads in grads_abs.items():
+        all_scores = torch.cat([x.flatten() for x in grads.values()])
+        norm = all_scores.sum()
+        all_scores = all_scores / norm
+        threshold = torch.topk(all_scores, int(len(all_scores) * keep_ratio), sorted=True).values[-1]
+        keep[task] = {name: (x / norm) >= threshold for name, x in grads.items()}
+    final = {}
+    for name in layers:
+        if name.startswith("backbone."):
+            final[name] = torch.stack([keep[t][name] for t in model.tasks]).any(0)
+        else:
+            final[name] = keep[name.split(".")[1]][name]
+    return final
+
+
+def _iou(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> float:
+    inter = sum(int((x[n] & y[n]).sum()) for n in x)
+    return inter / sum(int((x[n] | y[n]).sum()) for n in x)
+
+
+def test_static_xavier_kept_set_is_the_reference_rule_exactly():
+    """IoU 1.0: at the target the reference's keep ratio reaches, the solver keeps exactly its kept set."""
+    model, batches = _static_toy()
+    ctx = FakeCtx(model, batches, 0.0, seed=4)
+    reference = _reference_static_rule(model, batches, 0.3, ctx.generator(XAVIER_SALT))
+    n = sum(m.numel() for m in reference.values())
+    kept = sum(int(m.sum()) for m in reference.values())
+    ctx.target = (n - kept) / n
+    assert n == 840 and n - round(ctx.target * n) == kept
+    DisparseStatic(DisparseStaticParams(batches=2)).run(ctx)  # the default: scoring_init xavier
+    assert ctx.masks.keys() == reference.keys()
+    assert all(torch.equal(ctx.masks[name], reference[name]) for name in reference)
+    assert _iou(ctx.masks, reference) == 1.0
+    assert 0.0 < ctx.recorded["keep_ratio"] <= 0.3
+
+
+def test_static_scoring_init_changes_the_kept_set():
+    """The option matters: the kept sets of the Xavier copy and of the trained initialisation differ."""
+    model, batches = _static_toy()
+    masks = {}
+    for init in ("xavier", "as_initialised"):
+        ctx = FakeCtx(model, batches, 0.7, seed=4)
+        DisparseStatic(DisparseStaticParams(batches=2, scoring_init=init)).run(ctx)
+        masks[init] = ctx.masks
+        model.load_state_dict(_static_toy()[0].state_dict())  # undo the pruning for the next option
+    iou = _iou(masks["xavier"], masks["as_initialised"])
+    print(f"kept-set IoU, xavier vs as_initialised, 70% of 840 weights: {iou:.3f}")
+    assert 0.0 < iou < 0.9
+
+
+@pytest.mark.parametrize(
+    ("criterion", "dataset", "resolved"),
+    [
+        ("auto", "nyuv2", "magnitude"),
+        ("auto", "cityscapes", "magnitude"),
+        ("auto", "taskonomy", "gradient"),
+        ("auto", "toy", "magnitude"),
+        ("magnitude", "taskonomy", "magnitude"),
+        ("gradient", "nyuv2", "gradient"),
+    ],
+)
+def test_pretrained_criterion_follows_the_dataset_as_the_reference(criterion, dataset, resolved):
+    assert resolve_criterion(criterion, dataset) == resolved
+    model, batches = _two_task_toy()
+    pools = task_pools(model.prunable_parameters(), model.tasks, model.component_of)
+    scores = (
+        magnitude_scores(model, pools)
+        if resolved == "magnitude"
+        else gradient_scores(model, batches[:2], _toy_losses, pools)
+    )
+    expected, _, _ = disentangled_masks(scores, pools, 0.5)
+    ctx = FakeCtx(model, batches, 0.5, dataset=dataset)
+    DisparsePretrained(DisparsePretrainedParams(batches=2, criterion=criterion)).run(ctx)
+    assert ctx.recorded["criterion"] == resolved  # method_state says which one ran
+    assert all(torch.equal(ctx.masks[name], expected[name]) for name in expected)
+    assert DisparsePretrainedParams().criterion == "auto"
 
 
 # ----------------------------------------------------------------------------------------- (3) ERK
@@ -376,6 +581,50 @@ def test_erk_counts_are_exact_and_the_random_mask_matches_the_shared_erk_scope_a
     shared = select_masks({n: torch.rand(s, generator=g) for n, s in shapes.items()}, 0.9, "erk")
     ours = random_masks(shapes, erk_keep_counts(shapes, 0.9, 1.0), torch.Generator().manual_seed(3))
     assert all(torch.equal(shared[n], ours[n]) for n in shapes)
+
+
+def _reference_erk(shapes: dict[str, tuple[int, ...]], density: float, power: float = 0.9) -> dict:
+    """googleAI_ERK (dynamic_prune.py:80-191) as arithmetic: ε solved over the non-dense layers; while the
+    largest ε·raw exceeds 1, the layers with the largest raw become dense and ε is solved again."""
+    dense: set[str] = set()
+    while True:
+        rhs = divisor = 0.0
+        raw = {}
+        for name, shape in shapes.items():
+            n = math.prod(shape)
+            if name in dense:
+                rhs -= n * (1 - density)
+            else:
+                rhs += n * density
+                raw[name] = (sum(shape) / n) ** power
+                divisor += raw[name] * n
+        eps = rhs / divisor
+        top = max(raw.values())
+        if top * eps <= 1:
+            return {name: 1.0 if name in dense else eps * raw[name] for name in shapes}
+        dense |= {name for name, r in raw.items() if r == top}
+
+
+@pytest.mark.parametrize("dataset", ["nyuv2", "taskonomy"])
+def test_published_dynamic_real_sparsity_is_the_reference_erk_rule_on_the_model_shapes(dataset):
+    """results/published: the "90%" dynamic rows' real_sparsity follows from the shapes alone. At END the
+    cosine prune rate is 0 and prune.l1_unstructured leaves r − round(r − d_l·n_l) = round(d_l·n_l) of a
+    layer's r active weights, whatever r (the data) is."""
+    from mtlprune.registry import ARCHS, DATASETS
+
+    channels = DATASETS.get(dataset).task_channels
+    tasks = {"nyuv2": ["segment_semantic", "normal"]}.get(dataset, list(channels))
+    with torch.device("meta"):
+        model = ARCHS.get("deeplab_resnet34")({t: channels[t] for t in tasks})
+    shapes = {n: tuple(p.shape) for n, p in model.prunable_parameters().items()}
+    total = sum(math.prod(s) for s in shapes.values())
+    assert (len(shapes), total) == {"nyuv2": (60, 67_581_120), "taskonomy": (96, 136_705_216)}[dataset]
+    density = _reference_erk(shapes, 0.1)
+    kept = sum(min(math.prod(s), round(density[n] * math.prod(s))) for n, s in shapes.items())
+    name = {"nyuv2": "disparse_table1_nyuv2.csv", "taskonomy": "disparse_table3_taskonomy.csv"}[dataset]
+    with (resources.files("mtlprune.published") / name).open(newline="") as handle:
+        recorded = {r["real_sparsity"] for r in csv.DictReader(handle) if r["method"] == "disparse-dynamic"}
+    assert recorded == {"0.9"} and round(1 - kept / total, 4) == 0.9
 
 
 # --------------------------------------------------------------------------- (4) regrowth by hand
@@ -620,6 +869,12 @@ def test_task_masks_are_stored_and_their_union_is_the_final_mask(finished, name,
         assert torch.equal(union, final[n]), n  # a backbone weight survives if any task keeps it
     result = store.result(cell.run_id)
     assert 0.0 < result.method_state["keep_ratio"] < 1.0
+    # The defaults that ran are recorded: the reference's Xavier scoring copy, its NYU-v2 criterion.
+    assert cell.data.dataset == "nyuv2" and cell.method.params in ({"batches": 2}, {})
+    if name == "disparse-static":
+        assert result.method_state["scoring_init"] == "xavier"
+    else:
+        assert result.method_state["criterion"] == "magnitude"
 
 
 @pytest.mark.slow

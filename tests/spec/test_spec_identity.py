@@ -132,16 +132,38 @@ def _model_defaults(model: type[BaseModel]) -> dict:
 
 
 def test_defaults_are_frozen_by_snapshot():
-    """Omitted defaults are part of identity: changing one must be deliberate (see bench/spec/identity.py)."""
+    """Omitted defaults are part of identity: changing one must be deliberate (see bench/spec/identity.py):
+    keep the old behaviour, bump the method's ``revision`` (its cells alone get new run ids), or bump
+    ``SCHEMA_VERSION`` (every run id changes); then update tests/data/spec_defaults.json."""
     models = [DataSpec, SyntheticSpec, ArchSpec, TrainSpec, EvalSpec, MethodSpec, RunSpec, DenseSpec]
     current = {m.__name__: _model_defaults(m) for m in models}
     from mtlprune.registry import METHODS
 
     for name, cls in METHODS.items():
-        current[f"method:{name}"] = _model_defaults(cls.Params)
+        current[f"method:{name}"] = {**_model_defaults(cls.Params), "(revision)": cls.revision}
     snapshot = json.loads(SNAPSHOT.read_text())
     for key, defaults in snapshot.items():
-        assert current.get(key) == defaults, f"defaults of {key} changed; keep them or bump SCHEMA_VERSION"
+        assert current.get(key) == defaults, (
+            f"defaults of {key} changed; keep them, or bump the method's revision or SCHEMA_VERSION"
+        )
+
+
+def test_a_method_revision_enters_its_run_ids_only():
+    """A method at revision 1 hashes as before; above 1 its cells get their own run ids, and a config (or a
+    spec dump) naming another revision than the method's is refused."""
+    plain = tiny_matrix(methods=[{"name": "magnitude"}, {"name": "disparse-static"}], sparsities=[0.5])
+    magnitude, static = plain.expand()
+    assert "revision" not in semantic_dump(magnitude.method)  # revision 1: the default, omitted
+    assert semantic_dump(static.method)["revision"] == 2
+    assert (
+        magnitude.run_id == tiny_matrix(methods=[{"name": "magnitude"}], sparsities=[0.5]).expand()[0].run_id
+    )
+    with pytest.raises(ConfigError, match=r"revision: 1, but method 'disparse-static' is at revision 2"):
+        tiny_matrix(methods=[{"name": "disparse-static", "revision": 1}], sparsities=[0.5])
+    assert (
+        tiny_matrix(methods=[{"name": "disparse-static", "revision": 2}], sparsities=[0.5]).expand()[0].run_id
+        == static.run_id
+    )
 
 
 # ------------------------------------------------------- errors name the key, value and what is allowed

@@ -46,7 +46,8 @@ def figure_sections(data: ReportData, builder: Builder) -> None:
             lambda part=part: F.metrics_vs_sparsity(part, data.dense, styles=styles, style=style),
         )
         hollow = (
-            "; hollow markers: the published numbers of the same setting (their paper's protocol)"
+            "; hollow markers: the published numbers of the same setting (their paper's protocol), at their "
+            "real sparsity where it is known (results/published/README.md)"
             if F.published_points(part, data.published)
             else ""
         )

@@ -1,5 +1,6 @@
-"""The report's tables: the comparison of all cells, AdapMTL's Table 2 layout per setting and target, the
-dense model against the trivial predictor, ΔT AUC and Pareto dominance."""
+"""The report's tables: the comparison of all cells, the cells whose achieved sparsity misses the target,
+AdapMTL's Table 2 layout per setting and target, the dense model against the trivial predictor, ΔT AUC and
+Pareto dominance."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
             continue
         builder.table(table_name, markdown, latex)
         shown[caption] = markdown_table_html(markdown, table_id=table_name)
+    shown.update(_misses_section(frame, name, builder))
     settings = frame[["dataset", "tasks", "arch", "target_sparsity"]].drop_duplicates()
     for dataset, tasks, arch, target in settings.sort_values(
         ["dataset", "tasks", "arch", "target_sparsity"]
@@ -79,6 +81,29 @@ def table_sections(data: ReportData, builder: Builder) -> dict[str, str]:
         builder.table(table_name, markdown, latex)
         shown[caption] = markdown_table_html(markdown, table_id=table_name)
     return shown
+
+
+def _misses_section(frame: pd.DataFrame, name: str, builder: Builder) -> dict[str, str]:
+    """Achieved against target sparsity: the cells more than 0.1 pp off their target (after the comparison
+    tables, whose captions name them too); a note instead when every finished cell is within."""
+    from mtlprune.analysis.html import markdown_table_html
+    from mtlprune.analysis.tables import sparsity_misses, sparsity_misses_latex, sparsity_misses_markdown
+
+    table_name = "sparsity_misses"
+    try:
+        table = sparsity_misses(frame)
+    except SKIPPABLE as exc:
+        builder.notes.append(f"table {table_name} not written: {reason(exc)}")
+        return {}
+    if table.empty:
+        builder.notes.append(
+            f"table {table_name} not written: every finished cell is within 0.1 pp of its target sparsity"
+        )
+        return {}
+    caption = f"Achieved against target sparsity, {name}: cells that miss the target by more than 0.1 pp"
+    markdown = sparsity_misses_markdown(table, caption)
+    builder.table(table_name, markdown, sparsity_misses_latex(table, caption, label=f"tab:{table_name}"))
+    return {caption: markdown_table_html(markdown, table_id=table_name)}
 
 
 def headroom_tables(dense: pd.DataFrame, frame: pd.DataFrame, notes: list[str]) -> dict[str, str]:
