@@ -1,4 +1,5 @@
-"""`mtlprune ...`: run, plan, status, report, methods/archs/datasets, data synth/verify/fingerprint."""
+"""`mtlprune ...`: run, plan, status, report, methods/archs/datasets, data synth/verify/fingerprint,
+import-checkpoint."""
 
 from __future__ import annotations
 
@@ -711,6 +712,76 @@ def cmd_store_check(args: argparse.Namespace) -> int:
 ACTION_WORDS = {"recompute": "to recompute", "keep": "kept", "person": "need a person"}
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """Import a reference checkpoint, evaluate it under every protocol, store it; print both metric sets."""
+    from mtlprune.engine.imports import import_checkpoint
+    from mtlprune.spec import DataSpec
+    from mtlprune.store import Store
+
+    tasks = DATASETS.get(args.dataset).tasks if args.tasks is None else args.tasks.split(",")
+    source = {"source": "synthetic"} if args.synthetic else {"source": "disk", "root": args.root}
+    data = DataSpec(dataset=args.dataset, tasks=tuple(t.strip() for t in tasks), **source)
+    arch = ArchSpec(name=args.arch, width=args.width, head_width=args.head_width)
+    store = Store(args.store)
+    store.require_usable(write=True)
+    outcome = import_checkpoint(args.checkpoint, args.format, arch, data, store, device=args.device)
+    result = outcome.result
+    protocols = list(result.protocol_metrics)
+    table = Table(title=f"{args.format} checkpoint {result.source_name} as {result.arch} on {result.dataset}")
+    table.add_column("metric")
+    for protocol in protocols:
+        table.add_column(protocol, justify="right")
+    names = sorted({name for values in result.protocol_metrics.values() for name in values})
+    for name in names:
+        cells = [result.protocol_metrics[p].get(name) for p in protocols]
+        table.add_row(name, *("—" if v is None else f"{v:.4f}" for v in cells))
+    console.print(table)
+    mapping = result.key_mapping
+    facts = [f"{mapping.get('mapped', 0)} tensors mapped"]
+    shares = [("overall", result.sparsity.get("achieved_sparsity"))] + [
+        (key.removeprefix("sparsity."), value)
+        for key, value in result.sparsity.items()
+        if key.startswith(("sparsity.backbone", "sparsity.head."))
+    ]
+    shown = ", ".join(f"{name} {100 * v:.2f}%" for name, v in shares if isinstance(v, int | float))
+    if shown:
+        facts.append(f"sparsity: {shown}")
+    if mapping.get("defaulted"):
+        facts.append(f"{len(mapping['defaulted'])} num_batches_tracked defaulted to 0")
+    console.print("; ".join(facts), markup=False, highlight=False)
+    verb = "already imported" if outcome.existed else "written"
+    console.print(
+        f"{verb}: {outcome.run_dir} (run {outcome.run_id})", markup=False, highlight=False, soft_wrap=True
+    )
+    return 0
+
+
+def _import_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="import a checkpoint trained by the AdapMTL, DiSparse or AdaShare code, evaluate it under both "
+        "protocols and write it into the store (docs/datasets.md)",
+    )
+    _plugin_option(p)
+    p.add_argument("checkpoint", metavar="PATH", help="the checkpoint file their code saved")
+    p.add_argument("--format", required=True, choices=("adapmtl", "disparse", "adashare"))
+    p.add_argument("--arch", required=True, help="deeplab_resnet34 or mobilenetv2 (AdapMTL only)")
+    p.add_argument("--dataset", required=True, help="nyuv2 or taskonomy: the data to evaluate on")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks in the checkpoint's head order (DiSparse/AdaShare: their config's TASKS "
+        "order); default: every task of the dataset",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--root", help="dataset root on disk (its test split is evaluated)")
+    where.add_argument("--synthetic", action="store_true", help="evaluate on the synthetic data instead")
+    p.add_argument("--store", default=str(DEFAULT_STORE), help="result store root (default: results)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--width", type=float, default=1.0, help="backbone width of the checkpoint (default 1.0)")
+    p.add_argument("--head-width", type=float, default=1.0, help="ASPP width of the checkpoint (default 1.0)")
+
+
 def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="figures, tables and an HTML page from stored results (no torch)")
     p.add_argument("source", metavar="CONFIG_OR_STORE", help="a matrix YAML (its manifest) or a store folder")
@@ -773,6 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("methods", "archs", "datasets"):
         _plugin_option(sub.add_parser(name, help=f"list registered {name}"))
     _report_parser(sub)
+    _import_parser(sub)
     store = sub.add_parser("store", help="result store tools").add_subparsers(
         dest="store_command", required=True
     )
@@ -842,6 +914,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "synth": cmd_data_synth,
             }
             return commands[args.data_command](args)
+        if args.command == "import-checkpoint":
+            return cmd_import_checkpoint(args)
         return {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}[args.command](args)
     except (ConfigError, ImportError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

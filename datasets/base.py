@@ -208,8 +208,38 @@ class AugmentedDataset(Dataset):
         """The value that padding takes in map ``key`` (``image`` pads with 0)."""
         raise NotImplementedError
 
+    def protocol_frame(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The decoded sample as the protocol's pipeline sees it before augmentation (here: unchanged).
+
+        A loader overrides this where the ``adapmtl`` reference resizes before augmenting or evaluates at
+        a fixed size (:meth:`reference_resize` does it the reference's way)."""
+        return sample
+
+    def reference_resize(
+        self, sample: dict[str, Tensor], size: tuple[int, int], linear_image: bool = True
+    ) -> dict[str, Tensor]:
+        """Every map of ``sample`` at ``size`` as the reference's ``cv2.resize`` makes it
+        (:mod:`mtlprune.datasets.cvresize`): the image INTER_LINEAR (uint8 stays uint8, rounded as OpenCV
+        rounds; float stays float) unless ``linear_image`` is false, every label map INTER_NEAREST."""
+        from mtlprune.datasets.cvresize import resize_linear, resize_nearest
+
+        size = (int(size[0]), int(size[1]))
+        return {
+            key: resize_linear(value, size)
+            if key == "image" and linear_image
+            else resize_nearest(value, size)
+            for key, value in sample.items()
+        }
+
+    def scaled_size(self, h: int, w: int, s: float) -> tuple[int, int]:
+        """(H, W) of a frame scaled by ``s`` for training: ``round(h·s)`` (``standard``); the reference's
+        ``int(h·s)``, truncated, under ``adapmtl``."""
+        if self.protocol == "adapmtl":
+            return max(1, int(h * s)), max(1, int(w * s))
+        return max(1, round(h * s)), max(1, round(w * s))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.load_raw(index)
+        sample = self.protocol_frame(self.load_raw(index))
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             sample = self._augment(sample, rng)
@@ -226,19 +256,16 @@ class AugmentedDataset(Dataset):
         """Random scale (image bilinear, labels nearest), horizontal flip, pad and random crop.
 
         Draws in a fixed order (scale, flip, crop offsets); nearest resampling keeps labels, 255, NaN exact.
+        Under ``adapmtl`` the scaled size and the resampling are the reference's (:meth:`scaled_size`,
+        :meth:`reference_resize`).
         """
         h, w = sample["image"].shape[-2:]
         s = rng.uniform(*self.scale)
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        out: dict[str, Tensor] = {}
-        for key, value in sample.items():
-            x = value[None].float() if value.ndim == 3 else value[None, None].float()
-            if key == "image":
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
-                x = x.round_().clamp_(0, 255)
-            else:
-                x = F.interpolate(x, size=size, mode="nearest")[0]
-            out[key] = x.to(value.dtype) if value.ndim == 3 else x[0].to(value.dtype)
+        size = self.scaled_size(int(h), int(w), s)
+        if self.protocol == "adapmtl":
+            out = self.reference_resize(sample, size)
+        else:
+            out = {key: _scale_map(key, value, size) for key, value in sample.items()}
         if self.flip and rng.random() < 0.5:
             out = {key: self.flip_target(key, value) for key, value in out.items()}
         ch, cw = self.crop
@@ -251,3 +278,15 @@ class AugmentedDataset(Dataset):
                 value = F.pad(value, pad, value=0.0 if key == "image" else self.pad_fill(key))
             out[key] = value[..., top : top + ch, left : left + cw]
         return out
+
+
+def _scale_map(key: str, value: Tensor, size: tuple[int, int]) -> Tensor:
+    """One map at ``size`` as the ``standard`` protocol scales it: the image bilinear (half-pixel centres)
+    and rounded back to its dtype, every label map nearest."""
+    x = value[None].float() if value.ndim == 3 else value[None, None].float()
+    if key == "image":
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
+        x = x.round_().clamp_(0, 255)
+    else:
+        x = F.interpolate(x, size=size, mode="nearest")[0]
+    return x.to(value.dtype) if value.ndim == 3 else x[0].to(value.dtype)

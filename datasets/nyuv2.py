@@ -7,7 +7,10 @@ paths relative to the root; RGB PNG; seg uint8 0..39 with 255 = ignore; normals 
 Deliberate deviations from the reference loader, for correctness (`standard` protocol, docs/protocols.md):
 - the horizontal flip negates the normal x component (v → 255 − v on valid pixels); the reference does not
   (``protocol="adapmtl"`` keeps the reference's un-negated flip);
-- the test split is returned at its native resolution, unchanged; the reference resizes it to 321×321;
+- the test split is returned at its native resolution, unchanged; the reference resizes it to 321×321
+  (``protocol="adapmtl"`` does too, with OpenCV's uint8 arithmetic: mtlprune.datasets.cvresize);
+- training scales round the scaled size (``round(h·s)``); the reference truncates (``int(h·s)``, kept
+  under ``protocol="adapmtl"``, which also resizes with OpenCV's arithmetic);
 - the input is RGB scaled to [0, 1] and normalised with the ImageNet mean/std (what torchvision weights
   expect) instead of BGR 0–255 minus the Caffe mean.
 
@@ -247,6 +250,14 @@ class NYUv2(AugmentedDataset):
                     f"{paths[key]}: {key} is {tuple(value.shape[-2:])} (H, W) "
                     f"but its image {img_p} is {shape}"
                 )
+        return sample
+
+    def protocol_frame(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Under ``adapmtl`` the test split at the reference's 321×321: the uint8 image resized with OpenCV's
+        INTER_LINEAR fixed-point arithmetic and rounding (as ``cv2.resize`` before the mean is subtracted),
+        every label map INTER_NEAREST (reference ``nyuv2_dataloader_adashare.py:91-101``)."""
+        if self.protocol == "adapmtl" and self.split != "train" and not self.augment:
+            return self.reference_resize(sample, self.reference_eval_size)
         return sample
 
     def flip_target(self, key: str, value: Tensor) -> Tensor:

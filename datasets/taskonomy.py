@@ -23,7 +23,10 @@ Deliberate deviations from the reference loader, for correctness (`standard` pro
 - unlabeled segmentation pixels (file value 0) are ignored (255); the reference merges them into class 0
   ("background"), which trains and scores the model on pixels nobody labelled;
 - maps are kept at their native resolution; the reference resizes everything, the RGB input included, to
-  256×256 with nearest neighbour, and its test split further to 224×224;
+  256×256 with nearest neighbour, and its test split further to 224×224 (``protocol="adapmtl"`` does both,
+  with OpenCV's arithmetic: the float RGB is not rounded; mtlprune.datasets.cvresize);
+- training scales round the scaled size (``round(h·s)``) and the scaled RGB to integers; the reference
+  truncates (``int(h·s)``) and keeps the float RGB (both kept under ``protocol="adapmtl"``);
 - the input is RGB in [0, 1] normalised with the ImageNet mean/std instead of BGR 0–255 minus the Caffe mean;
 - a file that fails to load raises :class:`DataFormatError` naming it; the reference silently substitutes
   another sample.
@@ -89,6 +92,7 @@ DEPTH_LOG_NORM = math.log(2**16)
 KEYPOINT_CLIP = 0.005
 EDGE_CLIP = 0.08
 FLOAT_TASKS = frozenset({"normal", "depth_zbuffer", "keypoints2d", "edge_texture"})
+REFERENCE_LOAD_SIZE = (256, 256)  # the reference resizes every map to this on loading (adapmtl protocol)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND\xaeB`\x82"  # chunk type plus its (constant) CRC: present in every complete PNG
@@ -275,7 +279,8 @@ class Taskonomy(AugmentedDataset):
         seed: int = 0,
         protocol: str = "standard",
     ) -> None:
-        # ``protocol`` changes nothing here: the reference Taskonomy loader already negates normal x on flip.
+        # ``protocol`` leaves the flip alone (the reference Taskonomy loader negates normal x too); under
+        # `adapmtl` it changes the sizes and the resampling (protocol_frame, scaled_size).
         super().__init__(tasks, augment, crop, scale, flip, seed, protocol)
         if split not in SPLIT_DIRS:
             raise ValueError(f"unknown Taskonomy split {split!r}; allowed: {list(SPLIT_DIRS)}")
@@ -334,6 +339,19 @@ class Taskonomy(AugmentedDataset):
             sample["keypoints2d"] = decode_clipped(raw["keypoints2d"], KEYPOINT_CLIP)
         if "edge_texture" in self.tasks_used:
             sample["edge_texture"] = decode_clipped(raw["edge_texture"], EDGE_CLIP)
+        return sample
+
+    def protocol_frame(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Under ``adapmtl`` every split as the reference reads it: the RGB as float32 and every map resized
+        to 256×256 with INTER_NEAREST (``taskonomy_dataloader_adashare.py:239-251``); the test split then
+        further to 224×224, the float image INTER_LINEAR without rounding, the labels INTER_NEAREST
+        (``:112-126``)."""
+        if self.protocol != "adapmtl":
+            return sample
+        frame = {**sample, "image": sample["image"].float()}
+        sample = self.reference_resize(frame, REFERENCE_LOAD_SIZE, linear_image=False)
+        if self.split != "train" and not self.augment:
+            sample = self.reference_resize(sample, self.reference_eval_size)
         return sample
 
     def flip_target(self, key: str, value: Tensor) -> Tensor:

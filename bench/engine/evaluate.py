@@ -1,10 +1,12 @@
 """Evaluation of a trained model on the test split under the run's protocol.
 
 ``standard``: the test split at its native resolution, predictions upsampled bilinearly to the labels,
-pooled metrics. ``adapmtl``: as the AdapMTL reference evaluates — test inputs and labels resized straight to
-the dataset's ``reference_eval_size`` (NYU-v2 321×321, Taskonomy 224×224; the input bilinearly, every label
-map with nearest neighbour), batches of 16, predictions upsampled with nearest neighbour, and the
-reference's metric quirks (:mod:`mtlprune.engine.metrics.adapmtl`).
+pooled metrics. ``adapmtl``: as the AdapMTL reference evaluates — test inputs and labels at the dataset's
+``reference_eval_size`` (NYU-v2 321×321, Taskonomy 224×224), batches of 16, predictions upsampled with
+nearest neighbour, and the reference's metric quirks (:mod:`mtlprune.engine.metrics.adapmtl`). The loaders
+of the registered datasets already resize an ``adapmtl`` test split the reference's way (OpenCV's uint8
+bilinear for the image, nearest for labels: mtlprune.datasets.cvresize, docs/protocols.md); a test set that
+comes at another size (a plugin dataset) is resized here, the input bilinearly in float, labels nearest.
 
 The dataset plugin chooses each task's metric (``make_metric``); its registry name is read from the test set
 unless given, and a test set's ``class_weights`` (Taskonomy's segmentation ``err``) go along.
@@ -25,7 +27,7 @@ from mtlprune.engine.train import to_device
 
 
 def resize_batch(batch: dict[str, Any], tasks: tuple[str, ...], size: tuple[int, int]) -> dict[str, Any]:
-    """The batch as the reference evaluates it: input bilinear, task labels nearest, all at ``size``."""
+    """The batch at ``size`` (input bilinear in float, labels nearest), for a test set not already there."""
     out = dict(batch)
     image = batch["input"]
     if tuple(image.shape[-2:]) != size:

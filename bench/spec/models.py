@@ -353,6 +353,14 @@ class TrainSpec(StrictModel):
 ADAPMTL_EVAL_BATCH_SIZE = 16  # the reference's NYU-v2 test batch; its per-batch averages depend on it
 
 
+PROTOCOL_REVISIONS = {
+    "standard": 1,
+    # 2: the reference's input side (OpenCV's uint8 bilinear resize of the test image, int(h·s) training
+    # sizes; docs/protocols.md)
+    "adapmtl": 2,
+}
+
+
 class EvalSpec(StrictModel):
     """How a trained model is evaluated, and under which protocol (docs/protocols.md).
 
@@ -371,6 +379,23 @@ class EvalSpec(StrictModel):
     )
     val_every: int = Field(50, ge=1, description="steps between validation evaluations under best_val")
     batch_size: int = not_hashed(8, ge=1, description="evaluation batch size (metrics are pooled)")
+    protocol_revision: int = Field(
+        1,
+        ge=1,
+        description="the protocol's behaviour revision (PROTOCOL_REVISIONS), set from the protocol: above 1 "
+        "it enters the run id, so results of an older version of the protocol are not reused",
+    )
+
+    @model_validator(mode="after")
+    def _protocol_revision(self) -> EvalSpec:
+        current = PROTOCOL_REVISIONS[self.protocol]
+        if "protocol_revision" in self.model_fields_set and self.protocol_revision != current:
+            raise ValueError(
+                f"protocol_revision: {self.protocol_revision}, but protocol {self.protocol!r} is at revision "
+                f"{current} (set by the protocol; leave the key out)"
+            )
+        object.__setattr__(self, "protocol_revision", current)
+        return self
 
     @model_validator(mode="after")
     def _adapmtl_batch(self) -> EvalSpec:

@@ -110,6 +110,31 @@ class CellResult(StageResult):
     method_state: dict[str, Any] = Field(default_factory=dict)
 
 
+IMPORT_FORMATS = ("adapmtl", "disparse", "adashare")
+
+
+class ImportedResult(StageResult):
+    """A checkpoint trained by a reference code base, imported into the benchmark's model and evaluated
+    under every protocol (``mtlprune import-checkpoint``; docs/datasets.md, "Importing reference
+    checkpoints"). ``metrics`` are the ``standard`` protocol's; ``protocol_metrics`` holds each protocol's.
+    ``model.pt`` beside it holds the converted weights (the thresholded ones for AdapMTL)."""
+
+    stage: Literal["imported"] = "imported"
+    source_format: Literal["adapmtl", "disparse", "adashare"]
+    source_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the imported file")
+    source_bytes: int = Field(ge=0)
+    source_name: str = Field(description="the imported file's name (not part of the identity)")
+    dataset: str
+    tasks: list[str]
+    arch: str
+    width: float = 1.0
+    head_width: float = 1.0
+    protocol_metrics: dict[str, dict[str, float | None]]
+    key_mapping: dict[str, Any] = Field(
+        description="how their keys became ours: counts, thresholds, transforms, defaulted keys"
+    )
+
+
 class StatusRecord(Record):
     """``status.json``: where a stage is (running, failed with why, done) and who ran it."""
 
@@ -126,7 +151,7 @@ class StatusRecord(Record):
     superseded: str | None = Field(None, description="code hash of a result set aside by --recompute-changed")
 
 
-AnyResult = Annotated[DenseResult | CellResult, Field(discriminator="stage")]
+AnyResult = Annotated[DenseResult | CellResult | ImportedResult, Field(discriminator="stage")]
 _RESULT = TypeAdapter(AnyResult)
 
 
@@ -147,7 +172,7 @@ def _problems(exc: ValidationError) -> str:
     lines = []
     for e in exc.errors(include_url=False):
         loc = list(e["loc"])
-        if loc and loc[0] in ("dense", "cell"):
+        if loc and loc[0] in ("dense", "cell", "imported"):
             loc = loc[1:]
         got = (
             "" if e["type"] == "missing" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
@@ -156,7 +181,7 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_result(payload: Any, path: Path) -> DenseResult | CellResult:
+def parse_result(payload: Any, path: Path) -> DenseResult | CellResult | ImportedResult:
     """A ``result.json`` payload as its typed record; a clear error naming ``path`` otherwise."""
     payload = _check_format(payload, path, "result")
     if "stage" not in payload:  # the oldest results: a cell names its dense stage

@@ -266,6 +266,131 @@ def test_flip_keeps_normal_x_under_adapmtl(synthetic_root) -> None:
         NYUv2(synthetic_root, "train", protocol="paper")
 
 
+# ------------------------------------------------------------------------------ input side (cv2.resize)
+# The `adapmtl` loaders resize as the reference's cv2.resize (OpenCV 4.5.1) does: mtlprune.datasets.cvresize.
+# Horizontal taps of 2 → 5 columns (scale 0.4): f = (d + ½)·0.4 − ½ as float32 = −0.3, 0.1, 0.5, 0.9, 1.3;
+# f < 0 and f ≥ 1 clamp to a border pixel. Fixed-point weights round(w·2048): f = 0.1 → (1843, 205),
+# 0.5 → (1024, 1024), 0.9 → (205, 1843). One row → one row: vertical weights (2048, 0).
+
+
+def test_cv_linear_uint8_truncates_as_opencv() -> None:
+    from mtlprune.datasets.cvresize import resize_linear
+
+    row = torch.tensor([[184, 219]], dtype=torch.uint8)
+    # d = 3: R = 184·205 + 219·1843 = 441337; R >> 4 = 27583; 27583·2048 >> 16 = 861; (861 + 2) >> 2 = 215,
+    # where round(bilinear) gives round(184·0.1 + 219·0.9 = 215.5) = 216.
+    # d = 1: R = 184·1843 + 219·205 = 384007 → 24000 → 750 → 188 (187.5 rounded up: the two agree).
+    # d = 2: R = 403·1024 = 412672 → 25792 → 806 → 202 (201.5 → 202).
+    assert resize_linear(row, (1, 5)).tolist() == [[184, 188, 202, 215, 219]]
+    bilinear = F.interpolate(row[None, None].float(), size=(1, 5), mode="bilinear", align_corners=False)
+    assert bilinear.round().flatten().tolist() == [184, 188, 202, 216, 219]  # what the torch path rounds to
+
+
+def test_cv_linear_keeps_unclamped_vertical_weights() -> None:
+    from mtlprune.datasets.cvresize import resize_linear
+
+    # 2 → 5 rows: output row 0 samples f = −0.3 → row −1 with weight 0.3 and row 0 with 0.7; OpenCV clips
+    # both rows to row 0 but keeps the weights (614, 1434) instead of clamping them to (2048, 0).
+    # Column 1 of row 0: R = 171·1843 + 206·205 = 357383; R >> 4 = 22336;
+    # (22336·614 >> 16) + (22336·1434 >> 16) = 209 + 488 = 697; (697 + 2) >> 2 = 174.
+    # Clamped weights would give (22336·2048 >> 16 + 2) >> 2 = (698 + 2) >> 2 = 175.
+    image = torch.tensor([[171, 206], [5, 206]], dtype=torch.uint8)
+    out = resize_linear(image, (5, 5))
+    assert out[0, :2].tolist() == [171, 174]
+    assert out.dtype == torch.uint8 and out.shape == (5, 5)
+    # Three channels are resized independently, exactly as one.
+    rgb = torch.stack([image, 255 - image, image // 2])
+    out3 = resize_linear(rgb, (5, 5))
+    for c in range(3):
+        assert torch.equal(out3[c], resize_linear(rgb[c], (5, 5)))
+
+
+def test_cv_linear_float_is_not_rounded_and_nearest_is_floor() -> None:
+    from mtlprune.datasets.cvresize import resize_linear, resize_nearest
+
+    # 2 → 3 columns: f = −1/6 (clamped: 0), ½ (halfway), 7/6 (clamped: the last pixel).
+    out = resize_linear(torch.tensor([[0.0, 255.0]]), (1, 3))
+    assert out.dtype == torch.float32 and out.tolist() == [[0.0, 127.5, 255.0]]
+    # INTER_NEAREST 5 → 3: source ⌊d·5/3⌋ = 0, 1, 3 (no half-pixel shift); NaN and 255 copied as they are.
+    labels = torch.tensor([[0.0, math.nan, 2.0, 255.0, 4.0]])
+    assert resize_nearest(labels, (1, 3))[0, [0, 2]].tolist() == [0.0, 255.0]
+    assert math.isnan(resize_nearest(labels, (1, 3))[0, 1])
+
+
+def test_scaled_size_truncates_under_adapmtl_only(synthetic_root) -> None:
+    from mtlprune.datasets.nyuv2 import NYUv2
+
+    # 480·0.5011 = 240.528 and 640·0.5011 = 320.704: round → (241, 321), the reference's int → (240, 320).
+    assert NYUv2(synthetic_root, "train").scaled_size(480, 640, 0.5011) == (241, 321)
+    assert NYUv2(synthetic_root, "train", protocol="adapmtl").scaled_size(480, 640, 0.5011) == (240, 320)
+
+
+def _normalised(image: torch.Tensor) -> torch.Tensor:
+    from mtlprune.datasets.base import IMAGENET_MEAN, IMAGENET_STD
+
+    return (image.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def test_nyuv2_adapmtl_test_split_is_resized_by_opencv_rules(synthetic_root) -> None:
+    from mtlprune.datasets.cvresize import resize_linear, resize_nearest
+    from mtlprune.datasets.nyuv2 import NYUv2
+
+    std = NYUv2(synthetic_root, "test")
+    ref = NYUv2(synthetic_root, "test", protocol="adapmtl")
+    raw = std.load_raw(0)
+    assert std[0]["input"].shape[-2:] == raw["image"].shape[-2:]  # standard: native, untouched
+    assert torch.equal(std[0]["input"], _normalised(raw["image"]))
+    sample = ref[0]
+    # The uint8 image resized (and rounded) by OpenCV's rules, then scaled and normalised as always.
+    assert torch.equal(sample["input"], _normalised(resize_linear(raw["image"], (321, 321))))
+    for task in ("segment_semantic", "normal", "depth_zbuffer"):
+        assert torch.equal(sample[task], resize_nearest(raw[task], (321, 321)))
+    # evaluate()'s own resize (for a test set built under another protocol) leaves it as it is.
+    batch = {"input": sample["input"][None], **{t: sample[t][None] for t in ref.tasks_used}}
+    assert resize_batch(batch, ref.tasks_used, (321, 321))["input"] is batch["input"]
+
+
+def test_nyuv2_adapmtl_training_scale_uses_int_and_opencv(synthetic_root) -> None:
+    from mtlprune.datasets.cvresize import resize_linear, resize_nearest
+    from mtlprune.datasets.nyuv2 import NYUv2
+
+    # A 32×40 frame scaled by 1.3: int → 41×52 (round would give 42×52); a 41×52 crop then takes it all.
+    kwargs = {"augment": True, "crop": (41, 52), "scale": (1.3, 1.3), "flip": False}
+    ref = NYUv2(synthetic_root, "train", protocol="adapmtl", **kwargs)
+    raw = ref.load_raw(1)
+    assert tuple(raw["image"].shape[-2:]) == (32, 40)
+    sample = ref[1]
+    assert torch.equal(sample["input"], _normalised(resize_linear(raw["image"], (41, 52))))
+    assert torch.equal(sample["depth_zbuffer"], resize_nearest(raw["depth_zbuffer"], (41, 52)))
+    # Standard scales to 42×52 and crops 41 of its 42 rows: not the same pixels.
+    std = NYUv2(synthetic_root, "train", **kwargs)
+    assert std[1]["input"].shape == sample["input"].shape
+    assert not torch.equal(std[1]["input"], sample["input"])
+
+
+def test_taskonomy_adapmtl_reads_at_256_and_tests_at_224(tmp_path) -> None:
+    from mtlprune.datasets.cvresize import resize_linear, resize_nearest
+    from mtlprune.datasets.synthetic import write_taskonomy
+    from mtlprune.datasets.taskonomy import Taskonomy
+
+    root = write_taskonomy(tmp_path / "tk", n_train=2, n_test=1, height=32, width=40, seed=0)
+    std, ref = Taskonomy(root, "test"), Taskonomy(root, "test", protocol="adapmtl")
+    raw = std.load_raw(0)
+    assert std[0]["input"].shape[-2:] == (32, 40)
+    sample = ref[0]
+    # RGB → float32 → nearest 256×256 → bilinear 224×224 in float: never rounded back to integers.
+    at_256 = resize_nearest(raw["image"].float(), (256, 256))
+    image = resize_linear(at_256, (224, 224))
+    assert not torch.equal(image, image.round())
+    assert torch.equal(sample["input"], _normalised(image))
+    for task in ref.tasks_used:
+        expected = resize_nearest(resize_nearest(raw[task], (256, 256)), (224, 224))
+        assert torch.equal(sample[task].nan_to_num(-7.0), expected.nan_to_num(-7.0)), task
+    # Training reads every frame at 256×256 before the random scale.
+    train = Taskonomy(root, "train", protocol="adapmtl", augment=True, crop=(64, 64), scale=(0.25, 0.25))
+    assert train[0]["input"].shape[-2:] == (64, 64)  # 256·0.25 = 64: the crop takes the whole scaled frame
+
+
 # ------------------------------------------------------------------------------------------------ spec
 
 

@@ -144,7 +144,7 @@ def test_defaults_are_frozen_by_snapshot():
     snapshot = json.loads(SNAPSHOT.read_text())
     for key, defaults in snapshot.items():
         assert current.get(key) == defaults, (
-            f"defaults of {key} changed; keep them, or bump the method's revision or SCHEMA_VERSION"
+            f"defaults of {key} changed; keep them or bump a revision (method, protocol) or SCHEMA_VERSION"
         )
 
 
@@ -269,3 +269,14 @@ def test_taskonomy_demo_config_is_valid():
     matrix = load_matrix(Path(__file__).parents[2] / "configs" / "demo_taskonomy.yaml")
     assert matrix.datasets[0].dataset == "taskonomy" and len(matrix.datasets[0].tasks) == 5
     assert len(matrix.expand()) == 6 + 1  # the methods × sparsities, then the control row
+
+
+def test_the_adapmtl_protocol_revision_enters_its_run_ids_only():
+    """`adapmtl` is at revision 2 (the reference's input side): its stages get their own run ids, the
+    `standard` protocol's keep theirs (revision 1, omitted)."""
+    standard = tiny_matrix().expand()[0]
+    adapmtl = tiny_matrix(eval={"protocol": "adapmtl"}).expand()[0]
+    assert "protocol_revision" not in semantic_dump(standard.eval)
+    assert semantic_dump(adapmtl.eval) == {"protocol": "adapmtl", "protocol_revision": 2}
+    with pytest.raises(ConfigError, match=r"protocol_revision: 1, but protocol 'adapmtl' is at revision 2"):
+        tiny_matrix(eval={"protocol": "adapmtl", "protocol_revision": 1})
