@@ -121,12 +121,16 @@ Deliberate deviations from the reference code / papers:
   float64 and rounded once to float32 first (b = 0 under ``faithful``: exactly the reference's τ).
 - Implementation: the soft threshold of all layers is one fused autograd function per forward pass (one
   ``softshrink`` per tensor; its backward one ``softshrink_backward``, one ``sign`` and two dots per tensor),
-  computed on the first weight access of a model forward. With the reference's τ its Ŵ is the reference's
+  computed on the first weight access of a model forward; in a training pass Ŵ is written into buffers
+  kept from step to step, sign(Ŵ) into one scratch buffer and dL/dW over the incoming dL/dŴ, as fresh
+  tensors of tens of MB cost more in page faults than the passes that fill them (docs/accounting.md,
+  "AdapMTL step at full width"). With the reference's τ its Ŵ is the reference's
   sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight gradients) except the
   sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0; equal as numbers, and no
   sum or product with a non-zero changes). The training step costs about
   1.10× (Deeplab-ResNet34) and 1.12× (MobileNetV2) the dense step at CPU width, the controller's solve
-  amortised (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×). Under ``faithful`` the offset b is 0.
+  amortised (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×); at full width 1.10× and 1.24×
+  (tests/perf/test_perf_full_width.py; MobileNetV2 still above the target). Under ``faithful`` b is 0.
 """
 
 from __future__ import annotations
@@ -160,12 +164,55 @@ class _Plan:
     """What the fused function needs besides tensors: the threshold group of each weight tensor, the index
     tensor for summing per-tensor gradients into the groups, and a slot for the counts of the last pass."""
 
-    def __init__(self, groups: Sequence[int], n_thresholds: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        groups: Sequence[int],
+        n_thresholds: int,
+        device: torch.device | None = None,
+        reuse_outputs: bool = False,
+    ) -> None:
         self.groups = tuple(groups)
         self.n_thresholds = n_thresholds
         self.index = torch.tensor(self.groups, dtype=torch.long, device=device)
         self.nonzero: Tensor | None = None  # per tensor: non-zeros of the last Ŵ that was back-propagated
         self.large: dict[int, Tensor] = {}  # exact counts of tensors with 2^24 weights or more
+        # Buffers kept from pass to pass: a fresh tensor of tens of MB costs more in first-touch page faults
+        # than the elementwise pass that fills it. ``outputs`` (Ŵ per tensor, only with ``reuse_outputs``:
+        # the bank's training forward, one live graph at a time; a pass that overwrites a Ŵ an unfinished
+        # graph saved fails that graph's backward through autograd's version check) and ``scratch`` (sign(Ŵ)
+        # of one tensor at a time in the backward, never escaping it).
+        self.reuse_outputs = reuse_outputs
+        self.outputs: list[Tensor | None] = [None] * len(self.groups)
+        self.scratch: Tensor | None = None
+
+    def output(self, i: int, weight: Tensor) -> Tensor | None:
+        """The kept Ŵ buffer of tensor ``i`` matching ``weight`` (shape, strides, dtype, device), or None."""
+        if not self.reuse_outputs or not torch.is_grad_enabled():  # evaluation passes allocate afresh
+            return None
+        buf = self.outputs[i]
+        if (
+            buf is None
+            or buf.shape != weight.shape
+            or buf.stride() != weight.stride()
+            or buf.dtype != weight.dtype
+            or buf.device != weight.device
+        ):
+            buf = self.outputs[i] = torch.empty_like(weight)
+        return buf
+
+    def signs(self, out: Tensor) -> Tensor:
+        """sign(``out``) flattened in its logical order, written into the shared scratch buffer."""
+        n = out.numel()
+        if (
+            self.scratch is None
+            or self.scratch.numel() < n
+            or self.scratch.dtype != out.dtype
+            or self.scratch.device != out.device
+        ):
+            self.scratch = torch.empty(n, dtype=out.dtype, device=out.device)
+        flat = self.scratch[:n]
+        torch.sign(out, out=flat.view(out.shape))
+        return flat
 
 
 class _SoftThreshold(torch.autograd.Function):
@@ -182,7 +229,10 @@ class _SoftThreshold(torch.autograd.Function):
     def forward(ctx: Any, plan: _Plan, taus: tuple[float, ...], *tensors: Tensor) -> tuple[Tensor, ...]:
         n = len(plan.groups)
         weights = tensors[:n]
-        outs = tuple(F.softshrink(w, taus[g]) for w, g in zip(weights, plan.groups, strict=True))
+        outs = tuple(
+            _softshrink(w, taus[g], plan.output(i, w))
+            for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
+        )
         ctx.save_for_backward(*weights, *outs)
         ctx.plan, ctx.taus = plan, taus
         return outs
@@ -199,8 +249,14 @@ class _SoftThreshold(torch.autograd.Function):
         # ⟨dL/dŴ, sign(Ŵ)⟩ (the threshold's gradient) and ⟨sign(Ŵ), sign(Ŵ)⟩ (the non-zeros of Ŵ).
         for i, (g, k) in enumerate(zip(grads, plan.groups, strict=True)):
             w, out = saved[i], saved[n + i]
-            grad_w.append(torch.ops.aten.softshrink_backward(g, w, taus[k]) if need_w[i] else None)
-            sign = torch.sign(out).reshape(-1)
+            if need_w[i] and plan.reuse_outputs and _owned_like(g, w):
+                # dL/dW written over dL/dŴ (a fresh tensor of tens of MB costs more in page faults than the
+                # pass); then ⟨dL/dW, sign(Ŵ)⟩ = ⟨dL/dŴ, sign(Ŵ)⟩ term by term (both 0 where Ŵ = 0).
+                g = torch.ops.aten.softshrink_backward.grad_input(g, w, taus[k], grad_input=g)
+                grad_w.append(g)
+            else:
+                grad_w.append(torch.ops.aten.softshrink_backward(g, w, taus[k]) if need_w[i] else None)
+            sign = plan.signs(out)
             stats += [torch.dot(g.reshape(-1), sign), torch.dot(sign, sign)]
             if sign.numel() >= 1 << 24:  # beyond float32's exact integers: count this tensor exactly
                 plan.large[i] = torch.count_nonzero(out)
@@ -213,6 +269,35 @@ class _SoftThreshold(torch.autograd.Function):
             slope = torch.tensor([-t * (1.0 - t) for t in taus], dtype=torch.float64, device=table.device)
             grad_s = list((sums.double() * slope).to(sums.dtype).unbind())
         return (None, None, *grad_w, *grad_s)
+
+
+def _owned_like(grad: Tensor, weight: Tensor) -> bool:
+    """Whether the incoming gradient may be overwritten by dL/dW: a tensor of its own (not a view, sole
+    user of its storage) laid out as the weight. In the bank's models every Ŵ is consumed by a convolution
+    or linear layer only, whose backward returns a fresh gradient (an op that passes one gradient tensor
+    to two inputs, as ``Ŵ + x`` would, never sees Ŵ there)."""
+    return (
+        grad._base is None
+        and grad.dtype == weight.dtype
+        and grad.shape == weight.shape
+        and grad.stride() == weight.stride()
+        and grad.is_contiguous()
+        and _storage_users(grad) == _SOLE_USER
+    )
+
+
+def _storage_users(tensor: Tensor) -> int:
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+_SOLE_USER = _storage_users(torch.empty(1))  # a tensor alone with its storage (the query holds one more)
+
+
+def _softshrink(weight: Tensor, tau: float, out: Tensor | None) -> Tensor:
+    """``F.softshrink(weight, tau)``, written into ``out`` when one is given (the same kernel and values)."""
+    if out is None:
+        return F.softshrink(weight, tau)
+    return torch.ops.aten.softshrink.out(weight, tau, out=out)
 
 
 def reference_sigmoid(logits: Tensor) -> Tensor:
@@ -303,7 +388,7 @@ class ThresholdBank:
             nn.Parameter(torch.tensor(float(s_init), dtype=first.dtype, device=first.device))
             for _ in self.group_names
         ]
-        self.plan = _Plan(groups, len(self.group_names), first.device)
+        self.plan = _Plan(groups, len(self.group_names), first.device, reuse_outputs=True)
         self.components = [component_of(n) for n in self.names]
         self.by_component: dict[str, list[int]] = {}
         for i, component in enumerate(self.components):
