@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mtlprune.spec.load import read_utf8
 from mtlprune.vocabulary import Vocabulary, check_protocol
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -30,16 +31,9 @@ class DataFormatError(ValueError):
     """A dataset file or listing that does not match the documented format; the message names it."""
 
 
-def read_utf8(path: Path) -> str:
+def read_listing_text(path: Path) -> str:
     """The text of a listing; bytes that are not UTF-8 are a DataFormatError naming the file and offset."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(
-            f"{path}: not valid JSON: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: "
-            f"{exc.reason}); a listing is UTF-8 JSON"
-        ) from None
+    return read_utf8(path, DataFormatError, "not valid JSON: a listing is UTF-8 JSON")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +80,7 @@ def read_listing(
     if not listing.is_file():
         raise DataFormatError(f"{listing}: listing not found (expected the {layout} layout under {root})")
     try:
-        data = json.loads(read_utf8(listing))
+        data = json.loads(read_listing_text(listing))
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{listing}: not valid JSON ({exc})") from None
     except OSError as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mtlprune.datasets.base import DataFormatError, read_utf8
+from mtlprune.datasets.base import DataFormatError, read_listing_text
 from mtlprune.registry import DATASETS
 
 
@@ -35,7 +35,7 @@ class VerifyReport:
 
 def _splits(listing: Path) -> list[str]:
     try:
-        data = json.loads(read_utf8(listing))
+        data = json.loads(read_listing_text(listing))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataFormatError(f"{listing}: cannot read the listing ({exc})") from None
     if not isinstance(data, dict):

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from mtlprune.analysis.load import read_spec_record, setting_columns
+from mtlprune.analysis.load import planned_record, read_spec_record, setting_columns
 from mtlprune.store import RESULT, SPEC
 from mtlprune.store.integrity import inspect_stage
 
@@ -94,15 +94,7 @@ def load_dense(
     for run_dir in sorted(found):
         payload = read_spec_record(run_dir)
         if payload is None and run_dir.name in entries:
-            entry = entries[run_dir.name]
-            spec = {
-                "stage": "dense",
-                "data": {"dataset": entry.dataset, "tasks": list(entry.tasks)},
-                "arch": {"name": entry.arch, "width": entry.width, "head_width": entry.head_width},
-                "seed": entry.seed,
-                "eval": {"protocol": entry.protocol},
-            }
-            payload = {"run_id": entry.run_id, "spec": spec}
+            payload = planned_record(entries[run_dir.name])
         if payload is None or payload["spec"].get("stage") != "dense":
             continue  # a damaged spec record no manifest explains: `mtlprune store check` names it
         rows.append(_row(run_dir, payload))

@@ -247,7 +247,7 @@ def load_results(
         if payload is None:
             entry = entries.get(run_dir.name)
             if entry is not None:
-                rows.append(_row(run_dir, _planned_record(entry, entries.values()), cache, index, state))
+                rows.append(_row(run_dir, planned_record(entry, entries.values()), cache, index, state))
             elif (run_dir / RESULT).is_file() and (state.result is None or state.result.stage == "cell"):
                 rows.append(_unknown_row(run_dir, state))
             continue  # a dense stage, or a folder without a result or spec: not a cell to show
@@ -267,32 +267,32 @@ def load_results(
     return frame
 
 
-def _planned_record(entry: Any, cells: Iterable[Any]) -> dict[str, Any]:
-    """A spec record rebuilt from a manifest's cell (its ``spec.json`` went missing): what a row needs."""
-    control = next(
-        (
-            c.run_id
-            for c in cells
-            if c.method_name == CONTROL_METHOD
-            and c.dense_run_id == entry.dense_run_id
-            and c.target == entry.target
-        ),
-        None,
-    )
-    spec = {
-        "stage": "cell",
+def planned_record(entry: Any, cells: Iterable[Any] = ()) -> dict[str, Any]:
+    """A spec record rebuilt from a manifest's stage (its ``spec.json`` went missing): what a row needs.
+    A cell (a ``ManifestCell``) is compared with its dense stage and with the control cell among ``cells``
+    that shares that dense stage (one per setting and seed)."""
+    spec: dict[str, Any] = {
+        "stage": "dense",
         "data": {"dataset": entry.dataset, "tasks": list(entry.tasks)},
         "arch": {"name": entry.arch, "width": entry.width, "head_width": entry.head_width},
         "seed": entry.seed,
         "eval": {"protocol": entry.protocol},
-        "method": {"name": entry.method_name, "label": entry.method},
-        "target_sparsity": entry.target,
     }
+    if not hasattr(entry, "method_name"):
+        return {"run_id": entry.run_id, "spec": spec}
+    spec.update(
+        stage="cell",
+        method={"name": entry.method_name, "label": entry.method},
+        target_sparsity=entry.target,
+    )
+    controls = (
+        c.run_id for c in cells if c.method_name == CONTROL_METHOD and c.dense_run_id == entry.dense_run_id
+    )
     return {
         "run_id": entry.run_id,
         "spec": spec,
         "dense_run_id": entry.dense_run_id,
-        "control_run_id": control,
+        "control_run_id": next(controls, None),
     }
 
 

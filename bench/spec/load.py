@@ -73,15 +73,18 @@ def load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def read_utf8(path: Path) -> str:
-    """The text of a config file; bytes that are not UTF-8 are a ConfigError naming the file and offset."""
+def read_utf8(
+    path: Path, error: type[ValueError] = ConfigError, expected: str = "save the config as UTF-8"
+) -> str:
+    """The text of a file; bytes that are not UTF-8 raise ``error`` naming the file, the byte, its offset
+    and ``expected`` (what the file should be). Every config, listing and store record is read so."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(
+        raise error(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: {exc.reason}); "
-            "save the config as UTF-8"
+            f"{expected}"
         ) from None
 
 

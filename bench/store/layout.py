@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mtlprune.spec.load import read_utf8
 from mtlprune.store.records import (
     CellResult,
     DenseResult,
@@ -69,10 +70,9 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 def read_json(path: Path) -> Any:
     """A JSON file's value; a clear error naming the file when it is not UTF-8 JSON."""
+    text = read_utf8(path, ValueError, "expected a JSON file")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected a JSON file") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt JSON ({exc})") from None
 

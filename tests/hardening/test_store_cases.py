@@ -163,7 +163,14 @@ CASES = [
     StoreCase(
         "result-empty-object", empty_result, "not a valid result record (", "recompute", "cell", DAMAGED
     ),
-    StoreCase("result-not-utf8", garbage_result, "not UTF-8 text (byte 16)", "recompute", "cell", DAMAGED),
+    StoreCase(
+        "result-not-utf8",
+        garbage_result,
+        "not UTF-8 text (byte 0xff at offset 16: invalid start byte)",
+        "recompute",
+        "cell",
+        DAMAGED,
+    ),
     StoreCase("spec-deleted", delete_spec, "missing", "keep", "cell", "done"),
     StoreCase(
         "dense-model-garbled",
