@@ -120,17 +120,20 @@ Deliberate deviations from the reference code / papers:
   threshold as a 0-dim tensor, :func:`reference_sigmoid`); with the controller's offset, s + b is summed in
   float64 and rounded once to float32 first (b = 0 under ``faithful``: exactly the reference's τ).
 - Implementation: the soft threshold of all layers is one fused autograd function per forward pass (one
-  ``softshrink`` per tensor; its backward one ``softshrink_backward``, one ``sign`` and two dots per tensor),
-  computed on the first weight access of a model forward; in a training pass Ŵ is written into buffers
-  kept from step to step, sign(Ŵ) into one scratch buffer and dL/dW over the incoming dL/dŴ, as fresh
-  tensors of tens of MB cost more in page faults than the passes that fill them (docs/accounting.md,
-  "AdapMTL step at full width"). With the reference's τ its Ŵ is the reference's
-  sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight gradients) except the
-  sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0; equal as numbers, and no
-  sum or product with a non-zero changes). The training step costs about
-  1.10× (Deeplab-ResNet34) and 1.12× (MobileNetV2) the dense step at CPU width, the controller's solve
-  amortised (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×); at full width 1.10× and 1.24×
-  (tests/perf/test_perf_full_width.py; MobileNetV2 still above the target). Under ``faithful`` b is 0.
+  ``softshrink`` per tensor), computed on the first weight access of a model forward. Its backward goes
+  through each tensor in slices of ``SLICE`` elements that stay in cache: sign(Ŵ) from the weight slice, the
+  masked weight gradient, and the two dots (⟨dL/dŴ, sign(Ŵ)⟩ for the threshold, ⟨sign(Ŵ), sign(Ŵ)⟩ for the
+  count of non-zeros), so a tensor is read and written once. The threshold gradient is the sum of the
+  per-slice float32 dots in float64 (a deliberate difference from the reference's autograd sum, within
+  float32 rounding of it; revision 3). In a training pass Ŵ is written into buffers kept from step to step
+  and dL/dW over the incoming dL/dŴ, as fresh tensors of tens of MB cost more in page faults than the
+  passes that fill them (docs/accounting.md, "A training step at full width"). With the reference's τ its Ŵ
+  is the reference's sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight
+  gradients) except the sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0;
+  equal as numbers, and no sum or product with a non-zero changes). The training step costs about 1.10×
+  (Deeplab-ResNet34) and 1.12× (MobileNetV2) the dense step at CPU width, the controller's solve amortised
+  (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×); at full width see docs/accounting.md
+  (tests/perf/test_perf_full_width.py). Under ``faithful`` b is 0.
 """
 
 from __future__ import annotations
@@ -160,6 +163,9 @@ SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller so
 # ------------------------------------------------------------------------------ the soft threshold
 
 
+SLICE = 1 << 18  # elements per slice of the backward's loop: its slices of W, dL/dŴ, sign(Ŵ) stay in cache
+
+
 class _Plan:
     """What the fused function needs besides tensors: the threshold group of each weight tensor, the index
     tensor for summing per-tensor gradients into the groups, and a slot for the counts of the last pass."""
@@ -175,19 +181,19 @@ class _Plan:
         self.n_thresholds = n_thresholds
         self.index = torch.tensor(self.groups, dtype=torch.long, device=device)
         self.nonzero: Tensor | None = None  # per tensor: non-zeros of the last Ŵ that was back-propagated
-        self.large: dict[int, Tensor] = {}  # exact counts of tensors with 2^24 weights or more
         # Buffers kept from pass to pass: a fresh tensor of tens of MB costs more in first-touch page faults
         # than the elementwise pass that fills it. ``outputs`` (Ŵ per tensor, only with ``reuse_outputs``:
         # the bank's training forward, one live graph at a time; a pass that overwrites a Ŵ an unfinished
         # graph saved fails that graph's backward through autograd's version check) and ``scratch`` (sign(Ŵ)
-        # of one tensor at a time in the backward, never escaping it).
+        # of one slice at a time in the backward, never escaping it).
         self.reuse_outputs = reuse_outputs
+        self.grad_pass = False  # set by the caller: autograd runs a Function's forward with grad mode off
         self.outputs: list[Tensor | None] = [None] * len(self.groups)
         self.scratch: Tensor | None = None
 
     def output(self, i: int, weight: Tensor) -> Tensor | None:
         """The kept Ŵ buffer of tensor ``i`` matching ``weight`` (shape, strides, dtype, device), or None."""
-        if not self.reuse_outputs or not torch.is_grad_enabled():  # evaluation passes allocate afresh
+        if not (self.reuse_outputs and self.grad_pass):  # evaluation passes allocate afresh
             return None
         buf = self.outputs[i]
         if (
@@ -200,19 +206,11 @@ class _Plan:
             buf = self.outputs[i] = torch.empty_like(weight)
         return buf
 
-    def signs(self, out: Tensor) -> Tensor:
-        """sign(``out``) flattened in its logical order, written into the shared scratch buffer."""
-        n = out.numel()
-        if (
-            self.scratch is None
-            or self.scratch.numel() < n
-            or self.scratch.dtype != out.dtype
-            or self.scratch.device != out.device
-        ):
-            self.scratch = torch.empty(n, dtype=out.dtype, device=out.device)
-        flat = self.scratch[:n]
-        torch.sign(out, out=flat.view(out.shape))
-        return flat
+    def slice_buffer(self, like: Tensor) -> Tensor:
+        """The scratch buffer for sign(Ŵ) of one slice (``SLICE`` elements of ``like``'s dtype and device)."""
+        if self.scratch is None or self.scratch.dtype != like.dtype or self.scratch.device != like.device:
+            self.scratch = torch.empty(SLICE, dtype=like.dtype, device=like.device)
+        return self.scratch
 
 
 class _SoftThreshold(torch.autograd.Function):
@@ -220,9 +218,8 @@ class _SoftThreshold(torch.autograd.Function):
 
     ``taus`` are the thresholds g(s_g + b) as Python floats (computed once per pass by the caller, so the
     kernel sees one scalar per tensor and no device sync happens per layer). dL/ds_g =
-    −τ_g(1 − τ_g)·Σ_{i in g} ⟨dL/dŴ_i, sign(Ŵ_i)⟩; sign(Ŵ) = sign(W)·1[|W| > τ]. The backward also
-    stores the per-tensor non-zero counts of Ŵ in the plan (⟨sign(Ŵ), sign(Ŵ)⟩, from the signs it needs
-    anyway; a tensor of 2^24 weights or more, beyond float32's exact integers, is counted exactly apart).
+    −τ_g(1 − τ_g)·Σ_{i in g} ⟨dL/dŴ_i, sign(Ŵ_i)⟩, sign(Ŵ) = sign(W)·1[|W| > τ]. The backward also stores
+    the per-tensor non-zero counts of Ŵ in the plan (⟨sign(Ŵ), sign(Ŵ)⟩, from the signs it needs anyway).
     """
 
     @staticmethod
@@ -233,42 +230,81 @@ class _SoftThreshold(torch.autograd.Function):
             _softshrink(w, taus[g], plan.output(i, w))
             for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
         )
-        ctx.save_for_backward(*weights, *outs)
+        ctx.save_for_backward(*weights)
         ctx.plan, ctx.taus = plan, taus
+        ctx.logit_dtypes = [s.dtype for s in tensors[n:]]
         return outs
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         plan, taus = ctx.plan, ctx.taus
         n = len(plan.groups)
-        saved = ctx.saved_tensors
+        weights = ctx.saved_tensors
         need_w = ctx.needs_input_grad[2 : 2 + n]
         grad_w: list[Tensor | None] = []
-        stats: list[Tensor] = []
-        # One tensor at a time (its gradient, weight and output stay in cache): dŴ/dW, then sign(Ŵ) for
-        # ⟨dL/dŴ, sign(Ŵ)⟩ (the threshold's gradient) and ⟨sign(Ŵ), sign(Ŵ)⟩ (the non-zeros of Ŵ).
+        sums: list[Tensor] = []
         for i, (g, k) in enumerate(zip(grads, plan.groups, strict=True)):
-            w, out = saved[i], saved[n + i]
-            if need_w[i] and plan.reuse_outputs and _owned_like(g, w):
-                # dL/dW written over dL/dŴ (a fresh tensor of tens of MB costs more in page faults than the
-                # pass); then ⟨dL/dW, sign(Ŵ)⟩ = ⟨dL/dŴ, sign(Ŵ)⟩ term by term (both 0 where Ŵ = 0).
-                g = torch.ops.aten.softshrink_backward.grad_input(g, w, taus[k], grad_input=g)
-                grad_w.append(g)
-            else:
-                grad_w.append(torch.ops.aten.softshrink_backward(g, w, taus[k]) if need_w[i] else None)
-            sign = plan.signs(out)
-            stats += [torch.dot(g.reshape(-1), sign), torch.dot(sign, sign)]
-            if sign.numel() >= 1 << 24:  # beyond float32's exact integers: count this tensor exactly
-                plan.large[i] = torch.count_nonzero(out)
-        table = torch.stack(stats).view(n, 2)
+            w = weights[i]
+            target = None
+            if need_w[i]:
+                # dL/dW written over dL/dŴ where that is a tensor of its own (a fresh tensor of tens of MB
+                # costs more in page faults than the pass); ⟨dL/dW, sign(Ŵ)⟩ = ⟨dL/dŴ, sign(Ŵ)⟩ term by term
+                # (both 0 where Ŵ = 0).
+                owned = plan.reuse_outputs and _owned_like(g, w)
+                target = g if owned else torch.empty_like(w)
+            sums.append(_backward_slices(g, w, taus[k], target, plan.slice_buffer(w)))
+            grad_w.append(target)
+        table = torch.stack(sums)  # per tensor: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ, float64
         plan.nonzero = table[:, 1]
         grad_s: list[Tensor | None] = [None] * plan.n_thresholds
         if any(ctx.needs_input_grad[2 + n :]):
-            sums = torch.zeros(plan.n_thresholds, dtype=table.dtype, device=table.device)
-            sums.index_add_(0, plan.index, table[:, 0])
+            per_group = torch.zeros(plan.n_thresholds, dtype=torch.float64, device=table.device)
+            per_group.index_add_(0, plan.index, table[:, 0])
             slope = torch.tensor([-t * (1.0 - t) for t in taus], dtype=torch.float64, device=table.device)
-            grad_s = list((sums.double() * slope).to(sums.dtype).unbind())
+            grad_s = [v.to(dtype) for v, dtype in zip(per_group * slope, ctx.logit_dtypes, strict=True)]
         return (None, None, *grad_w, *grad_s)
+
+
+def _backward_slices(
+    grad: Tensor, weight: Tensor, tau: float, target: Tensor | None, scratch: Tensor
+) -> Tensor:
+    """One tensor's backward, slice by slice in memory order: dL/dW = dL/dŴ·1[|W| > τ] into ``target`` (when
+    given; it may be ``grad`` itself), and [⟨dL/dŴ, sign(Ŵ)⟩, ⟨sign(Ŵ), sign(Ŵ)⟩] summed in float64.
+
+    sign(Ŵ) = softshrink_backward(sign(W), W, τ) is made from the weight slice the mask reads anyway, in a
+    scratch slice that stays in cache with it, so the tensor is read and written once (W and dL/dŴ in,
+    dL/dW out) instead of five passes over whole tensors. Each slice's count is exact in float32 (SLICE <
+    2^24), their sum exact in float64; the gradient's per-slice dots are summed in float64.
+    """
+    if _memory_order(weight) is None:  # overlapping or gapped (never a model's parameter): made dense
+        weight = weight.contiguous()
+    if grad.stride() != weight.stride() or _memory_order(grad) is None:
+        grad = torch.empty_like(weight).copy_(grad)  # laid out as the weight (empty_like keeps dense strides)
+    if target is not None and target.stride() != weight.stride():
+        raise AssertionError("the weight gradient must be laid out as the weight")
+    flat_w, flat_g = _memory_order(weight), _memory_order(grad)
+    flat_t = None if target is None else _memory_order(target)
+    assert flat_w is not None and flat_g is not None
+    parts: list[Tensor] = []
+    for start in range(0, flat_w.numel(), SLICE):
+        w, g = flat_w[start : start + SLICE], flat_g[start : start + SLICE]
+        sign = scratch[: w.numel()]
+        torch.sign(w, out=sign)
+        torch.ops.aten.softshrink_backward.grad_input(sign, w, tau, grad_input=sign)  # sign(Ŵ)
+        parts += [torch.dot(g, sign), torch.dot(sign, sign)]
+        if flat_t is not None:
+            torch.ops.aten.softshrink_backward.grad_input(g, w, tau, grad_input=flat_t[start : start + SLICE])
+    if not parts:  # an empty tensor
+        return torch.zeros(2, dtype=torch.float64, device=weight.device)
+    return torch.stack(parts).view(-1, 2).double().sum(0)
+
+
+def _memory_order(tensor: Tensor) -> Tensor | None:
+    """A 1-D view of ``tensor``'s elements in the order they lie in memory (a contiguous or channels-last
+    tensor, any dense layout), or None when it has none (overlapping or gapped strides)."""
+    order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
+    permuted = tensor.permute(order)
+    return permuted.view(-1) if permuted.is_contiguous() else None
 
 
 def _owned_like(grad: Tensor, weight: Tensor) -> bool:
@@ -454,6 +490,7 @@ class ThresholdBank:
             return out
         if self._cache is None:
             self.last_taus = self.taus()
+            self.plan.grad_pass = torch.is_grad_enabled()
             self._cache = _SoftThreshold.apply(self.plan, self.last_taus, *self.originals, *self.logits)
         return self._cache[index]
 
@@ -463,10 +500,7 @@ class ThresholdBank:
         """Exact zeros per tensor of the Ŵ of the last back-propagated pass (None before any backward)."""
         if self.plan.nonzero is None:
             return None
-        nonzero = self.plan.nonzero.tolist()
-        for i, count in self.plan.large.items():
-            nonzero[i] = int(count)
-        return [n - round(z) for n, z in zip(self.numel, nonzero, strict=True)]
+        return [n - round(z) for n, z in zip(self.numel, self.plan.nonzero.tolist(), strict=True)]
 
     @torch.no_grad()
     def zeros_now(self) -> list[int]:
@@ -803,7 +837,9 @@ class AdapMTL(PruningMethod):
     """AdapMTL: learnable soft thresholds per component and adaptive task-loss weights (Xiang et al. 2024)."""
 
     Params = AdapMTLParams
-    revision = 2  # 2: τ = torch.sigmoid(s) in float32, as the reference (its ablations and STR inherit it)
+    # 2: τ = torch.sigmoid(s) in float32, as the reference; 3: the threshold gradient's dots summed per slice
+    # in float64 (its ablations and STR inherit it)
+    revision = 3
     starts_from = "dense"
     sparsity_tolerance: ClassVar[float] = 0.01
     contract_params: ClassVar[dict[str, Any]] = {}

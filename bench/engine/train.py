@@ -131,8 +131,11 @@ class TrainCallback:
 class StepRunner:
     """One optimizer step of the weighted multi-task loss, with masks held fixed (or changed by callbacks).
 
-    Masks are converted once to the parameters' dtype and device, so holding them costs two in-place
-    multiplies per masked tensor and step (gradient before the update, weight after it).
+    Masks are converted once to the parameters' dtype and device. Holding them costs one in-place multiply
+    per masked tensor and step, of the gradient before the update: a pruned weight is zero, its gradient is
+    masked to zero and its optimizer state is zeroed when the mask is set (and when a checkpoint is
+    loaded), so no update of Adam, AdamW or SGD (momentum, coupled or decoupled weight decay) moves it, and
+    the weights need no second multiply after the update (docs/accounting.md, "Masked training").
     """
 
     def __init__(
@@ -173,8 +176,6 @@ class StepRunner:
         self.params = model.prunable_parameters()
         self.masks: Masks | None = None
         self.masked: list[tuple[nn.Parameter, Tensor]] = []
-        self.masked_params: list[nn.Parameter] = []
-        self.masked_masks: list[Tensor] = []
         if masks:
             self.set_masks(masks)
         # Each optimizer group's base LR, which the schedule multiplies (the schedule's lr unless a method's
@@ -189,14 +190,39 @@ class StepRunner:
             self.clipped = [(list(g.params), g.max_grad_norm) for g in optimization.groups if g.max_grad_norm]
 
     def set_masks(self, masks: Masks) -> None:
-        """Hold ``masks`` from now on (pruned weights are zeroed at once); a callback may call this."""
+        """Hold ``masks`` from now on (pruned weights and their optimizer state are zeroed at once); a
+        callback may call this."""
         apply_masks(self.params, masks)
         self.masks = {n: m.detach().to(torch.bool).cpu() for n, m in masks.items()}
         self.masked = [
             (self.params[n], m.to(device=self.device, dtype=self.params[n].dtype)) for n, m in masks.items()
         ]
-        self.masked_params = [p for p, _ in self.masked]
-        self.masked_masks = [m for _, m in self.masked]
+        self._zero_pruned_state()
+
+    @torch.no_grad()
+    def _zero_pruned_state(self) -> None:
+        """Zero the optimizer state (Adam's moments, SGD's momentum) of every pruned weight, so that the
+        masked gradient alone keeps the weight at zero. None before the first step (the state is created
+        zero then)."""
+        optimizer = getattr(self, "optimizer", None)  # set_masks in __init__ runs before it exists
+        if optimizer is None:
+            return
+        for param, mask in self.masked:
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, Tensor) and value.shape == param.shape:
+                    value.masked_fill_(mask == 0, 0.0)
+
+    @torch.no_grad()
+    def check_masks_held(self) -> None:
+        """Raise if a pruned weight is not zero: something outside the step (a callback, a load) wrote it,
+        and the masked gradient alone would not bring it back."""
+        for name, mask in (self.masks or {}).items():
+            moved = int(torch.count_nonzero(self.params[name].detach()[~mask.to(self.device)]))
+            if moved:
+                raise RuntimeError(
+                    f"{moved} pruned weight(s) of {name} are not zero after training: they were written "
+                    "outside the optimizer step (set them through StepRunner.set_masks)"
+                )
 
     def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float]:
         factor = lr_factor(self.schedule, step + self.step_offset)
@@ -251,9 +277,6 @@ class StepRunner:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.masked:
-            with torch.no_grad():
-                torch._foreach_mul_(self.masked_params, self.masked_masks)
         scalars = {
             "loss": loss_value,
             **{f"loss.{t}": v for t, v in task_values.items()},
@@ -303,6 +326,7 @@ class StepRunner:
         if state["masks"] is not None:
             self.set_masks(state["masks"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._zero_pruned_state()  # a checkpoint of an older version may hold state for pruned weights
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         if len(state["callbacks"]) != len(self.callbacks):
@@ -494,6 +518,7 @@ def train(
                 best = (loss, step, state, step_runner.masks)
         if on_step is not None:
             on_step(step, scalars)
+    step_runner.check_masks_held()
     if guard is not None and last_batch is not None:
         # The weights the last update left, which no step measured (rule 2 at the end of the call). Skipped
         # when this process trained no step of the call: the check ran before the end checkpoint was saved.

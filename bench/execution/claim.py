@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mtlprune.engine.runner import StageOutcome, run_stage
 from mtlprune.execution.events import log_event
+from mtlprune.execution.heap import keep_freed_memory
 from mtlprune.execution.interrupts import Interrupted, interrupt_signal, interrupted_line, interrupts_ignored
 from mtlprune.execution.locks import (
     HEARTBEAT_S,
@@ -102,6 +103,8 @@ def claim_loop(
 
     A stage held by a live worker is waited for, unless ``give_up(stage, holder)`` says to leave it.
     """
+    if runtime.keep_freed_memory:
+        keep_freed_memory()  # for the rest of this process: every executor's stages run in this loop
     board = Board(stages, store, retry_failed, time.time() if started_at is None else started_at)
     reporter = reporter or Reporter()
     locks = locks or LockOptions()

@@ -558,6 +558,11 @@ class RuntimeSpec(StrictModel):
         "boundaries. A killed stage resumes from its last checkpoint",
     )
     channels_last: bool = Field(False, description="channels-last memory format for model and inputs (GPU)")
+    keep_freed_memory: bool = Field(
+        True,
+        description="keep memory a step frees in the process for the next step (glibc malloc: no mmap, no "
+        "trim), instead of faulting in fresh pages every step; no effect on numbers (docs/accounting.md)",
+    )
     pin_memory: bool | None = Field(None, description="pinned host memory for batches; default: on with CUDA")
     slurm: SlurmSpec = Field(
         default_factory=SlurmSpec, description="resources of each task under --executor slurm (docs/slurm.md)"

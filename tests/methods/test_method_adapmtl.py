@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-import mtlprune.methods.adapmtl  # noqa: F401  (registers adapmtl, its ablations and str)
+import mtlprune.methods.adapmtl  # registers adapmtl, its ablations and str; SLICE patched below
 from mtlprune.engine.models.mtl import MTLModel
 from mtlprune.engine.train import StepRunner
 from mtlprune.execution.matrix import run_matrix
@@ -183,6 +183,68 @@ def test_gradcheck_fused_tensors_sharing_thresholds():
     outs = fused(w1, w2, w3, s0, s1)
     sum(o.sum() for o in outs).backward()
     assert plan.nonzero.tolist() == [float((o != 0).sum()) for o in outs]
+
+
+def _reference_threshold(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The reference's sparseFunction (models/Deeplab_ResNet34.py:13-14), plain autograd."""
+    return torch.sign(w) * torch.relu(torch.abs(w) - torch.sigmoid(s))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_backward_in_slices_is_the_references_autograd(monkeypatch, layout):
+    """The backward goes through each tensor in slices (SLICE elements, here 64 so that a tensor spans
+    several and ends in a partial one) in memory order: weight gradients equal to autograd of the
+    reference's expression, the threshold gradient within float64 rounding, counts exact, and dL/dW laid
+    out as W."""
+    monkeypatch.setattr(mtlprune.methods.adapmtl, "SLICE", 64)
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(6, 5, 3, 3, dtype=torch.float64, generator=gen) * 0.5  # 270 = 4 slices + 14
+    w = {
+        "contiguous": base,
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "transposed": base.transpose(0, 1),
+    }[layout].requires_grad_()
+    s = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(w.shape, dtype=torch.float64, generator=gen)
+    plan = _Plan([0], 1)
+    (out,) = _SoftThreshold.apply(plan, (threshold_of(s.detach()),), w, s)
+    (out * upstream).sum().backward()
+    grad_w, grad_s = w.grad, s.grad
+    w.grad = s.grad = None
+    want = _reference_threshold(w, s)
+    (want * upstream).sum().backward()
+    assert torch.equal(out, want) and torch.equal(grad_w, w.grad)
+    assert float(grad_s) == pytest.approx(float(s.grad), rel=1e-12)
+    assert plan.nonzero.tolist() == [float((want != 0).sum())] and 0 < plan.nonzero[0] < w.numel()
+    assert grad_w.stride() == w.stride()  # every dense layout is kept
+
+
+def test_training_passes_write_what_they_keep_and_evaluation_passes_do_not():
+    """A training forward writes Ŵ into the bank's kept buffers (the same memory step after step: a fresh
+    tensor of tens of MB costs more in page faults than the pass); an evaluation pass allocates afresh and
+    leaves them alone; a graph whose Ŵ a later training pass overwrote refuses its backward instead of
+    computing a wrong gradient."""
+    model = _toy()
+    bank = _bank(model)
+    bank.install()
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    first = sum(o.sum() for o in model(x).values())
+    kept = [b.data_ptr() for b in bank.plan.outputs]
+    assert len(set(kept)) == len(kept) == 3
+    first.backward()
+    second = sum(o.sum() for o in model(x).values())
+    assert [b.data_ptr() for b in bank.plan.outputs] == kept
+    second.backward()
+    before = [b.clone() for b in bank.plan.outputs]
+    with torch.no_grad():
+        model(x)
+        fresh = bank.thresholded(0, bank.originals[0])
+    assert fresh.data_ptr() not in kept
+    assert all(torch.equal(a, b) for a, b in zip(before, bank.plan.outputs, strict=True))
+    stale = sum(o.sum() for o in model(x).values())
+    sum(o.sum() for o in model(x).values())  # overwrites the Ŵ that ``stale`` saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        stale.backward()
 
 
 # ------------------------------------------------------------------------------------- weighting
