@@ -206,10 +206,15 @@ class _Plan:
             buf = self.outputs[i] = torch.empty_like(weight)
         return buf
 
-    def slice_buffer(self, like: Tensor) -> Tensor:
-        """The scratch buffer for sign(Ŵ) of one slice (``SLICE`` elements of ``like``'s dtype and device)."""
-        if self.scratch is None or self.scratch.dtype != like.dtype or self.scratch.device != like.device:
-            self.scratch = torch.empty(SLICE, dtype=like.dtype, device=like.device)
+    def slice_buffer(self, like: Tensor, size: int) -> Tensor:
+        """The scratch buffer for sign(Ŵ) of one slice (``size`` elements of ``like``'s dtype and device)."""
+        if (
+            self.scratch is None
+            or self.scratch.numel() < size
+            or self.scratch.dtype != like.dtype
+            or self.scratch.device != like.device
+        ):
+            self.scratch = torch.empty(size, dtype=like.dtype, device=like.device)
         return self.scratch
 
 
@@ -252,7 +257,9 @@ class _SoftThreshold(torch.autograd.Function):
                 # (both 0 where Ŵ = 0).
                 owned = plan.reuse_outputs and _owned_like(g, w)
                 target = g if owned else torch.empty_like(w)
-            sums.append(_backward_slices(g, w, taus[k], target, plan.slice_buffer(w)))
+            # On the CPU slices that stay in cache; on a GPU the whole tensor (one launch per operation)
+            size = SLICE if w.device.type == "cpu" else max(1, w.numel())
+            sums.append(_backward_slices(g, w, taus[k], target, plan.slice_buffer(w, size)[:size]))
             grad_w.append(target)
         table = torch.stack(sums)  # per tensor: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ, float64
         plan.nonzero = table[:, 1]
@@ -274,7 +281,8 @@ def _backward_slices(
     sign(Ŵ) = softshrink_backward(sign(W), W, τ) is made from the weight slice the mask reads anyway, in a
     scratch slice that stays in cache with it, so the tensor is read and written once (W and dL/dŴ in,
     dL/dW out) instead of five passes over whole tensors. Each slice's count is exact in float32 (SLICE <
-    2^24), their sum exact in float64; the gradient's per-slice dots are summed in float64.
+    2^24; a GPU's whole-tensor slice of more is counted apart), their sum exact in float64; the gradient's
+    per-slice dots are summed in float64.
     """
     if _memory_order(weight) is None:  # overlapping or gapped (never a model's parameter): made dense
         weight = weight.contiguous()
@@ -285,18 +293,22 @@ def _backward_slices(
     flat_w, flat_g = _memory_order(weight), _memory_order(grad)
     flat_t = None if target is None else _memory_order(target)
     assert flat_w is not None and flat_g is not None
+    size = scratch.numel()
     parts: list[Tensor] = []
-    for start in range(0, flat_w.numel(), SLICE):
-        w, g = flat_w[start : start + SLICE], flat_g[start : start + SLICE]
+    for start in range(0, flat_w.numel(), size):
+        w, g = flat_w[start : start + size], flat_g[start : start + size]
         sign = scratch[: w.numel()]
         torch.sign(w, out=sign)
         torch.ops.aten.softshrink_backward.grad_input(sign, w, tau, grad_input=sign)  # sign(Ŵ)
-        parts += [torch.dot(g, sign), torch.dot(sign, sign)]
+        if sign.numel() < 1 << 24:  # every CPU slice: the count is exact in float32
+            parts += [torch.dot(g, sign), torch.dot(sign, sign)]
+        else:  # a GPU's whole tensor, beyond float32's exact integers: counted apart
+            parts += [torch.dot(g, sign).double(), torch.count_nonzero(sign).double()]
         if flat_t is not None:
-            torch.ops.aten.softshrink_backward.grad_input(g, w, tau, grad_input=flat_t[start : start + SLICE])
+            torch.ops.aten.softshrink_backward.grad_input(g, w, tau, grad_input=flat_t[start : start + size])
     if not parts:  # an empty tensor
         return torch.zeros(2, dtype=torch.float64, device=weight.device)
-    return torch.stack(parts).view(-1, 2).double().sum(0)
+    return torch.stack(parts).double().view(-1, 2).sum(0)  # one dtype: all slices small, or one large
 
 
 def _memory_order(tensor: Tensor) -> Tensor | None:

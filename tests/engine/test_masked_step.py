@@ -19,7 +19,7 @@ from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec
 
 TASKS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
-STEPS = 6
+STEPS = 4
 
 
 class _Seeded(StepRunner):
@@ -127,11 +127,11 @@ def test_gradient_masking_alone_trains_exactly_as_masking_the_weights_too(optimi
 
 
 class _TightenAtStep(TrainCallback):
-    """After step 2, prune half of what is left of the stem (GMP's pattern: a mask set after updates,
+    """After step 1, prune half of what is left of the stem (GMP's pattern: a mask set after updates,
     when the optimizer already holds moments for the weights it prunes)."""
 
     def after_step(self, step, runner):
-        if step == 2:
+        if step == 1:
             masks = {n: m.clone() for n, m in runner.masks.items()}
             name = next(iter(masks))
             kept = masks[name].view(-1).nonzero().view(-1)

@@ -45,6 +45,7 @@ def test_every_worker_applies_the_runtime_setting(monkeypatch, tmp_path, keep):
     assert calls == ([1] if keep else [])
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch
 @pytest.mark.skipif(not GLIBC, reason="needs glibc's malloc (Linux with glibc): mallopt is what it sets")
 def test_a_freed_tensor_is_reused_without_faulting_its_pages_in_again():
     pages = (64 << 20) // 4096
