@@ -235,7 +235,7 @@ class _SoftThreshold(torch.autograd.Function):
             _softshrink(w, taus[g], plan.output(i, w))
             for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
         )
-        ctx.save_for_backward(*weights)
+        ctx.save_for_backward(*weights, *outs)
         ctx.plan, ctx.taus = plan, taus
         ctx.logit_dtypes = [s.dtype for s in tensors[n:]]
         return outs
@@ -244,12 +244,13 @@ class _SoftThreshold(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         plan, taus = ctx.plan, ctx.taus
         n = len(plan.groups)
-        weights = ctx.saved_tensors
+        saved = ctx.saved_tensors
         need_w = ctx.needs_input_grad[2 : 2 + n]
         grad_w: list[Tensor | None] = []
-        sums: list[Tensor] = []
+        parts: list[Tensor] = []  # per slice: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ
+        owners: list[int] = []  # the tensor of each slice
         for i, (g, k) in enumerate(zip(grads, plan.groups, strict=True)):
-            w = weights[i]
+            w, out = saved[i], saved[n + i]
             target = None
             if need_w[i]:
                 # dL/dW written over dL/dŴ where that is a tensor of its own (a fresh tensor of tens of MB
@@ -259,30 +260,52 @@ class _SoftThreshold(torch.autograd.Function):
                 target = g if owned else torch.empty_like(w)
             # On the CPU slices that stay in cache; on a GPU the whole tensor (one launch per operation)
             size = SLICE if w.device.type == "cpu" else max(1, w.numel())
-            sums.append(_backward_slices(g, w, taus[k], target, plan.slice_buffer(w, size)[:size]))
+            scratch = plan.slice_buffer(w, size)
+            if w.numel() <= size and w.is_contiguous() and g.is_contiguous():
+                _backward_whole(g, w, out, taus[k], target, scratch, parts)  # one slice: fewer calls
+                owners.append(i)
+            else:
+                owners += [i] * _backward_slices(g, w, taus[k], target, scratch[:size], parts)
             grad_w.append(target)
-        table = torch.stack(sums)  # per tensor: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ, float64
-        plan.nonzero = table[:, 1]
+        # float32 sums of slices below 2^24 elements (exact counts), float64 above; summed in float64
+        table = torch.stack(parts).double().view(-1, 2)
+        per_tensor = torch.zeros(n, 2, dtype=torch.float64, device=table.device)
+        per_tensor.index_add_(0, torch.tensor(owners, device=table.device), table)
+        plan.nonzero = per_tensor[:, 1]
         grad_s: list[Tensor | None] = [None] * plan.n_thresholds
         if any(ctx.needs_input_grad[2 + n :]):
             per_group = torch.zeros(plan.n_thresholds, dtype=torch.float64, device=table.device)
-            per_group.index_add_(0, plan.index, table[:, 0])
+            per_group.index_add_(0, plan.index, per_tensor[:, 0])
             slope = torch.tensor([-t * (1.0 - t) for t in taus], dtype=torch.float64, device=table.device)
             grad_s = [v.to(dtype) for v, dtype in zip(per_group * slope, ctx.logit_dtypes, strict=True)]
         return (None, None, *grad_w, *grad_s)
 
 
+def _backward_whole(
+    grad: Tensor, weight: Tensor, out: Tensor, tau: float, target: Tensor | None, scratch: Tensor, parts: list
+) -> None:
+    """One contiguous tensor that fits one slice: dL/dW into ``target``, sign(Ŵ) from Ŵ itself, two dots."""
+    if target is not None:
+        torch.ops.aten.softshrink_backward.grad_input(grad, weight, tau, grad_input=target)
+    sign = scratch[: out.numel()]
+    torch.sign(out, out=sign.view(out.shape))
+    if sign.numel() < 1 << 24:  # the count is exact in float32
+        parts += [torch.dot(grad.reshape(-1), sign), torch.dot(sign, sign)]
+    else:  # a GPU's whole tensor, beyond float32's exact integers: counted apart
+        parts += [torch.dot(grad.reshape(-1), sign).double(), torch.count_nonzero(sign).double()]
+
+
 def _backward_slices(
-    grad: Tensor, weight: Tensor, tau: float, target: Tensor | None, scratch: Tensor
-) -> Tensor:
+    grad: Tensor, weight: Tensor, tau: float, target: Tensor | None, scratch: Tensor, parts: list
+) -> int:
     """One tensor's backward, slice by slice in memory order: dL/dW = dL/dŴ·1[|W| > τ] into ``target`` (when
-    given; it may be ``grad`` itself), and [⟨dL/dŴ, sign(Ŵ)⟩, ⟨sign(Ŵ), sign(Ŵ)⟩] summed in float64.
+    given; it may be ``grad`` itself), and ⟨dL/dŴ, sign(Ŵ)⟩, ⟨sign(Ŵ), sign(Ŵ)⟩ of each slice appended to
+    ``parts``; returns the number of slices.
 
     sign(Ŵ) = softshrink_backward(sign(W), W, τ) is made from the weight slice the mask reads anyway, in a
     scratch slice that stays in cache with it, so the tensor is read and written once (W and dL/dŴ in,
     dL/dW out) instead of five passes over whole tensors. Each slice's count is exact in float32 (SLICE <
-    2^24; a GPU's whole-tensor slice of more is counted apart), their sum exact in float64; the gradient's
-    per-slice dots are summed in float64.
+    2^24); the caller sums the slices in float64.
     """
     if _memory_order(weight) is None:  # overlapping or gapped (never a model's parameter): made dense
         weight = weight.contiguous()
@@ -294,21 +317,23 @@ def _backward_slices(
     flat_t = None if target is None else _memory_order(target)
     assert flat_w is not None and flat_g is not None
     size = scratch.numel()
-    parts: list[Tensor] = []
+    slices = 0
     for start in range(0, flat_w.numel(), size):
         w, g = flat_w[start : start + size], flat_g[start : start + size]
         sign = scratch[: w.numel()]
         torch.sign(w, out=sign)
         torch.ops.aten.softshrink_backward.grad_input(sign, w, tau, grad_input=sign)  # sign(Ŵ)
-        if sign.numel() < 1 << 24:  # every CPU slice: the count is exact in float32
+        if sign.numel() < 1 << 24:
             parts += [torch.dot(g, sign), torch.dot(sign, sign)]
-        else:  # a GPU's whole tensor, beyond float32's exact integers: counted apart
+        else:
             parts += [torch.dot(g, sign).double(), torch.count_nonzero(sign).double()]
         if flat_t is not None:
             torch.ops.aten.softshrink_backward.grad_input(g, w, tau, grad_input=flat_t[start : start + size])
-    if not parts:  # an empty tensor
-        return torch.zeros(2, dtype=torch.float64, device=weight.device)
-    return torch.stack(parts).double().view(-1, 2).sum(0)  # one dtype: all slices small, or one large
+        slices += 1
+    if slices == 0:  # an empty tensor
+        parts += [torch.zeros((), dtype=weight.dtype, device=weight.device)] * 2
+        slices = 1
+    return slices
 
 
 def _memory_order(tensor: Tensor) -> Tensor | None:
