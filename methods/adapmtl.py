@@ -120,17 +120,18 @@ Deliberate deviations from the reference code / papers:
   threshold as a 0-dim tensor, :func:`reference_sigmoid`); with the controller's offset, s + b is summed in
   float64 and rounded once to float32 first (b = 0 under ``faithful``: exactly the reference's τ).
 - Implementation: the soft threshold of all layers is one fused autograd function per forward pass (one
-  ``softshrink`` per tensor), computed on the first weight access of a model forward. Its backward goes
-  through each tensor in slices of ``SLICE`` elements that stay in cache: sign(Ŵ) from the weight slice, the
-  masked weight gradient, and the two dots (⟨dL/dŴ, sign(Ŵ)⟩ for the threshold, ⟨sign(Ŵ), sign(Ŵ)⟩ for the
-  count of non-zeros), so a tensor is read and written once. The threshold gradient is the sum of the
-  per-slice float32 dots in float64 (a deliberate difference from the reference's autograd sum, within
-  float32 rounding of it; revision 3). In a training pass Ŵ is written into buffers kept from step to step
-  and dL/dW over the incoming dL/dŴ, as fresh tensors of tens of MB cost more in page faults than the
+  ``softshrink`` per tensor), computed on the first weight access of a model forward. On the CPU its
+  backward goes through each tensor larger than ``SLICE`` elements in slices that stay in cache: sign(Ŵ)
+  from the weight slice, the masked weight gradient, and the two dots (⟨dL/dŴ, sign(Ŵ)⟩ for the threshold,
+  ⟨sign(Ŵ), sign(Ŵ)⟩ for the count of non-zeros), so a tensor is read and written once; smaller tensors (and
+  every tensor on a GPU) take the same four operations on the whole tensor. The threshold gradient is the
+  sum of the per-slice float32 dots in float64 (a deliberate difference from the reference's autograd sum,
+  within float32 rounding of it; revision 3). In a training pass Ŵ is written into buffers kept from step to
+  step and dL/dW over the incoming dL/dŴ, as fresh tensors of tens of MB cost more in page faults than the
   passes that fill them (docs/accounting.md, "A training step at full width"). With the reference's τ its Ŵ
   is the reference's sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight
-  gradients) except the sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0;
-  equal as numbers, and no sum or product with a non-zero changes). The training step costs about 1.10×
+  gradients) except the sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0; equal
+  as numbers, and no sum or product with a non-zero changes). The training step costs about 1.10×
   (Deeplab-ResNet34) and 1.12× (MobileNetV2) the dense step at CPU width, the controller's solve amortised
   (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×); at full width see docs/accounting.md
   (tests/perf/test_perf_full_width.py). Under ``faithful`` b is 0.

@@ -29,6 +29,7 @@ import torch
 
 from mtlprune.engine.sparsity import select_masks
 from mtlprune.engine.train import StepRunner, to_device
+from mtlprune.execution.heap import keep_freed_memory
 from mtlprune.plan.compute import STEP_KINDS, STEP_TIME_FORMAT
 from mtlprune.registry import ARCHS, load_plugins
 from mtlprune.spec import TrainSpec
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also write the timing to FILE, for `mtlprune plan --step-time FILE` (docs/slurm.md)",
     )
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every worker of `mtlprune run` (runtime.keep_freed_memory, its default)
     load_plugins([])
     if args.repeat:
         if args.repeat < 2:
