@@ -290,10 +290,7 @@ def _backward_whole(
         torch.ops.aten.softshrink_backward.grad_input(grad, weight, tau, grad_input=target)
     sign = scratch[: out.numel()]
     torch.sign(out, out=sign.view(out.shape))
-    if sign.numel() < 1 << 24:  # the count is exact in float32
-        parts += [torch.dot(grad.reshape(-1), sign), torch.dot(sign, sign)]
-    else:  # a GPU's whole tensor, beyond float32's exact integers: counted apart
-        parts += [torch.dot(grad.reshape(-1), sign).double(), torch.count_nonzero(sign).double()]
+    parts += _dots(grad.reshape(-1), sign)
 
 
 def _backward_slices(
@@ -324,10 +321,7 @@ def _backward_slices(
         sign = scratch[: w.numel()]
         torch.sign(w, out=sign)
         torch.ops.aten.softshrink_backward.grad_input(sign, w, tau, grad_input=sign)  # sign(Ŵ)
-        if sign.numel() < 1 << 24:
-            parts += [torch.dot(g, sign), torch.dot(sign, sign)]
-        else:
-            parts += [torch.dot(g, sign).double(), torch.count_nonzero(sign).double()]
+        parts += _dots(g, sign)
         if flat_t is not None:
             torch.ops.aten.softshrink_backward.grad_input(g, w, tau, grad_input=flat_t[start : start + size])
         slices += 1
@@ -335,6 +329,14 @@ def _backward_slices(
         parts += [torch.zeros((), dtype=weight.dtype, device=weight.device)] * 2
         slices = 1
     return slices
+
+
+def _dots(grad: Tensor, sign: Tensor) -> list[Tensor]:
+    """⟨dL/dŴ, sign(Ŵ)⟩ and the count ⟨sign(Ŵ), sign(Ŵ)⟩ of one flat slice: in its dtype below 2^24 elements
+    (the count exact in float32: every CPU slice), in float64 above (a GPU's whole tensor, counted apart)."""
+    if sign.numel() < 1 << 24:
+        return [torch.dot(grad, sign), torch.dot(sign, sign)]
+    return [torch.dot(grad, sign).double(), torch.count_nonzero(sign).double()]
 
 
 def _memory_order(tensor: Tensor) -> Tensor | None:
