@@ -44,10 +44,9 @@ from mtlprune.methods.adapmtl import (
     ThresholdBank,
     _logits_plus,
 )
-from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec
+from tests.perf.steps import nyu_batch, seeded_model
 
-TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 BUDGET, TARGET = 20_000, 0.9
 SIZE, ROUNDS = 96, 9  # after one warm-up step of each
 REFERENCE_VAR = "MTLPRUNE_ADAPMTL_REF"
@@ -63,18 +62,11 @@ def _two_threads():
 
 
 def _batch(size: int = SIZE) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "input": torch.randn(4, 3, size, size, generator=gen),
-        "segment_semantic": torch.randint(0, 40, (4, size, size), generator=gen),
-        "normal": torch.randint(0, 255, (4, 3, size, size), generator=gen, dtype=torch.uint8),
-        "depth_zbuffer": torch.rand(4, 1, size, size, generator=gen) + 0.5,
-    }
+    return nyu_batch(size)
 
 
 def _model(arch: str):
-    torch.manual_seed(0)
-    return ARCHS.get(arch)(TASK_CHANNELS)
+    return seeded_model(arch)
 
 
 def _bank(model) -> ThresholdBank:

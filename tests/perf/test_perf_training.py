@@ -14,26 +14,18 @@ import torch
 
 from mtlprune.engine.sparsity import select_masks
 from mtlprune.engine.train import StepRunner
-from mtlprune.registry import ARCHS
 from mtlprune.spec import TrainSpec
+from tests.perf.steps import nyu_batch, seeded_model
 
-TASK_CHANNELS = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
 ARCH_NAMES = ["deeplab_resnet34", "mobilenetv2"]
 
 
 def _batch(size: int = 64) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "input": torch.randn(4, 3, size, size, generator=gen),
-        "segment_semantic": torch.randint(0, 40, (4, size, size), generator=gen),
-        "normal": torch.randint(0, 255, (4, 3, size, size), generator=gen, dtype=torch.uint8),
-        "depth_zbuffer": torch.rand(4, 1, size, size, generator=gen) + 0.5,
-    }
+    return nyu_batch(size)
 
 
 def _runner(arch: str, masked: bool) -> StepRunner:
-    torch.manual_seed(0)
-    model = ARCHS.get(arch)(TASK_CHANNELS, width=0.25, head_width=0.0625)
+    model = seeded_model(arch, width=0.25, head_width=0.0625)
     masks = None
     if masked:
         masks = select_masks({n: p.detach().abs() for n, p in model.prunable_parameters().items()}, 0.9)
