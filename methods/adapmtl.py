@@ -164,7 +164,7 @@ SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller so
 # ------------------------------------------------------------------------------ the soft threshold
 
 
-SLICE = 1 << 18  # elements per slice of the backward's loop: its slices of W, dL/dŴ, sign(Ŵ) stay in cache
+SLICE = 1 << 18  # elements per slice of the backward's loop: its slices of Ŵ, dL/dŴ, sign(Ŵ) stay in cache
 
 
 class _Plan:
@@ -236,7 +236,7 @@ class _SoftThreshold(torch.autograd.Function):
             _softshrink(w, taus[g], plan.output(i, w))
             for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
         )
-        ctx.save_for_backward(*weights, *outs)
+        ctx.save_for_backward(*outs)  # the backward needs Ŵ alone (sign(Ŵ), and 1[Ŵ ≠ 0] = 1[|W| > τ])
         ctx.plan, ctx.taus = plan, taus
         ctx.logit_dtypes = [s.dtype for s in tensors[n:]]
         return outs
@@ -250,23 +250,23 @@ class _SoftThreshold(torch.autograd.Function):
         grad_w: list[Tensor | None] = []
         parts: list[Tensor] = []  # per slice: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ
         owners: list[int] = []  # the tensor of each slice
-        for i, (g, k) in enumerate(zip(grads, plan.groups, strict=True)):
-            w, out = saved[i], saved[n + i]
+        for i, g in enumerate(grads):
+            out = saved[i]
             target = None
             if need_w[i]:
                 # dL/dW written over dL/dŴ where that is a tensor of its own (a fresh tensor of tens of MB
                 # costs more in page faults than the pass); ⟨dL/dW, sign(Ŵ)⟩ = ⟨dL/dŴ, sign(Ŵ)⟩ term by term
                 # (both 0 where Ŵ = 0).
-                owned = plan.reuse_outputs and _owned_like(g, w)
-                target = g if owned else torch.empty_like(w)
+                owned = plan.reuse_outputs and _owned_like(g, out)
+                target = g if owned else torch.empty_like(out)
             # On the CPU slices that stay in cache; on a GPU the whole tensor (one launch per operation)
-            size = SLICE if w.device.type == "cpu" else max(1, w.numel())
-            scratch = plan.slice_buffer(w, size)
-            if w.numel() <= size and w.is_contiguous() and g.is_contiguous():
-                _backward_whole(g, w, out, taus[k], target, scratch, parts)  # one slice: fewer calls
+            size = SLICE if out.device.type == "cpu" else max(1, out.numel())
+            scratch = plan.slice_buffer(out, size)
+            if out.numel() <= size and out.is_contiguous() and g.is_contiguous():
+                _backward_whole(g, out, target, scratch, parts)  # one slice: fewer calls
                 owners.append(i)
             else:
-                owners += [i] * _backward_slices(g, w, taus[k], target, scratch[:size], parts)
+                owners += [i] * _backward_slices(g, out, target, scratch[:size], parts)
             grad_w.append(target)
         # float32 sums of slices below 2^24 elements (exact counts), float64 above; summed in float64
         table = torch.stack(parts).double().view(-1, 2)
@@ -282,53 +282,57 @@ class _SoftThreshold(torch.autograd.Function):
         return (None, None, *grad_w, *grad_s)
 
 
-def _backward_whole(
-    grad: Tensor, weight: Tensor, out: Tensor, tau: float, target: Tensor | None, scratch: Tensor, parts: list
-) -> None:
-    """One contiguous tensor that fits one slice: dL/dW into ``target``, sign(Ŵ) from Ŵ itself, two dots."""
-    if target is not None:
-        torch.ops.aten.softshrink_backward.grad_input(grad, weight, tau, grad_input=target)
+def _backward_whole(grad: Tensor, out: Tensor, target: Tensor | None, scratch: Tensor, parts: list) -> None:
+    """One contiguous tensor that fits one slice: dL/dW into ``target``, sign(Ŵ), two dots."""
     sign = scratch[: out.numel()]
     torch.sign(out, out=sign.view(out.shape))
     parts += _dots(grad.reshape(-1), sign)
+    if target is not None:
+        _mask_by_output(grad, out, target)
 
 
-def _backward_slices(
-    grad: Tensor, weight: Tensor, tau: float, target: Tensor | None, scratch: Tensor, parts: list
-) -> int:
-    """One tensor's backward, slice by slice in memory order: dL/dW = dL/dŴ·1[|W| > τ] into ``target`` (when
+def _backward_slices(grad: Tensor, out: Tensor, target: Tensor | None, scratch: Tensor, parts: list) -> int:
+    """One tensor's backward, slice by slice in memory order: dL/dW = dL/dŴ·1[Ŵ ≠ 0] into ``target`` (when
     given; it may be ``grad`` itself), and ⟨dL/dŴ, sign(Ŵ)⟩, ⟨sign(Ŵ), sign(Ŵ)⟩ of each slice appended to
     ``parts``; returns the number of slices.
 
-    sign(Ŵ) = softshrink_backward(sign(W), W, τ) is made from the weight slice the mask reads anyway, in a
-    scratch slice that stays in cache with it, so the tensor is read and written once (W and dL/dŴ in,
-    dL/dW out) instead of five passes over whole tensors. Each slice's count is exact in float32 (SLICE <
-    2^24); the caller sums the slices in float64.
+    sign(Ŵ) goes into a scratch slice that stays in cache with the slices of Ŵ and dL/dŴ, so each tensor is
+    read and written once (Ŵ and dL/dŴ in, dL/dW out) instead of once per operation. Each slice's count is
+    exact in float32 (SLICE < 2^24); the caller sums the slices in float64.
     """
-    if _memory_order(weight) is None:  # overlapping or gapped (never a model's parameter): made dense
-        weight = weight.contiguous()
-    if grad.stride() != weight.stride() or _memory_order(grad) is None:
-        grad = torch.empty_like(weight).copy_(grad)  # laid out as the weight (empty_like keeps dense strides)
-    if target is not None and target.stride() != weight.stride():
+    if _memory_order(out) is None:  # overlapping or gapped (never a model's parameter): made dense
+        out = out.contiguous()
+    if grad.stride() != out.stride() or _memory_order(grad) is None:
+        grad = torch.empty_like(out).copy_(grad)  # laid out as Ŵ (empty_like keeps dense strides)
+    if target is not None and target.stride() != out.stride():
         raise AssertionError("the weight gradient must be laid out as the weight")
-    flat_w, flat_g = _memory_order(weight), _memory_order(grad)
+    flat_o, flat_g = _memory_order(out), _memory_order(grad)
     flat_t = None if target is None else _memory_order(target)
-    assert flat_w is not None and flat_g is not None
+    assert flat_o is not None and flat_g is not None
     size = scratch.numel()
     slices = 0
-    for start in range(0, flat_w.numel(), size):
-        w, g = flat_w[start : start + size], flat_g[start : start + size]
-        sign = scratch[: w.numel()]
-        torch.sign(w, out=sign)
-        torch.ops.aten.softshrink_backward.grad_input(sign, w, tau, grad_input=sign)  # sign(Ŵ)
+    for start in range(0, flat_o.numel(), size):
+        o, g = flat_o[start : start + size], flat_g[start : start + size]
+        sign = scratch[: o.numel()]
+        torch.sign(o, out=sign)
         parts += _dots(g, sign)
         if flat_t is not None:
-            torch.ops.aten.softshrink_backward.grad_input(g, w, tau, grad_input=flat_t[start : start + size])
+            _mask_by_output(g, o, flat_t[start : start + size])
         slices += 1
     if slices == 0:  # an empty tensor
-        parts += [torch.zeros((), dtype=weight.dtype, device=weight.device)] * 2
+        parts += [torch.zeros((), dtype=out.dtype, device=out.device)] * 2
         slices = 1
     return slices
+
+
+def _mask_by_output(grad: Tensor, out: Tensor, target: Tensor) -> None:
+    """dL/dW = dL/dŴ·1[Ŵ ≠ 0] into ``target``: softshrink's own backward kernel at threshold 0 applied to Ŵ.
+
+    Equal to softshrink_backward(dL/dŴ, W, τ) = dL/dŴ·1[|W| > τ] element for element: |W| > τ ⇔ Ŵ ≠ 0,
+    since W − τ of floats W > τ is never 0 (gradual underflow), and a NaN W gives a NaN Ŵ, which the kernel
+    treats as it treats the NaN W.
+    """
+    torch.ops.aten.softshrink_backward.grad_input(grad, out, 0.0, grad_input=target)
 
 
 def _dots(grad: Tensor, sign: Tensor) -> list[Tensor]:

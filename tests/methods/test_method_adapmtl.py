@@ -219,6 +219,34 @@ def test_backward_in_slices_is_the_references_autograd(monkeypatch, layout):
     assert grad_w.stride() == w.stride()  # every dense layout is kept
 
 
+@pytest.mark.parametrize("slice_", [None, 3])
+@pytest.mark.parametrize("tau", [0.11920292, 3.0590232e-07, 0.0])
+def test_the_backward_reads_the_pruning_off_the_output_exactly_at_the_kink(monkeypatch, tau, slice_):
+    """The backward takes 1[|W| > τ] and sign(Ŵ) from Ŵ alone: equal to the reference's autograd element
+    for element at the threshold's float neighbours, at ±τ itself, at subnormal and infinite weights, and at
+    τ = 0 (an offset of −1e4), where float W − τ comes closest to rounding to zero; in one piece and in
+    slices of 3."""
+    if slice_ is not None:
+        monkeypatch.setattr(mtlprune.methods.adapmtl, "SLICE", slice_)
+    t = torch.tensor(tau, dtype=torch.float32)
+    up, down = torch.nextafter(t, torch.tensor(math.inf)), torch.nextafter(t, torch.tensor(0.0))
+    tiny = torch.tensor(1.4e-45)  # the smallest float32 subnormal
+    values = [t, up, down, torch.nextafter(up, torch.tensor(math.inf)), tiny, torch.tensor(0.0)]
+    values += [torch.tensor(math.inf), torch.tensor(0.5)]
+    w = torch.stack(values + [-v for v in values]).requires_grad_()
+    logit = torch.tensor(0.0, requires_grad=True)
+    upstream = torch.arange(1.0, w.numel() + 1)
+    (out,) = _SoftThreshold.apply(_Plan([0], 1), (tau,), w, logit)
+    (out * upstream).sum().backward()
+    got_w, got_s = w.grad.clone(), float(logit.grad)
+    w.grad = None
+    kept = w.detach().abs() > t
+    assert torch.equal(got_w, upstream * kept)  # dŴ/dW = 1[|W| > τ], the float test itself
+    assert torch.equal(out != 0, kept)
+    want_s = -tau * (1.0 - tau) * float((upstream * torch.sign(w.detach()) * kept).sum())
+    assert got_s == pytest.approx(want_s, rel=1e-6)
+
+
 def test_training_passes_write_what_they_keep_and_evaluation_passes_do_not():
     """A training forward writes Ŵ into the bank's kept buffers (the same memory step after step: a fresh
     tensor of tens of MB costs more in page faults than the pass); an evaluation pass allocates afresh and

@@ -154,8 +154,8 @@ def _paired(runners: dict[str, StepRunner], steps: list[int]) -> dict[str, list[
 
 
 OPEN = (
-    "issue #21 open: MobileNetV2-MTL's AdapMTL step measured 1.2x its dense step on the 2-core VM, the floor "
-    "of eager PyTorch ops there (docs/accounting.md, 'A training step at full width')"
+    "issue #21 open: MobileNetV2-MTL's AdapMTL step measured 1.12-1.21x its dense step on 2-core VMs, the "
+    "floor of eager PyTorch ops there (docs/accounting.md, 'A training step at full width')"
 )
 
 
