@@ -5,7 +5,10 @@ and batch:
 dense, holding 90% global magnitude masks, and AdapMTL's soft thresholds with its controller. Reports steps/s,
 the ratios to the dense step, and peak device memory, as JSON. Defaults are the paper setting
 (Deeplab-ResNet34, NYU-v2's three tasks, 321×321, batch 16); ``--amp`` and ``--channels-last`` exercise the
-GPU path. It runs on a CPU too (small ``--size``/``--width`` for a quick check); the numbers then mean little.
+GPU path. Steps are timed under the stage's determinism contract (``mtlprune.engine.determinism``: on CUDA
+deterministic cuDNN without autotuning, deterministic algorithms), as ``mtlprune run`` trains;
+``--nondeterministic`` times cuDNN's autotuned kernels instead, to show what that contract costs. It runs on
+a CPU too (small ``--size``/``--width`` for a quick check); the numbers then mean little.
 ``--repeat N`` instead trains N identical short runs and reports how far they differ: the determinism
 tolerance of the device (exactly 0 on a CPU).
 
@@ -18,6 +21,8 @@ a Slurm request (docs/slurm.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import sys
 import time
@@ -81,7 +86,9 @@ def check(
     channels_last: bool = False,
     device: str = "auto",
     sparsity: float = 0.9,
+    deterministic: bool = True,
 ) -> dict[str, Any]:
+    from mtlprune.engine.determinism import stage_environment
     from mtlprune.methods.adapmtl import AdapMTLCallback, AdaptiveWeighting, TargetSchedule, ThresholdBank
 
     dev = torch.device(
@@ -95,23 +102,29 @@ def check(
         return ARCHS.get(arch)(TASK_CHANNELS, width=width, head_width=head_width).to(dev)
 
     def measure(runner: StepRunner) -> dict[str, float | None]:
+        gc.collect()  # nothing of a previous variant left in the peak
         if dev.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        seconds = time_steps(lambda i: runner(data, i), steps, warmup, dev)
+        environment = stage_environment(dev) if deterministic else contextlib.nullcontext()
+        if not deterministic and dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        with environment:
+            seconds = time_steps(lambda i: runner(data, i), steps, warmup, dev)
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         return {"step_ms": seconds * 1e3, "steps_per_s": 1.0 / seconds, "peak_memory_gib": peak}
 
     results: dict[str, Any] = {}
     dense_model = model()
     results["dense"] = measure(StepRunner(dense_model, "nyuv2", spec, dev, channels_last=channels_last))
-    params = dense_model.prunable_parameters()
-    masks = select_masks({n: p.detach().abs() for n, p in params.items()}, sparsity, "global")
-    del dense_model
-    masked_model = model()
-    results["masked"] = measure(
-        StepRunner(masked_model, "nyuv2", spec, dev, masks, channels_last=channels_last)
-    )
-    del masked_model
+    # Each variant is timed, and its peak memory read, with one model alive, as in a stage: the masks are
+    # taken from the dense weights, which are freed before the next model is built (and the masks after
+    # the masked step).
+    weights = dense_model.prunable_parameters()
+    masks = select_masks({n: p.detach().abs() for n, p in weights.items()}, sparsity, "global")
+    del dense_model, weights
+    results["masked"] = measure(StepRunner(model(), "nyuv2", spec, dev, masks, channels_last=channels_last))
+    del masks
     adap_model = model()
     bank = ThresholdBank(
         adap_model, adap_model.prunable_parameters(), adap_model.component_of, adap_model.component_of, -15.0
@@ -141,6 +154,7 @@ def check(
             "steps": steps,
             "warmup": warmup,
             "sparsity": sparsity,
+            "deterministic": deterministic,
         },
         **results,
         "ratio_to_dense": {k: results[k]["step_ms"] / dense_ms for k in ("masked", "adapmtl")},
@@ -213,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="time cuDNN's autotuned kernels, not the stage's deterministic ones (what determinism costs)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=0,
@@ -260,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         amp=args.amp,
         channels_last=args.channels_last,
         device=args.device,
+        deterministic=not args.nondeterministic,
     )
     json.dump(out, sys.stdout, indent=2)
     print()

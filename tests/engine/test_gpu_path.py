@@ -131,6 +131,36 @@ def test_gpu_check_reports_each_variant_and_consistent_ratios():
     assert out["dense"]["peak_memory_gib"] is None  # no device memory to report on a CPU
 
 
+def test_gpu_check_times_each_variant_with_one_model_alive(monkeypatch):
+    # The peak memory of a variant must not include an earlier variant's weights (the masked step's once
+    # held the dense model's prunable weights: +0.34 GiB for Deeplab-ResNet34 on an H200). Counted here as
+    # the parameter elements alive when each variant's timing starts: one model's, plus AdapMTL's thresholds.
+    import gc
+
+    import tools.gpu_check as gpu_check
+
+    def parameter_elements() -> int:
+        gc.collect()
+        return sum(o.numel() for o in gc.get_objects() if type(o) is torch.nn.Parameter)
+
+    before = parameter_elements()  # whatever earlier tests left alive in this process
+    alive: list[int] = []
+    timer = gpu_check.time_steps
+
+    def counting(step, steps, warmup, device):
+        alive.append(parameter_elements() - before)
+        return timer(step, steps, warmup, device)
+
+    monkeypatch.setattr(gpu_check, "time_steps", counting)
+    out = gpu_check.check(size=32, batch=2, steps=1, warmup=0, width=0.125, head_width=0.0625, device="cpu")
+    assert out["setting"]["deterministic"] is True  # timed under the stage's determinism contract
+    model = ARCHS.get("deeplab_resnet34")(TASKS, width=0.125, head_width=0.0625)
+    one_model = sum(p.numel() for p in model.parameters())
+    components = {model.component_of(n) for n in model.prunable_parameters()}
+    del model
+    assert alive == [one_model, one_model, one_model + len(components)]  # + AdapMTL's logit per component
+
+
 def test_gpu_check_json_is_what_plan_step_time_reads(tmp_path, capsys):
     from mtlprune.plan.compute import parse_step_time
 
@@ -145,6 +175,9 @@ def test_gpu_check_json_is_what_plan_step_time_reads(tmp_path, capsys):
     assert step.device == "cpu" and step.peak_memory_gib == {}  # no device memory on a CPU
     assert step.setting == {"arch": "deeplab_resnet34", "width": 0.125, "head_width": 0.0625, "size": 32,
                             "batch": 2, "amp": "none"}  # fmt: skip
+    assert written["setting"]["deterministic"] is True  # as a stage trains (cuDNN without autotuning)
+    assert main([*args, "--nondeterministic"]) == 0
+    assert json.loads(path.read_text())["setting"]["deterministic"] is False
     with pytest.raises(SystemExit):
         main(["--repeat", "2", "--json", str(path)])  # a determinism check times nothing
     assert "--json records step times" in capsys.readouterr().err
