@@ -26,7 +26,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,17 @@ def synthetic_batch(batch: int, size: int, device: torch.device, pin: bool) -> d
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def autotuned_cudnn() -> Iterator[None]:
+    """cuDNN autotunes each shape's kernel (``--nondeterministic``); the previous setting comes back after."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def time_steps(step: Callable[[int], Any], steps: int, warmup: int, device: torch.device) -> float:
@@ -106,10 +117,7 @@ def check(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        environment = stage_environment(dev) if deterministic else contextlib.nullcontext()
-        if not deterministic and dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        with environment:
+        with stage_environment(dev) if deterministic else autotuned_cudnn():
             seconds = time_steps(lambda i: runner(data, i), steps, warmup, dev)
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         return {"step_ms": seconds * 1e3, "steps_per_s": 1.0 / seconds, "peak_memory_gib": peak}
