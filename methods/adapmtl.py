@@ -124,7 +124,12 @@ Deliberate deviations from the reference code / papers:
   backward goes through each tensor larger than ``SLICE`` elements in slices that stay in cache: sign(Ŵ)
   from the weight slice, the masked weight gradient, and the two dots (⟨dL/dŴ, sign(Ŵ)⟩ for the threshold,
   ⟨sign(Ŵ), sign(Ŵ)⟩ for the count of non-zeros), so a tensor is read and written once; smaller tensors (and
-  every tensor on a GPU) take the same four operations on the whole tensor. The threshold gradient is the
+  every tensor on a GPU, up to 2^24 − 1 elements) take the same four operations on the whole tensor, the
+  dots written into a table kept from pass to pass. On a GPU nothing in a step waits for the device: the
+  forward takes τ as a device tensor (Ŵ = W − clamp(W, −τ, τ), softshrink's values; a Python float τ would
+  make every forward wait for the previous optimizer step), and the counts and thresholds go to the host by a
+  non-blocking copy that the callback reads after the optimizer step is queued (the faithful freeze alone
+  reads the counts before it). The threshold gradient is the
   sum of the per-slice float32 dots in float64 (a deliberate difference from the reference's autograd sum,
   within float32 rounding of it; revision 3). In a training pass Ŵ is written into buffers kept from step to
   step and dL/dW over the incoming dL/dŴ, as fresh tensors of tens of MB cost more in page faults than the
@@ -165,6 +170,7 @@ SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller so
 
 
 SLICE = 1 << 18  # elements per slice of the backward's loop: its slices of Ŵ, dL/dŴ, sign(Ŵ) stay in cache
+DEVICE_SLICE = (1 << 24) - 1  # on a GPU: whole tensors up to this size (every count exact in float32)
 
 
 class _Plan:
@@ -182,6 +188,7 @@ class _Plan:
         self.n_thresholds = n_thresholds
         self.index = torch.tensor(self.groups, dtype=torch.long, device=device)
         self.nonzero: Tensor | None = None  # per tensor: non-zeros of the last Ŵ that was back-propagated
+        self.nonzero_host: HostCopy | None = None  # the same, on its way to the host (read without a drain)
         # Buffers kept from pass to pass: a fresh tensor of tens of MB costs more in first-touch page faults
         # than the elementwise pass that fills it. ``outputs`` (Ŵ per tensor, only with ``reuse_outputs``:
         # the bank's training forward, one live graph at a time; a pass that overwrites a Ŵ an unfinished
@@ -191,6 +198,7 @@ class _Plan:
         self.grad_pass = False  # set by the caller: autograd runs a Function's forward with grad mode off
         self.outputs: list[Tensor | None] = [None] * len(self.groups)
         self.scratch: Tensor | None = None
+        self.dots: Tensor | None = None  # per slice: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ
 
     def output(self, i: int, weight: Tensor) -> Tensor | None:
         """The kept Ŵ buffer of tensor ``i`` matching ``weight`` (shape, strides, dtype, device), or None."""
@@ -207,6 +215,14 @@ class _Plan:
             buf = self.outputs[i] = torch.empty_like(weight)
         return buf
 
+    def dot_table(self, rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The (rows, 2) table the backward writes each slice's two dots into, kept from pass to pass: on a
+        GPU under deterministic algorithms every fresh tensor costs a fill kernel besides its own."""
+        table = self.dots
+        if table is None or table.shape[0] != rows or table.dtype != dtype or table.device != device:
+            table = self.dots = torch.empty(rows, 2, dtype=dtype, device=device)
+        return table
+
     def slice_buffer(self, like: Tensor, size: int) -> Tensor:
         """The scratch buffer for sign(Ŵ) of one slice (``size`` elements of ``like``'s dtype and device)."""
         if (
@@ -219,23 +235,57 @@ class _Plan:
         return self.scratch
 
 
+class HostCopy:
+    """A small device tensor's values on their way to the host: copied without blocking when made, and
+    waited for when read, up to that copy only (not the work queued after it, such as the optimizer step).
+
+    On a GPU a blocking read drains the queue: the device idles while the host launches what follows. On
+    the CPU the copy is the tensor itself.
+    """
+
+    def __init__(self, tensor: Tensor) -> None:
+        tensor = tensor.detach()
+        self.event: Any = None
+        if tensor.device.type == "cuda":
+            self.values = tensor.to("cpu", non_blocking=True)  # into pinned memory
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.values = tensor.cpu()
+
+    def tolist(self) -> list[Any]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.values.tolist()
+
+
 class _SoftThreshold(torch.autograd.Function):
     """Ŵ_i = softshrink(W_i, τ_g(i)) for many tensors at once; gradients for every W_i and every logit s_g.
 
-    ``taus`` are the thresholds g(s_g + b) as Python floats (computed once per pass by the caller, so the
-    kernel sees one scalar per tensor and no device sync happens per layer). dL/ds_g =
+    ``taus`` are the thresholds g(s_g + b), computed once per pass by the caller: on the CPU as Python
+    floats (one scalar per tensor for the kernel), on a GPU as a device tensor, so that no pass waits for
+    the device (Ŵ = W − clamp(W, −τ, τ) there: the same values, two kernels instead of one). dL/ds_g =
     −τ_g(1 − τ_g)·Σ_{i in g} ⟨dL/dŴ_i, sign(Ŵ_i)⟩, sign(Ŵ) = sign(W)·1[|W| > τ]. The backward also stores
     the per-tensor non-zero counts of Ŵ in the plan (⟨sign(Ŵ), sign(Ŵ)⟩, from the signs it needs anyway).
     """
 
     @staticmethod
-    def forward(ctx: Any, plan: _Plan, taus: tuple[float, ...], *tensors: Tensor) -> tuple[Tensor, ...]:
+    def forward(
+        ctx: Any, plan: _Plan, taus: tuple[float, ...] | Tensor, *tensors: Tensor
+    ) -> tuple[Tensor, ...]:
         n = len(plan.groups)
         weights = tensors[:n]
-        outs = tuple(
-            _softshrink(w, taus[g], plan.output(i, w))
-            for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
-        )
+        if isinstance(taus, Tensor):
+            bounds = (taus.neg(), taus)
+            outs = tuple(
+                _shrink_by_clamp(w, bounds[0][g], bounds[1][g], plan.output(i, w))
+                for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
+            )
+        else:
+            outs = tuple(
+                _softshrink(w, taus[g], plan.output(i, w))
+                for i, (w, g) in enumerate(zip(weights, plan.groups, strict=True))
+            )
         ctx.save_for_backward(*outs)  # the backward needs Ŵ alone (sign(Ŵ), and 1[Ŵ ≠ 0] = 1[|W| > τ])
         ctx.plan, ctx.taus = plan, taus
         ctx.logit_dtypes = [s.dtype for s in tensors[n:]]
@@ -248,10 +298,16 @@ class _SoftThreshold(torch.autograd.Function):
         saved = ctx.saved_tensors
         need_w = ctx.needs_input_grad[2 : 2 + n]
         grad_w: list[Tensor | None] = []
-        parts: list[Tensor] = []  # per slice: ⟨dL/dŴ, sign(Ŵ)⟩ and the non-zeros of Ŵ
-        owners: list[int] = []  # the tensor of each slice
+        # On the CPU slices that stay in cache; on a GPU the whole tensor (one launch per operation)
+        sizes = [SLICE if o.device.type == "cpu" else min(DEVICE_SLICE, max(1, o.numel())) for o in saved]
+        counts = [max(1, -(-o.numel() // size)) for o, size in zip(saved, sizes, strict=True)]
+        dtypes = {o.dtype for o in saved}
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float64
+        table = plan.dot_table(sum(counts), dtype, saved[0].device)
+        start = 0
         for i, g in enumerate(grads):
-            out = saved[i]
+            out, size, rows = saved[i], sizes[i], table[start : start + counts[i]]
+            start += counts[i]
             target = None
             if need_w[i]:
                 # dL/dW written over dL/dŴ where that is a tensor of its own (a fresh tensor of tens of MB
@@ -259,46 +315,51 @@ class _SoftThreshold(torch.autograd.Function):
                 # (both 0 where Ŵ = 0).
                 owned = plan.reuse_outputs and _owned_like(g, out)
                 target = g if owned else torch.empty_like(out)
-            # On the CPU slices that stay in cache; on a GPU the whole tensor (one launch per operation)
-            size = SLICE if out.device.type == "cpu" else max(1, out.numel())
             scratch = plan.slice_buffer(out, size)
             if out.numel() <= size and out.is_contiguous() and g.is_contiguous():
-                _backward_whole(g, out, target, scratch, parts)  # one slice: fewer calls
-                owners.append(i)
+                _backward_whole(g, out, target, scratch, rows[0])  # one slice: fewer calls
             else:
-                owners += [i] * _backward_slices(g, out, target, scratch[:size], parts)
+                _backward_slices(g, out, target, scratch[:size], rows)
             grad_w.append(target)
-        # float32 sums of slices below 2^24 elements (exact counts), float64 above; summed in float64
-        table = torch.stack(parts).double().view(-1, 2)
-        per_tensor = torch.zeros(n, 2, dtype=torch.float64, device=table.device)
-        per_tensor.index_add_(0, torch.tensor(owners, device=table.device), table)
+        # per-slice sums in the weights' dtype (counts exact: every slice is below 2^24), summed in float64
+        if len(table) == n:  # one slice per tensor (every tensor on a GPU): the table is per tensor
+            per_tensor = table.double()
+        else:
+            owners = [i for i, k in enumerate(counts) for _ in range(k)]
+            per_tensor = torch.zeros(n, 2, dtype=torch.float64, device=table.device)
+            per_tensor.index_add_(0, torch.tensor(owners, device=table.device), table.double())
         plan.nonzero = per_tensor[:, 1]
+        plan.nonzero_host = HostCopy(plan.nonzero)
         grad_s: list[Tensor | None] = [None] * plan.n_thresholds
         if any(ctx.needs_input_grad[2 + n :]):
             per_group = torch.zeros(plan.n_thresholds, dtype=torch.float64, device=table.device)
             per_group.index_add_(0, plan.index, per_tensor[:, 0])
-            slope = torch.tensor([-t * (1.0 - t) for t in taus], dtype=torch.float64, device=table.device)
+            if isinstance(taus, Tensor):  # −τ(1 − τ) in float64 of the float32 τ, as in Python below
+                t = taus.double()
+                slope = t.neg() * (1.0 - t)
+            else:
+                slope = torch.tensor([-t * (1.0 - t) for t in taus], dtype=torch.float64, device=table.device)
             grad_s = [v.to(dtype) for v, dtype in zip(per_group * slope, ctx.logit_dtypes, strict=True)]
         return (None, None, *grad_w, *grad_s)
 
 
-def _backward_whole(grad: Tensor, out: Tensor, target: Tensor | None, scratch: Tensor, parts: list) -> None:
-    """One contiguous tensor that fits one slice: dL/dW into ``target``, sign(Ŵ), two dots."""
+def _backward_whole(grad: Tensor, out: Tensor, target: Tensor | None, scratch: Tensor, row: Tensor) -> None:
+    """One contiguous tensor that fits one slice: dL/dW into ``target``, sign(Ŵ), two dots into ``row``."""
     sign = scratch[: out.numel()]
     torch.sign(out, out=sign.view(out.shape))
-    parts += _dots(grad.reshape(-1), sign)
+    _dots(grad.reshape(-1), sign, row)
     if target is not None:
         _mask_by_output(grad, out, target)
 
 
-def _backward_slices(grad: Tensor, out: Tensor, target: Tensor | None, scratch: Tensor, parts: list) -> int:
+def _backward_slices(grad: Tensor, out: Tensor, target: Tensor | None, scratch: Tensor, rows: Tensor) -> None:
     """One tensor's backward, slice by slice in memory order: dL/dW = dL/dŴ·1[Ŵ ≠ 0] into ``target`` (when
-    given; it may be ``grad`` itself), and ⟨dL/dŴ, sign(Ŵ)⟩, ⟨sign(Ŵ), sign(Ŵ)⟩ of each slice appended to
-    ``parts``; returns the number of slices.
+    given; it may be ``grad`` itself), and ⟨dL/dŴ, sign(Ŵ)⟩, ⟨sign(Ŵ), sign(Ŵ)⟩ of slice j into ``rows[j]``
+    (one row per slice of ``scratch``'s size, at least one).
 
     sign(Ŵ) goes into a scratch slice that stays in cache with the slices of Ŵ and dL/dŴ, so each tensor is
     read and written once (Ŵ and dL/dŴ in, dL/dW out) instead of once per operation. Each slice's count is
-    exact in float32 (SLICE < 2^24); the caller sums the slices in float64.
+    exact in float32 (slices are below 2^24 elements); the caller sums the slices in float64.
     """
     if _memory_order(out) is None:  # overlapping or gapped (never a model's parameter): made dense
         out = out.contiguous()
@@ -310,19 +371,15 @@ def _backward_slices(grad: Tensor, out: Tensor, target: Tensor | None, scratch: 
     flat_t = None if target is None else _memory_order(target)
     assert flat_o is not None and flat_g is not None
     size = scratch.numel()
-    slices = 0
-    for start in range(0, flat_o.numel(), size):
+    if flat_o.numel() == 0:  # an empty tensor
+        rows.zero_()
+    for j, start in enumerate(range(0, flat_o.numel(), size)):
         o, g = flat_o[start : start + size], flat_g[start : start + size]
         sign = scratch[: o.numel()]
         torch.sign(o, out=sign)
-        parts += _dots(g, sign)
+        _dots(g, sign, rows[j])
         if flat_t is not None:
             _mask_by_output(g, o, flat_t[start : start + size])
-        slices += 1
-    if slices == 0:  # an empty tensor
-        parts += [torch.zeros((), dtype=out.dtype, device=out.device)] * 2
-        slices = 1
-    return slices
 
 
 def _mask_by_output(grad: Tensor, out: Tensor, target: Tensor) -> None:
@@ -335,12 +392,15 @@ def _mask_by_output(grad: Tensor, out: Tensor, target: Tensor) -> None:
     torch.ops.aten.softshrink_backward.grad_input(grad, out, 0.0, grad_input=target)
 
 
-def _dots(grad: Tensor, sign: Tensor) -> list[Tensor]:
-    """⟨dL/dŴ, sign(Ŵ)⟩ and the count ⟨sign(Ŵ), sign(Ŵ)⟩ of one flat slice: in its dtype below 2^24 elements
-    (the count exact in float32: every CPU slice), in float64 above (a GPU's whole tensor, counted apart)."""
-    if sign.numel() < 1 << 24:
-        return [torch.dot(grad, sign), torch.dot(sign, sign)]
-    return [torch.dot(grad, sign).double(), torch.count_nonzero(sign).double()]
+def _dots(grad: Tensor, sign: Tensor, row: Tensor) -> None:
+    """⟨dL/dŴ, sign(Ŵ)⟩ and the count ⟨sign(Ŵ), sign(Ŵ)⟩ of one flat slice (below 2^24 elements: the count
+    is exact in float32) into ``row``, in the slice's dtype (copied when the table's differs)."""
+    if row.dtype == sign.dtype:
+        torch.dot(grad, sign, out=row[0])
+        torch.dot(sign, sign, out=row[1])
+    else:  # weights of mixed dtypes: a float64 table
+        row[0].copy_(torch.dot(grad, sign))
+        row[1].copy_(torch.dot(sign, sign))
 
 
 def _memory_order(tensor: Tensor) -> Tensor | None:
@@ -380,6 +440,16 @@ def _softshrink(weight: Tensor, tau: float, out: Tensor | None) -> Tensor:
     return torch.ops.aten.softshrink.out(weight, tau, out=out)
 
 
+def _shrink_by_clamp(weight: Tensor, low: Tensor, high: Tensor, out: Tensor | None) -> Tensor:
+    """W − clamp(W, −τ, τ) for a 0-dim device τ (``low`` = −τ, ``high`` = τ), into ``out`` when given.
+
+    Softshrink's values exactly: W − τ above τ and W − (−τ) = W + τ below −τ (the same float operation),
+    W − W = +0 in between; ±inf and NaN pass as softshrink passes them.
+    """
+    clamped = torch.clamp(weight, low, high, out=out) if out is not None else torch.clamp(weight, low, high)
+    return torch.sub(weight, clamped, out=clamped)
+
+
 def reference_sigmoid(logits: Tensor) -> Tensor:
     """``torch.sigmoid`` of each element of a 1-D tensor, each as the reference evaluates its 0-dim threshold.
 
@@ -392,6 +462,12 @@ def reference_sigmoid(logits: Tensor) -> Tensor:
     if logits.device.type != "cpu" or logits.numel() == 0:
         return torch.sigmoid(logits)
     return torch.stack([torch.sigmoid(x) for x in logits.unbind()])
+
+
+def _floats_on(device: torch.device) -> bool:
+    """Whether the fused pass takes its thresholds as Python floats on ``device`` (the CPU, where reading
+    them costs nothing and the reference's 0-dim sigmoid is needed) or as a device tensor (a GPU)."""
+    return device.type == "cpu"
 
 
 def _logits_plus(logits: Tensor, offset: float) -> Tensor:
@@ -481,14 +557,25 @@ class ThresholdBank:
         self._cache: tuple[Tensor, ...] | None = None
         self._in_forward = False
         self._hooks: list[Any] = []
-        self.last_taus: tuple[float, ...] = self.taus()
+        self._last_taus: tuple[float, ...] | HostCopy = self.taus()
 
     # ---------------------------------------------------------------------------------- thresholds
 
     def taus(self) -> tuple[float, ...]:
         """g(s_g + b) per group as :func:`threshold_of` computes it (one device sync for all groups)."""
+        return tuple(self.device_taus().cpu().tolist())
+
+    def device_taus(self) -> Tensor:
+        """g(s_g + b) per group, on the logits' device, without waiting for it."""
         logits = _logits_plus(torch.stack([s.detach() for s in self.logits]), self.offset)
-        return tuple(reference_sigmoid(logits).cpu().tolist())
+        return reference_sigmoid(logits)
+
+    @property
+    def last_taus(self) -> tuple[float, ...]:
+        """The thresholds of the last fused pass (as floats; on a GPU read when asked, not when made)."""
+        if isinstance(self._last_taus, HostCopy):
+            self._last_taus = tuple(self._last_taus.tolist())
+        return self._last_taus
 
     def thresholds(self) -> dict[str, float]:
         return dict(zip(self.group_names, self.taus(), strict=True))
@@ -533,18 +620,23 @@ class ThresholdBank:
             (out,) = _SoftThreshold.apply(plan, (taus[group],), weight, self.logits[group])
             return out
         if self._cache is None:
-            self.last_taus = self.taus()
+            taus: tuple[float, ...] | Tensor
+            if _floats_on(weight.device):
+                taus = self._last_taus = self.taus()
+            else:  # the device's τ: the pass starts without waiting for the last optimizer step to finish
+                taus = self.device_taus()
+                self._last_taus = HostCopy(taus)
             self.plan.grad_pass = torch.is_grad_enabled()
-            self._cache = _SoftThreshold.apply(self.plan, self.last_taus, *self.originals, *self.logits)
+            self._cache = _SoftThreshold.apply(self.plan, taus, *self.originals, *self.logits)
         return self._cache[index]
 
     # ------------------------------------------------------------------------------------ counting
 
     def last_zeros(self) -> list[int] | None:
         """Exact zeros per tensor of the Ŵ of the last back-propagated pass (None before any backward)."""
-        if self.plan.nonzero is None:
+        if self.plan.nonzero_host is None:
             return None
-        return [n - round(z) for n, z in zip(self.numel, self.plan.nonzero.tolist(), strict=True)]
+        return [n - round(z) for n, z in zip(self.numel, self.plan.nonzero_host.tolist(), strict=True)]
 
     @torch.no_grad()
     def zeros_now(self) -> list[int]:
@@ -715,8 +807,11 @@ class AdapMTLCallback(TrainCallback):
         return self.weights
 
     def after_backward(self, step: int, runner: StepRunner | None) -> None:
+        self._zeros = None
+        if self.freeze_at is None:
+            return  # the counts are read in after_step: on a GPU, without draining the queue before it
         self._zeros = self.bank.last_zeros()
-        if self.freeze_at is None or self._zeros is None:
+        if self._zeros is None:
             return
         # The reference rule: thresholds do not move (no loss, no decay) on a step whose forward pass was at
         # or above the ratio; dropping the gradient makes the optimizer skip them.
@@ -727,6 +822,8 @@ class AdapMTLCallback(TrainCallback):
 
     def after_step(self, step: int, runner: StepRunner | None) -> dict[str, float]:
         scalars: dict[str, float] = {}
+        if self._zeros is None:
+            self._zeros = self.bank.last_zeros()
         taus = self.bank.last_taus  # the forward pass of this step
         for group, tau in zip(self.bank.group_names, taus, strict=True):
             scalars[f"adapmtl.threshold.{_key(group)}"] = tau

@@ -30,6 +30,7 @@ from mtlprune.methods.adapmtl import (
     AdapMTLSingleThreshold,
     AdaptiveWeighting,
     FixedWeightsParams,
+    HostCopy,
     SingleThresholdParams,
     STRParams,
     TargetSchedule,
@@ -185,6 +186,23 @@ def test_gradcheck_fused_tensors_sharing_thresholds():
     assert plan.nonzero.tolist() == [float((o != 0).sum()) for o in outs]
 
 
+def test_fused_tensors_of_mixed_dtypes_sum_their_dots_in_float64():
+    """A float32 and a float64 weight under one threshold: the per-tensor dots go into a float64 table
+    (copied, not rounded to either dtype), so the count and the threshold gradient are exact."""
+    s = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    tau = threshold_of(s.detach())
+    w32 = torch.tensor([0.5, -0.1, -2.0, 0.3], dtype=torch.float32, requires_grad=True)
+    w64 = torch.tensor([[0.1, -0.75], [1.0, 0.2]], dtype=torch.float64, requires_grad=True)
+    plan = _Plan([0, 0], 1)
+    out32, out64 = _SoftThreshold.apply(plan, (tau,), w32, w64, s)
+    (out32 * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward(retain_graph=True)
+    (out64 * 10).sum().backward()
+    assert plan.dots.dtype == torch.float64 and plan.nonzero.tolist() == [3.0, 2.0]
+    assert w32.grad.tolist() == [1.0, 0.0, 3.0, 4.0] and w64.grad.tolist() == [[0.0, 10.0], [10.0, 0.0]]
+    # −τ(1 − τ)·Σ upstream·sign over the survivors: 1·1 + 3·(−1) + 4·1 + 10·(−1) + 10·1 (two backward calls)
+    assert float(s.grad) == pytest.approx(-tau * (1 - tau) * (1 - 3 + 4 - 10 + 10), rel=1e-12)
+
+
 def _reference_threshold(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The reference's sparseFunction (models/Deeplab_ResNet34.py:13-14), plain autograd."""
     return torch.sign(w) * torch.relu(torch.abs(w) - torch.sigmoid(s))
@@ -245,6 +263,80 @@ def test_the_backward_reads_the_pruning_off_the_output_exactly_at_the_kink(monke
     assert torch.equal(out != 0, kept)
     want_s = -tau * (1.0 - tau) * float((upstream * torch.sign(w.detach()) * kept).sum())
     assert got_s == pytest.approx(want_s, rel=1e-6)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("tau", [0.11920292, 3.0590232e-07, 0.0])
+def test_device_thresholds_give_the_float_thresholds_values_and_gradients_bit_for_bit(tau):
+    """On a GPU the fused pass takes τ as a device tensor (W − clamp(W, −τ, τ), no wait for the device):
+    the same Ŵ (bit for bit but the sign of a zero, which softshrink's vectorised CPU kernel may write as
+    −0), weight gradients and non-zero counts as softshrink at the float τ, and the same threshold
+    gradient, at τ's float neighbours, ±τ, subnormal, infinite and NaN weights."""
+    t = torch.tensor(tau, dtype=torch.float32)
+    up, down = torch.nextafter(t, torch.tensor(math.inf)), torch.nextafter(t, torch.tensor(0.0))
+    values = [t, up, down, torch.tensor(1.4e-45), torch.tensor(0.0), torch.tensor(math.inf)]
+    values += [torch.tensor(0.5), torch.tensor(math.nan)]
+    noise = torch.randn(200, generator=torch.Generator().manual_seed(0)) * 0.2
+    base = torch.cat([torch.stack(values + [-v for v in values]), noise])
+    upstream = torch.arange(1.0, base.numel() + 1)
+    results = []
+    for taus in ((tau,), torch.tensor([tau])):
+        w = base.clone().requires_grad_()
+        logit = torch.tensor(0.0, requires_grad=True)
+        plan = _Plan([0], 1)
+        (out,) = _SoftThreshold.apply(plan, taus, w, logit)
+        (out.nan_to_num(0.0) * upstream).sum().backward()
+        results.append((out, w.grad, logit.grad, plan.nonzero))
+    (out_f, gw_f, gs_f, nz_f), (out_t, gw_t, gs_t, nz_t) = results
+    assert torch.equal(_bits(out_t + 0.0), _bits(out_f + 0.0))  # −0 + 0 = +0: zeros compared as numbers
+    assert (out_t == 0).sum() >= 6
+    assert torch.equal(_bits(gw_t), _bits(gw_f)) and torch.equal(gs_t, gs_f) and torch.equal(nz_t, nz_f)
+    assert torch.equal(out_f[: 2 * len(values)] != 0, ~(base[: 2 * len(values)].abs() <= tau))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ),
+    ],
+)
+def test_a_bank_with_device_thresholds_trains_exactly_as_with_float_thresholds(monkeypatch, device):
+    """The whole training path with τ as a device tensor (the GPU's path; forced on the CPU), the counts
+    and thresholds read back through HostCopy after the step: logits, weights and every logged scalar equal
+    to the float path's (forced on CUDA), under the target controller and under the faithful freeze."""
+    runs = []
+    for floats in (True, False):
+        monkeypatch.setattr(mtlprune.methods.adapmtl, "_floats_on", lambda device, floats=floats: floats)
+        for faithful in (False, True):
+            model = _toy().to(device)
+            bank = _bank(model, s_init=-3.0)
+            schedule = None if faithful else TargetSchedule(0.5, 40, 0.1, 0.6, every=3)
+            if schedule is not None:
+                bank.solve_offset(schedule.sparsity(0))
+            weighting = AdaptiveWeighting(model.tasks, 5, 3, 2)
+            callback = AdapMTLCallback(bank, model.tasks, {}, weighting, schedule, 0.2 if faithful else None)
+            bank.install()
+            record: list = []
+            _train_toy(model, callback, 40, lr=2e-2, wd=5e-2, record=record, device=device)
+            assert isinstance(bank._last_taus, tuple) and (bank.plan.nonzero_host is not None)
+            model(torch.zeros(1, 16, device=device))
+            assert isinstance(bank._last_taus, HostCopy) != floats  # the path taken
+            bank.remove()
+            runs.append((record, {k: v.clone() for k, v in model.state_dict().items()}))
+    float_runs, device_runs = runs[:2], runs[2:]
+    for (want_record, want_state), (got_record, got_state) in zip(float_runs, device_runs, strict=True):
+        assert got_record == want_record
+        assert want_state.keys() == got_state.keys()
+        assert all(torch.equal(want_state[k], got_state[k]) for k in want_state)
+    assert any(r[2].get("adapmtl.frozen") for r in float_runs[1][0])  # the freeze was exercised
+    assert float_runs[0][0][-1][2]["adapmtl.sparsity"] == pytest.approx(0.5, abs=0.05)
 
 
 def test_training_passes_write_what_they_keep_and_evaluation_passes_do_not():
@@ -379,13 +471,13 @@ def test_schedule_acts_from_t0_every_k_steps_at_t_end_and_after_the_last_step():
     assert schedule.sparsity(10) == pytest.approx(0.9 * (1 - 0.5**3))
 
 
-def _train_toy(model, callback, steps, lr=1e-2, wd=1e-4, seed=1, record=None):
+def _train_toy(model, callback, steps, lr=1e-2, wd=1e-4, seed=1, record=None, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(16, 8, generator=gen) * 0.3
+    teacher = (torch.randn(16, 8, generator=gen) * 0.3).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=wd)
     scalars = {}
     for step in range(steps):
-        x = torch.randn(64, 16, generator=gen)
+        x = torch.randn(64, 16, generator=gen).to(device)
         y = x @ teacher
         out = model(x)
         losses = {
