@@ -120,24 +120,24 @@ Deliberate deviations from the reference code / papers:
   threshold as a 0-dim tensor, :func:`reference_sigmoid`); with the controller's offset, s + b is summed in
   float64 and rounded once to float32 first (b = 0 under ``faithful``: exactly the reference's τ).
 - Implementation: the soft threshold of all layers is one fused autograd function per forward pass (one
-  ``softshrink`` per tensor), computed on the first weight access of a model forward. On the CPU its
-  backward goes through each tensor larger than ``SLICE`` elements in slices that stay in cache: sign(Ŵ)
-  from the weight slice, the masked weight gradient, and the two dots (⟨dL/dŴ, sign(Ŵ)⟩ for the threshold,
+  ``softshrink`` per tensor), computed on the first weight access of a model forward. On the CPU its backward
+  goes through each tensor larger than ``SLICE`` (2^20) elements in slices that stay in cache: sign(Ŵ) from
+  the weight slice, the masked weight gradient, and the two dots (⟨dL/dŴ, sign(Ŵ)⟩ for the threshold,
   ⟨sign(Ŵ), sign(Ŵ)⟩ for the count of non-zeros), so a tensor is read and written once; smaller tensors (and
-  every tensor on a GPU, up to 2^24 − 1 elements) take the same four operations on the whole tensor, the
-  dots written into a table kept from pass to pass. On a GPU nothing in a step waits for the device: the
-  forward takes τ as a device tensor (Ŵ = W − clamp(W, −τ, τ), softshrink's values; a Python float τ would
-  make every forward wait for the previous optimizer step), and the counts and thresholds go to the host by a
+  every tensor on a GPU, up to 2^24 − 1 elements) take the same four operations on the whole tensor, the dots
+  written into a table kept from pass to pass. On a GPU nothing in a step waits for the device: the forward
+  takes τ as a device tensor (Ŵ = W − clamp(W, −τ, τ), softshrink's values; a Python float τ would make every
+  forward wait for the previous optimizer step), and the counts and thresholds go to the host by a
   non-blocking copy that the callback reads after the optimizer step is queued (the faithful freeze alone
-  reads the counts before it). The threshold gradient is the
-  sum of the per-slice float32 dots in float64 (a deliberate difference from the reference's autograd sum,
-  within float32 rounding of it; revision 3). In a training pass Ŵ is written into buffers kept from step to
+  reads the counts before it). The threshold gradient is the sum of the per-slice float32 dots in float64 (a
+  deliberate difference from the reference's autograd sum, within float32 rounding of it; revision 3; revision
+  4: slices of 2^20 elements instead of 2^18). In a training pass Ŵ is written into buffers kept from step to
   step and dL/dW over the incoming dL/dŴ, as fresh tensors of tens of MB cost more in page faults than the
-  passes that fill them (docs/accounting.md, "A training step at full width"). With the reference's τ its Ŵ
-  is the reference's sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight
-  gradients) except the sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0; equal
-  as numbers, and no sum or product with a non-zero changes). The training step costs about 1.10×
-  (Deeplab-ResNet34) and 1.12× (MobileNetV2) the dense step at CPU width, the controller's solve amortised
+  passes that fill them (docs/accounting.md, "A training step at full width"). With the reference's τ its Ŵ is
+  the reference's sign(W)·ReLU(|W| − τ) bit for bit (same mask, same shrunk survivors, same weight gradients)
+  except the sign of a pruned weight's zero (softshrink may write +0 where sign(W)·0 is −0; equal as numbers,
+  and no sum or product with a non-zero changes). The training step costs about 1.10× (Deeplab-ResNet34) and
+  1.12× (MobileNetV2) the dense step at CPU width, the controller's solve amortised
   (tests/perf/test_perf_adapmtl.py; target ≤ 1.15×); at full width see docs/accounting.md
   (tests/perf/test_perf_full_width.py). Under ``faithful`` b is 0.
 """
@@ -169,7 +169,7 @@ SAMPLE_CAP = 1 << 16  # keys ranked by an intermediate (non-final) controller so
 # ------------------------------------------------------------------------------ the soft threshold
 
 
-SLICE = 1 << 18  # elements per slice of the backward's loop: its slices of Ŵ, dL/dŴ, sign(Ŵ) stay in cache
+SLICE = 1 << 20  # elements per slice of the backward's loop: its slices of Ŵ, dL/dŴ, sign(Ŵ) stay in cache
 DEVICE_SLICE = (1 << 24) - 1  # on a GPU: whole tensors up to this size (every count exact in float32)
 
 
@@ -979,8 +979,8 @@ class AdapMTL(PruningMethod):
 
     Params = AdapMTLParams
     # 2: τ = torch.sigmoid(s) in float32, as the reference; 3: the threshold gradient's dots summed per slice
-    # in float64 (its ablations and STR inherit it)
-    revision = 3
+    # in float64; 4: slices of 2^20 elements instead of 2^18 (its ablations and STR inherit it)
+    revision = 4
     starts_from = "dense"
     sparsity_tolerance: ClassVar[float] = 0.01
     contract_params: ClassVar[dict[str, Any]] = {}
