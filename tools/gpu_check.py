@@ -7,10 +7,14 @@ the ratios to the dense step, and peak device memory, as JSON. Defaults are the 
 (Deeplab-ResNet34, NYU-v2's three tasks, 321×321, batch 16); ``--amp`` and ``--channels-last`` exercise the
 GPU path. Steps are timed under the stage's determinism contract (``mtlprune.engine.determinism``: on CUDA
 deterministic cuDNN without autotuning, deterministic algorithms), as ``mtlprune run`` trains;
-``--nondeterministic`` times cuDNN's autotuned kernels instead, to show what that contract costs. It runs on
+``--nondeterministic`` times cuDNN's autotuned kernels instead, to show what that contract costs;
+``--no-fill-uninitialized`` keeps the contract but turns off the NaN fill of every fresh tensor that
+deterministic mode adds (``torch.utils.deterministic.fill_uninitialized_memory``, more than half the kernel
+launches of a MobileNetV2-MTL step on an H200), to show what the fill costs. It runs on
 a CPU too (small ``--size``/``--width`` for a quick check); the numbers then mean little.
 ``--repeat N`` instead trains N identical short runs and reports how far they differ: the determinism
-tolerance of the device (exactly 0 on a CPU).
+tolerance of the device (exactly 0 on a CPU); with ``--no-fill-uninitialized``, whether the runs stay
+within it without the fill.
 
 ``--json FILE`` also writes the timing to FILE, with the keys ``mtlprune plan --step-time FILE`` reads
 (``seconds_per_step`` and ``peak_memory_gib`` per step kind — dense, masked, adapmtl — ``setting`` with arch,
@@ -73,6 +77,18 @@ def autotuned_cudnn() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
+@contextlib.contextmanager
+def uninitialized_fill(enabled: bool) -> Iterator[None]:
+    """Whether deterministic mode fills each freshly allocated tensor with NaN (on in every stage, torch's
+    default); the previous setting comes back after."""
+    previous = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = enabled
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = previous
+
+
 def time_steps(step: Callable[[int], Any], steps: int, warmup: int, device: torch.device) -> float:
     """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
     for i in range(warmup):
@@ -98,6 +114,7 @@ def check(
     device: str = "auto",
     sparsity: float = 0.9,
     deterministic: bool = True,
+    fill_uninitialized: bool = True,
 ) -> dict[str, Any]:
     from mtlprune.engine.determinism import stage_environment
     from mtlprune.methods.adapmtl import AdapMTLCallback, AdaptiveWeighting, TargetSchedule, ThresholdBank
@@ -117,7 +134,10 @@ def check(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        with stage_environment(dev) if deterministic else autotuned_cudnn():
+        with (
+            stage_environment(dev) if deterministic else autotuned_cudnn(),
+            uninitialized_fill(fill_uninitialized),
+        ):
             seconds = time_steps(lambda i: runner(data, i), steps, warmup, dev)
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         return {"step_ms": seconds * 1e3, "steps_per_s": 1.0 / seconds, "peak_memory_gib": peak}
@@ -163,6 +183,7 @@ def check(
             "warmup": warmup,
             "sparsity": sparsity,
             "deterministic": deterministic,
+            "fill_uninitialized": fill_uninitialized,
         },
         **results,
         "ratio_to_dense": {k: results[k]["step_ms"] / dense_ms for k in ("masked", "adapmtl")},
@@ -183,6 +204,7 @@ def repeatability(
     head_width: float = 1.0,
     amp: str = "none",
     device: str = "auto",
+    fill_uninitialized: bool = True,
 ) -> dict[str, Any]:
     """``repeat`` identical short trainings under the stage's determinism settings
     (mtlprune.engine.determinism);
@@ -199,7 +221,7 @@ def repeatability(
     spec = TrainSpec(steps=steps, batch_size=batch, lr=1e-4, optimizer="adam", amp=amp)
     batches = [synthetic_batch(batch, size, dev, pin=True) for _ in range(2)]
     runs: list[tuple[list[float], dict[str, torch.Tensor]]] = []
-    with stage_environment(dev):
+    with stage_environment(dev), uninitialized_fill(fill_uninitialized):
         for _ in range(repeat):
             seed_everything(0)
             model = ARCHS.get(arch)(TASK_CHANNELS, width=width, head_width=head_width).to(dev)
@@ -216,6 +238,7 @@ def repeatability(
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "repeat": repeat,
         "steps": steps,
+        "fill_uninitialized": fill_uninitialized,
         "max_loss_difference": loss_diff,
         "max_weight_difference": weight_diff,
         "bit_identical": loss_diff == 0.0 and weight_diff == 0.0,
@@ -238,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         "--nondeterministic",
         action="store_true",
         help="time cuDNN's autotuned kernels, not the stage's deterministic ones (what determinism costs)",
+    )
+    parser.add_argument(
+        "--no-fill-uninitialized",
+        action="store_true",
+        help="keep the determinism contract but not its NaN fill of fresh tensors (what the fill costs)",
     )
     parser.add_argument(
         "--repeat",
@@ -272,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             head_width=args.head_width,
             amp=args.amp,
             device=args.device,
+            fill_uninitialized=not args.no_fill_uninitialized,
         )
         json.dump(out, sys.stdout, indent=2)
         print()
@@ -288,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         channels_last=args.channels_last,
         device=args.device,
         deterministic=not args.nondeterministic,
+        fill_uninitialized=not args.no_fill_uninitialized,
     )
     json.dump(out, sys.stdout, indent=2)
     print()

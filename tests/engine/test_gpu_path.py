@@ -161,6 +161,32 @@ def test_gpu_check_times_each_variant_with_one_model_alive(monkeypatch):
     assert alive == [one_model, one_model, one_model + len(components)]  # + AdapMTL's logit per component
 
 
+def test_gpu_check_can_time_the_steps_without_the_deterministic_fill(monkeypatch):
+    # --no-fill-uninitialized: the timed steps run with torch's NaN fill of fresh tensors off (what it
+    # costs on a GPU, where deterministic mode is on), and the setting comes back after, for each variant.
+    import tools.gpu_check as gpu_check
+
+    seen: list[bool] = []
+    timer = gpu_check.time_steps
+
+    def recording(step, steps, warmup, device):
+        seen.append(torch.utils.deterministic.fill_uninitialized_memory)
+        return timer(step, steps, warmup, device)
+
+    monkeypatch.setattr(gpu_check, "time_steps", recording)
+    assert torch.utils.deterministic.fill_uninitialized_memory is True  # torch's default, as every stage
+    small = {"size": 32, "batch": 2, "steps": 1, "warmup": 0, "width": 0.125, "head_width": 0.0625}
+    out = gpu_check.check(**small, device="cpu", fill_uninitialized=False)
+    assert seen == [False, False, False] and out["setting"]["fill_uninitialized"] is False
+    assert torch.utils.deterministic.fill_uninitialized_memory is True
+    out = gpu_check.check(**small, device="cpu")
+    assert seen[3:] == [True, True, True] and out["setting"]["fill_uninitialized"] is True
+    with pytest.raises(RuntimeError), gpu_check.uninitialized_fill(False):
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+        raise RuntimeError("a failed step")
+    assert torch.utils.deterministic.fill_uninitialized_memory is True  # restored on the way out too
+
+
 def test_gpu_check_json_is_what_plan_step_time_reads(tmp_path, capsys):
     from mtlprune.plan.compute import parse_step_time
 
@@ -186,6 +212,18 @@ def test_gpu_check_json_is_what_plan_step_time_reads(tmp_path, capsys):
 def test_repeated_trainings_are_bit_identical_on_a_cpu():
     out = repeatability(repeat=2, size=32, batch=2, steps=3, width=0.125, head_width=0.0625, device="cpu")
     assert out["max_loss_difference"] == 0.0 and out["max_weight_difference"] == 0.0 and out["bit_identical"]
+    assert out["fill_uninitialized"] is True
+    out = repeatability(
+        repeat=2,
+        size=32,
+        batch=2,
+        steps=3,
+        width=0.125,
+        head_width=0.0625,
+        device="cpu",
+        fill_uninitialized=False,
+    )
+    assert out["bit_identical"] and out["fill_uninitialized"] is False
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 
 from mtlprune.registry import ARCHS
@@ -24,3 +27,21 @@ def seeded_model(arch: str, **widths: float):
     """``arch`` for the three tasks, initialised from seed 0 (``widths``: width, head_width)."""
     torch.manual_seed(0)
     return ARCHS.get(arch)(TASK_CHANNELS, **widths)
+
+
+def copy_bandwidth(elements: int = 1 << 26, rounds: int = 5) -> float:
+    """This machine's memory bandwidth as a step sees it now, in GB/s: bytes read and written by copying a
+    float32 tensor of ``elements`` (256 MiB by default, far beyond any cache), median of ``rounds`` copies.
+
+    The soft threshold's passes are bound by memory bandwidth and a dense step less so, so on a shared VM an
+    AdapMTL / dense ratio moves with it; the full-width benchmarks print it beside their ratios.
+    """
+    source = torch.ones(elements)
+    target = torch.empty_like(source)
+    target.copy_(source)  # pages touched before timing
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - start)
+    return 2 * source.element_size() * elements / statistics.median(times) / 1e9

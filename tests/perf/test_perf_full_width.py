@@ -4,7 +4,7 @@ Both architectures at width 1 (MobileNetV2-MTL 156.6M parameters, 155M of them i
 Deeplab-ResNet34-MTL 90.7M), batch 4 at 96×96, 2 threads: the regime where a step is mostly passes over
 the weights (threshold, masks, gradients, Adam), so any extra pass a method makes shows. Each case pairs
 the method's step with the plain dense step of an identical model in one process, order rotating each
-round (``ROUNDS`` rounds after a warm-up), and asserts the ratio of the medians.
+round (``ROUNDS`` rounds after ``WARMUP`` warm-up steps of each), and asserts the ratio of the medians.
 
 - AdapMTL (the trainer's ``StepRunner`` with the method's callback, thresholds mid-ramp as in
   tests/perf/test_perf_adapmtl.py; the controller's solve is timed there): at most 1.15× the dense step.
@@ -47,10 +47,16 @@ from mtlprune.methods.adapmtl import (
     _logits_plus,
 )
 from mtlprune.spec import TrainSpec
-from tests.perf.steps import nyu_batch, seeded_model
+from tests.perf.steps import copy_bandwidth, nyu_batch, seeded_model
 
 BUDGET, TARGET = 20_000, 0.9
-SIZE, ROUNDS = 96, 9  # after one warm-up step of each
+SIZE = 96
+# A process's heap keeps growing for its first steps at full width (torch's aligned allocations ask for a
+# little more than the blocks they freed; docs/accounting.md, "Page faults"), so a step before the third
+# still faults pages in: with one warm-up step the first timed AdapMTL step read up to 2.1x its dense step
+# and moved a 9-round median by up to 0.1 (2026-12-05). Three warm-up steps, then 15 rounds: MobileNetV2-MTL
+# read 1.087-1.128 over four processes where one warm-up step and 9 rounds had read 1.047-1.230 over six.
+WARMUP, ROUNDS = 3, 15
 # The mask bookkeeping is one multiply of the gradients (about 3% of a MobileNetV2-MTL step), against round
 # to round drift of a few percent on a shared VM: its median of paired ratios needs more rounds than 9 to
 # settle (on 2026-12-03/04, 9 rounds read 1.01 to 1.07 over five runs, 21 rounds 1.03 and 1.05, 31 rounds
@@ -141,7 +147,7 @@ def _reference_runner(arch: str, root: Path) -> StepRunner:
 
 
 def _paired(runners: dict[str, StepRunner], steps: list[int], rounds: int = ROUNDS) -> dict[str, list[float]]:
-    """One warm-up step each, then ``rounds`` rounds of one step each, the order rotating every round."""
+    """``WARMUP`` warm-up steps of each, then ``rounds`` rounds of one step each, the order rotating."""
     batch = _batch()
     names = list(runners)
 
@@ -150,8 +156,9 @@ def _paired(runners: dict[str, StepRunner], steps: list[int], rounds: int = ROUN
         runners[name](batch, steps[index % len(steps)])
         return time.perf_counter() - start
 
-    for name in names:
-        step(name, 0)
+    for _ in range(WARMUP):
+        for name in names:
+            step(name, 0)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         k = round_ % len(names)
@@ -161,9 +168,10 @@ def _paired(runners: dict[str, StepRunner], steps: list[int], rounds: int = ROUN
 
 
 OPEN = (
-    "issue #21 open: MobileNetV2-MTL's AdapMTL step measured 1.08-1.25x its dense step on 2-core VMs "
-    "(2026-12-05, 2^20-element slices; most runs 1.11-1.14), the floor of eager PyTorch ops there "
-    "(docs/accounting.md, 'A training step at full width')"
+    "issue #21 open: MobileNetV2-MTL's AdapMTL step reads 1.09-1.13x its dense step on 2-core VMs while a "
+    "256 MiB copy runs at 26-37 GB/s, 1.19x when it fell to 21-23 GB/s (2026-12-05): the soft threshold's "
+    "passes are bound by memory bandwidth, at the floor of eager PyTorch ops (docs/accounting.md, "
+    "'A training step at full width')"
 )
 
 
@@ -182,15 +190,20 @@ def test_full_width_adapmtl_step_over_dense_step(benchmark, arch):
     if reference:
         runners["reference"] = _reference_runner(arch, Path(reference))
     quiet = [s for s in range(BUDGET) if not schedule.acts_after(s)][: ROUNDS + 1]
+    bandwidth = [copy_bandwidth()]
     times = _paired(runners, quiet)
+    bandwidth.append(copy_bandwidth())
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     ratio = medians["adapmtl"] / medians["dense"]
     benchmark.extra_info.update(
-        {f"{name}_median_s": m for name, m in medians.items()}, adapmtl_over_dense=ratio
+        {f"{name}_median_s": m for name, m in medians.items()},
+        adapmtl_over_dense=ratio,
+        copy_bandwidth_gb_s=bandwidth,
     )
     line = (
         f"\n{arch} full width: AdapMTL step {medians['adapmtl']:.3f} s / dense step {medians['dense']:.3f} s "
-        f"= {ratio:.3f}"
+        f"= {ratio:.3f} (memory bandwidth {bandwidth[0]:.0f} GB/s before the rounds, "
+        f"{bandwidth[1]:.0f} after)"
     )
     if reference:
         over_reference = medians["adapmtl"] / medians["reference"]
