@@ -67,26 +67,25 @@ def _sync(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def autotuned_cudnn() -> Iterator[None]:
-    """cuDNN autotunes each shape's kernel (``--nondeterministic``); the previous setting comes back after."""
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+def _set(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` set to ``value`` for the block; the previous setting comes back after."""
+    previous = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = previous
+        setattr(owner, name, previous)
 
 
-@contextlib.contextmanager
-def uninitialized_fill(enabled: bool) -> Iterator[None]:
+def autotuned_cudnn() -> contextlib.AbstractContextManager[None]:
+    """cuDNN autotunes each shape's kernel (``--nondeterministic``)."""
+    return _set(torch.backends.cudnn, "benchmark", True)
+
+
+def uninitialized_fill(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Whether deterministic mode fills each freshly allocated tensor with NaN (on in every stage, torch's
-    default); the previous setting comes back after."""
-    previous = torch.utils.deterministic.fill_uninitialized_memory
-    torch.utils.deterministic.fill_uninitialized_memory = enabled
-    try:
-        yield
-    finally:
-        torch.utils.deterministic.fill_uninitialized_memory = previous
+    default)."""
+    return _set(torch.utils.deterministic, "fill_uninitialized_memory", enabled)
 
 
 def time_steps(step: Callable[[int], Any], steps: int, warmup: int, device: torch.device) -> float:
