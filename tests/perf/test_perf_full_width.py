@@ -175,8 +175,9 @@ def _paired(runners: dict[str, StepRunner], steps: list[int], rounds: int = ROUN
 OPEN = (
     "issue #21: at 2 threads MobileNetV2-MTL's AdapMTL step reads 1.09-1.14x its dense step on 2-core VMs "
     "while a 256 MiB copy runs at 26-37 GB/s, 1.19x when it fell to 21-23 GB/s (2026-12-05): the soft "
-    "threshold's passes are bound by memory bandwidth, at the floor of eager PyTorch ops (docs/accounting.md, "
-    "'A training step at full width'); at one thread, as a stage trains, it reads 1.10-1.11 (asserted)"
+    "threshold's passes are bound by memory bandwidth, at the floor of eager PyTorch ops "
+    "(docs/accounting.md, 'A training step at full width'); at one thread, as a stage trains, it reads "
+    "1.10-1.11 (asserted)"
 )
 
 
@@ -217,7 +218,8 @@ def _adapmtl_over_dense(benchmark, arch: str, setting: str) -> None:
         copy_bandwidth_gb_s=bandwidth,
     )
     line = (
-        f"\n{arch} full width, {setting} ({torch.get_num_threads()}): AdapMTL step {medians['adapmtl']:.3f} s / dense step {medians['dense']:.3f} s "
+        f"\n{arch} full width, {setting} ({torch.get_num_threads()} threads): "
+        f"AdapMTL step {medians['adapmtl']:.3f} s / dense step {medians['dense']:.3f} s "
         f"= {ratio:.3f} (memory bandwidth {bandwidth[0]:.0f} GB/s before the rounds, "
         f"{bandwidth[1]:.0f} after)"
     )
