@@ -184,13 +184,13 @@ OPEN = (
 @pytest.mark.parametrize(
     ("arch", "setting"),
     [
-        ("deeplab_resnet34", "2 threads"),
-        pytest.param("mobilenetv2", "2 threads", marks=pytest.mark.xfail(reason=OPEN, strict=False)),
+        ("deeplab_resnet34", "2-threads"),
+        pytest.param("mobilenetv2", "2-threads", marks=pytest.mark.xfail(reason=OPEN, strict=False)),
         ("mobilenetv2", "stage"),
     ],
 )
 def test_full_width_adapmtl_step_over_dense_step(benchmark, arch, setting):
-    """``setting``: "2 threads" (the issue's measurement) or "stage", the determinism contract a CPU stage
+    """``setting``: "2-threads" (the issue's measurement) or "stage", the determinism contract a CPU stage
     trains under (``stage_environment``: ``STAGE_CPU_THREADS`` thread, denormals flushed)."""
     benchmark.group = f"full-width adapmtl-step {arch} {setting}"
     with stage_environment(torch.device("cpu")) if setting == "stage" else contextlib.nullcontext():
