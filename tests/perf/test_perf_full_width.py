@@ -1,8 +1,9 @@
 """Benchmarks (tox -e perf) at the paper's full width (issue #21), where per-weight passes dominate the step.
 
 Both architectures at width 1 (MobileNetV2-MTL 156.6M parameters, 155M of them in the heads;
-Deeplab-ResNet34-MTL 90.7M), batch 4 at 96×96, 2 threads: the regime where a step is mostly passes over
-the weights (threshold, masks, gradients, Adam), so any extra pass a method makes shows. Each case pairs
+Deeplab-ResNet34-MTL 90.7M), batch 4 at 96×96, 2 threads unless a case says otherwise: the regime where a
+step is mostly passes over the weights (threshold, masks, gradients, Adam), so any extra pass a method
+makes shows. Each case pairs
 the method's step with the plain dense step of an identical model in one process, order rotating each
 round (``ROUNDS`` rounds after ``WARMUP`` warm-up steps of each), and asserts the ratio of the medians.
 
